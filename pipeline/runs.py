@@ -1,0 +1,94 @@
+"""Run directories: the resolved config, a JSON-lines log, atomic checkpoint writes.
+
+Every output says how it was made: ``config.json`` sits next to every checkpoint, and every file is
+written to a temporary name first and renamed, so a killed run never leaves a half-written file.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses, paths and tuples as plain JSON values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _atomic_write(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def write_config(run_dir: Path, config: Any, name: str = "config.json") -> Path:
+    """Write the resolved config (a dataclass or dict) as ``run_dir/config.json``."""
+    path = Path(run_dir) / name
+    atomic_write_text(path, json.dumps(to_jsonable(config), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+class JsonlLogger:
+    """Appends one JSON object per line; each line is flushed so a killed run keeps its history."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(to_jsonable(record)) + "\n")
+
+    def truncate_after(self, key: str, value: int) -> None:
+        """On resume: drop lines written after the checkpoint being resumed (``record[key] > value``)."""
+        if not self.path.exists():
+            return
+        kept = [
+            line for line in self.path.read_text().splitlines()
+            if line.strip() and json.loads(line).get(key, -1) <= value
+        ]
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
