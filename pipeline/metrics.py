@@ -1,0 +1,83 @@
+"""The ABAW challenge metrics, exactly as ``shared/AFFWILD2.md`` defines them.
+
+All are computed over every valid frame of a whole set (videos concatenated), never per window.
+
+Degenerate cases, defined here once:
+- CCC is 0 when its denominator is 0 (both series constant and equal): no agreement can be shown.
+  A constant prediction against varying labels has covariance 0 and so CCC 0 without special-casing.
+- F1 of a class (or AU) with no true and no predicted positives is 0 (scikit-learn's
+  ``zero_division=0``); Expr macro F1 always averages over all 8 classes, so a class missing from the
+  set lowers the score rather than vanishing from the mean.
+"""
+
+import numpy as np
+
+from pipeline.data.affwild2 import AU_NAMES, EXPR_CLASSES, VA_NAMES
+
+
+def ccc(x: np.ndarray, y: np.ndarray) -> float:
+    """Concordance correlation coefficient with population (biased) moments.
+
+    Args:
+        x: predictions (N,).
+        y: labels (N,).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"ccc needs two 1-D arrays of one length, got {x.shape} and {y.shape}")
+    if len(x) == 0:
+        raise ValueError("ccc of an empty set")
+    mx, my = x.mean(), y.mean()
+    cov = ((x - mx) * (y - my)).mean()
+    denom = x.var() + y.var() + (mx - my) ** 2
+    return float(2 * cov / denom) if denom > 0 else 0.0
+
+
+def binary_f1(pred: np.ndarray, true: np.ndarray) -> float:
+    """F1 of the positive class of 0/1 arrays; 0 when there are no positives on either side."""
+    pred = np.asarray(pred).astype(bool)
+    true = np.asarray(true).astype(bool)
+    tp = np.count_nonzero(pred & true)
+    denom = np.count_nonzero(pred) + np.count_nonzero(true)
+    return 2 * tp / denom if denom else 0.0
+
+
+def va_score(pred: np.ndarray, true: np.ndarray) -> dict:
+    """VA challenge score: mean of CCC(valence) and CCC(arousal).
+
+    Args:
+        pred: (N, 2) predictions, columns valence, arousal.
+        true: (N, 2) labels of valid frames.
+    """
+    pred, true = np.asarray(pred), np.asarray(true)
+    per = {name: ccc(pred[:, i], true[:, i]) for i, name in enumerate(VA_NAMES)}
+    return {"score": float(np.mean(list(per.values()))), **per, "frames": int(len(true))}
+
+
+def expr_f1(pred: np.ndarray, true: np.ndarray) -> dict:
+    """Expr challenge score: macro F1 over the 8 classes.
+
+    Args:
+        pred: (N,) predicted class indices 0..7.
+        true: (N,) labels of valid frames.
+    """
+    pred, true = np.asarray(pred).astype(np.int64), np.asarray(true).astype(np.int64)
+    per = {name: binary_f1(pred == k, true == k) for k, name in enumerate(EXPR_CLASSES)}
+    accuracy = float((pred == true).mean()) if len(true) else 0.0
+    return {"score": float(np.mean(list(per.values()))), **per, "accuracy": accuracy, "frames": int(len(true))}
+
+
+def au_f1(pred: np.ndarray, true: np.ndarray) -> dict:
+    """AU challenge score: mean over the 12 AUs of each AU's binary F1.
+
+    Args:
+        pred: (N, 12) predicted 0/1.
+        true: (N, 12) labels of valid frames.
+    """
+    pred, true = np.asarray(pred), np.asarray(true)
+    per = {name: binary_f1(pred[:, i], true[:, i]) for i, name in enumerate(AU_NAMES)}
+    return {"score": float(np.mean(list(per.values()))), **per, "frames": int(len(true))}
+
+
+TASK_METRICS = {"va": va_score, "expr": expr_f1, "au": au_f1}

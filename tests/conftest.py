@@ -1,0 +1,49 @@
+"""Shared fixtures: a hand-written minimal Aff-Wild2 root, and the tiny synthetic dataset (built once)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.data.affwild2 import HEADERS
+
+
+def write_images(root: Path, video: str, frames, folder: str = "cropped_aligned", size: int = 16) -> None:
+    d = root / folder / video
+    d.mkdir(parents=True, exist_ok=True)
+    for k in frames:
+        Image.fromarray(np.full((size, size, 3), k % 255, np.uint8)).save(d / f"{k:05d}.jpg")
+
+
+def write_annotation(root: Path, challenge: str, split: str, video: str, task: str, rows) -> Path:
+    d = root / "6th ABAW Annotations" / challenge / split
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{video}.txt"
+    path.write_text(",".join(HEADERS[task]) + "\n" + "".join(r + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def mini_root(tmp_path) -> Path:
+    """Two videos (one in a second image root), VA/Expr/AU annotations, gaps and invalid rows."""
+    root = tmp_path / "aw2"
+    write_images(root, "vid_left", [1, 2, 4, 5])
+    write_images(root, "105", [1, 2, 3], folder="cropped_aligned_new_50_vids")
+    write_annotation(root, "VA_Estimation_Challenge", "Train_Set", "vid_left", "va",
+                     ["0.1,0.2", "-5,-5", "0.3,-0.4", "1,-1", "0.0,0.0", "0.5,0.5"])
+    write_annotation(root, "VA_Estimation_Challenge", "Validation_Set", "105", "va", ["0.1,0.1", "0.2,0.2", "0.3,0.3"])
+    write_annotation(root, "EXPR_Recognition_Challenge", "Train_Set", "vid_left", "expr", ["0", "7", "-1", "4", "4"])
+    write_annotation(root, "AU_Detection_Challenge", "Validation_Set", "105", "au",
+                     ["0,1,0,0,0,0,0,0,0,0,0,1", "-1,-1,-1,-1,-1,-1,-1,-1,-1,-1,-1,-1", "1,1,1,1,1,1,1,1,1,1,1,1"])
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """The tiny synthetic mini-Aff-Wild2, generated once per test session."""
+    from pipeline.data.synth import PRESETS, generate
+
+    root = tmp_path_factory.mktemp("synth") / "tiny"
+    generate(root, PRESETS["tiny"], progress=False)
+    return root

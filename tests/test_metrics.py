@@ -1,0 +1,76 @@
+"""Metric parity: our CCC and F1s against scikit-learn and a plain numpy reference on random inputs."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from pipeline.metrics import au_f1, binary_f1, ccc, expr_f1, va_score
+
+
+def reference_ccc(x, y):
+    # Written from the definition with explicit sums, independent of pipeline.metrics.
+    n = len(x)
+    mx, my = sum(x) / n, sum(y) / n
+    vx = sum((a - mx) ** 2 for a in x) / n
+    vy = sum((b - my) ** 2 for b in y) / n
+    cov = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True)) / n
+    return 2 * cov / (vx + vy + (mx - my) ** 2)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_ccc_matches_reference(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 500))
+    y = rng.uniform(-1, 1, n)
+    x = 0.6 * y + rng.normal(0, rng.uniform(0.05, 1), n) + rng.uniform(-0.3, 0.3)
+    assert ccc(x, y) == pytest.approx(reference_ccc(list(x), list(y)), abs=1e-12)
+
+
+def test_ccc_properties():
+    y = np.linspace(-1, 1, 101)
+    assert ccc(y, y) == pytest.approx(1.0)
+    assert ccc(-y, y) == pytest.approx(-1.0)
+    assert ccc(y + 0.5, y) < 1.0  # a shift is penalised, unlike Pearson
+    assert ccc(np.zeros_like(y), y) == 0.0  # constant prediction
+    assert ccc(np.ones(5), np.ones(5)) == 0.0  # degenerate: zero denominator
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_expr_f1_matches_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    true = rng.integers(0, 8, n)
+    pred = np.where(rng.random(n) < 0.5, true, rng.integers(0, rng.integers(1, 9), n))
+    expected = f1_score(true, pred, labels=list(range(8)), average="macro", zero_division=0)
+    assert expr_f1(pred, true)["score"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_expr_f1_absent_class_counts_as_zero():
+    true = np.array([0, 0, 1, 1])
+    result = expr_f1(true.copy(), true)
+    assert result["Neutral"] == 1.0 and result["Anger"] == 1.0 and result["Other"] == 0.0
+    assert result["score"] == pytest.approx(2 / 8)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_au_f1_matches_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    true = (rng.random((n, 12)) < rng.uniform(0.05, 0.6, 12)).astype(int)
+    pred = np.where(rng.random((n, 12)) < 0.7, true, rng.integers(0, 2, (n, 12)))
+    expected = np.mean([f1_score(true[:, i], pred[:, i], zero_division=0) for i in range(12)])
+    assert au_f1(pred, true)["score"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_binary_f1_degenerate():
+    assert binary_f1(np.zeros(4), np.zeros(4)) == 0.0
+    assert binary_f1(np.ones(4), np.zeros(4)) == 0.0
+
+
+def test_va_score_is_mean_of_the_two_cccs():
+    rng = np.random.default_rng(0)
+    true = rng.uniform(-1, 1, (300, 2))
+    pred = true + rng.normal(0, 0.3, (300, 2))
+    result = va_score(pred, true)
+    assert result["score"] == pytest.approx((ccc(pred[:, 0], true[:, 0]) + ccc(pred[:, 1], true[:, 1])) / 2)
+    assert set(result) >= {"score", "valence", "arousal"}
