@@ -1,0 +1,74 @@
+# mae-affect: every target runs inside .venv, built by `make setup` (a no-op when nothing changed).
+# Defaults point at the synthetic mini-Aff-Wild2 under data/, so on a fresh clone
+# `make extract && make train-va` needs no arguments. Override any variable: make train-va DATA=/path/to/affwild2
+
+VENV     ?= .venv
+PYTHON   ?= python3
+# CUDA builds that also run on the CPU; PyPI's torchvision does not import beside the 2.13.0 CPU build.
+TORCH    ?= torch==2.14.1 torchvision==0.29.1
+BIN      := $(VENV)/bin
+CLI      := $(BIN)/mae-affect
+
+PRESET   ?= demo
+DATA     ?= data/synth-$(PRESET)
+RUNS     ?= runs/$(PRESET)
+DEVICE   ?= auto
+MODEL    ?= mae_vit_tiny_patch16
+IMG_SIZE ?= 112
+WORKERS  ?= 2
+PT_EPOCHS ?= 8
+FT_EPOCHS ?= 4
+HEAD_EPOCHS ?= 20
+PRETRAIN ?= $(RUNS)/pretrain
+FINETUNE ?= $(RUNS)/finetune
+CKPT     ?= $(FINETUNE)/best.pt
+STORE    ?= $(RUNS)/features.zarr
+HEADS    ?= $(RUNS)/heads
+
+.PHONY: setup demo test test-fast lint synth pretrain finetune extract train-va train-expr train-au bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+
+synth: setup
+	$(CLI) synth --out $(DATA) --preset $(PRESET)
+
+pretrain: synth
+	$(CLI) pretrain --images $(DATA)/cropped_aligned --images $(DATA)/cropped_aligned_new_50_vids \
+		--out $(PRETRAIN) --model $(MODEL) --img-size $(IMG_SIZE) --epochs $(PT_EPOCHS) \
+		--workers $(WORKERS) --device $(DEVICE)
+
+finetune: pretrain
+	$(CLI) finetune --data $(DATA) --init $(PRETRAIN)/checkpoint-last.pt --out $(FINETUNE) \
+		--epochs $(FT_EPOCHS) --workers $(WORKERS) --device $(DEVICE)
+
+extract: finetune
+	$(CLI) extract --data $(DATA) --ckpt $(CKPT) --store $(STORE) --workers $(WORKERS) --device $(DEVICE)
+
+train-va train-expr train-au: train-%: setup
+	test -e $(STORE) || $(MAKE) extract
+	$(CLI) train $* --store $(STORE) --data $(DATA) --out $(HEADS)/$* --epochs $(HEAD_EPOCHS) --device $(DEVICE)
+
+demo: setup
+	$(CLI) demo --out $(RUNS) --data $(DATA) --preset $(PRESET) --device $(DEVICE)
+
+bench: setup
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf runs data .pytest_cache .ruff_cache
