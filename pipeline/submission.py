@@ -1,0 +1,146 @@
+"""Challenge submission files: read, write, check, and score against annotations.
+
+Format (``shared/AFFWILD2.md``): a header ``image_location,<names>`` and one row per frame,
+``video/00001.jpg,<values>``, in the order of the organisers' example file, frames without a face
+included. VA rows carry two floats in [-1, 1], Expr one class index 0..7, AU twelve 0/1 values.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data.affwild2 import HEADERS, AffWild2, check_task
+from pipeline.errors import InputError
+from pipeline.metrics import TASK_METRICS
+from pipeline.runs import atomic_write_text
+
+
+def read_submission(path: Path, task: str) -> tuple[list[str], np.ndarray]:
+    """Read a submission or example file.
+
+    Returns:
+        the image locations (``video/NNNNN.jpg``) and their values (N, K), K = 2, 1 or 12.
+    """
+    task = check_task(task)
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: submission file not found")
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    expected = ("image_location", *HEADERS[task])
+    if not lines or tuple(h.strip() for h in lines[0].split(",")) != expected:
+        got = lines[0] if lines else "nothing"
+        raise InputError(f"{path}:1: header {got!r}; expected {','.join(expected)!r}")
+    width = 2 if task == "expr" else len(expected)
+    locations, rows = [], []
+    for lineno, line in enumerate(lines[1:], start=2):
+        fields = line.split(",")
+        if len(fields) != width:
+            raise InputError(f"{path}:{lineno}: {len(fields)} fields, expected {width}: {line!r}")
+        try:
+            rows.append([float(f) for f in fields[1:]])
+        except ValueError:
+            raise InputError(f"{path}:{lineno}: non-numeric value in {line!r}") from None
+        locations.append(fields[0].strip())
+    return locations, np.asarray(rows, dtype=np.float64).reshape(len(rows), width - 1)
+
+
+def parse_location(location: str) -> tuple[str, int]:
+    """``video/00012.jpg`` -> (``video``, 12)."""
+    video, _, image = location.rpartition("/")
+    stem = image.rsplit(".", 1)[0]
+    if not video or not stem.isdigit():
+        raise ValueError(f"not a <video>/<NNNNN>.jpg location: {location!r}")
+    return video, int(stem)
+
+
+def format_rows(task: str, values: np.ndarray) -> list[str]:
+    """Values (N, K) as the challenge's value columns, one string per row."""
+    if task == "va":
+        return [f"{v:.6f},{a:.6f}" for v, a in np.clip(values, -1, 1)]
+    if task == "expr":
+        return [str(int(c)) for c in values.reshape(-1)]
+    return [",".join(str(int(b)) for b in row) for row in values]
+
+
+def write_submission(path: Path, task: str, locations: list[str], values: np.ndarray) -> None:
+    """Write a submission file atomically (header, then one row per location, in the given order)."""
+    task = check_task(task)
+    if len(locations) != len(values):
+        raise ValueError(f"{len(locations)} locations but {len(values)} value rows")
+    header = ",".join(("image_location", *HEADERS[task]))
+    body = "".join(f"{loc},{row}\n" for loc, row in zip(locations, format_rows(task, values), strict=True))
+    atomic_write_text(Path(path), header + "\n" + body)
+
+
+def check_submission(path: Path, task: str, example: Path) -> list[str]:
+    """Problems of a submission against the organisers' example file; empty when it is valid.
+
+    Checks header, row count, row order (the example's image locations, one for one) and value ranges;
+    the first problem of each kind is named with its line.
+    """
+    problems = []
+    try:
+        locations, values = read_submission(path, task)
+    except InputError as err:
+        return [str(err)]
+    example_locations, _ = read_submission(example, task)
+    if len(locations) != len(example_locations):
+        problems.append(f"{path}: {len(locations)} rows, the example {example} has {len(example_locations)}")
+    for i, (got, want) in enumerate(zip(locations, example_locations, strict=False)):
+        if got != want:
+            problems.append(f"{path}:{i + 2}: row for {got!r}, the example has {want!r} there (order must match)")
+            break
+    bad = _out_of_range(task, values)
+    if len(bad):
+        problems.append(f"{path}:{int(bad[0]) + 2}: value out of range for {task}: {values[bad[0]].tolist()}")
+    return problems
+
+
+def _out_of_range(task: str, values: np.ndarray) -> np.ndarray:
+    if task == "va":
+        wrong = (np.abs(values) > 1).any(axis=1) | ~np.isfinite(values).all(axis=1)
+    elif task == "expr":
+        wrong = ~np.isin(values, np.arange(len(HEADERS["expr"]))).all(axis=1)
+    else:
+        wrong = ~np.isin(values, (0, 1)).all(axis=1)
+    return np.flatnonzero(wrong)
+
+
+def score_submission(path: Path, task: str, data: AffWild2, split: str = "Validation_Set") -> dict:
+    """Score a submission-format file against the annotations of ``split``.
+
+    Every valid annotated frame of every video of the split needs a row; rows for other frames are
+    ignored. Returns the task's metric dict (``score`` plus per-dimension/class/AU figures).
+    """
+    task = check_task(task)
+    locations, values = read_submission(path, task)
+    annotations = data.annotations(task, split)
+    rows: dict[tuple[str, int], int] = {}
+    for i, loc in enumerate(locations):
+        try:
+            rows[parse_location(loc)] = i
+        except ValueError as err:
+            raise InputError(f"{path}:{i + 2}: {err}") from None
+    preds, trues = [], []
+    for video, ann in annotations.items():
+        frames = np.flatnonzero(ann.valid) + 1
+        index = [rows.get((video, int(k)), -1) for k in frames]
+        if -1 in index:
+            k = frames[index.index(-1)]
+            raise InputError(
+                f"{path}: no row for {video}/{k:05d}.jpg, a valid frame of {split}; "
+                "a submission needs a row for every annotated frame"
+            )
+        preds.append(values[index])
+        trues.append(ann.labels[ann.valid])
+    if not preds:
+        raise InputError(f"{data.root}: no {task} annotations in {split}")
+    pred = np.concatenate(preds)
+    true = np.concatenate(trues)
+    if task == "expr":
+        pred = pred[:, 0]
+    result = TASK_METRICS[task](pred, true)
+    result.update(task=task, split=split, videos=len(annotations))
+    return result
