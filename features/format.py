@@ -1,0 +1,169 @@
+"""Format version 1 of the mae-affect feature store: names, attributes and their checks.
+
+The logical layout is the same in Zarr 3 and HDF5 (README, "Feature store format"):
+
+    /                           attrs: format, format_version, encoder, encoder_config, ...
+    /videos/<video>/features    (T, D) float16 | float32; row i = frame i+1; absent frames are zero rows
+    /videos/<video>/present     (T,) bool; true where the frame had a face image
+    /videos/<video>             attrs: complete (written last), num_frames, num_present
+
+HDF5 attributes cannot hold dicts, so an HDF5 root also carries ``attrs_json``, the whole attribute
+dict as JSON (the authoritative copy); each attribute is mirrored natively where HDF5 allows it.
+"""
+
+import json
+import math
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from .errors import StoreError
+
+FORMAT_NAME = "mae-affect-features"
+FORMAT_VERSION = 1
+VIDEOS = "videos"
+FEATURES = "features"
+PRESENT = "present"
+CHUNK_ROWS = 1024  # (1024, 768) float16 = 1.5 MiB a chunk: a 50,000-frame video streams in 49 chunks
+DTYPES = ("float16", "float32")
+H5_ATTRS_JSON = "attrs_json"
+
+# Attributes that say how the features were made: appending to a store requires them to be equal.
+IDENTITY_KEYS = (
+    "encoder", "encoder_config", "checkpoint_sha256", "input_size", "pixel_mean", "pixel_std",
+    "pooling", "feature_dim", "dtype",
+)
+WRITE_FORMATS = ("zarr", "hdf5")
+
+
+def tool_version() -> str:
+    try:
+        return metadata.version("mae-affect")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _jsonable(key: str, value) -> object:
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise StoreError(f"store attribute {key!r} is not JSON-serialisable ({e}): give plain "
+                         "numbers, strings, lists or dicts") from e
+
+
+def check_feature_spec(attrs: dict, where: str) -> None:
+    """feature_dim a positive int and dtype one of DTYPES, else StoreError naming ``where``."""
+    dim = attrs.get("feature_dim")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise StoreError(f"{where}: feature_dim must be a positive integer, got {dim!r}")
+    if attrs.get("dtype") not in DTYPES:
+        raise StoreError(f"{where}: dtype must be one of {', '.join(DTYPES)}, got {attrs.get('dtype')!r}")
+
+
+def normalise_attrs(attrs: dict) -> dict:
+    """The root attributes of a new store: the given ones as plain JSON values, checked, with
+    format, format_version, created and tool_version filled in (given created/tool_version win,
+    so that an export keeps those of its source)."""
+    given = {str(k): _jsonable(str(k), v) for k, v in dict(attrs).items()}
+    missing = [k for k in IDENTITY_KEYS if k not in given]
+    if missing:
+        raise StoreError(f"store attributes lack {', '.join(missing)}: give them in attrs "
+                         "(the extraction stage takes them from the encoder and checkpoint)")
+    if given.get("format", FORMAT_NAME) != FORMAT_NAME:
+        raise StoreError(f"store attribute format must be {FORMAT_NAME!r}, got {given['format']!r}")
+    if given.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+        raise StoreError(f"this version writes format_version {FORMAT_VERSION}, "
+                         f"got {given['format_version']!r}")
+    check_feature_spec(given, "store attributes")
+    out = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}
+    out["created"] = given.pop("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    out["tool_version"] = given.pop("tool_version", tool_version())
+    given.pop("format", None)
+    given.pop("format_version", None)
+    out.update(given)
+    return out
+
+
+def identity_differences(stored: dict, given: dict) -> list[str]:
+    """'key (store X, given Y)' for every identity attribute that differs."""
+    return [
+        f"{k} (store {stored.get(k)!r}, given {given.get(k)!r})"
+        for k in ("format_version", *IDENTITY_KEYS)
+        if stored.get(k) != given.get(k)
+    ]
+
+
+def check_root_attrs(attrs: dict, path: Path) -> None:
+    """StoreError unless ``attrs`` are those of a feature store this version can read."""
+    if attrs.get("format") != FORMAT_NAME:
+        raise StoreError(f"{path} is not a mae-affect feature store (root attribute format = "
+                         f"{attrs.get('format')!r}, expected {FORMAT_NAME!r})")
+    version = attrs.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise StoreError(f"{path} has format_version {version!r}; this mae-affect reads up to "
+                         f"{FORMAT_VERSION}: upgrade mae-affect")
+    check_feature_spec(attrs, str(path))
+
+
+def check_video_name(name: str) -> None:
+    # Zarr 3 node names: no '/', not '.' or '..', not starting with '__' (reserved).
+    if not name or "/" in name or name in (".", "..") or name.startswith("__"):
+        raise StoreError(f"video name {name!r} cannot name a store group: it must be non-empty, "
+                         "without '/', and not start with '__'")
+
+
+def infer_format(path: Path) -> str:
+    """'hdf5' for .h5/.hdf5, 'zip' for .zip (a zipped Zarr store), else 'zarr' (a directory)."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".h5", ".hdf5"):
+        return "hdf5"
+    if suffix == ".zip":
+        return "zip"
+    return "zarr"
+
+
+def sniff_format(path: Path) -> str:
+    """The format of an existing store from its content: 'zarr', 'zip' or 'hdf5'."""
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"no feature store at {path}: check the path, or make one with "
+                         "`mae-affect extract --store PATH`")
+    if path.is_dir():
+        if not (path / "zarr.json").is_file():
+            raise StoreError(f"{path} is a directory without zarr.json, not a Zarr 3 feature store: "
+                             "check the path")
+        return "zarr"
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head == b"\x89HDF\r\n\x1a\n":
+        return "hdf5"
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    raise StoreError(f"{path} is neither a Zarr directory, a .zarr.zip nor an HDF5 file: check the path")
+
+
+def h5_encode_attrs(attrs: dict) -> dict:
+    """HDF5 attributes: ``attrs_json`` (authoritative) plus a native mirror of each attribute
+    (scalars as they are, flat numeric lists as arrays, anything else as JSON text)."""
+    out = {H5_ATTRS_JSON: json.dumps(attrs)}
+    for k, v in attrs.items():
+        numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if isinstance(v, (str, bool)) or (numeric and math.isfinite(v) and abs(v) < 2**63):
+            out[k] = v
+        elif isinstance(v, list) and v and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in v
+        ):
+            out[k] = np.asarray(v, dtype=np.float64 if any(isinstance(x, float) for x in v) else np.int64)
+        else:
+            out[k] = json.dumps(v)
+    return out
+
+
+def h5_decode_attrs(raw, path: Path) -> dict:
+    if H5_ATTRS_JSON not in raw:
+        raise StoreError(f"{path} is an HDF5 file without the {H5_ATTRS_JSON!r} root attribute, "
+                         "not a mae-affect feature store: check the path")
+    text = raw[H5_ATTRS_JSON]
+    return json.loads(text.decode() if isinstance(text, bytes) else text)

@@ -1,0 +1,173 @@
+"""Reading a feature store: one video at a time, or every video packed into one array.
+
+Random window reads from a chunked store decode a whole chunk per window; the heads instead call
+``load_all`` once and slice the in-memory array (the issue's "fast path").
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .backends import open_backend
+from .errors import StoreError
+from .fill import check_fill, fill_absent
+from .format import sniff_format
+
+
+@dataclass
+class Packed:
+    """Every selected video's rows, back to back.
+
+    features: (sum T, D) contiguous; present: (sum T,) bool;
+    offsets: video -> (start, stop) rows of that video; videos: the videos in packing order.
+    """
+
+    features: np.ndarray
+    present: np.ndarray
+    offsets: dict[str, tuple[int, int]]
+    videos: list[str]
+
+    def video(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Views (T, D) and (T,) of one video's rows."""
+        start, stop = self.offsets[name]
+        return self.features[start:stop], self.present[start:stop]
+
+
+class FeatureStore:
+    """A feature store opened for reading (Zarr directory, .zarr.zip or HDF5); see ``open_store``."""
+
+    def __init__(self, backend):
+        self._backend = backend
+        self.path: Path = backend.path
+        self.format: str = backend.format
+        self._attrs = backend.attrs
+        self._video_attrs = {v: backend.video_attrs(v) for v in backend.video_names()}
+        self._complete = sorted(v for v, a in self._video_attrs.items() if a.get("complete") is True)
+
+    @property
+    def attrs(self) -> dict:
+        return dict(self._attrs)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self._attrs["feature_dim"])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self._attrs["dtype"])
+
+    def videos(self) -> list[str]:
+        """Complete videos, sorted; incomplete ones (an interrupted run) are not listed."""
+        return list(self._complete)
+
+    def incomplete_videos(self) -> list[str]:
+        return sorted(set(self._video_attrs) - set(self._complete))
+
+    def _check_video(self, video: str) -> None:
+        if video not in self._video_attrs:
+            raise StoreError(f"video {video!r} is not in store {self.path}: "
+                             f"it holds {len(self._complete)} videos (see `mae-affect features info`)")
+        if video not in self._complete:
+            raise StoreError(f"video {video!r} in store {self.path} is incomplete (an interrupted "
+                             "run): rerun extraction, which redoes it")
+
+    def num_frames(self, video: str) -> int:
+        self._check_video(video)
+        return int(self._video_attrs[video]["num_frames"])
+
+    def num_present(self, video: str) -> int:
+        self._check_video(video)
+        return int(self._video_attrs[video]["num_present"])
+
+    @property
+    def consolidated(self) -> bool:
+        """True when opened from a Zarr store's consolidated listing."""
+        return self.format != "hdf5" and self._backend.is_consolidated()
+
+    def arrays(self, video: str):
+        """The stored arrays of one video, lazy (``zarr.Array`` or ``h5py.Dataset``): features (T, D)
+        and present (T,); slicing reads only the chunks it touches."""
+        self._check_video(video)
+        return self._backend.arrays(video)
+
+    def read_rows(self, video: str, start: int = 0, stop: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``start:stop`` as stored (absent rows zero): features (n, D) store dtype, present (n,)."""
+        features, present = self.arrays(video)
+        return np.asarray(features[start:stop]), np.asarray(present[start:stop], dtype=bool)
+
+    def read(self, video: str, fill: str = "zeros", dtype=None) -> tuple[np.ndarray, np.ndarray]:
+        """One video: features (T, D) in ``dtype`` (default: the store's), present (T,) bool.
+
+        Args:
+            video: a name from ``videos()``.
+            fill: rows of frames without a face: "zeros" (as stored), "nearest" or "linear".
+            dtype: output dtype; None keeps the stored one.
+        """
+        check_fill(fill)
+        features, present = self.read_rows(video)
+        if dtype is not None:
+            features = features.astype(dtype, copy=False)
+        return fill_absent(features, present, fill), present
+
+    def load_all(self, videos=None, dtype=np.float32, fill: str = "zeros") -> Packed:
+        """Every (or the given) complete video packed into one contiguous array: the heads' fast path.
+
+        Args:
+            videos: names to load, in this order; None loads ``videos()``.
+            dtype: dtype of the packed features (float32 by default; float16 halves the memory).
+            fill: as in ``read``, applied per video.
+        """
+        check_fill(fill)
+        names = self.videos() if videos is None else list(videos)
+        for v in names:
+            self._check_video(v)
+        offsets, start = {}, 0
+        for v in names:
+            offsets[v] = (start, start + self.num_frames(v))
+            start += self.num_frames(v)
+        features = np.empty((start, self.feature_dim), dtype)  # (sum T, D)
+        present = np.empty(start, bool)
+        for v in names:
+            a, b = offsets[v]
+            stored_features, stored_present = self.arrays(v)
+            features[a:b] = stored_features[:]
+            present[a:b] = stored_present[:]
+            fill_absent(features[a:b], present[a:b], fill)
+        return Packed(features, present, offsets, names)
+
+    def info(self) -> dict:
+        """What made the store, how many videos and frames it holds, and its size on disk."""
+        complete = [self._video_attrs[v] for v in self._complete]
+        return {
+            "path": str(self.path),
+            "format": self.format,
+            "attrs": self.attrs,
+            "videos": len(complete),
+            "incomplete_videos": len(self.incomplete_videos()),
+            "frames": sum(int(a["num_frames"]) for a in complete),
+            "present_frames": sum(int(a["num_present"]) for a in complete),
+            "bytes": self._backend.nbytes(),
+        }
+
+    def close(self) -> None:
+        self._backend.close()
+
+    def __enter__(self) -> "FeatureStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_store(path, use_consolidated: bool = True) -> FeatureStore:
+    """Open a store for reading, whatever its container (Zarr directory, .zarr.zip, HDF5).
+
+    Args:
+        path: the store.
+        use_consolidated: read a Zarr store's consolidated listing (one read); False reads every
+            group's own metadata (what ``verify_store`` does to catch a stale listing).
+    """
+    path = Path(path)
+    return FeatureStore(open_backend(path, sniff_format(path), use_consolidated=use_consolidated))

@@ -1,0 +1,313 @@
+"""The feature store: round trips in both containers, plain zarr/h5py readers, resumability, attribute
+checks, fill modes, packing, export, verify, merging, and two processes writing one Zarr store."""
+
+import json
+import multiprocessing as mp
+
+import h5py
+import numpy as np
+import pytest
+import zarr
+import zarr.storage
+
+import features
+from features.fill import fill_absent
+
+D = 8  # feature width of the test stores
+
+
+def make_attrs(**over) -> dict:
+    attrs = {
+        "encoder": "mae_vit_tiny_patch16", "encoder_config": {"depth": 2, "embed_dim": D},
+        "checkpoint_sha256": "ab" * 32, "input_size": 112, "pixel_mean": [0.5, 0.5, 0.5],
+        "pixel_std": [0.25, 0.25, 0.25], "pooling": "cls", "feature_dim": D, "dtype": "float16",
+        "splits": ["Train_Set"],
+    }
+    attrs.update(over)
+    return attrs
+
+
+def make_video(t: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(T, D) float32 rows and (T,) present flags with gaps."""
+    rng = np.random.default_rng(seed)
+    present = rng.random(t) > 0.3
+    present[0] = True
+    return rng.standard_normal((t, D)).astype(np.float32), present
+
+
+def stored(feats: np.ndarray, present: np.ndarray, dtype=np.float16) -> np.ndarray:
+    """What the store must hold: absent rows zero, cast to the store dtype."""
+    return np.where(present[:, None], feats, 0).astype(dtype)
+
+
+def write_video(writer, name: str, feats, present, block: int = 3) -> None:
+    vw = writer.begin_video(name, len(present))
+    for a in range(0, len(present), block):  # blocks that do not line up with the chunks
+        vw.write(a, feats[a:a + block], present[a:a + block])
+    vw.finish()
+
+
+VIDEOS = {"vid_left": make_video(13, 0), "105": make_video(4, 1), "4-30-1920x1080": make_video(9, 2)}
+
+
+@pytest.fixture(params=["zarr", "h5"])
+def store_path(request, tmp_path):
+    path = tmp_path / f"feats.{request.param}"
+    with features.create_store(path, make_attrs(), chunk_rows=4) as w:
+        for name, (f, p) in VIDEOS.items():
+            write_video(w, name, f, p)
+    return path
+
+
+def test_round_trip(store_path):
+    with features.open_store(store_path) as s:
+        assert s.videos() == sorted(VIDEOS)
+        assert s.feature_dim == D and s.dtype == np.float16
+        assert s.attrs["checkpoint_sha256"] == "ab" * 32 and s.attrs["encoder_config"]["depth"] == 2
+        assert s.attrs["format"] == "mae-affect-features" and s.attrs["format_version"] == 1
+        for name, (f, p) in VIDEOS.items():
+            got_f, got_p = s.read(name)
+            assert s.num_frames(name) == len(p)
+            assert got_f.dtype == np.float16
+            np.testing.assert_array_equal(got_f, stored(f, p))
+            np.testing.assert_array_equal(got_p, p)
+        info = s.info()
+        assert info["videos"] == 3 and info["frames"] == 26 and info["bytes"] > 0
+        assert info["present_frames"] == sum(int(p.sum()) for _, p in VIDEOS.values())
+
+
+def test_plain_zarr_and_h5py_read_the_same_values(store_path):
+    f, p = VIDEOS["vid_left"]
+    if store_path.suffix == ".zarr":
+        root = zarr.open_group(store_path, mode="r")
+        attrs = dict(root.attrs)
+        group = root["videos/vid_left"]
+        got_f, got_p, complete = group["features"][:], group["present"][:], group.attrs["complete"]
+    else:
+        with h5py.File(store_path, "r") as h:
+            attrs = json.loads(h.attrs["attrs_json"])
+            assert h.attrs["feature_dim"] == D  # mirrored natively too
+            group = h["videos/vid_left"]
+            got_f, got_p, complete = group["features"][:], group["present"][:], group.attrs["complete"]
+    assert attrs["pooling"] == "cls" and attrs["feature_dim"] == D and complete
+    np.testing.assert_array_equal(got_f, stored(f, p))
+    np.testing.assert_array_equal(got_p, p)
+
+
+def test_incomplete_video_is_not_listed_and_is_redone(store_path):
+    f, p = make_video(10, 5)
+    with features.create_store(store_path, make_attrs(), chunk_rows=4) as w:
+        vw = w.begin_video("killed", 10)
+        vw.write(0, f[:6], p[:6])  # the run dies here: no finish()
+    with features.open_store(store_path) as s:
+        assert "killed" not in s.videos() and s.incomplete_videos() == ["killed"]
+        with pytest.raises(features.StoreError, match="incomplete"):
+            s.read("killed")
+    with features.create_store(store_path, make_attrs(), chunk_rows=4) as w:
+        assert w.completed() == set(VIDEOS)
+        write_video(w, "killed", f, p)
+    with features.open_store(store_path) as s:
+        assert "killed" in s.videos() and not s.incomplete_videos()
+        np.testing.assert_array_equal(s.read("killed")[0], stored(f, p))
+
+
+@pytest.mark.parametrize("key, value", [("checkpoint_sha256", "cd" * 32), ("pooling", "mean"),
+                                        ("feature_dim", 16), ("encoder", "mae_vit_base_patch16")])
+def test_reopen_refuses_different_identity(store_path, key, value):
+    with pytest.raises(features.StoreError, match=key):
+        features.create_store(store_path, make_attrs(**{key: value}))
+    with features.create_store(store_path, make_attrs(**{key: value}), overwrite=True) as w:
+        assert w.completed() == set()
+    with features.open_store(store_path) as s:
+        assert s.videos() == [] and s.attrs[key] == value
+
+
+def test_append_keeps_videos_and_created(store_path):
+    with features.open_store(store_path) as s:
+        created = s.attrs["created"]
+    with features.create_store(store_path, make_attrs(), chunk_rows=4) as w:
+        write_video(w, "new", *make_video(5, 9))
+    with features.open_store(store_path) as s:
+        assert s.videos() == sorted([*VIDEOS, "new"]) and s.attrs["created"] == created
+
+
+def test_bad_attrs_and_paths_are_refused(tmp_path):
+    with pytest.raises(features.StoreError, match="checkpoint_sha256"):
+        features.create_store(tmp_path / "a.zarr", {k: v for k, v in make_attrs().items()
+                                                     if k != "checkpoint_sha256"})
+    with pytest.raises(features.StoreError, match="dtype"):
+        features.create_store(tmp_path / "a.zarr", make_attrs(dtype="bfloat16"))
+    with pytest.raises(features.StoreError, match="not JSON-serialisable"):
+        features.create_store(tmp_path / "a.zarr", make_attrs(extra=object()))
+    precious = tmp_path / "images"
+    precious.mkdir()
+    (precious / "00001.jpg").write_bytes(b"x")
+    with pytest.raises(features.StoreError, match="refusing to overwrite"):
+        features.create_store(precious, make_attrs(), overwrite=True)
+    assert (precious / "00001.jpg").exists()
+    for path, match in [(tmp_path / "none.zarr", "no feature store"), (precious, "without zarr.json"),
+                        (precious / "00001.jpg", "neither")]:
+        with pytest.raises(features.StoreError, match=match):
+            features.open_store(path)
+
+
+def test_fill_modes():
+    f = np.zeros((6, 2), np.float32)
+    present = np.array([False, True, False, False, True, False])
+    f[1], f[4] = [1, 10], [4, 40]
+    np.testing.assert_array_equal(fill_absent(f.copy(), present, "zeros"), f)
+    nearest = fill_absent(f.copy(), present, "nearest")
+    np.testing.assert_array_equal(nearest[:, 0], [1, 1, 1, 4, 4, 4])
+    linear = fill_absent(f.copy(), present, "linear")
+    np.testing.assert_allclose(linear[:, 0], [1, 1, 2, 3, 4, 4])
+    np.testing.assert_allclose(linear[:, 1], [10, 10, 20, 30, 40, 40])
+    nothing = np.zeros((3, 2), np.float32)
+    np.testing.assert_array_equal(fill_absent(nothing.copy(), np.zeros(3, bool), "linear"), nothing)
+    with pytest.raises(features.StoreError, match="fill"):
+        fill_absent(f, present, "previous")
+
+
+def test_read_fill_never_changes_the_store(store_path):
+    with features.open_store(store_path) as s:
+        filled, present = s.read("vid_left", fill="nearest", dtype=np.float32)
+        assert filled.dtype == np.float32 and np.abs(filled).sum(axis=1).all()
+        raw, _ = s.read("vid_left")
+        assert not raw[~present].any()
+
+
+def test_load_all_offsets(store_path):
+    with features.open_store(store_path) as s:
+        packed = s.load_all()
+        assert packed.features.dtype == np.float32 and packed.features.flags.c_contiguous
+        assert packed.videos == sorted(VIDEOS)
+        assert packed.features.shape == (26, D) and packed.present.shape == (26,)
+        stops = [packed.offsets[v][1] for v in packed.videos]
+        starts = [packed.offsets[v][0] for v in packed.videos]
+        assert starts == [0, *stops[:-1]] and stops[-1] == 26
+        for v in VIDEOS:
+            got_f, got_p = packed.video(v)
+            np.testing.assert_array_equal(got_f, s.read(v)[0].astype(np.float32))
+            np.testing.assert_array_equal(got_p, s.read(v)[1])
+        subset = s.load_all(videos=["vid_left", "105"], dtype=np.float16, fill="linear")
+        assert subset.videos == ["vid_left", "105"] and subset.offsets["105"] == (13, 17)
+        np.testing.assert_array_equal(subset.video("105")[0], s.read("105", fill="linear")[0])
+
+
+def test_out_of_order_writes_equal_in_order(tmp_path):
+    f, p = make_video(11, 3)
+    with features.create_store(tmp_path / "a.zarr", make_attrs(dtype="float32"), chunk_rows=4) as w:
+        vw = w.begin_video("v", 11)
+        for a in (8, 0, 5, 2):  # revisits chunks already written (read-modify-write)
+            vw.write(a, f[a:a + 3], p[a:a + 3])
+        vw.finish()
+    with features.open_store(tmp_path / "a.zarr") as s:
+        np.testing.assert_array_equal(s.read("v")[0], stored(f, p, np.float32))
+        assert s.num_present("v") == int(p.sum())
+
+
+def assert_same_stores(a, b) -> None:
+    with features.open_store(a) as x, features.open_store(b) as y:
+        assert x.attrs == y.attrs and x.videos() == y.videos()
+        for v in x.videos():
+            for got, want in zip(y.read(v), x.read(v), strict=True):
+                assert got.dtype == want.dtype
+                np.testing.assert_array_equal(got, want)
+
+
+def test_export_round_trips_exactly(store_path, tmp_path):
+    other = ".zarr" if store_path.suffix == ".h5" else ".h5"
+    there, back, zipped = tmp_path / f"there{other}", tmp_path / f"back{store_path.suffix}", tmp_path / "f.zarr.zip"
+    features.export_store(store_path, there)
+    features.export_store(there, back)
+    features.export_store(store_path, zipped)
+    for path in (there, back, zipped):
+        assert_same_stores(store_path, path)
+    with features.open_store(zipped) as s:
+        assert s.format == "zip"
+    zs = zarr.storage.ZipStore(zipped, mode="r")  # a collaborator with plain zarr
+    f, p = VIDEOS["105"]
+    np.testing.assert_array_equal(zarr.open_group(zs, mode="r")["videos/105/features"][:], stored(f, p))
+    zs.close()
+    with pytest.raises(features.StoreError, match="exists"):
+        features.export_store(store_path, there)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_verify_catches_problems(store_path):
+    expected = {v: len(p) for v, (_, p) in VIDEOS.items()}
+    assert features.verify_store(store_path, expected) == []
+    expected["vid_left"] = 14
+    expected["gone"] = 7
+    bad = np.full((2, D), np.nan, np.float32)
+    with features.create_store(store_path, make_attrs(), chunk_rows=4) as w:
+        vw = w.begin_video("105", 4)
+        vw.write(0, bad, np.ones(2, bool))
+        vw.finish()
+    problems = features.verify_store(store_path, expected)
+    text = "\n".join(problems)
+    assert "video gone: missing" in text
+    assert "video vid_left: 13 frames, the dataset says 14" in text
+    assert "video 105: 2 frames hold NaN or Inf" in text
+    assert len(problems) == 3
+    assert "no feature store" in features.verify_store(store_path.with_name("nothing.zarr"))[0]
+
+
+def test_merge_hdf5_parts(tmp_path):
+    parts = [features.part_path(tmp_path / "feats.h5", r) for r in range(2)]
+    assert parts[1].name == "feats.part1.h5"
+    names = sorted(VIDEOS)
+    for rank, part in enumerate(parts):
+        with features.create_store(part, make_attrs(), chunk_rows=4) as w:
+            for name in names[rank::2]:
+                write_video(w, name, *VIDEOS[name])
+    out = tmp_path / "feats.h5"
+    features.merge_stores(parts, out)
+    with features.open_store(out) as s:
+        assert s.videos() == names
+        np.testing.assert_array_equal(s.read("vid_left")[0], stored(*VIDEOS["vid_left"]))
+    with features.create_store(parts[0], make_attrs(), chunk_rows=4) as w:
+        write_video(w, "late", *make_video(6, 7))
+    features.merge_stores(parts, out)  # appends into the existing store, skipping complete videos
+    with features.open_store(out) as s:
+        assert s.videos() == sorted([*names, "late"])
+    with pytest.raises(features.StoreError, match="in both"):
+        features.merge_stores([parts[0], parts[0]], tmp_path / "dup.h5")
+
+
+def _worker(path: str, names: list[str]) -> None:
+    with features.create_store(path, make_attrs(), role="worker", chunk_rows=4) as w:
+        for name in names:
+            write_video(w, name, *VIDEOS[name])
+
+
+def test_two_processes_write_one_zarr_store(tmp_path):
+    path = tmp_path / "feats.zarr"
+    main = features.create_store(path, make_attrs(), role="main", chunk_rows=4)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(str(path), names))
+             for names in (["vid_left"], ["105", "4-30-1920x1080"])]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    main.close()  # after every worker: consolidates
+    with features.open_store(path) as s:
+        assert s.consolidated and s.videos() == sorted(VIDEOS)
+    assert features.verify_store(path, {v: len(p) for v, (_, p) in VIDEOS.items()}) == []
+
+
+def test_stale_consolidated_listing_is_reported_and_fixed(tmp_path):
+    path = tmp_path / "feats.zarr"
+    with features.create_store(path, make_attrs(), chunk_rows=4) as w:
+        write_video(w, "105", *VIDEOS["105"])
+    with pytest.raises(features.StoreError, match="HDF5 file has one writer"):
+        features.create_store(tmp_path / "x.h5", make_attrs(), role="worker")
+    with features.create_store(path, make_attrs(), role="worker", chunk_rows=4) as w:
+        write_video(w, "vid_left", *VIDEOS["vid_left"])  # after the main process consolidated
+    assert any("consolidated metadata lists 1" in p for p in features.verify_store(path))
+    features.consolidate_store(path)
+    assert features.verify_store(path) == []
+    with features.create_store(path, make_attrs()):  # the main writer drops the listing while open
+        with features.open_store(path) as s:
+            assert not s.consolidated and s.videos() == ["105", "vid_left"]
