@@ -88,6 +88,130 @@ def check_submission_cmd(file, task, example):
     click.echo(f"{file}: valid {task} submission")
 
 
+# --- extraction ---------------------------------------------------------------------------------
+
+
+@cli.command()
+@data_option
+@click.option("--ckpt", required=True, type=click.Path(path_type=Path), help="Encoder checkpoint (fine-tuned, MAE, official MAE .pth, timm).")
+@click.option("--store", "store_path", required=True, type=click.Path(path_type=Path), help="Feature store: DIR.zarr (default) or FILE.h5.")
+@click.option("--format", "fmt", type=click.Choice(["zarr", "hdf5"]), default=None, help="Store format; default from the suffix (zarr unless .h5).")
+@click.option("--splits", multiple=True, default=("all",), show_default=True, help="all, Train_Set, Validation_Set, test (repeatable).")
+@click.option("--pooling", type=click.Choice(["cls", "mean"]), default=None, help="Default: the checkpoint's pooling.")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--workers", default=2, show_default=True)
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast (CUDA, and CPUs with native bf16).")
+@click.option("--overwrite", is_flag=True, help="Delete an existing store and start afresh.")
+@json_option
+def extract(data_root, ckpt, store_path, fmt, splits, pooling, dtype, batch_size, workers, device, bf16,
+            overwrite, as_json):
+    """Run the encoder once over every frame and write per-video features to a store (resumable)."""
+    from pipeline.extract import ExtractConfig
+    from pipeline.extract import extract as run_extract
+
+    config = ExtractConfig(batch_size=batch_size, workers=workers, dtype=dtype, pooling=pooling,
+                           splits=tuple(splits), bf16=bf16, device=device, format=fmt, overwrite=overwrite)
+    result = run_extract(data_root, ckpt, store_path, config, progress=not as_json)
+    if result["rank"] == 0:
+        emit(result, as_json, figures_table(result, f"extracted into {store_path}"))
+
+
+# --- feature store: features info | verify | export -------------------------------------------------
+
+store_argument = click.argument("store", type=click.Path(path_type=Path))
+store_data_option = click.option(
+    "--data", "data_root", type=click.Path(path_type=Path), default=None,
+    help="An Aff-Wild2-layout root to compare the store with.")
+
+
+@cli.group("features")
+def features_group():
+    """Inspect, check and convert feature stores."""
+
+
+def _split_counts(store, data_root: Path) -> dict:
+    """Per task and split: annotated videos, how many the store holds, and their frames."""
+    from pipeline.data.affwild2 import SPLITS, TASKS, AffWild2
+
+    ds, have = AffWild2(data_root), set(store.videos())
+    counts = {}
+    for task in TASKS:
+        for split in SPLITS:
+            if ds.available(task, split):
+                annotated = set(ds.annotations(task, split))
+                held = annotated & have
+                counts[f"{task}/{split}"] = {"videos": len(held), "annotated": len(annotated),
+                                             "frames": sum(store.num_frames(v) for v in held)}
+    return counts
+
+
+@features_group.command("info")
+@store_argument
+@store_data_option
+@json_option
+def features_info(store, data_root, as_json):
+    """What made a store, its videos and frames, size on disk (per split with --data)."""
+    import features
+
+    with features.open_store(store) as s:
+        result = s.info()
+        if data_root is not None:
+            result["splits"] = _split_counts(s, data_root)
+    a = result["attrs"]
+    lines = [
+        f"{result['path']}  ({result['format']}, {result['bytes'] / 2**20:.1f} MiB on disk)",
+        f"encoder     {a['encoder']}, pooling {a['pooling']}, input {a['input_size']}, "
+        f"{a['feature_dim']} x {a['dtype']}",
+        f"checkpoint  sha256 {a['checkpoint_sha256']}",
+        f"created     {a.get('created')} by mae-affect {a.get('tool_version')}",
+        f"videos      {result['videos']} complete, {result['incomplete_videos']} incomplete",
+        f"frames      {result['frames']} ({result['present_frames']} with a face)",
+    ]
+    lines += [f"{k:<24}{c['videos']}/{c['annotated']} videos, {c['frames']} frames"
+              for k, c in result.get("splits", {}).items()]
+    emit(result, as_json, "\n".join(lines))
+
+
+@features_group.command("verify")
+@store_argument
+@store_data_option
+@json_option
+@click.pass_context
+def features_verify(ctx, store, data_root, as_json):
+    """Check a store (complete videos, shapes, dtype, NaN/Inf; frame counts with --data); exit 1 on problems."""
+    import features
+
+    expected = None
+    if data_root is not None:
+        from pipeline.data.affwild2 import AffWild2
+
+        ds = AffWild2(data_root)
+        expected = {v: ds.num_frames(v) for v in ds.videos}
+    problems = features.verify_store(store, expected, progress=not as_json)
+    result = {"store": str(store), "ok": not problems, "problems": problems}
+    emit(result, as_json, "\n".join(problems) if problems else f"{store}: OK")
+    if problems:
+        ctx.exit(1)
+
+
+@features_group.command("export")
+@store_argument
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
+@json_option
+def features_export(store, out, overwrite, as_json):
+    """Copy STORE to OUT in the format of OUT's suffix (.zarr, .h5, .zarr.zip), values identical."""
+    import features
+
+    features.export_store(store, out, overwrite=overwrite, progress=not as_json)
+    with features.open_store(out) as s:
+        result = {k: v for k, v in s.info().items() if k != "attrs"}
+    emit(result, as_json, f"wrote {out} ({result['format']}, {result['videos']} videos, "
+                          f"{result['bytes'] / 2**20:.1f} MiB)")
+
+
 def main():
     cli(prog_name="mae-affect")
 

@@ -1,0 +1,325 @@
+"""Extraction: the fine-tuned ViT runs once over every frame and fills a feature store.
+
+A frame's way: image file -> decode (DataLoader workers) -> uint8 batch -> device -> normalise ->
+``encoder.forward_features`` (the encoder's own, no copy) -> pooling -> float16 rows -> a writer thread
+-> ``videos/<video>/features``. Frames of all videos form one flat ordered stream, so short videos share
+batches with long ones and the device never starves; a video's rows are written in chunk-sized blocks as
+they arrive, so memory does not grow with video length.
+
+Resumable: videos the store already marks complete are skipped, the rest are (re)done. Under torchrun
+the videos are split between ranks, balanced by frame count; Zarr ranks write into one store, HDF5 ranks
+into part files merged by rank 0 at the end.
+"""
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+import features
+from pipeline import distributed
+from pipeline.data.affwild2 import SPLITS, TASKS, AffWild2
+from pipeline.data.images import UnreadableImage, decode_image
+from pipeline.device import autocast, pin_memory, resolve_device
+from pipeline.errors import InputError
+from pipeline.models.checkpoint import EncoderInfo, load_encoder
+from pipeline.models.encoder import normalize, pool_tokens
+
+SELECTABLE_SPLITS = ("all", *SPLITS, "test")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Options of one extraction run.
+
+    Args:
+        batch_size: frames per forward pass (frames of several videos share a batch).
+        workers: DataLoader processes decoding JPEGs.
+        dtype: stored feature dtype, ``float16`` (default) or ``float32``.
+        pooling: ``cls`` or ``mean``; None takes the checkpoint's (the pooling fine-tuning trained).
+        splits: ``all`` (every video with images) or any of Train_Set, Validation_Set, test.
+        bf16: bf16 autocast (CUDA, and CPUs with native bf16).
+        format: ``zarr`` or ``hdf5``; None infers it from the store path's suffix.
+        overwrite: delete an existing store and start afresh.
+    """
+
+    batch_size: int = 256
+    workers: int = 2
+    dtype: str = "float16"
+    pooling: str | None = None
+    splits: tuple[str, ...] = ("all",)
+    bf16: bool = True
+    device: str = "auto"
+    format: str | None = None
+    overwrite: bool = False
+
+
+def select_videos(ds: AffWild2, splits: tuple[str, ...]) -> list[str]:
+    """The videos of the chosen splits (any task), or every video with images for ``all``."""
+    unknown = [s for s in splits if s not in SELECTABLE_SPLITS]
+    if unknown:
+        raise InputError(f"unknown split {unknown[0]!r}; use {', '.join(SELECTABLE_SPLITS)}")
+    if "all" in splits:
+        return sorted(ds.videos)
+    chosen: set[str] = set()
+    for task in TASKS:
+        for split in splits:
+            if split == "test":
+                chosen.update(ds.test_videos(task))
+            elif ds.available(task, split):
+                chosen.update(ds.annotations(task, split))
+    return sorted(chosen)
+
+
+def balance(videos: list[str], lengths: dict[str, int], world_size: int) -> list[list[str]]:
+    """Split videos between ranks with about equal frame counts (longest first to the lightest rank)."""
+    loads = [0] * world_size
+    parts: list[list[str]] = [[] for _ in range(world_size)]
+    for video in sorted(videos, key=lambda v: (-lengths[v], v)):
+        rank = loads.index(min(loads))
+        parts[rank].append(video)
+        loads[rank] += lengths[video]
+    return [sorted(p) for p in parts]
+
+
+class FrameStream(Dataset):
+    """The image frames of a list of videos, in order: item i -> (uint8 (3, S, S), readable)."""
+
+    def __init__(self, paths: list[Path], img_size: int):
+        self.paths = paths
+        self.img_size = img_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, bool]:
+        try:
+            return decode_image(self.paths[i], self.img_size), True
+        except UnreadableImage:  # reported by the main process; the frame is stored as absent
+            return torch.zeros(3, self.img_size, self.img_size, dtype=torch.uint8), False
+
+
+def _decode_worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # decoding workers must not compete with the encoder for cores
+
+
+_ABORT = object()
+
+
+class StoreFeeder:
+    """Hands batches of rows to the store on a background thread, keeping I/O off the compute path.
+
+    Videos arrive in ``order``; a video is finished (marked complete) once the stream has moved past it,
+    and videos without any image frame are written as all-absent.
+    """
+
+    def __init__(self, writer: features.StoreWriter, order: list[str], lengths: dict[str, int]):
+        self._writer = writer
+        self._order = order
+        self._lengths = lengths
+        self._next = 0  # index in order of the next video to begin
+        self._current: features.VideoWriter | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=16)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, video: str, rows: np.ndarray, feats: np.ndarray, present: np.ndarray) -> None:
+        """Rows (n,) ascending 0-based frame rows of one video, feats (n, D), present (n,)."""
+        if self._error is not None:
+            raise self._error
+        self._queue.put((video, rows, feats, present))
+
+    def _advance_to(self, video: str | None) -> None:
+        """Finish the current video and every video before ``video`` in the order (None: all)."""
+        while self._current is None or self._current.name != video:
+            if self._current is not None:
+                self._current.finish()
+                self._current = None
+            if self._next == len(self._order):
+                if video is not None:
+                    raise RuntimeError(f"rows for {video!r}, which is not in the extraction order")
+                return
+            name = self._order[self._next]
+            self._next += 1
+            self._current = self._writer.begin_video(name, self._lengths[name])
+
+    def _run(self) -> None:
+        try:
+            while (item := self._queue.get()) is not _ABORT:
+                if item is None:  # the end of the stream: finish what is left
+                    self._advance_to(None)
+                    return
+                video, rows, feats, present = item
+                self._advance_to(video)
+                lo = int(rows[0])
+                block = np.zeros((int(rows[-1]) - lo + 1, feats.shape[1]), feats.dtype)  # (n_span, D)
+                mask = np.zeros(len(block), bool)
+                block[rows - lo] = feats
+                mask[rows - lo] = present
+                self._current.write(lo, block, mask)
+        except BaseException as err:  # handed to the main thread by put() / close()
+            self._error = err
+            while self._queue.get() not in (None, _ABORT):  # drain so the producer never blocks
+                pass
+
+    def close(self) -> None:
+        """Finish every remaining video (the stream ended normally) and wait for the writes."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def abort(self) -> None:
+        """Stop without finishing the current video: it stays incomplete and is redone on resume."""
+        self._queue.put(_ABORT)
+        self._thread.join()
+
+
+def store_attrs(info: EncoderInfo, pooling: str, feature_dim: int, dtype: str, extra: dict | None = None) -> dict:
+    """The store's root attributes: what made it (encoder, checkpoint hash, preprocessing, pooling)."""
+    return {
+        "encoder": info.model_name,
+        "encoder_config": info.model_config,
+        "checkpoint_sha256": info.sha256,
+        "input_size": info.img_size,
+        "pixel_mean": list(info.pixel_mean),
+        "pixel_std": list(info.pixel_std),
+        "pooling": pooling,
+        "feature_dim": feature_dim,
+        "dtype": dtype,
+        **(extra or {}),
+    }
+
+
+def extract(data_root: Path, ckpt: Path, store_path: Path, config: ExtractConfig = ExtractConfig(),
+            progress: bool = True) -> dict:
+    """Run the encoder over every frame of the selected videos and write the feature store.
+
+    Args:
+        data_root: an Aff-Wild2-layout root.
+        ckpt: an encoder checkpoint (any layout ``load_encoder`` takes).
+        store_path: ``.zarr`` directory (default) or ``.h5`` file.
+        config: extraction options.
+        progress: show a tqdm bar with frames/s.
+
+    Returns:
+        a summary: videos done and skipped, frames, seconds, frames/s, unreadable files.
+    """
+    dist = distributed.init_distributed()
+    device = resolve_device(config.device)
+    if config.dtype not in ("float16", "float32"):
+        raise InputError(f"--dtype {config.dtype!r}: use float16 or float32")
+    ds = AffWild2(data_root)
+    videos = select_videos(ds, config.splits)
+    if not videos:
+        raise InputError(f"{data_root}: no video selected by splits {', '.join(config.splits)}")
+    lengths = {v: ds.num_frames(v) for v in videos}
+
+    encoder, info = load_encoder(ckpt)
+    pooling = config.pooling or info.pooling or "cls"
+    encoder.eval().to(device)
+    if device.type == "cuda":
+        encoder.to(memory_format=torch.channels_last)
+    attrs = store_attrs(info, pooling, encoder.embed_dim, config.dtype, {"splits": list(config.splits)})
+
+    fmt = config.format or ("hdf5" if Path(store_path).suffix in (".h5", ".hdf5") else "zarr")
+    writer = _open_writer(Path(store_path), attrs, fmt, config.overwrite, dist)
+    done = writer.completed()
+    if fmt == "hdf5" and dist.enabled:
+        done |= _completed(Path(store_path))
+    todo = [v for v in videos if v not in done]
+    mine = balance(todo, lengths, dist.world_size)[dist.rank]
+
+    frames = [(v, int(k)) for v in mine for k in ds.videos[v].frames]
+    paths = [ds.videos[v].image_path(k) for v, k in frames]
+    loader = DataLoader(
+        FrameStream(paths, info.img_size),
+        batch_size=config.batch_size,
+        num_workers=config.workers,
+        pin_memory=pin_memory(device),
+        worker_init_fn=_decode_worker_init,
+        persistent_workers=False,
+    )
+    feeder = StoreFeeder(writer, mine, lengths)
+    unreadable: list[str] = []
+    bar = tqdm(total=len(frames), unit="frame", desc=f"extract{f' [rank {dist.rank}]' if dist.enabled else ''}",
+               disable=not progress, dynamic_ncols=True)
+    start = time.perf_counter()
+    position = 0
+    try:
+        with torch.inference_mode():
+            for images, readable in loader:
+                images = images.to(device, non_blocking=True)
+                if device.type == "cuda":
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with autocast(device, config.bf16):
+                    tokens = encoder.forward_features(normalize(images, info.pixel_mean, info.pixel_std))
+                pooled = pool_tokens(tokens, pooling).float().cpu().numpy().astype(config.dtype)  # (B, D)
+                batch = frames[position: position + len(pooled)]
+                for i in np.flatnonzero(~readable.numpy()):
+                    unreadable.append(str(paths[position + i]))
+                    bar.write(f"warning: unreadable image {paths[position + i]}: frame stored as absent")
+                _feed(feeder, batch, pooled, readable.numpy())
+                position += len(pooled)
+                bar.update(len(pooled))
+    except BaseException:
+        feeder.abort()
+        raise
+    finally:
+        bar.close()
+    feeder.close()
+    seconds = time.perf_counter() - start
+    distributed.barrier()
+    if dist.is_main and fmt == "hdf5" and dist.enabled:
+        writer.close()
+        features.merge_stores([features.part_path(store_path, r) for r in range(dist.world_size)], store_path)
+    else:
+        writer.close()
+    distributed.barrier()
+    return {
+        "store": str(store_path),
+        "videos": len(videos),
+        "extracted": len(mine),
+        "skipped": len(done & set(videos)),
+        "frames": len(frames),
+        "seconds": round(seconds, 3),
+        "frames_per_s": round(len(frames) / seconds, 1) if seconds > 0 else 0.0,
+        "unreadable": unreadable,
+        "rank": dist.rank,
+    }
+
+
+def _feed(feeder: StoreFeeder, batch: list[tuple[str, int]], pooled: np.ndarray, readable: np.ndarray) -> None:
+    """Split one batch into per-video runs of rows and hand them to the writer thread."""
+    names = [v for v, _ in batch]
+    rows = np.array([k - 1 for _, k in batch])  # row i = frame i + 1
+    start = 0
+    for end in [*(i for i in range(1, len(names)) if names[i] != names[i - 1]), len(names)]:
+        feeder.put(names[start], rows[start:end], pooled[start:end], readable[start:end])
+        start = end
+
+
+def _open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool, dist) -> features.StoreWriter:
+    """The store this rank writes: the store itself, or (HDF5 under torchrun) its own part file."""
+    if fmt == "hdf5" and dist.enabled:
+        if dist.is_main:
+            features.create_store(path, attrs, format=fmt, overwrite=overwrite).close()
+        distributed.barrier()
+        return features.create_store(features.part_path(path, dist.rank), attrs, format=fmt, overwrite=True)
+    if dist.is_main:
+        writer = features.create_store(path, attrs, format=fmt, overwrite=overwrite, role="main")
+    distributed.barrier()
+    if not dist.is_main:
+        writer = features.create_store(path, attrs, format=fmt, role="worker")
+    return writer
+
+
+def _completed(path: Path) -> set[str]:
+    return set(features.open_store(path).videos()) if path.exists() else set()

@@ -1,0 +1,138 @@
+"""Extraction: stored values equal the encoder's own output, resume equals an uninterrupted run,
+corrupt images are reported and marked absent, a store from another checkpoint is refused."""
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from click.testing import CliRunner
+
+import features
+from cli import cli
+from pipeline import extract as extract_mod
+from pipeline.data.affwild2 import AffWild2
+from pipeline.data.images import decode_image
+from pipeline.extract import ExtractConfig, balance, extract
+from pipeline.models.checkpoint import encoder_checkpoint, save_checkpoint
+from pipeline.models.encoder import normalize, pool_tokens
+from pipeline.models.mae import build_encoder
+from pipeline.runs import sha256_file
+
+TINY = dict(img_size=32, embed_dim=32, depth=2, num_heads=2)
+CPU32 = dict(device="cpu", bf16=False, workers=0, batch_size=4, dtype="float32")
+
+
+def make_ckpt(path, seed=0, **extra):
+    torch.manual_seed(seed)
+    encoder = build_encoder("mae_vit_tiny_patch16", **TINY)
+    save_checkpoint(encoder_checkpoint("mae", "mae_vit_tiny_patch16", TINY, encoder, 32, **extra), path)
+    return encoder
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    path = tmp_path / "enc.pt"
+    return path, make_ckpt(path)
+
+
+def read_all(store_path):
+    store = features.open_store(store_path)
+    return {v: store.read(v) for v in store.videos()}
+
+
+def test_store_holds_the_encoders_output(mini_root, ckpt, tmp_path):
+    path, encoder = ckpt
+    store_path = tmp_path / "f.zarr"
+    result = extract(mini_root, path, store_path, ExtractConfig(**CPU32, pooling="mean"), progress=False)
+    assert result["frames"] == 7 and result["videos"] == 2
+    ds = AffWild2(mini_root)
+    store = features.open_store(store_path)
+    assert store.videos() == ["105", "vid_left"]
+    feats, present = store.read("vid_left")
+    assert feats.shape == (6, 32)  # T from the VA annotation, longer than the last image (5)
+    assert present.tolist() == [True, True, False, True, True, False]
+    assert not feats[~present].any()  # absent rows are zeros
+    video = ds.videos["vid_left"]
+    images = torch.stack([decode_image(video.image_path(k), 32) for k in video.frames])
+    with torch.inference_mode():
+        expected = pool_tokens(encoder.eval().forward_features(normalize(images)), "mean").numpy()
+    np.testing.assert_allclose(feats[present], expected, rtol=1e-5, atol=1e-5)
+    attrs = store.attrs
+    assert attrs["encoder"] == "mae_vit_tiny_patch16" and attrs["pooling"] == "mean" and attrs["feature_dim"] == 32
+    # a collaborator opens it with plain zarr
+    group = zarr.open_group(str(store_path), mode="r")
+    np.testing.assert_array_equal(group["videos/vid_left/features"][:], feats)
+
+
+def test_float16_and_hdf5_match_zarr(mini_root, ckpt, tmp_path):
+    path, _ = ckpt
+    extract(mini_root, path, tmp_path / "a.zarr", ExtractConfig(**CPU32), progress=False)
+    config = ExtractConfig(**{**CPU32, "dtype": "float16"})
+    extract(mini_root, path, tmp_path / "b.h5", config, progress=False)
+    a, b = read_all(tmp_path / "a.zarr"), read_all(tmp_path / "b.h5")
+    for video in a:
+        assert b[video][0].dtype == np.float16
+        np.testing.assert_allclose(b[video][0].astype(np.float32), a[video][0], rtol=1e-3, atol=1e-3)
+        np.testing.assert_array_equal(b[video][1], a[video][1])
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(mini_root, ckpt, tmp_path, monkeypatch):
+    path, _ = ckpt
+    extract(mini_root, path, tmp_path / "whole.zarr", ExtractConfig(**CPU32), progress=False)
+
+    calls = {"n": 0}
+    real_put = extract_mod.StoreFeeder.put
+
+    def crashing_put(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the first video is complete, the second half-written
+            raise KeyboardInterrupt
+        real_put(self, *args)
+
+    monkeypatch.setattr(extract_mod.StoreFeeder, "put", crashing_put)
+    with pytest.raises(KeyboardInterrupt):
+        extract(mini_root, path, tmp_path / "resumed.zarr", ExtractConfig(**CPU32), progress=False)
+    monkeypatch.setattr(extract_mod.StoreFeeder, "put", real_put)
+    assert features.create_store(tmp_path / "resumed.zarr", features.open_store(tmp_path / "whole.zarr").attrs,
+                                 ).completed() == {"105"}
+    result = extract(mini_root, path, tmp_path / "resumed.zarr", ExtractConfig(**CPU32), progress=False)
+    assert result["skipped"] == 1 and result["extracted"] == 1
+    whole, resumed = read_all(tmp_path / "whole.zarr"), read_all(tmp_path / "resumed.zarr")
+    assert whole.keys() == resumed.keys()
+    for video in whole:
+        np.testing.assert_array_equal(resumed[video][0], whole[video][0])
+        np.testing.assert_array_equal(resumed[video][1], whole[video][1])
+
+
+def test_corrupt_image_is_reported_and_marked_absent(mini_root, ckpt, tmp_path):
+    path, _ = ckpt
+    bad = mini_root / "cropped_aligned" / "vid_left" / "00002.jpg"
+    bad.write_bytes(b"not a jpeg")
+    result = extract(mini_root, path, tmp_path / "f.zarr", ExtractConfig(**CPU32), progress=False)
+    assert result["unreadable"] == [str(bad)]
+    _, present = features.open_store(tmp_path / "f.zarr").read("vid_left")
+    assert present.tolist() == [True, False, False, True, True, False]
+
+
+def test_refuses_a_store_of_another_checkpoint(mini_root, ckpt, tmp_path):
+    path, _ = ckpt
+    store_path = tmp_path / "f.zarr"
+    extract(mini_root, path, store_path, ExtractConfig(**CPU32), progress=False)
+    other = tmp_path / "other.pt"
+    make_ckpt(other, seed=1)
+    args = ["extract", "--data", str(mini_root), "--ckpt", str(other), "--store", str(store_path),
+            "--device", "cpu", "--workers", "0", "--dtype", "float32", "--no-bf16", "--json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    assert "checkpoint_sha256" in result.output
+    result = CliRunner().invoke(cli, [*args, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert features.open_store(store_path).attrs["checkpoint_sha256"] == sha256_file(other)
+
+
+def test_balance_splits_frames_evenly():
+    lengths = {"a": 1000, "b": 600, "c": 500, "d": 300, "e": 100}
+    parts = balance(list(lengths), lengths, 2)
+    loads = sorted(sum(lengths[v] for v in p) for p in parts)
+    assert loads == [1200, 1300]  # greedy longest-first: a+d | b+c+e
+    assert sorted(v for p in parts for v in p) == sorted(lengths)
