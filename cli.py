@@ -88,6 +88,58 @@ def check_submission_cmd(file, task, example):
     click.echo(f"{file}: valid {task} submission")
 
 
+# --- MAE pretraining ------------------------------------------------------------------------------
+# Defaults are PretrainConfig's (the paper's); tests/test_pretrain.py checks that they agree.
+
+
+@cli.command()
+@click.option("--images", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="A folder of face images, searched recursively for jpg/png; repeat for more folders.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory (rerun to resume).")
+@click.option("--model", default="mae_vit_base_patch16", show_default=True, help="Registered MAE model.")
+@click.option("--img-size", default=224, show_default=True)
+@click.option("--epochs", default=500, show_default=True)
+@click.option("--batch-size", default=64, show_default=True, help="Per process.")
+@click.option("--accum-iter", default=16, show_default=True,
+              help="Micro-batches per optimizer step.")
+@click.option("--blr", "--base-lr", "blr", default=1.25e-4, show_default=True,
+              help="Base lr: lr = blr * effective batch / 256.")
+@click.option("--lr", default=None, type=float, help="Absolute lr (overrides --blr).")
+@click.option("--warmup-epochs", default=40, show_default=True)
+@click.option("--mask-ratio", default=0.75, show_default=True)
+@click.option("--norm-pix-loss/--no-norm-pix-loss", default=True, show_default=True)
+@click.option("--decoder-dim", default=None, type=int, help="Decoder width (default: the model's).")
+@click.option("--decoder-depth", default=None, type=int, help="Decoder blocks (default: the model's).")
+@click.option("--decoder-heads", default=None, type=int, help="Decoder heads (default: the model's).")
+@click.option("--max-images", default=None, type=int, help="Train on a seeded random subset of this size.")
+@click.option("--workers", default=4, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast (CUDA, and CPUs with native bf16).")
+@json_option
+def pretrain(images, out, model, img_size, epochs, batch_size, accum_iter, blr, lr, warmup_epochs, mask_ratio,
+             norm_pix_loss, decoder_dim, decoder_depth, decoder_heads, max_images, workers, seed, device, bf16,
+             as_json):
+    """MAE self-pretraining on folders of face images; resumes from OUT/checkpoint-last.pt (torchrun: DDP)."""
+    from pipeline.distributed import cleanup
+    from pipeline.pretrain import PretrainConfig
+    from pipeline.pretrain import pretrain as run_pretrain
+
+    config = PretrainConfig(
+        images=tuple(str(p) for p in images), out=str(out), model=model, img_size=img_size, epochs=epochs,
+        batch_size=batch_size, accum_iter=accum_iter, blr=blr, lr=lr, warmup_epochs=warmup_epochs,
+        mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss, decoder_dim=decoder_dim,
+        decoder_depth=decoder_depth, decoder_heads=decoder_heads, max_images=max_images, workers=workers,
+        seed=seed, device=device, bf16=bf16,
+    )
+    try:
+        result = run_pretrain(config, progress=not as_json)
+    finally:
+        cleanup()
+    if result is not None:
+        emit(result, as_json, figures_table(result, f"pretrained {out} ({result['checkpoint']})"))
+
+
 # --- extraction ---------------------------------------------------------------------------------
 
 
