@@ -142,9 +142,9 @@ class H5Backend:
             f = h5py.File(path, "r+" if writable else "r")
         except OSError as e:
             raise StoreError(
-                f"cannot open HDF5 store {path} ({e}): a run killed while writing can leave an HDF5 "
-                "file unreadable; delete it or pass overwrite=True (--overwrite) to start afresh "
-                "(Zarr stores survive kills)") from e
+                f"cannot open HDF5 store {path} ({e}): another process may be writing it (wait for "
+                "it), or a run killed while writing left it unreadable (delete it, or pass "
+                "overwrite=True / --overwrite to start afresh; Zarr stores survive kills)") from e
         attrs = h5_decode_attrs(f.attrs, path)
         try:
             check_root_attrs(attrs, path)

@@ -311,3 +311,36 @@ def test_stale_consolidated_listing_is_reported_and_fixed(tmp_path):
     with features.create_store(path, make_attrs()):  # the main writer drops the listing while open
         with features.open_store(path) as s:
             assert not s.consolidated and s.videos() == ["105", "vid_left"]
+
+
+def test_cli_info_verify_export(mini_root, tmp_path):
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    store = tmp_path / "feats.zarr"
+    with features.create_store(store, make_attrs(), chunk_rows=4) as w:
+        write_video(w, "vid_left", *make_video(6, 0))
+    run = CliRunner().invoke
+    info = run(cli, ["features", "info", str(store), "--data", str(mini_root), "--json"])
+    assert info.exit_code == 0, info.output
+    result = json.loads(info.output)
+    assert result["videos"] == 1 and result["frames"] == 6
+    assert result["splits"]["va/Train_Set"] == {"videos": 1, "annotated": 1, "frames": 6}
+    assert result["splits"]["au/Validation_Set"]["videos"] == 0
+    assert "encoder     mae_vit_tiny_patch16" in run(cli, ["features", "info", str(store)]).output
+
+    bad = run(cli, ["features", "verify", str(store), "--data", str(mini_root)])
+    assert bad.exit_code == 1 and "video 105: missing (the dataset has it with 3 frames)" in bad.output
+    with features.create_store(store, make_attrs(), chunk_rows=4) as w:
+        write_video(w, "105", *make_video(3, 1))
+    good = run(cli, ["features", "verify", str(store), "--data", str(mini_root), "--json"])
+    assert good.exit_code == 0 and json.loads(good.output)["ok"]
+
+    out = tmp_path / "feats.h5"
+    assert run(cli, ["features", "export", str(store), str(out)]).exit_code == 0
+    assert_same_stores(store, out)
+    again = run(cli, ["features", "export", str(store), str(out)])
+    assert again.exit_code == 2 and "exists" in again.output
+    missing = run(cli, ["features", "info", str(tmp_path / "none.zarr")])
+    assert missing.exit_code == 2 and "no feature store" in missing.output
