@@ -230,10 +230,7 @@ def extract(data_root: Path, ckpt: Path, store_path: Path, config: ExtractConfig
     attrs = store_attrs(info, pooling, encoder.embed_dim, config.dtype, {"splits": list(config.splits)})
 
     fmt = config.format or ("hdf5" if Path(store_path).suffix in (".h5", ".hdf5") else "zarr")
-    writer = _open_writer(Path(store_path), attrs, fmt, config.overwrite, dist)
-    done = writer.completed()
-    if fmt == "hdf5" and dist.enabled:
-        done |= _completed(Path(store_path))
+    writer, done = _open_writer(Path(store_path), attrs, fmt, config.overwrite, dist)
     todo = [v for v in videos if v not in done]
     mine = balance(todo, lengths, dist.world_size)[dist.rank]
 
@@ -276,22 +273,32 @@ def extract(data_root: Path, ckpt: Path, store_path: Path, config: ExtractConfig
         bar.close()
     feeder.close()
     seconds = time.perf_counter() - start
+    # Workers close first; rank 0 closes (consolidating Zarr metadata) and merges HDF5 parts after them.
+    if not dist.is_main:
+        writer.close()
     distributed.barrier()
+    if dist.is_main:
+        writer.close()
     if dist.is_main and fmt == "hdf5" and dist.enabled:
-        writer.close()
-        features.merge_stores([features.part_path(store_path, r) for r in range(dist.world_size)], store_path)
-    else:
-        writer.close()
+        parts = [features.part_path(store_path, r) for r in range(dist.world_size)]
+        features.merge_stores(parts, store_path)
+        for part in parts:  # merged: a resumed run finds these videos in the store itself
+            part.unlink()
     distributed.barrier()
+    mine_summary = {"extracted": len(mine), "frames": len(frames), "seconds": seconds, "unreadable": unreadable}
+    ranks = distributed.gather_objects(mine_summary)
+    seconds = max(r["seconds"] for r in ranks)
+    total = sum(r["frames"] for r in ranks)
     return {
         "store": str(store_path),
         "videos": len(videos),
-        "extracted": len(mine),
+        "extracted": sum(r["extracted"] for r in ranks),
         "skipped": len(done & set(videos)),
-        "frames": len(frames),
+        "frames": total,
         "seconds": round(seconds, 3),
-        "frames_per_s": round(len(frames) / seconds, 1) if seconds > 0 else 0.0,
-        "unreadable": unreadable,
+        "frames_per_s": round(total / seconds, 1) if seconds > 0 else 0.0,
+        "unreadable": [u for r in ranks for u in r["unreadable"]],
+        "ranks": dist.world_size,
         "rank": dist.rank,
     }
 
@@ -306,19 +313,28 @@ def _feed(feeder: StoreFeeder, batch: list[tuple[str, int]], pooled: np.ndarray,
         start = end
 
 
-def _open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool, dist) -> features.StoreWriter:
-    """The store this rank writes: the store itself, or (HDF5 under torchrun) its own part file."""
+def _open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool, dist) -> tuple[features.StoreWriter, set[str]]:
+    """The store this rank writes, and the videos already complete (to skip).
+
+    Zarr: rank 0 creates (or reopens) the store, the other ranks join it as workers. HDF5 under torchrun:
+    each rank writes its own part file; a part left by a killed run is resumed like the store itself.
+    """
     if fmt == "hdf5" and dist.enabled:
+        parts = [features.part_path(path, r) for r in range(dist.world_size)]
         if dist.is_main:
             features.create_store(path, attrs, format=fmt, overwrite=overwrite).close()
+            for part in parts if overwrite else []:
+                part.unlink(missing_ok=True)
         distributed.barrier()
-        return features.create_store(features.part_path(path, dist.rank), attrs, format=fmt, overwrite=True)
+        done = set().union(*(_completed(p) for p in [path, *parts]))  # read before any part is opened to write
+        distributed.barrier()
+        return features.create_store(parts[dist.rank], attrs, format=fmt), done
     if dist.is_main:
         writer = features.create_store(path, attrs, format=fmt, overwrite=overwrite, role="main")
     distributed.barrier()
     if not dist.is_main:
         writer = features.create_store(path, attrs, format=fmt, role="worker")
-    return writer
+    return writer, writer.completed()
 
 
 def _completed(path: Path) -> set[str]:
