@@ -1,0 +1,1 @@
+"""Benchmarks: each ``bench_*.py`` measures its contenders side by side in one run and prints ratios."""
