@@ -98,6 +98,7 @@ def check_submission_cmd(file, task, example):
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory (rerun to resume).")
 @click.option("--model", default="mae_vit_base_patch16", show_default=True, help="Registered MAE model.")
 @click.option("--img-size", default=224, show_default=True)
+@click.option("--patch-size", default=None, type=int, help="Patch side (default: the model's, 16).")
 @click.option("--epochs", default=500, show_default=True)
 @click.option("--batch-size", default=64, show_default=True, help="Per process.")
 @click.option("--accum-iter", default=16, show_default=True,
@@ -117,7 +118,7 @@ def check_submission_cmd(file, task, example):
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast (CUDA, and CPUs with native bf16).")
 @json_option
-def pretrain(images, out, model, img_size, epochs, batch_size, accum_iter, blr, lr, warmup_epochs, mask_ratio,
+def pretrain(images, out, model, img_size, patch_size, epochs, batch_size, accum_iter, blr, lr, warmup_epochs, mask_ratio,
              norm_pix_loss, decoder_dim, decoder_depth, decoder_heads, max_images, workers, seed, device, bf16,
              as_json):
     """MAE self-pretraining on folders of face images; resumes from OUT/checkpoint-last.pt (torchrun: DDP)."""
@@ -126,7 +127,8 @@ def pretrain(images, out, model, img_size, epochs, batch_size, accum_iter, blr, 
     from pipeline.pretrain import pretrain as run_pretrain
 
     config = PretrainConfig(
-        images=tuple(str(p) for p in images), out=str(out), model=model, img_size=img_size, epochs=epochs,
+        images=tuple(str(p) for p in images), out=str(out), model=model, img_size=img_size,
+        patch_size=patch_size, epochs=epochs,
         batch_size=batch_size, accum_iter=accum_iter, blr=blr, lr=lr, warmup_epochs=warmup_epochs,
         mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss, decoder_dim=decoder_dim,
         decoder_depth=decoder_depth, decoder_heads=decoder_heads, max_images=max_images, workers=workers,
@@ -138,6 +140,92 @@ def pretrain(images, out, model, img_size, epochs, batch_size, accum_iter, blr, 
         cleanup()
     if result is not None:
         emit(result, as_json, figures_table(result, f"pretrained {out} ({result['checkpoint']})"))
+
+
+# --- expression fine-tuning ----------------------------------------------------------------------
+# Defaults are FinetuneConfig's (the paper's lr and batch in MAE's recipe); tests/test_finetune.py checks them.
+
+
+@cli.command()
+@data_option
+@click.option("--init", type=click.Path(path_type=Path), default=None,
+              help="Encoder checkpoint (MAE run, official MAE .pth, timm); without it: random init, with a warning.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory (rerun to resume).")
+@click.option("--model", default=None, help="Registered model (default: the checkpoint's, else mae_vit_base_patch16).")
+@click.option("--img-size", default=None, type=int, help="Input side (default: the checkpoint's, else 224).")
+@click.option("--pooling", default="mean", show_default=True, type=click.Choice(["cls", "mean"]),
+              help="Embedding the head reads; extraction reuses it.")
+@click.option("--epochs", default=10, show_default=True)
+@click.option("--batch-size", default=256, show_default=True, help="Per process.")
+@click.option("--lr", default=1e-4, show_default=True, help="Peak lr of the last layer (absolute).")
+@click.option("--warmup-epochs", default=1.0, show_default=True)
+@click.option("--weight-decay", default=0.05, show_default=True)
+@click.option("--layer-decay", default=0.75, show_default=True, help="lr factor per block towards the input.")
+@click.option("--drop-path", default=0.1, show_default=True)
+@click.option("--label-smoothing", default=0.1, show_default=True)
+@click.option("--balance", default="sampler", show_default=True, type=click.Choice(["sampler", "weights", "none"]),
+              help="Class-balanced sampling, inverse-frequency loss weights, or neither.")
+@click.option("--frames-per-video", default=300, show_default=True, help="Cap per video per epoch (0: all).")
+@click.option("--val-frames-per-video", default=0, show_default=True,
+              help="Evenly spaced validation frames per video (0: all, the official metric).")
+@click.option("--aux-au/--no-aux-au", default=False, show_default=True, help="Auxiliary frame-level AU head.")
+@click.option("--aux-va/--no-aux-va", default=False, show_default=True, help="Auxiliary frame-level VA head.")
+@click.option("--aux-weight", default=1.0, show_default=True)
+@click.option("--linear-probe", is_flag=True, help="Freeze the encoder; train only the head.")
+@click.option("--workers", default=4, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast (CUDA, and CPUs with native bf16).")
+@json_option
+def finetune(data_root, init, out, model, img_size, pooling, epochs, batch_size, lr, warmup_epochs, weight_decay,
+             layer_decay, drop_path, label_smoothing, balance, frames_per_video, val_frames_per_video, aux_au,
+             aux_va, aux_weight, linear_probe, workers, seed, device, bf16, as_json):
+    """Fine-tune the encoder on per-frame Expr labels; keeps OUT/best.pt by validation macro F1 (torchrun: DDP)."""
+    from pipeline.distributed import cleanup
+    from pipeline.finetune import FinetuneConfig
+    from pipeline.finetune import finetune as run_finetune
+
+    config = FinetuneConfig(
+        data=str(data_root), out=str(out), init=str(init) if init else None, model=model, img_size=img_size,
+        pooling=pooling, epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs,
+        weight_decay=weight_decay, layer_decay=layer_decay, drop_path=drop_path,
+        label_smoothing=label_smoothing, balance=balance, frames_per_video=frames_per_video,
+        val_frames_per_video=val_frames_per_video, aux_au=aux_au, aux_va=aux_va, aux_weight=aux_weight,
+        linear_probe=linear_probe, workers=workers, seed=seed, device=device, bf16=bf16,
+    )
+    try:
+        result = run_finetune(config, progress=not as_json)
+    finally:
+        cleanup()
+    if result is not None:
+        emit(result, as_json, figures_table(result, f"fine-tuned {out} (best: {result['best_checkpoint']})"))
+
+
+# --- synthetic data -------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Dataset root to create.")
+@click.option("--preset", type=click.Choice(["tiny", "demo", "bench"]), default="demo", show_default=True)
+@click.option("--videos", type=int, default=None, help="Override the preset's number of videos.")
+@click.option("--frames-per-video", type=int, default=None, help="Override the preset's mean video length.")
+@click.option("--img-size", type=int, default=None, help="Override the crop size (112 as released).")
+@click.option("--seed", type=int, default=None, help="Override the preset's seed.")
+@click.option("--workers", type=int, default=None, help="Rendering processes (default: 2 for large presets).")
+@json_option
+def synth(out, preset, videos, frames_per_video, img_size, seed, workers, as_json):
+    """Generate a synthetic mini-Aff-Wild2 in the exact Aff-Wild2 layout (deterministic for a seed)."""
+    from dataclasses import replace
+
+    from pipeline.data.synth import PRESETS, generate
+
+    overrides = {"videos": videos, "frames_per_video": frames_per_video, "img_size": img_size, "seed": seed}
+    config = replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+    result = generate(out, config, progress=not as_json, workers=workers)
+    table = (f"{out}: already holds this dataset, left as it is" if result["skipped"] else
+             f"wrote {result['videos']} videos, {result['frames']} frames ({result['images']} images) to {out} "
+             f"in {result['seconds']:.1f} s")
+    emit(result, as_json, table)
 
 
 # --- extraction ---------------------------------------------------------------------------------
@@ -262,6 +350,131 @@ def features_export(store, out, overwrite, as_json):
         result = {k: v for k, v in s.info().items() if k != "attrs"}
     emit(result, as_json, f"wrote {out} ({result['format']}, {result['videos']} videos, "
                           f"{result['bytes'] / 2**20:.1f} MiB)")
+
+
+# --- temporal heads: train | evaluate | predict | ablate --------------------------------------------
+
+HEAD_TASKS = click.Choice(["va", "expr", "au"])
+heads_stores_option = click.option(
+    "--store", "stores", multiple=True, type=click.Path(path_type=Path),
+    help="Feature store; repeat to put several stores side by side (frames aligned).")
+
+
+def _head_settings(f):
+    """Options shared by train and ablate; unset ones keep TrainConfig's (the paper's) defaults."""
+    options = [
+        click.option("--model", default=None, type=click.Choice(["tcn_transformer", "tcn", "transformer", "linear"]),
+                     help="Temporal head [default: tcn_transformer]."),
+        click.option("--epochs", type=int, default=None, help="[default: the paper's: VA 40, Expr 10, AU 30]"),
+        click.option("--batch-size", type=int, default=None, help="Windows per step [default: 32]."),
+        click.option("--lr", type=float, default=None, help="Peak AdamW lr [default: 3e-5]."),
+        click.option("--window", type=int, default=None, help="Window length W [default: 300]."),
+        click.option("--stride", type=int, default=None, help="Window stride S [default: 2/3 of the window: 200]."),
+        click.option("--fill", default=None, type=click.Choice(["nearest", "linear", "zeros"]),
+                     help="Rows of frames without a face [default: nearest]."),
+        click.option("--fold", type=int, default=None, help="0: official split [default]; 1..N: folds by source video."),
+        click.option("--folds", type=int, default=None, help="Number of grouped folds N [default: 5]."),
+        click.option("--seed", type=int, default=None, help="[default: 0]"),
+        click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda"]), help="[default: auto]"),
+        click.option("--bf16/--no-bf16", default=None, help="bf16 autocast [default: off]."),
+        click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+                     help="Any other setting, e.g. d_model=256, num_layers=2, tcn_channels=256-128-64, "
+                          "causal=false, pos_encoding=sinusoidal, va_loss=ccc+mse (repeatable)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _head_settings_given(task, stores, data_root, settings, **options) -> dict:
+    """The settings given on the command line (unset options are left to TrainConfig)."""
+    from pipeline.heads.train import parse_settings
+
+    if not stores:
+        raise InputError("no feature store given: pass --store PATH (made by `mae-affect extract`)")
+    given = {k: v for k, v in options.items() if v is not None}
+    return {"task": task, "stores": tuple(str(s) for s in stores), "data": str(data_root), **given,
+            **parse_settings(settings)}
+
+
+def _before_after(result: dict, title: str) -> str:
+    before, after = result["before"], result["after"]
+    names = [k for k, v in after.items() if isinstance(v, float)]
+    width = max(len(n) for n in names)
+    lines = [title, f"{'':<{width}}  {'before':>8}  {'after':>8}"]
+    lines += [f"{n:<{width}}  {before[n]:8.4f}  {after[n]:8.4f}" for n in sorted(names, key=lambda n: n != "score")]
+    lines.append(f"post-processing: {json.dumps({k: v for k, v in result['postprocess'].items() if k != 'task'})}")
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("task", type=HEAD_TASKS)
+@heads_stores_option
+@data_option
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory.")
+@_head_settings
+@json_option
+def train(task, stores, data_root, out, settings, as_json, **options):
+    """Train a temporal head for TASK on cached features; best epoch by the official validation metric."""
+    from pipeline.heads.train import TrainConfig, prepare, train_run
+
+    config = TrainConfig.create(**_head_settings_given(task, stores, data_root, settings, **options))
+    result = train_run(prepare(config), config, out, progress=not as_json)
+    emit(result, as_json, _before_after(result, f"{task} run {out}: best epoch {result['best_epoch']}, validation"))
+
+
+@cli.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path), help="Run directory of `train`.")
+@click.option("--split", default=None, help="Default: the run's validation videos; or Train_Set, Validation_Set, Test_Set.")
+@click.option("--data", "data_root", default=None, type=click.Path(path_type=Path), help="Default: the run's.")
+@heads_stores_option
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@json_option
+def evaluate(run_dir, split, data_root, stores, device, as_json):
+    """Official figures of a run on whole videos, before and after its post-processing."""
+    from pipeline.heads.evaluate import evaluate_run
+
+    result = evaluate_run(run_dir, split, data_root, stores or None, device, progress=not as_json)
+    emit(result, as_json, _before_after(result, f"{result['task']} run {run_dir} on {result['split']} "
+                                                f"({result['videos']} videos, epoch {result['epoch']})"))
+
+
+@cli.command()
+@click.option("--run", "run_dirs", required=True, multiple=True, type=click.Path(path_type=Path),
+              help="Run directory; repeat to average an ensemble.")
+@click.option("--split", default="test", show_default=True, help="test (the example file's rows) or an annotated split.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Submission CSV to write.")
+@click.option("--data", "data_root", default=None, type=click.Path(path_type=Path), help="Default: the first run's.")
+@heads_stores_option
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@json_option
+def predict(run_dirs, split, out, data_root, stores, device, as_json):
+    """Write a challenge submission file from one run or the average of several."""
+    from pipeline.heads.predict import predict as run_predict
+
+    result = run_predict(run_dirs, out, split, data_root, stores or None, device, progress=not as_json)
+    emit(result, as_json, f"wrote {result['out']}: {result['rows']} rows of {result['videos']} videos "
+                          f"({result['task']}, {split}, {len(result['runs'])} run(s))")
+
+
+@cli.command()
+@click.option("--task", required=True, type=HEAD_TASKS)
+@heads_stores_option
+@data_option
+@click.option("--grid", multiple=True, metavar="KEY=V1,V2",
+              help="A setting and its values, e.g. model=tcn,transformer,tcn_transformer (repeatable).")
+@click.option("--seeds", default=3, show_default=True, help="Seeds per combination.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory for the runs and tables.")
+@_head_settings
+@json_option
+def ablate(task, stores, data_root, grid, seeds, out, settings, as_json, **options):
+    """Train every grid combination for several seeds on data loaded once; print a Markdown table."""
+    from pipeline.heads.ablate import ablate as run_ablate
+    from pipeline.heads.ablate import parse_grid
+
+    given = _head_settings_given(task, stores, data_root, settings, **options)
+    result = run_ablate(given, parse_grid(grid), seeds, out, progress=not as_json)
+    emit(result, as_json, result["markdown"].rstrip() + f"\n\nwrote {out}/ablation.md, ablation.csv, runs.csv")
 
 
 def main():
