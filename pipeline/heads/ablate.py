@@ -1,0 +1,130 @@
+"""Ablations: every combination of a grid of settings, for several seeds, on data loaded once.
+
+This is how a user repeats the paper's Table 5 on their own features:
+``--grid "model=tcn,transformer,tcn_transformer" --seeds 3``. Any TrainConfig or HeadConfig field
+can be a grid key. The table reports the official validation score (whole videos, best epoch) before
+and after post-processing as mean ± std (sample std) over seeds.
+"""
+
+import csv
+import dataclasses
+import io
+import itertools
+import re
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.data.affwild2 import AffWild2
+from pipeline.errors import InputError
+from pipeline.heads.sequences import FeatureTable, TaskData, load_features
+from pipeline.heads.train import TrainConfig, parse_value, prepare, train_run
+from pipeline.runs import atomic_write_text
+
+FIXED = ("task", "stores", "data")  # what the loaded data is; one ablation, one dataset
+
+
+def parse_grid(specs) -> dict[str, list]:
+    """``["model=tcn,transformer", "window=100,300"]`` -> {"model": [...], "window": [100, 300]}."""
+    grid: dict[str, list] = {}
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        key = key.strip()
+        if not sep or not values.strip():
+            raise InputError(f"--grid {spec!r}: use KEY=V1,V2,..., e.g. --grid \"model=tcn,tcn_transformer\"")
+        if key in FIXED:
+            raise InputError(f"--grid {key}: the {key} is fixed for an ablation; run one ablation per {key}")
+        if key in grid:
+            raise InputError(f"--grid {key} given twice; list all its values in one option")
+        grid[key] = [parse_value(key, v) for v in values.split(",")]
+    return grid
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def _label(value) -> str:
+    return "-".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def ablate(settings: dict, grid: dict[str, list], seeds: int, out_dir: Path, progress: bool = True) -> dict:
+    """Train every grid combination for seeds seed .. seed + seeds - 1.
+
+    Args:
+        settings: the fixed settings (task, stores, data and any other TrainConfig / HeadConfig field),
+            as for ``TrainConfig.create``.
+        grid: setting -> values (``parse_grid``).
+        seeds: runs per combination.
+        out_dir: where the runs and tables go.
+
+    Returns:
+        {"rows": per-combination means and stds, "runs": per-run scores, "markdown": the table}; writes
+        OUT/ablation.md, OUT/ablation.csv (the table) and OUT/runs.csv (every run), one run directory
+        per combination and seed.
+    """
+    if seeds < 1:
+        raise InputError(f"--seeds {seeds}: give at least 1")
+    out_dir = Path(out_dir)
+    keys = list(grid)
+    combos = list(itertools.product(*grid.values())) or [()]
+    configs = [TrainConfig.create(**{**settings, **dict(zip(keys, combo, strict=True))}) for combo in combos]
+    base = configs[0]  # every config is built (and checked) before the first run starts
+    ds = AffWild2(Path(base.data))
+    tables: dict[str, FeatureTable] = {}
+    datasets: dict[tuple, TaskData] = {}
+    runs, rows = [], []
+    bar = tqdm(total=len(configs) * seeds, desc=f"ablate {base.task}", unit="run", disable=not progress)
+    for combo, cfg in zip(combos, configs, strict=True):
+        if cfg.fill not in tables:
+            tables[cfg.fill] = load_features(cfg.stores, cfg.fill)
+        split_key = (cfg.fill, cfg.fold, cfg.folds)
+        if split_key not in datasets:
+            datasets[split_key] = prepare(cfg, tables[cfg.fill], ds)
+        name = "_".join(f"{k}-{_label(v)}" for k, v in zip(keys, combo, strict=True)) or "base"
+        name = re.sub(r"[^A-Za-z0-9_.+-]", "", name)
+        scores, afters = [], []
+        for s in range(seeds):
+            seed_cfg = dataclasses.replace(cfg, seed=cfg.seed + s)
+            summary = train_run(datasets[split_key], seed_cfg, out_dir / name / f"seed{seed_cfg.seed}",
+                                progress=False, make_plots=False)
+            runs.append({**{k: _label(v) for k, v in zip(keys, combo, strict=True)}, "seed": seed_cfg.seed,
+                         "score": summary["before"]["score"], "score_postprocessed": summary["after"]["score"],
+                         "best_epoch": summary["best_epoch"], "seconds": round(summary["seconds"], 2)})
+            scores.append(summary["before"]["score"])
+            afters.append(summary["after"]["score"])
+            bar.update()
+            bar.set_postfix(last=f"{scores[-1]:.3f}")
+        m, sd = _mean_std(scores)
+        pm, psd = _mean_std(afters)
+        rows.append({**{k: _label(v) for k, v in zip(keys, combo, strict=True)}, "seeds": seeds,
+                     "score_mean": m, "score_std": sd, "postprocessed_mean": pm, "postprocessed_std": psd})
+    bar.close()
+    markdown = markdown_table(base.task, keys, rows)
+    atomic_write_text(out_dir / "ablation.md", markdown)
+    atomic_write_text(out_dir / "ablation.csv", _csv(rows))
+    atomic_write_text(out_dir / "runs.csv", _csv(runs))
+    return {"task": base.task, "grid": {k: [_label(v) for v in vs] for k, vs in grid.items()},
+            "seeds": seeds, "rows": rows, "runs": runs, "markdown": markdown, "out": str(out_dir)}
+
+
+def markdown_table(task: str, keys: list[str], rows: list[dict]) -> str:
+    """Validation score (mean ± std over seeds) before and after post-processing, one row per combination."""
+    seeds = rows[0]["seeds"] if rows else 0
+    head = [*keys, f"{task} score (mean ± std, {seeds} seeds)", "post-processed"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in rows:
+        cells = [r[k] for k in keys] + [f"{r['score_mean']:.4f} ± {r['score_std']:.4f}",
+                                        f"{r['postprocessed_mean']:.4f} ± {r['postprocessed_std']:.4f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return buf.getvalue()

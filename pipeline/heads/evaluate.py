@@ -1,0 +1,165 @@
+"""Whole-video inference with overlapping windows averaged per frame, and evaluation of a run.
+
+The authors validate on windows (dropping tails and short videos) and test on non-overlapping
+windows. Here every frame of every video is predicted: the windows of ``sequences.window_starts``
+(stride < window, so they overlap) are run in batches and each frame's outputs are averaged over the
+windows that cover it. Outputs are averaged as VA values, Expr and AU probabilities, before any
+post-processing. The metric is the official one over every valid frame of the whole set.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.data.affwild2 import AffWild2
+from pipeline.device import autocast, resolve_device
+from pipeline.errors import InputError
+from pipeline.heads import postprocess
+from pipeline.heads.folds import pooled_annotations
+from pipeline.heads.sequences import Batcher, FeatureTable, load_features, make_windows
+from pipeline.models import build_model
+
+CHECKPOINT_FORMAT = "mae-affect-head"
+
+
+def activate(task: str, out: torch.Tensor) -> torch.Tensor:
+    """Raw outputs (..., K) as averageable quantities: VA values, Expr / AU probabilities."""
+    if task == "expr":
+        return out.softmax(dim=-1)
+    if task == "au":
+        return out.sigmoid()
+    return out
+
+
+@torch.no_grad()
+def infer(model: torch.nn.Module, task: str, table: FeatureTable, videos, window: int, stride: int,
+          batch_size: int = 32, device: torch.device | None = None, bf16: bool = False,
+          progress: bool = False) -> dict[str, np.ndarray]:
+    """Per-frame outputs of whole videos, overlapping windows averaged.
+
+    Returns:
+        video -> (T, K) float32 activated outputs (VA values, Expr / AU probabilities).
+    """
+    device = device or torch.device("cpu")
+    model.eval()
+    windows = make_windows(table, videos, window, stride)
+    batcher = Batcher(table.features)
+    total = torch.zeros(len(table.features), model.out_dim)  # (sum T, K) sums over windows
+    count = torch.zeros(len(table.features))
+    starts = range(0, len(windows), batch_size)
+    for i in tqdm(starts, desc="infer", unit="batch", disable=not progress, leave=False):
+        b = batcher.batch(windows[i : i + batch_size], window)
+        with autocast(device, bf16):
+            out = model(b["x"].to(device), b["keep"].to(device))  # (B, W, K)
+        out = activate(task, out.float()).cpu()
+        keep = b["keep"]
+        total.index_add_(0, b["rows"][keep], out[keep])
+        count.index_add_(0, b["rows"][keep], torch.ones(int(keep.sum())))
+    mean = (total / count.clamp(min=1)[:, None]).numpy()
+    return {v: mean[slice(*table.offsets[v])] for v in videos}
+
+
+@dataclass
+class Run:
+    """A trained head loaded from ``RUN/best.pt``: the model in eval mode and what it needs."""
+
+    path: Path
+    checkpoint: dict
+    model: torch.nn.Module
+
+    @property
+    def task(self) -> str:
+        return self.checkpoint["task"]
+
+    @property
+    def config(self) -> dict:
+        return self.checkpoint["config"]
+
+    @property
+    def postprocess(self) -> postprocess.PostProcess:
+        pp = self.checkpoint.get("postprocess")
+        return postprocess.PostProcess(self.task) if pp is None else postprocess.PostProcess.from_dict(pp)
+
+    def check_stores(self, table: FeatureTable) -> None:
+        """Refuse a table whose stores were made by another encoder than the run's."""
+        trained = self.checkpoint["stores"]
+        if len(trained) != len(table.identities):
+            raise InputError(
+                f"{self.path} was trained on {len(trained)} store(s) side by side, {len(table.identities)} given: "
+                "pass the same --store options as in training"
+            )
+        for i, (want, got) in enumerate(zip(trained, table.identities, strict=True)):
+            differ = [k for k in want if want[k] != got.get(k)]
+            if differ:
+                raise InputError(
+                    f"store {table.paths[i]} differs from the one {self.path} was trained on in {', '.join(differ)} "
+                    f"(trained {differ[0]}={want[differ[0]]!r}, given {got.get(differ[0])!r}): "
+                    "use features from the same encoder checkpoint"
+                )
+
+    def infer(self, table: FeatureTable, videos, device: torch.device, progress: bool = False) -> dict[str, np.ndarray]:
+        c = self.config
+        self.model.to(device)
+        return infer(self.model, self.task, table, videos, c["window"], c["stride"], c["batch_size"], device,
+                     c["bf16"], progress)
+
+
+def load_run(run_dir: Path) -> Run:
+    """Load ``RUN/best.pt`` (InputError naming the file when it is missing or not a head checkpoint)."""
+    import pipeline.models.temporal  # noqa: F401  (registers the heads)
+
+    run_dir = Path(run_dir)
+    path = run_dir / "best.pt"
+    if not path.is_file():
+        raise InputError(f"{path}: no checkpoint; is {run_dir} a run directory of `mae-affect train`?")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path} is not a temporal-head checkpoint (written by `mae-affect train`)")
+    model = build_model(ckpt["model"], in_dim=ckpt["in_dim"], out_dim=ckpt["out_dim"], **ckpt["head"])
+    model.load_state_dict(ckpt["state_dict"])
+    return Run(run_dir, ckpt, model.eval())
+
+
+def tables_for(runs: list[Run], stores=None) -> dict[str, FeatureTable]:
+    """One feature table per fill rule the runs use, from the given stores (else the first run's)."""
+    stores = list(stores) if stores else runs[0].config["stores"]
+    tables: dict[str, FeatureTable] = {}
+    for run in runs:
+        fill = run.config["fill"]
+        if fill not in tables:
+            tables[fill] = load_features(stores, fill)
+        run.check_stores(tables[fill])
+    return tables
+
+
+def evaluate_run(run_dir: Path, split: str | None = None, data_root: Path | None = None, stores=None,
+                 device: str = "auto", progress: bool = True) -> dict:
+    """The official figures of a run before and after its post-processing.
+
+    Args:
+        run_dir: a run directory of ``mae-affect train``.
+        split: None for the run's own validation videos (the official Validation_Set on fold 0), or a
+            split with annotations (Train_Set, Validation_Set, or Test_Set where ground truth exists).
+        data_root, stores: default to those the run was trained with.
+    """
+    run = load_run(run_dir)
+    ds = AffWild2(Path(data_root or run.config["data"]))
+    table = tables_for([run], stores)[run.config["fill"]]
+    if split is None:
+        videos = list(run.checkpoint["val_videos"])
+        annotations = pooled_annotations(ds, run.task, videos)
+    else:
+        annotations = ds.annotations(run.task, split)
+        videos = sorted(annotations)
+    table.require(videos)
+    raw = run.infer(table, videos, resolve_device(device), progress)
+    before = postprocess.score(run.task, postprocess.apply_all(postprocess.PostProcess(run.task), raw), annotations)
+    after = postprocess.score(run.task, postprocess.apply_all(run.postprocess, raw), annotations)
+    return {
+        "run": str(run.path), "task": run.task, "split": split or "validation (the run's)",
+        "videos": len(videos), "epoch": run.checkpoint["epoch"], "score": after["score"],
+        "before": before, "after": after, "postprocess": run.postprocess.to_dict(),
+    }

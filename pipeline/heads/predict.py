@@ -1,0 +1,94 @@
+"""Challenge submission files from one or more trained heads (an ensemble averages them).
+
+For the test set the rows are exactly those of the organisers' example file, in its order: every
+frame of every test video, frames without a face included (their features come from the run's fill
+rule, as in training). Runs' outputs are averaged before post-processing (VA values, Expr / AU
+probabilities), then post-processed once. A frame beyond a video's length in the store gets the last
+frame's prediction (the nearest). For a split with annotations (``Validation_Set``, ``Train_Set``, or
+``Test_Set`` where ground truth exists) the rows are every frame 1..T of each annotated video, so
+``mae-affect score`` can check the file against the figures ``evaluate`` prints.
+"""
+
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.data.affwild2 import AffWild2
+from pipeline.device import resolve_device
+from pipeline.errors import InputError
+from pipeline.heads import postprocess
+from pipeline.heads.evaluate import load_run, tables_for
+from pipeline.submission import parse_location, read_submission, write_submission
+
+TEST = "test"
+
+
+def _rows_of_example(ds: AffWild2, task: str) -> tuple[list[str], list[tuple[str, int]]]:
+    example = ds.example_submission(task)
+    locations, _ = read_submission(example, task)
+    frames = []
+    for i, loc in enumerate(locations):
+        try:
+            video, k = parse_location(loc)
+        except ValueError as err:
+            raise InputError(f"{example}:{i + 2}: {err}") from None
+        if k < 1:
+            raise InputError(f"{example}:{i + 2}: frame number {k} in {loc!r}; frames are numbered from 1")
+        frames.append((video, k))
+    return locations, frames
+
+
+def _rows_of_split(ds: AffWild2, task: str, split: str, lengths: dict[str, int]) -> tuple[list[str], list[tuple[str, int]]]:
+    locations, frames = [], []
+    for video, ann in sorted(ds.annotations(task, split).items()):
+        suffix = ds.videos[video].suffix
+        for k in range(1, max(lengths.get(video, 0), ann.num_frames) + 1):
+            locations.append(f"{video}/{k:05d}{suffix}")
+            frames.append((video, k))
+    return locations, frames
+
+
+def predict(run_dirs, out: Path, split: str = TEST, data_root: Path | None = None, stores=None,
+            device: str = "auto", progress: bool = True) -> dict:
+    """Write a submission-format file of the runs' averaged predictions.
+
+    Args:
+        run_dirs: one or more run directories of one task.
+        out: the CSV to write (atomically).
+        split: "test" (rows of the example file) or an annotated split.
+        data_root, stores: default to those the first run was trained with; every run must have been
+            trained on stores of the same identity as these.
+    """
+    runs = [load_run(r) for r in run_dirs]
+    if not runs:
+        raise InputError("no run given: pass --run RUN (once per run of an ensemble)")
+    task = runs[0].task
+    other = [r for r in runs if r.task != task]
+    if other:
+        raise InputError(f"{other[0].path} is a {other[0].task} run but {runs[0].path} is {task}: ensemble one task")
+    ds = AffWild2(Path(data_root or runs[0].config["data"]))
+    tables = tables_for(runs, stores)
+    first = next(iter(tables.values()))
+    if split == TEST:
+        locations, frames = _rows_of_example(ds, task)
+    else:
+        locations, frames = _rows_of_split(ds, task, split, {v: first.length(v) for v in first.videos})
+    videos = list(dict.fromkeys(v for v, _ in frames))
+    first.require(videos)
+    dev = resolve_device(device)
+    raw = {v: 0.0 for v in videos}
+    for run in tqdm(runs, desc="runs", unit="run", disable=not progress or len(runs) == 1):
+        outputs = run.infer(tables[run.config["fill"]], videos, dev, progress)
+        raw = {v: raw[v] + outputs[v] / len(runs) for v in videos}
+    pp = postprocess.combine([r.postprocess for r in runs])
+    last = {}
+    for v, k in frames:
+        last[v] = max(last.get(v, 0), k)
+    final = {v: postprocess.extend(pp.apply(raw[v]), last[v]) for v in videos}  # frames 1..max needed
+    values = np.stack([final[v][k - 1] for v, k in frames]) if frames else np.zeros((0, 1))
+    write_submission(Path(out), task, locations, values)
+    return {
+        "out": str(out), "task": task, "split": split, "rows": len(locations), "videos": len(videos),
+        "runs": [str(r.path) for r in runs], "postprocess": pp.to_dict(),
+    }

@@ -1,0 +1,358 @@
+"""Temporal heads on cached features: sequences, windows, masks, losses, post-processing, folds, and
+end-to-end runs (train -> evaluate -> predict -> check-submission -> score) on the tiny synthetic set.
+
+The tiny store's features are cheap but carry a real signal: an 8x8 grayscale thumbnail of the
+face's centre (eyes to chin) of each frame (D=64), zeros where there is no face.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from cli import cli
+from features import create_store
+from pipeline.data.affwild2 import AffWild2, Annotation
+from pipeline.errors import InputError
+from pipeline.heads import postprocess
+from pipeline.heads.evaluate import infer
+from pipeline.heads.folds import fold_split
+from pipeline.heads.losses import TaskLoss
+from pipeline.heads.sequences import (
+    Batcher,
+    lay_labels,
+    load_features,
+    window_starts,
+)
+from pipeline.heads.train import (
+    TrainConfig,
+    learning_rate,
+    parse_settings,
+    parse_value,
+    prepare,
+    train_run,
+)
+from pipeline.models import build_model
+
+FACE_BOX = (28, 36, 84, 92)  # eyes to chin in a 112-pixel crop
+SMALL = ["--set", "tcn_channels=64-32-32", "--set", "d_model=32", "--set", "num_layers=2",
+         "--set", "num_heads=2", "--set", "ff_dim=64", "--set", "head_hidden=32", "--set", "dropout=0.1"]
+FAST = ["--window", "100", "--stride", "50", "--batch-size", "8", "--lr", "1e-3", "--device", "cpu", *SMALL]
+
+
+def store_attrs(dim: int, sha: str = "0" * 64) -> dict:
+    return dict(encoder="thumbnail8", encoder_config={"box": list(FACE_BOX)}, checkpoint_sha256=sha,
+                input_size=8, pixel_mean=[0.5], pixel_std=[0.25], pooling="mean", feature_dim=dim,
+                dtype="float32")
+
+
+def thumbnails(ds: AffWild2, name: str) -> tuple[np.ndarray, np.ndarray]:
+    video = ds.videos[name]
+    T = ds.num_frames(name)
+    feats, present = np.zeros((T, 64), np.float32), np.zeros(T, bool)
+    for k in video.frames:
+        img = Image.open(video.image_path(int(k))).convert("L")
+        scale = img.size[0] / 112
+        face = img.crop(tuple(int(b * scale) for b in FACE_BOX)).resize((8, 8), Image.BOX)
+        feats[k - 1] = np.asarray(face, np.float32).reshape(-1) / 255.0 - 0.5
+        present[k - 1] = True
+    return feats, present
+
+
+def write_store(path: Path, rows: dict[str, tuple[np.ndarray, np.ndarray]], sha: str = "0" * 64) -> Path:
+    dim = next(iter(rows.values()))[0].shape[1]
+    with create_store(path, store_attrs(dim, sha), overwrite=True) as writer:
+        for name, (feats, present) in rows.items():
+            vw = writer.begin_video(name, len(feats))
+            vw.write(0, feats, present)
+            vw.finish()
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_rows(tiny_root) -> dict:
+    ds = AffWild2(tiny_root)
+    return {name: thumbnails(ds, name) for name in ds.videos}
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_root, tiny_rows, tmp_path_factory) -> Path:
+    return write_store(tmp_path_factory.mktemp("heads") / "thumbs.zarr", tiny_rows)
+
+
+def run_cli(*args) -> str:
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+# --- windows and sequences -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("T", [1, 7, 99, 100, 101, 299, 300, 301, 500, 1001])
+@pytest.mark.parametrize("W,S", [(100, 50), (100, 100), (300, 200), (10, 3)])
+def test_windows_cover_every_frame(T, W, S):
+    starts = window_starts(T, W, S)
+    length = min(T, W)
+    covered = np.zeros(T, int)
+    for s in starts:
+        assert 0 <= s and s + length <= T
+        covered[s : s + length] += 1
+    assert covered.min() >= 1  # no frame dropped
+    assert starts[-1] + length == T  # the tail window ends at the video's end
+    assert len(set(starts.tolist())) == len(starts)
+    assert len(starts) <= max(1, -(-(T - W) // S) + 1)  # no more windows than needed
+
+
+def test_batches_pad_and_mask_short_videos():
+    feats = np.arange(30, dtype=np.float32).reshape(15, 2)  # rows 0..14: one 5-frame and one 10-frame video
+    labels = np.arange(15, dtype=np.float32)[:, None]
+    valid = np.ones(15, bool)
+    valid[3] = False
+    windows = np.array([[0, 5], [5, 8]])  # (start, length)
+    b = Batcher(feats, labels, valid).batch(windows, W=8)
+    assert b["x"].shape == (2, 8, 2)
+    assert b["keep"].tolist() == [[True] * 5 + [False] * 3, [True] * 8]
+    assert (b["x"][0, 5:] == 0).all()  # padding is zero
+    torch.testing.assert_close(b["x"][1, :, 0], torch.arange(10.0, 26.0, 2))
+    assert not b["mask"][0, 3] and not b["mask"][0, 5:].any()
+
+
+def test_stores_side_by_side_and_refusals(tiny_rows, tmp_path):
+    a = write_store(tmp_path / "a.zarr", tiny_rows)
+    doubled = {v: (np.concatenate([f, 2 * f], axis=1), p) for v, (f, p) in tiny_rows.items()}
+    b = write_store(tmp_path / "b.h5", doubled, sha="1" * 64)
+    table = load_features([a, b], fill="zeros")
+    assert table.dim == 64 + 128 and len(table.identities) == 2
+    video = table.videos[0]
+    rows = table.features[slice(*table.offsets[video])]
+    np.testing.assert_allclose(rows[:, 64:128], tiny_rows[video][0])
+    np.testing.assert_allclose(rows[:, 128:], 2 * tiny_rows[video][0])
+
+    fewer = dict(list(tiny_rows.items())[1:])
+    with pytest.raises(InputError, match="different videos"):
+        load_features([a, write_store(tmp_path / "fewer.zarr", fewer)])
+    name, (f, p) = next(iter(tiny_rows.items()))
+    shorter = {**tiny_rows, name: (f[:-1], p[:-1])}
+    with pytest.raises(InputError, match=f"video '{name}' has {len(f)} frames"):
+        load_features([a, write_store(tmp_path / "short.zarr", shorter)])
+
+
+def test_fill_rule_applies_to_absent_frames(tiny_store, tiny_rows):
+    nearest = load_features([tiny_store], fill="nearest")
+    zeros = load_features([tiny_store], fill="zeros")
+    assert not nearest.present.all()  # the tiny set has frames without a face
+    absent = ~nearest.present
+    assert (zeros.features[absent] == 0).all()
+    assert (np.abs(nearest.features[absent]).sum(axis=1) > 0).all()
+    np.testing.assert_array_equal(nearest.features[~absent], zeros.features[~absent])
+
+
+def test_labels_beyond_the_store_or_missing_are_masked(tiny_store):
+    table = load_features([tiny_store])
+    video = table.videos[0]
+    T = table.length(video)
+    start = table.offsets[video][0]
+    long = Annotation(video, "va", "Train_Set", Path("x"), np.full((T + 5, 2), 0.5, np.float32), np.ones(T + 5, bool))
+    labels, valid = lay_labels("va", table, {video: long})
+    assert valid[start : start + T].all() and valid.sum() == T  # rows beyond T are not laid anywhere
+    short = Annotation(video, "va", "Train_Set", Path("x"), np.full((T - 4, 2), 0.5, np.float32), np.ones(T - 4, bool))
+    labels, valid = lay_labels("va", table, {video: short})
+    assert valid.sum() == T - 4 and not valid[start + T - 4 : start + T].any()
+    # at evaluation, rows beyond T take the last frame's prediction
+    pred, true = postprocess.valid_pairs({video: np.arange(T, dtype=float)[:, None]}, {video: long})
+    assert len(pred) == T + 5 and (pred[T:, 0] == T - 1).all()
+
+
+def test_overlapping_windows_equal_a_whole_video_pass(tiny_store):
+    """For a frame-wise model (no state across windows) the averaged windows equal one pass."""
+    table = load_features([tiny_store])
+    torch.manual_seed(0)
+    model = build_model("linear", in_dim=table.dim, out_dim=2, head_hidden=16).eval()
+    videos = table.videos
+    windowed = infer(model, "va", table, videos, window=50, stride=20, batch_size=4)
+    for video in videos:
+        x = torch.from_numpy(table.features[slice(*table.offsets[video])]).float()[None]
+        with torch.no_grad():
+            whole = model(x)[0].numpy()
+        np.testing.assert_allclose(windowed[video], whole, atol=1e-5)
+
+
+@pytest.mark.parametrize("task,K", [("va", 2), ("expr", 8), ("au", 12)])
+def test_masked_frames_never_reach_the_loss(task, K):
+    torch.manual_seed(0)
+    out = torch.randn(3, 20, K, requires_grad=True)
+    if task == "va":
+        labels = torch.rand(3, 20, 2) * 2 - 1
+    elif task == "expr":
+        labels = torch.randint(0, 8, (3, 20, 1)).float()
+    else:
+        labels = torch.randint(0, 2, (3, 20, 12)).float()
+    mask = torch.rand(3, 20) > 0.4
+    loss_fn = TaskLoss(task)
+    loss = loss_fn(out, labels, mask)
+    (grad,) = torch.autograd.grad(loss, out)
+    garbage = labels.clone()
+    garbage[~mask] = float("nan")  # invalid labels and padding may hold anything
+    loss2 = loss_fn(out, garbage, mask)
+    (grad2,) = torch.autograd.grad(loss2, out)
+    assert torch.isfinite(loss2) and loss2 == loss
+    assert torch.equal(grad, grad2) and (grad[~mask] == 0).all()
+
+
+# --- post-processing, folds, config --------------------------------------------------------------
+
+
+def test_filters():
+    x = np.array([0.0, 0, 3, 0, 0])
+    np.testing.assert_allclose(postprocess.moving_average(x, 3), [0, 1, 1, 1, 0])
+    assert len(postprocess.moving_average(x, 4)) == 5  # even windows round up to odd
+    classes = np.array([1, 1, 2, 1, 1, 3, 3, 3])
+    assert postprocess.mode_filter(classes, 4, 3).tolist() == [1, 1, 1, 1, 1, 3, 3, 3]
+    assert postprocess.mode_filter(classes, 4, 1).tolist() == classes.tolist()
+    assert postprocess.extend(np.array([[1], [2]]), 4)[:, 0].tolist() == [1, 2, 2, 2]
+
+
+def test_au_thresholds_chosen_on_validation_do_not_lower_f1():
+    rng = np.random.default_rng(0)
+    T = 400
+    labels = (rng.random((T, 12)) < 0.2).astype(np.int64)
+    prob = 0.2 * labels + rng.random((T, 12)) * 0.3  # informative, but below 0.5 almost always
+    ann = {"v": Annotation("v", "au", "Validation_Set", Path("v"), labels, np.ones(T, bool))}
+    raw = {"v": prob}
+    pp = postprocess.choose("au", raw, ann)
+    at_half = postprocess.score("au", postprocess.apply_all(postprocess.PostProcess("au"), raw), ann)
+    chosen = postprocess.score("au", postprocess.apply_all(pp, raw), ann)
+    assert chosen["score"] > at_half["score"] + 0.3
+    assert postprocess.PostProcess.from_dict(pp.to_dict()) == pp
+
+
+def test_folds_group_sources_and_fold_zero_is_official(tiny_root):
+    ds = AffWild2(tiny_root)
+    task = "va"
+    train, val = fold_split(ds, task, 0)
+    assert (train, val) == (sorted(ds.annotations(task, "Train_Set")), sorted(ds.annotations(task, "Validation_Set")))
+    pool = set(train) | set(val)
+    folds = 2
+    vals = [fold_split(ds, task, k, folds)[1] for k in range(1, folds + 1)]
+    assert sorted(v for fold in vals for v in fold) == sorted(pool)  # a partition of Train + Validation
+    from pipeline.data.affwild2 import source_video
+
+    for k in range(1, folds + 1):
+        tr, va = fold_split(ds, task, k, folds)
+        assert not {source_video(v) for v in tr} & {source_video(v) for v in va}
+    with pytest.raises(InputError, match="--fold"):
+        fold_split(ds, task, 3, 2)
+
+
+def test_schedule_warms_up_then_anneals_with_restarts():
+    cfg = TrainConfig("va", epochs=10, lr=1.0, warmup_epochs=1, restart_epochs=3, min_lr=0.0)
+    assert learning_rate(cfg, 0) == 0 and learning_rate(cfg, 0.5) == pytest.approx(0.5)
+    assert learning_rate(cfg, 1) == pytest.approx(1.0)
+    assert learning_rate(cfg, 2.5) == pytest.approx(0.5)
+    assert learning_rate(cfg, 3.99) < 0.01 and learning_rate(cfg, 4) == pytest.approx(1.0)  # restart
+    assert learning_rate(cfg, 7) == pytest.approx(0.5)  # the second period is twice as long
+    paper = TrainConfig("va")
+    assert (paper.epochs, paper.lr, paper.batch_size, paper.window, paper.stride) == (40, 3e-5, 32, 300, 200)
+    assert (TrainConfig("expr").epochs, TrainConfig("au").epochs) == (10, 30)
+
+
+def test_settings_parse_by_field_type():
+    assert parse_settings(["tcn_channels=256-128-64", "causal=false", "lr=1e-3", "restart_epochs=none"]) == {
+        "tcn_channels": (256, 128, 64), "causal": False, "lr": 1e-3, "restart_epochs": None}
+    cfg = TrainConfig.create(task="va", d_model=64, window=100)
+    assert cfg.head.d_model == 64 and (cfg.window, cfg.stride) == (100, 66)
+    assert parse_value("model", "tcn") == "tcn"
+    with pytest.raises(InputError, match="unknown setting 'dmodel'"):
+        parse_settings(["dmodel=3"])
+    with pytest.raises(InputError, match="not a valid"):
+        parse_value("window", "big")
+    with pytest.raises(InputError, match="skip frames"):
+        TrainConfig("va", window=100, stride=150)
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+
+def test_training_is_deterministic(tiny_root, tiny_store, tmp_path):
+    cfg = TrainConfig.create(task="au", stores=(str(tiny_store),), data=str(tiny_root), epochs=1, window=100,
+                             stride=50, batch_size=8, device="cpu", tcn_channels=(16, 16, 8), d_model=16,
+                             num_layers=1, num_heads=2, ff_dim=16, head_hidden=8)
+    data = prepare(cfg)
+    a = train_run(data, cfg, tmp_path / "a", progress=False, make_plots=False)
+    b = train_run(data, cfg, tmp_path / "b", progress=False, make_plots=False)
+    assert a["before"] == b["before"]
+    sa = torch.load(tmp_path / "a" / "best.pt", weights_only=False)["state_dict"]
+    sb = torch.load(tmp_path / "b" / "best.pt", weights_only=False)["state_dict"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.slow
+def test_va_train_evaluate_predict_score(tiny_root, tiny_store, tmp_path):
+    """A short VA training learns (validation CCC well above zero); predict writes a valid submission
+    whose `score` equals what `evaluate` printed for the same frames."""
+    run = tmp_path / "va"
+    out = run_cli("train", "va", "--store", tiny_store, "--data", tiny_root, "--out", run, "--epochs", 8, *FAST, "--json")
+    summary = json.loads(out)
+    assert summary["before"]["score"] > 0.2 and summary["before"]["valence"] > 0.5
+    for name in ("config.json", "log.jsonl", "best.pt", "val_predictions.npz", "training_curves.png", "va_traces.png"):
+        assert (run / name).is_file(), name
+    assert len((run / "log.jsonl").read_text().splitlines()) == 8
+
+    evaluated = json.loads(run_cli("evaluate", "--run", run, "--device", "cpu", "--json"))
+    assert evaluated["after"]["score"] == pytest.approx(summary["after"]["score"], abs=1e-9)
+    run_cli("predict", "--run", run, "--split", "Validation_Set", "--out", tmp_path / "val.csv", "--device", "cpu")
+    scored = json.loads(run_cli("score", "--task", "va", "--pred", tmp_path / "val.csv", "--data", tiny_root, "--json"))
+    assert scored["score"] == pytest.approx(evaluated["after"]["score"], abs=1e-5)
+
+    ds = AffWild2(tiny_root)
+    test_eval = json.loads(run_cli("evaluate", "--run", run, "--split", "Test_Set", "--device", "cpu", "--json"))
+    run_cli("predict", "--run", run, "--out", tmp_path / "test.csv", "--device", "cpu")
+    run_cli("check-submission", tmp_path / "test.csv", "--task", "va", "--example", ds.example_submission("va"))
+    scored = json.loads(run_cli("score", "--task", "va", "--pred", tmp_path / "test.csv", "--data", tiny_root,
+                                "--split", "Test_Set", "--json"))
+    assert scored["score"] == pytest.approx(test_eval["after"]["score"], abs=1e-5)
+    assert scored["frames"] == test_eval["after"]["frames"]
+
+
+@pytest.mark.parametrize("task", ["expr", "au"])
+def test_expr_au_runs_ensemble_and_submit(task, tiny_root, tiny_store, tmp_path):
+    runs = []
+    for seed in (0, 1):
+        runs.append(tmp_path / f"{task}{seed}")
+        run_cli("train", task, "--store", tiny_store, "--data", tiny_root, "--out", runs[-1], "--epochs", 2,
+                "--seed", seed, "--model", "tcn", *FAST)
+    plot = {"expr": "expr_confusion.png", "au": "au_f1.png"}[task]
+    assert (runs[0] / plot).is_file()
+    ckpt = torch.load(runs[0] / "best.pt", weights_only=False)
+    assert ckpt["postprocess"]["task"] == task and ckpt["stores"][0]["checkpoint_sha256"] == "0" * 64
+
+    ds = AffWild2(tiny_root)
+    sub = tmp_path / f"{task}.csv"
+    run_cli("predict", "--run", runs[0], "--run", runs[1], "--out", sub, "--device", "cpu")
+    run_cli("check-submission", sub, "--task", task, "--example", ds.example_submission(task))
+    scored = json.loads(run_cli("score", "--task", task, "--pred", sub, "--data", tiny_root, "--split", "Test_Set", "--json"))
+    assert 0 <= scored["score"] <= 1
+
+
+def test_predict_refuses_a_store_of_another_encoder(tiny_root, tiny_rows, tiny_store, tmp_path):
+    run = tmp_path / "run"
+    run_cli("train", "va", "--store", tiny_store, "--data", tiny_root, "--out", run, "--epochs", 1,
+            "--model", "linear", *FAST)
+    other = write_store(tmp_path / "other.zarr", tiny_rows, sha="f" * 64)
+    result = CliRunner().invoke(cli, ["predict", "--run", str(run), "--store", str(other), "--out", str(tmp_path / "x.csv")])
+    assert result.exit_code == 2
+    assert "checkpoint_sha256" in result.output and not (tmp_path / "x.csv").exists()
+
+
+def test_ablate_grid_by_seeds(tiny_root, tiny_store, tmp_path):
+    out = run_cli("ablate", "--task", "va", "--store", tiny_store, "--data", tiny_root, "--grid", "model=linear,tcn",
+                  "--grid", "window=50,100", "--seeds", 2, "--out", tmp_path / "abl", "--epochs", 1, *FAST[2:])
+    assert "| model | window |" in out and out.count("±") == 1 + 2 * 4  # the header, then 2 per row
+    rows = (tmp_path / "abl" / "ablation.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4 and len((tmp_path / "abl" / "runs.csv").read_text().splitlines()) == 1 + 8
+    assert (tmp_path / "abl" / "model-tcn_window-100" / "seed1" / "best.pt").is_file()
