@@ -44,6 +44,7 @@ class PretrainConfig:
     out: str = "runs/pretrain"
     model: str = "mae_vit_base_patch16"
     img_size: int = 224
+    patch_size: int | None = None  # None: the registered model's (16); 8 gives 196 tokens on 112 px crops
     epochs: int = 500
     batch_size: int = 64  # per process
     accum_iter: int = 16  # 64 x 16 = 1024 images per optimizer step on one device, the paper's batch
@@ -73,8 +74,8 @@ _RESUME_FREE = {"out", "workers", "device", "log_every"}
 def model_config(cfg: PretrainConfig) -> MAEConfig:
     """The MAE config a pretraining config asks for."""
     overrides = {"img_size": cfg.img_size, "mask_ratio": cfg.mask_ratio, "norm_pix_loss": cfg.norm_pix_loss}
-    for key, value in (("decoder_embed_dim", cfg.decoder_dim), ("decoder_depth", cfg.decoder_depth),
-                       ("decoder_num_heads", cfg.decoder_heads)):
+    for key, value in (("patch_size", cfg.patch_size), ("decoder_embed_dim", cfg.decoder_dim),
+                       ("decoder_depth", cfg.decoder_depth), ("decoder_num_heads", cfg.decoder_heads)):
         if value is not None:
             overrides[key] = value
     return mae_config(cfg.model, **overrides)
@@ -229,7 +230,9 @@ def pretrain(cfg: PretrainConfig, *, stop_at_epoch: int | None = None, progress:
     effective_batch = cfg.batch_size * cfg.accum_iter * dist_info.world_size
     peak_lr = cfg.lr if cfg.lr is not None else cfg.blr * effective_batch / 256
     warmup_steps, total_steps = cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=peak_lr, betas=(0.9, 0.95))
+    # The fused kernel (torch >= 2.4 on CPU) is ~10x faster than the per-tensor loop for ViT-sized lists.
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=peak_lr, betas=(0.9, 0.95),
+                                  fused=device.type in ("cpu", "cuda"))
 
     resolved = {
         "pretrain": to_jsonable(cfg), "model_config": asdict(mcfg), "world_size": dist_info.world_size,

@@ -52,40 +52,6 @@ def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int, cls_token: bool = Tr
     return table.float()
 
 
-def vit_encoder(
-    img_size: int,
-    patch_size: int,
-    embed_dim: int,
-    depth: int,
-    num_heads: int,
-    mlp_ratio: float = 4.0,
-    drop_path_rate: float = 0.0,
-) -> VisionTransformer:
-    """A headless timm ViT (class token, final norm) whose ``pos_embed`` holds the fixed sin-cos table.
-
-    ``pos_embed`` stays an ``nn.Parameter`` (so timm's key names and loaders keep working) but does not
-    require grad, as in MAE.
-    """
-    encoder = VisionTransformer(
-        img_size=img_size,
-        patch_size=patch_size,
-        embed_dim=embed_dim,
-        depth=depth,
-        num_heads=num_heads,
-        mlp_ratio=mlp_ratio,
-        qkv_bias=True,
-        num_classes=0,
-        class_token=True,
-        global_pool="token",
-        drop_path_rate=drop_path_rate,
-    )
-    grid_h, grid_w = encoder.patch_embed.grid_size
-    with torch.no_grad():
-        encoder.pos_embed.copy_(sincos_pos_embed_2d(embed_dim, grid_h, grid_w).unsqueeze(0))  # (1, 1+N, D)
-    encoder.pos_embed.requires_grad_(False)
-    return encoder
-
-
 def init_mae_weights(module: nn.Module) -> None:
     """MAE's initialisation: xavier-uniform linears (patch projection treated as one), unit norms."""
     if isinstance(module, nn.Linear):
@@ -100,6 +66,44 @@ def init_mae_weights(module: nn.Module) -> None:
         nn.init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+def vit_encoder(
+    img_size: int,
+    patch_size: int,
+    embed_dim: int,
+    depth: int,
+    num_heads: int,
+    mlp_ratio: float = 4.0,
+    drop_path_rate: float = 0.0,
+) -> VisionTransformer:
+    """A headless timm ViT (class token, final norm) whose ``pos_embed`` holds the fixed sin-cos table.
+
+    ``pos_embed`` stays an ``nn.Parameter`` (so timm's key names and loaders keep working) but does not
+    require grad, as in MAE. Weights get MAE's initialisation (:func:`init_mae_weights`) instead of timm's
+    (which would be overwritten anyway and costs seconds for the large sizes).
+    """
+    encoder = VisionTransformer(
+        img_size=img_size,
+        patch_size=patch_size,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_ratio=mlp_ratio,
+        qkv_bias=True,
+        num_classes=0,
+        class_token=True,
+        global_pool="token",
+        drop_path_rate=drop_path_rate,
+        weight_init="skip",
+    )
+    encoder.apply(init_mae_weights)
+    nn.init.normal_(encoder.cls_token, std=0.02)
+    grid_h, grid_w = encoder.patch_embed.grid_size
+    with torch.no_grad():
+        encoder.pos_embed.copy_(sincos_pos_embed_2d(embed_dim, grid_h, grid_w).unsqueeze(0))  # (1, 1+N, D)
+    encoder.pos_embed.requires_grad_(False)
+    return encoder
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float] = PIXEL_MEAN, std: Sequence[float] = PIXEL_STD) -> torch.Tensor:

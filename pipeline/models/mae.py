@@ -105,9 +105,9 @@ class MaskedAutoencoderViT(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        self.apply(init_mae_weights)
-        # timm's own small-normal init for the tokens, as MAE (std .02); pos embeds stay sin-cos.
-        nn.init.normal_(self.encoder.cls_token, std=0.02)
+        """MAE's init for the decoder (the encoder initialised itself); pos embeds stay sin-cos."""
+        for module in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
+            module.apply(init_mae_weights)
         nn.init.normal_(self.mask_token, std=0.02)
 
     @property

@@ -1,0 +1,139 @@
+"""The MAE model: every registered size builds and trains, masking and patchify properties, the masked path
+is the encoder's own network, the loss looks at hidden patches only."""
+
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from pipeline.errors import InputError
+from pipeline.models import build_model, list_models
+from pipeline.models.encoder import pool_tokens, sincos_pos_embed_2d
+from pipeline.models.mae import MAE_SIZES, MAEConfig, MaskedAutoencoderViT, build_encoder
+
+SMALL = MAEConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+                  decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: CPU results are bit-reproducible, and a shared 2-core machine is not
+    oversubscribed (OpenMP threads spinning against other processes made these tests ~20x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_every_mae_size_is_registered():
+    assert set(MAE_SIZES) <= set(list_models("mae_"))
+
+
+# base and large take seconds just to allocate and touch their weights: slow-marked.
+SIZES = [pytest.param(n, marks=pytest.mark.slow) if n in {"mae_vit_base_patch16", "mae_vit_large_patch16"} else n
+         for n in sorted(MAE_SIZES)]
+
+
+@pytest.mark.parametrize("name", SIZES)
+def test_registered_model_trains_on_cpu(name):
+    torch.manual_seed(0)
+    model = build_model(name, img_size=32)  # 4 patches: base and large stay fast
+    imgs = torch.randn(2, 3, 32, 32)
+    loss, pred, mask = model(imgs)
+    loss.backward()
+    assert pred.shape == (2, 4, 16 * 16 * 3) and mask.shape == (2, 4)
+    assert torch.isfinite(loss)
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and not torch.isnan(g).any() for g in grads)
+    tokens = model.encoder.forward_features(imgs)
+    assert tokens.shape == (2, 5, MAE_SIZES[name]["embed_dim"]) and not torch.isnan(tokens).any()
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.75, 0.9])
+def test_masking_keeps_exact_count_and_unshuffle_restores_order(ratio):
+    torch.manual_seed(1)
+    b, n, d = 4, 49, 3
+    x = torch.arange(b * n * d, dtype=torch.float32).reshape(b, n, d)  # (B, N, D), every token distinct
+    kept, mask, ids_restore = MaskedAutoencoderViT.random_masking(x, ratio)
+    keep = round(n * (1 - ratio))
+    assert kept.shape == (b, keep, d)
+    assert torch.equal(mask.sum(dim=1), torch.full((b,), float(n - keep)))
+    # Un-shuffling kept tokens + placeholders puts each kept token back at its own position.
+    filled = torch.cat([kept, torch.full((b, n - keep, d), -1.0)], dim=1)  # (B, N, D), shuffled
+    restored = torch.gather(filled, 1, ids_restore.unsqueeze(-1).expand(-1, -1, d))  # (B, N, D)
+    visible = mask == 0
+    assert torch.equal(restored[visible], x[visible])
+    assert (restored[~visible] == -1).all()
+    assert not all(torch.equal(mask[0], mask[i]) for i in range(1, b))  # per-sample masks
+
+
+def test_patchify_unpatchify_round_trip_and_layout():
+    model = MaskedAutoencoderViT(SMALL)
+    imgs = torch.randn(2, 3, 32, 32)
+    patches = model.patchify(imgs)  # (B, N, p*p*C)
+    assert patches.shape == (2, 16, 8 * 8 * 3)
+    assert torch.equal(model.unpatchify(patches), imgs)
+    # Patch 1 is the second patch of the first row, pixels in (p, p, C) order.
+    assert torch.equal(patches[0, 1], imgs[0, :, :8, 8:16].permute(1, 2, 0).reshape(-1))
+
+
+def test_masked_path_is_the_encoders_own_network():
+    torch.manual_seed(0)
+    model = MaskedAutoencoderViT(SMALL).eval()
+    imgs = torch.randn(3, 3, 32, 32)
+    latent, mask, ids_restore = model.forward_encoder(imgs, mask_ratio=0.0)  # nothing hidden, shuffled
+    assert mask.sum() == 0
+    patches = torch.gather(latent[:, 1:], 1, ids_restore.unsqueeze(-1).expand(-1, -1, latent.shape[-1]))
+    expected = model.encoder.forward_features(imgs)  # (B, 1+N, D)
+    torch.testing.assert_close(latent[:, :1], expected[:, :1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(patches, expected[:, 1:], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("norm_pix", [True, False])
+def test_loss_sees_hidden_patches_only(norm_pix):
+    torch.manual_seed(0)
+    from dataclasses import replace
+
+    model = MaskedAutoencoderViT(replace(SMALL, norm_pix_loss=norm_pix))
+    imgs = torch.randn(2, 3, 32, 32)
+    _, pred, mask = model(imgs)
+    changed = pred.clone()
+    changed[mask == 0] += 100.0  # visible patches: must not matter
+    assert torch.equal(model.forward_loss(imgs, pred, mask), model.forward_loss(imgs, changed, mask))
+    perfect = model.target(imgs)
+    assert model.forward_loss(imgs, perfect, mask).item() == pytest.approx(0.0, abs=1e-10)
+    if norm_pix:
+        torch.testing.assert_close(perfect.mean(dim=-1), torch.zeros(2, 16), atol=1e-5, rtol=0)
+    else:
+        assert torch.equal(perfect, model.patchify(imgs))
+
+
+def test_position_embeddings_are_fixed_sincos():
+    model = MaskedAutoencoderViT(SMALL)
+    enc = model.encoder
+    assert isinstance(enc, VisionTransformer)
+    assert not enc.pos_embed.requires_grad and not model.decoder_pos_embed.requires_grad
+    torch.testing.assert_close(enc.pos_embed[0], sincos_pos_embed_2d(32, 4, 4))
+    table = sincos_pos_embed_2d(8, 2, 3, cls_token=False)  # (N, D)
+    assert table.shape == (6, 8)
+    # First half encodes the column, second half the row: patches of one column share the first half.
+    torch.testing.assert_close(table[0, :4], table[3, :4])
+    torch.testing.assert_close(table[0, 4:], table[1, 4:])
+
+
+def test_build_encoder_takes_a_full_mae_config():
+    cfg = {**SMALL.__dict__, "decoder_depth": 5, "norm_pix_loss": False}
+    enc = build_encoder("mae_vit_tiny_patch16", **cfg)
+    assert isinstance(enc, VisionTransformer) and enc.embed_dim == 32 and len(enc.blocks) == 2
+    assert enc.forward_features(torch.randn(1, 3, 32, 32)).shape == (1, 17, 32)
+    with pytest.raises(InputError, match="decoder_width"):
+        build_encoder("mae_vit_tiny_patch16", decoder_width=3)
+    with pytest.raises(InputError, match="known"):
+        build_model("mae_vit_huge_patch99")
+
+
+def test_pool_tokens():
+    tokens = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)  # (B, 1+N, D)
+    assert torch.equal(pool_tokens(tokens, "cls"), tokens[:, 0])
+    assert torch.equal(pool_tokens(tokens, "mean"), tokens[:, 1:].mean(dim=1))
+    with pytest.raises(ValueError):
+        pool_tokens(tokens, "max")

@@ -1,0 +1,181 @@
+"""MAE pretraining: images found and decoded, the schedule, a resumed run equals an uninterrupted one,
+unreadable images reported once and skipped, the loss falls on synthetic faces, two gloo ranks."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from cli import cli
+from pipeline.data.images import PretrainImages, decode_image, find_images
+from pipeline.errors import InputError
+from pipeline.models.checkpoint import load_encoder, read_checkpoint
+from pipeline.pretrain import PretrainConfig, lr_at, pretrain
+from pipeline.runs import read_jsonl
+
+# Tiny encoder at 32 px with 8 px patches (16 patches, 4 visible) and a one-block decoder: seconds per run.
+FAST = dict(model="mae_vit_tiny_patch16", img_size=32, patch_size=8, epochs=2, batch_size=4, accum_iter=2,
+            warmup_epochs=1, decoder_dim=32, decoder_depth=1, decoder_heads=2, max_images=24, workers=0,
+            device="cpu", bf16=False, recon_images=3, log_every=1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: CPU results are bit-reproducible, and a shared 2-core machine is not
+    oversubscribed (OpenMP threads spinning against other processes made these tests ~20x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def faces(tiny_root) -> Path:
+    return tiny_root / "cropped_aligned"
+
+
+def run_config(images, out, **kw) -> PretrainConfig:
+    return PretrainConfig(images=(str(images),), out=str(out), **{**FAST, **kw})
+
+
+def without_timing(records):
+    return [{k: v for k, v in r.items() if k not in ("seconds", "img_per_s")} for r in records]
+
+
+def test_find_images_recursive_and_refusals(tmp_path):
+    (tmp_path / "a" / "v1").mkdir(parents=True)
+    (tmp_path / "a" / "v1" / "00001.jpg").write_bytes(b"x")
+    (tmp_path / "a" / "00002.PNG").write_bytes(b"x")
+    (tmp_path / "a" / "notes.txt").write_text("x")
+    (tmp_path / "empty").mkdir()
+    assert [p.name for p in find_images([tmp_path / "a"])] == ["00002.PNG", "00001.jpg"]
+    with pytest.raises(InputError, match=f"{tmp_path / 'missing'} does not exist"):
+        find_images([tmp_path / "missing"])
+    with pytest.raises(InputError, match=f"no .jpg/.jpeg/.png image under {tmp_path / 'empty'}"):
+        find_images([tmp_path / "a", tmp_path / "empty"])
+
+
+def test_cli_refuses_a_missing_folder_with_one_line(tmp_path):
+    result = CliRunner().invoke(cli, ["pretrain", "--images", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and "nope does not exist" in result.output
+
+
+def test_cli_defaults_are_the_config_defaults():
+    params = {p.name: p.default for p in cli.commands["pretrain"].params}
+    for f in fields(PretrainConfig):
+        if f.name in params and f.name not in ("images", "out"):
+            assert params[f.name] == f.default, f.name
+
+
+def test_augmentation_is_seeded_per_sample_and_epoch(faces):
+    paths = find_images([faces])[:4]
+    ds = PretrainImages(paths, 32, seed=3)
+    first, bad = ds[1]
+    assert first.dtype == torch.uint8 and first.shape == (3, 32, 32) and bad == -1
+    assert torch.equal(PretrainImages(paths, 32, seed=3)[1][0], first)
+    ds.set_epoch(1)
+    assert not torch.equal(ds[1][0], first)
+    assert decode_image(paths[0], 48).shape == (3, 48, 48)
+
+
+def test_lr_schedule_warms_up_then_follows_a_cosine():
+    assert lr_at(0, 1.0, 0.1, 10, 110) == 0.0
+    assert lr_at(5, 1.0, 0.1, 10, 110) == pytest.approx(0.5)
+    assert lr_at(10, 1.0, 0.1, 10, 110) == pytest.approx(1.0)
+    assert lr_at(60, 1.0, 0.1, 10, 110) == pytest.approx(0.55)
+    assert lr_at(110, 1.0, 0.1, 10, 110) == pytest.approx(0.1)
+
+
+def test_resumed_run_equals_uninterrupted_run(faces, tmp_path):
+    whole = pretrain(run_config(faces, tmp_path / "whole"), progress=False)
+    cut = tmp_path / "cut"
+    assert pretrain(run_config(faces, cut), stop_at_epoch=1, progress=False)["epochs_done"] == 1
+    with open(cut / "log.jsonl", "a") as f:  # as if killed half-way through epoch 2
+        f.write(json.dumps({"epoch": 2, "step": 4, "loss": 9.9, "lr": 0.0}) + "\n")
+    resumed = pretrain(run_config(faces, cut, workers=2), progress=False)  # workers may change
+
+    a, b = read_checkpoint(tmp_path / "whole" / "checkpoint-last.pt"), read_checkpoint(cut / "checkpoint-last.pt")
+    assert a["epoch"] == b["epoch"] == 2 and a["scheduler"] == b["scheduler"]
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert without_timing(read_jsonl(tmp_path / "whole" / "log.jsonl")) == without_timing(read_jsonl(cut / "log.jsonl"))
+    assert resumed["loss_end"] == whole["loss_end"]
+
+    # What a run directory holds: resolved config, a recon picture per epoch, a loadable encoder.
+    config = json.loads((cut / "config.json").read_text())
+    assert config["effective_batch"] == 8 and config["peak_lr"] == pytest.approx(1.25e-4 * 8 / 256)
+    assert config["model_config"]["patch_size"] == 8 and config["pixel_mean"] == [0.485, 0.456, 0.406]
+    pngs = sorted(p.name for p in (cut / "recon").iterdir())
+    assert pngs == ["epoch-001.png", "epoch-002.png"]
+    assert Image.open(cut / "recon" / "epoch-002.png").size == (4 * 34 - 2, 12 + 3 * 34 - 2)
+    encoder, info = load_encoder(cut / "checkpoint-last.pt")
+    assert info.kind == "mae" and info.img_size == 32
+    assert all(torch.equal(v, a["encoder"][k]) for k, v in encoder.state_dict().items())
+
+    # Finished: a rerun does nothing; other options refuse to resume.
+    assert pretrain(run_config(faces, cut), progress=False)["epochs_done"] == 2
+    with pytest.raises(InputError, match="epochs: 2 -> 3"):
+        pretrain(run_config(faces, cut, epochs=3), progress=False)
+
+
+def test_unreadable_images_are_reported_once_and_skipped(faces, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    good = find_images([faces])[:10]
+    for p in good:
+        shutil.copy(p, folder / f"{p.parent.name}_{p.name}")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "truncated.jpg").write_bytes(good[0].read_bytes()[:100])
+    summary = pretrain(run_config(folder, tmp_path / "run", max_images=None), progress=False)
+    err = capsys.readouterr().err
+    assert err.count("empty.jpg") == 1 and err.count("truncated.jpg") == 1
+    assert summary["unreadable"] == 2 and summary["epochs_done"] == 2
+    ckpt = read_checkpoint(tmp_path / "run" / "checkpoint-last.pt")
+    assert [Path(p).name for p in ckpt["unreadable"]] == ["empty.jpg", "truncated.jpg"]
+
+
+def test_too_few_images_for_one_step(faces, tmp_path):
+    with pytest.raises(InputError, match="lower --batch-size or --accum-iter"):
+        pretrain(run_config(faces, tmp_path / "r", max_images=6, batch_size=4, accum_iter=2), progress=False)
+
+
+@pytest.mark.slow
+def test_loss_falls_on_synthetic_faces(faces, tmp_path):
+    summary = pretrain(run_config(faces, tmp_path / "run", epochs=4, batch_size=16, accum_iter=1, lr=1.5e-3,
+                                  decoder_dim=64, decoder_heads=4, max_images=96), progress=False)
+    # Per-patch normalised targets: predicting each patch's mean scores 1.0.
+    assert summary["loss_end"] < 0.95 and summary["loss_end"] < 0.75 * summary["loss_start"]
+
+
+@pytest.mark.slow
+def test_two_gloo_processes(faces, tmp_path):
+    out = tmp_path / "ddp"
+    args = ["--images", str(faces), "--out", str(out), "--model", "mae_vit_tiny_patch16", "--img-size", "32",
+            "--patch-size", "8", "--epochs", "1", "--batch-size", "4", "--accum-iter", "1", "--warmup-epochs", "1",
+            "--decoder-dim", "32", "--decoder-depth", "1", "--decoder-heads", "2", "--max-images", "32",
+            "--workers", "0", "--device", "cpu", "--no-bf16", "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "cli",
+         "pretrain", *args],
+        cwd=Path(__file__).parent.parent, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["epochs_done"] == 1 and proc.stdout.count('"epochs_done"') == 1  # rank 0 only
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-last.pt", "config.json", "log.jsonl", "recon"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["world_size"] == 2 and config["effective_batch"] == 8
+    assert read_checkpoint(out / "checkpoint-last.pt")["scheduler"]["step"] == 4  # 32 images / 8 per step
+    assert [r["epoch"] for r in read_jsonl(out / "log.jsonl") if "seconds" in r] == [1]
