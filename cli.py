@@ -153,6 +153,7 @@ def pretrain(images, out, model, img_size, patch_size, epochs, batch_size, accum
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory (rerun to resume).")
 @click.option("--model", default=None, help="Registered model (default: the checkpoint's, else mae_vit_base_patch16).")
 @click.option("--img-size", default=None, type=int, help="Input side (default: the checkpoint's, else 224).")
+@click.option("--patch-size", default=None, type=int, help="Without --init only: patch side (default: the model's, 16).")
 @click.option("--pooling", default="mean", show_default=True, type=click.Choice(["cls", "mean"]),
               help="Embedding the head reads; extraction reuses it.")
 @click.option("--epochs", default=10, show_default=True)
@@ -171,13 +172,13 @@ def pretrain(images, out, model, img_size, patch_size, epochs, batch_size, accum
 @click.option("--aux-au/--no-aux-au", default=False, show_default=True, help="Auxiliary frame-level AU head.")
 @click.option("--aux-va/--no-aux-va", default=False, show_default=True, help="Auxiliary frame-level VA head.")
 @click.option("--aux-weight", default=1.0, show_default=True)
-@click.option("--linear-probe", is_flag=True, help="Freeze the encoder; train only the head.")
+@click.option("--linear-probe", is_flag=True, default=False, help="Freeze the encoder; train only the head.")
 @click.option("--workers", default=4, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast (CUDA, and CPUs with native bf16).")
 @json_option
-def finetune(data_root, init, out, model, img_size, pooling, epochs, batch_size, lr, warmup_epochs, weight_decay,
+def finetune(data_root, init, out, model, img_size, patch_size, pooling, epochs, batch_size, lr, warmup_epochs, weight_decay,
              layer_decay, drop_path, label_smoothing, balance, frames_per_video, val_frames_per_video, aux_au,
              aux_va, aux_weight, linear_probe, workers, seed, device, bf16, as_json):
     """Fine-tune the encoder on per-frame Expr labels; keeps OUT/best.pt by validation macro F1 (torchrun: DDP)."""
@@ -187,7 +188,7 @@ def finetune(data_root, init, out, model, img_size, pooling, epochs, batch_size,
 
     config = FinetuneConfig(
         data=str(data_root), out=str(out), init=str(init) if init else None, model=model, img_size=img_size,
-        pooling=pooling, epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs,
+        patch_size=patch_size, pooling=pooling, epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs,
         weight_decay=weight_decay, layer_decay=layer_decay, drop_path=drop_path,
         label_smoothing=label_smoothing, balance=balance, frames_per_video=frames_per_video,
         val_frames_per_video=val_frames_per_video, aux_au=aux_au, aux_va=aux_va, aux_weight=aux_weight,
@@ -475,6 +476,58 @@ def ablate(task, stores, data_root, grid, seeds, out, settings, as_json, **optio
     given = _head_settings_given(task, stores, data_root, settings, **options)
     result = run_ablate(given, parse_grid(grid), seeds, out, progress=not as_json)
     emit(result, as_json, result["markdown"].rstrip() + f"\n\nwrote {out}/ablation.md, ablation.csv, runs.csv")
+
+
+# --- demo and report ------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--out", default="runs/demo", show_default=True, type=click.Path(path_type=Path), help="Demo run directory.")
+@click.option("--data", "data_root", default="data/synth-demo", show_default=True, type=click.Path(path_type=Path),
+              help="Where the synthetic dataset is made (once) and read.")
+@click.option("--preset", type=click.Choice(["tiny", "demo", "bench"]), default="demo", show_default=True)
+@click.option("--model", default="mae_vit_tiny_patch16", show_default=True)
+@click.option("--img-size", default=112, show_default=True)
+@click.option("--pretrain-epochs", type=int, default=None, help="Default: the demo's budget.")
+@click.option("--finetune-epochs", type=int, default=None, help="Default: the demo's budget.")
+@click.option("--workers", default=2, show_default=True)
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--seed", default=0, show_default=True)
+@json_option
+def demo(out, data_root, preset, model, img_size, pretrain_epochs, finetune_epochs, workers, device, seed, as_json):
+    """The whole method on the synthetic dataset: every stage, the ablation table, test files, report.html."""
+    from pipeline.demo import DemoConfig, run_demo
+
+    budgets = {"pretrain_epochs": pretrain_epochs, "finetune_epochs": finetune_epochs}
+    config = DemoConfig(out=str(out), data=str(data_root), preset=preset, model=model, img_size=img_size,
+                        workers=workers, device=device, seed=seed,
+                        **{k: v for k, v in budgets.items() if v is not None})
+    figures = run_demo(config, progress=not as_json)
+    emit(figures, as_json, demo_table(figures, out))
+
+
+def demo_table(figures: dict, out: Path) -> str:
+    """The demo's closing table: the ablation rows by task, test scores, where the report is."""
+    tasks = ("va", "expr", "au")
+    lines = [f"{'setting':<28}" + "".join(f"{t:>10}" for t in tasks)]
+    for row, scores in figures["table"].items():
+        lines.append(f"{row:<28}" + "".join(f"{scores.get(t, float('nan')):>10.4f}" for t in tasks))
+    lines.append(f"{'test (synthetic labels)':<28}"
+                 + "".join(f"{figures['submissions'][t]['test_score']:>10.4f}" for t in tasks))
+    lines.append(f"validation scores: VA mean CCC, Expr macro F1, AU mean F1; report: {out / 'report.html'}")
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.option("--runs", "run_dirs", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="A demo directory, or pretraining, fine-tuning and head runs (repeatable).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory for report.html.")
+def report(run_dirs, out):
+    """Write one self-contained HTML page (plots embedded) about the given runs."""
+    from pipeline.report import write_report
+
+    path = write_report(Path(out) / "report.html", runs=list(run_dirs))
+    click.echo(f"wrote {path}")
 
 
 def main():
