@@ -289,11 +289,13 @@ class FaceRenderer:
                 rim = _ellipse(ex, ey, ew + 0.08, 0.17)
                 d.line(px(np.concatenate([rim, rim[:1]])), fill=(30, 30, 35), width=max(1, W // 90))
 
-        # Brows: AU1 lifts the inner end, AU2 the outer end, AU4 pulls the inner end down and in.
+        # Brows: AU1 lifts the inner end, AU2 the outer end, AU4 pulls the inner end down and in;
+        # arousal lifts both, negative valence knits the inner ends a little.
+        knit = 0.04 * max(-f.valence, 0.0)
         for side in (-1, 1):
             by = -0.55 + idt.brow_offset - 0.03 * f.arousal
             brow = np.array([
-                [side * (0.13 + 0.04 * au4), by + 0.02 - 0.13 * au1 + 0.09 * au4],
+                [side * (0.13 + 0.04 * au4), by + 0.02 - 0.13 * au1 + 0.09 * au4 + knit],
                 [side * 0.33, by - 0.06 - 0.05 * au1 - 0.06 * au2 + 0.04 * au4],
                 [side * 0.54, by - 0.01 - 0.13 * au2],
             ])
@@ -341,7 +343,7 @@ class FaceRenderer:
         au1, au2, au4, au6, au7, au10, au12, au15, au23, au24, au25, au26 = f.au
         my = 0.5 + 0.05 * au26
         w = 0.3 * idt.mouth_width * (1.0 + 0.2 * au12 - 0.18 * au23 - 0.06 * au24)
-        corner = my + idt.mouth_curve - 0.045 * f.valence * idt.valence_gain - 0.1 * au12 + 0.09 * au15
+        corner = my + idt.mouth_curve - 0.065 * f.valence * idt.valence_gain - 0.1 * au12 + 0.09 * au15
         gap = 0.035 * au25 + 0.17 * au26 + f.talk
         lift = 0.035 * au10
         thin = max(1.0 - 0.55 * au24 - 0.3 * au23, 0.25)

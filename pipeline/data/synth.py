@@ -495,9 +495,11 @@ def generate(out_dir: Path, config: SynthConfig, progress: bool = True,
     existing = out_dir / "synth.json"
     if existing.exists():
         meta = json.loads(existing.read_text())
-        if meta.get("config") != asdict(config):
+        made, asked = meta.get("config", {}), asdict(config)
+        if made != asked:
+            diff = ", ".join(f"{k}={made.get(k)} (asked {v})" for k, v in asked.items() if made.get(k) != v)
             raise InputError(
-                f"{existing}: holds a dataset made with another config ({meta.get('config')}); "
+                f"{existing}: holds a dataset made with another config: {diff}; "
                 "pass a new --out or delete the folder"
             )
         return _summary(out_dir, meta, seconds=0.0, skipped=True)
