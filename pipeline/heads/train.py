@@ -124,9 +124,10 @@ class TrainConfig:
 
 
 def config_fields() -> dict[str, typing.Any]:
-    """Every settable name (TrainConfig's and HeadConfig's fields) and its type."""
+    """Every settable name (TrainConfig's and HeadConfig's fields but what the data is) and its type."""
     hints = {**typing.get_type_hints(HeadConfig), **typing.get_type_hints(TrainConfig)}
-    hints.pop("head")
+    for fixed in ("head", "task", "stores", "data"):
+        hints.pop(fixed)
     return hints
 
 
