@@ -108,6 +108,10 @@ def reconstruction_grid(model: MaskedAutoencoderViT, images: torch.Tensor, seed:
                         mean=PIXEL_MEAN, std=PIXEL_STD) -> Image.Image:
     """Rows of original | masked | reconstruction | reconstruction with the visible patches pasted.
 
+    With ``norm_pix_loss`` the model predicts each patch standardised, so (as MAE's own visualisation) the
+    prediction is shown at the true patch's mean and std: colour levels come from the image, the structure
+    inside each patch from the model. A footer line says so.
+
     Args:
         images: uint8 (B, C, H, W) on the model's device. The mask is drawn from ``seed`` (same every epoch)
             without touching the training RNG.
@@ -139,8 +143,12 @@ def reconstruction_grid(model: MaskedAutoencoderViT, images: torch.Tensor, seed:
 
     b, _, h, w = images.shape
     gap, header = 2, 12
-    canvas = Image.new("RGB", (len(columns) * (w + gap) - gap, header + b * (h + gap) - gap), "white")
+    footer = header if model.config.norm_pix_loss else 0
+    canvas = Image.new("RGB", (len(columns) * (w + gap) - gap, header + b * (h + gap) - gap + footer), "white")
     draw = ImageDraw.Draw(canvas)
+    if footer:  # say so: with per-patch normalised targets the shown colour level of each patch is the truth's
+        draw.text((1, canvas.height - footer), "norm-pix: hidden patches shown at the true patch mean/std",
+                  fill="black")
     for c, (column, name) in enumerate(zip(columns, names, strict=True)):
         draw.text((c * (w + gap) + 1, 0), name[: max(1, w // 6)], fill="black")
         for r in range(b):

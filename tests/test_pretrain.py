@@ -118,7 +118,7 @@ def test_resumed_run_equals_uninterrupted_run(faces, tmp_path):
     assert config["model_config"]["patch_size"] == 8 and config["pixel_mean"] == [0.485, 0.456, 0.406]
     pngs = sorted(p.name for p in (cut / "recon").iterdir())
     assert pngs == ["epoch-001.png", "epoch-002.png"]
-    assert Image.open(cut / "recon" / "epoch-002.png").size == (4 * 34 - 2, 12 + 3 * 34 - 2)
+    assert Image.open(cut / "recon" / "epoch-002.png").size == (4 * 34 - 2, 12 + 3 * 34 - 2 + 12)
     encoder, info = load_encoder(cut / "checkpoint-last.pt")
     assert info.kind == "mae" and info.img_size == 32
     assert all(torch.equal(v, a["encoder"][k]) for k, v in encoder.state_dict().items())
