@@ -51,6 +51,16 @@ from pipeline.runs import (
 )
 
 PAPER_EPOCHS = {"va": 40, "expr": 10, "au": 30}
+# Named starting points for TrainConfig.create(preset=...); settings given with them win.
+# "demo": a head small enough to train in well under a minute per task on two CPU cores (the
+# synthetic demo store, ~40 videos, D=192): the paper's lr 3e-5 and batch 32 assume ~3 million frames
+# (hundreds of steps an epoch), the demo has a few thousand; dropout 0 as in the authors' configs
+# (on the CPU, dropout's random masks cost a third of a small head's step).
+PRESETS = {
+    "paper": {},
+    "demo": dict(tcn_channels=(128, 64, 64), d_model=64, num_layers=2, ff_dim=128, head_hidden=64, dropout=0.0,
+                 batch_size=8, lr=1e-3, epochs=20),
+}
 HEAD_MODELS = ("tcn_transformer", "tcn", "transformer", "linear")
 
 
@@ -111,9 +121,13 @@ class TrainConfig:
                 raise InputError(message)
 
     @classmethod
-    def create(cls, **values) -> "TrainConfig":
-        """A config from flat settings: HeadConfig's field names (``d_model=256``) go into ``head``;
-        unset epochs and stride are resolved from the task and window given with them."""
+    def create(cls, preset: str = "paper", **values) -> "TrainConfig":
+        """A config from flat settings over a preset (``PRESETS``): HeadConfig's field names
+        (``d_model=256``) go into ``head``; unset epochs and stride are resolved from the task and
+        window given with them."""
+        if preset not in PRESETS:
+            raise InputError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+        values = {**PRESETS[preset], **values}
         head_names = {f.name for f in dataclasses.fields(HeadConfig)}
         head = {k: v for k, v in values.items() if k in head_names}
         rest = {k: v for k, v in values.items() if k not in head_names}
