@@ -364,6 +364,8 @@ heads_stores_option = click.option(
 def _head_settings(f):
     """Options shared by train and ablate; unset ones keep TrainConfig's (the paper's) defaults."""
     options = [
+        click.option("--preset", default="paper", show_default=True, type=click.Choice(["paper", "demo"]),
+                     help="Starting settings: the paper's, or a small fast head for the CPU demo; options given win."),
         click.option("--model", default=None, type=click.Choice(["tcn_transformer", "tcn", "transformer", "linear"]),
                      help="Temporal head [default: tcn_transformer]."),
         click.option("--epochs", type=int, default=None, help="[default: the paper's: VA 40, Expr 10, AU 30]"),
