@@ -281,7 +281,7 @@ def test_settings_parse_by_field_type():
 def test_training_is_deterministic(tiny_root, tiny_store, tmp_path):
     cfg = TrainConfig.create(task="au", stores=(str(tiny_store),), data=str(tiny_root), epochs=1, window=100,
                              stride=50, batch_size=8, device="cpu", tcn_channels=(16, 16, 8), d_model=16,
-                             num_layers=1, num_heads=2, ff_dim=16, head_hidden=8)
+                             num_layers=1, num_heads=2, ff_dim=16, head_hidden=8, absent_in_loss=False)
     data = prepare(cfg)
     a = train_run(data, cfg, tmp_path / "a", progress=False, make_plots=False)
     b = train_run(data, cfg, tmp_path / "b", progress=False, make_plots=False)

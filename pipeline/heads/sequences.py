@@ -78,27 +78,30 @@ def load_features(stores, fill: str = "nearest") -> FeatureTable:
     stores = [Path(p) for p in stores]
     if not stores:
         raise InputError("no feature store given: pass --store PATH (once per store)")
-    parts, identities, first = [], [], None
+    parts, identities, reference = [], [], None
     for path in stores:
         with open_store(path) as store:
-            identities.append(store_identity(store.attrs))
-            if first is None:
-                first = (path, store.videos(), {v: store.num_frames(v) for v in store.videos()})
+            if reference is None:
+                reference = (path, store.videos(), {v: store.num_frames(v) for v in store.videos()})
+                if not store.videos():
+                    raise InputError(f"{path}: the feature store holds no complete video; run `mae-affect extract`")
             else:
-                _check_aligned(first, path, store)
-            dtype = np.float16 if store.dtype == np.float16 else np.float32
-            parts.append(store.load_all(videos=first[1], dtype=dtype, fill=fill))
-    if not first[1]:
-        raise InputError(f"{first[0]}: the feature store holds no complete video; run `mae-affect extract`")
+                _check_aligned(reference, path, store)
+            identities.append(store_identity(store.attrs))
+            dtype = np.float16 if store.dtype == np.float16 else np.float32  # float16 halves the memory
+            parts.append(store.load_all(videos=reference[1], dtype=dtype, fill=fill))
     dtype = np.result_type(*(p.features.dtype for p in parts))
-    features = parts[0].features if len(parts) == 1 else np.concatenate([p.features.astype(dtype) for p in parts], axis=1)
+    if len(parts) == 1:
+        features = parts[0].features
+    else:
+        features = np.concatenate([p.features.astype(dtype, copy=False) for p in parts], axis=1)  # (sum T, D1 + D2 ...)
     present = np.logical_and.reduce([p.present for p in parts])
     return FeatureTable(features, present, dict(parts[0].offsets), identities, [str(p) for p in stores], fill)
 
 
-def _check_aligned(first, path: Path, store) -> None:
+def _check_aligned(reference, path: Path, store) -> None:
     """Refuse a second store whose videos or frame counts differ from the first's."""
-    first_path, videos, frames = first
+    first_path, videos, frames = reference
     if store.videos() != videos:
         only_first = sorted(set(videos) - set(store.videos()))
         only_here = sorted(set(store.videos()) - set(videos))

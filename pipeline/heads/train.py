@@ -78,6 +78,7 @@ class TrainConfig:
     fold: int = 0  # 0: the official split; 1..folds: folds grouped by source video
     folds: int = 5
     fill: str = "nearest"  # absent-face rows: nearest | linear | zeros, same in training and inference
+    absent_in_loss: bool = True  # frames without a face count in the loss (the metric counts them too)
     model: str = "tcn_transformer"
     head: HeadConfig = field(default_factory=HeadConfig)
     window: int = 300
@@ -246,9 +247,10 @@ def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = 
     in_train = np.zeros(len(data.valid), bool)
     for v in data.train_videos:
         in_train[slice(*data.table.offsets[v])] = True
+    counted = data.valid if cfg.absent_in_loss else data.valid & data.table.present  # (sum T,)
     loss_fn = make_loss(cfg.task, cfg.va_loss, cfg.class_weights, cfg.focal_gamma, cfg.pos_weight,
-                        data.labels[data.valid & in_train])
-    batcher = Batcher(data.table.features, data.labels, data.valid)
+                        data.labels[counted & in_train])
+    batcher = Batcher(data.table.features, data.labels, counted)
     val_annotations = {v: data.annotations[v] for v in data.val_videos}
     steps = math.ceil(len(windows) / cfg.batch_size)
     bar = tqdm(total=cfg.epochs * steps, desc=f"train {cfg.task}", unit="step", disable=not progress)
