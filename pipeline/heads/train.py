@@ -257,25 +257,20 @@ def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = 
     best, best_state, history = -math.inf, None, []
     t_start = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
+        t_epoch = time.perf_counter()
+        batches = np.array_split(rng.permutation(len(windows)), steps)  # shuffled windows, `steps` batches
+        losses, frames, t_data = [], 0, 0.0
         model.train()
-        order = rng.permutation(len(windows))
-        losses, frames, t_data, t_epoch = [], 0, 0.0, time.perf_counter()
-        for step in range(steps):
+        for step, batch in enumerate(batches):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, epoch - 1 + step / steps)
             t0 = time.perf_counter()
-            b = batcher.batch(windows[order[step * cfg.batch_size : (step + 1) * cfg.batch_size]], cfg.window)
+            b = batcher.batch(windows[batch], cfg.window)
             t_data += time.perf_counter() - t0
-            with autocast(device, cfg.bf16):
-                out = model(b["x"].to(device), b["keep"].to(device))  # (B, W, K)
-            loss = loss_fn(out, b["labels"].to(device), b["mask"].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+            losses.append(_train_step(model, optimizer, loss_fn, b, device, cfg.bf16))
             frames += int(b["keep"].sum())
             bar.update()
-            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", best=f"{best:.3f}")
+            bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}", best=f"{best:.3f}")
         seconds = time.perf_counter() - t_epoch
         raw = infer(model, cfg.task, data.table, data.val_videos, cfg.window, cfg.stride, cfg.batch_size,
                     device, cfg.bf16)
@@ -315,6 +310,16 @@ def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = 
     }
     atomic_write_text(out_dir / "summary.json", _json(summary))
     return summary
+
+
+def _train_step(model, optimizer, loss_fn, b: dict, device: torch.device, bf16: bool) -> float:
+    with autocast(device, bf16):
+        out = model(b["x"].to(device), b["keep"].to(device))  # (B, W, K)
+    loss = loss_fn(out, b["labels"].to(device), b["mask"].to(device))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
 
 
 def _json(obj) -> str:
