@@ -5,7 +5,10 @@ Rounds alternate the two precisions so a change in machine load hits both alike;
 median round. With ``--images DIR`` the data pipeline alone (decode + random resized crop + flip, one
 process) is timed too, to see whether the loader or the model is the bottleneck.
 
-    python -m bench.bench_pretrain [--img-size 112] [--batch-size 32] [--threads N] [--images DIR]
+    python -m bench.bench_pretrain [--img-size 112] [--batch-size 32] [--threads 1 2] [--images DIR]
+
+On a CPU shared with other processes, two OpenMP threads per process can be many times slower than one
+(threads spin waiting for each other while the cores run someone else); ``--threads 1 2`` shows it.
 """
 
 import argparse
@@ -63,20 +66,21 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps per timed round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()],
+                        help="torch intra-op thread counts to compare (default: torch's)")
     parser.add_argument("--images", default=None, help="a face-image folder: also time decode + augmentation")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
     load_before = os.getloadavg()[0]
-    print(f"MAE pretraining step, CPU, {torch.get_num_threads()} thread(s) of {os.cpu_count()} cores, "
-          f"img {args.img_size}, batch {args.batch_size}, median of {args.rounds} rounds x {args.steps} steps, "
-          f"registered decoders")
-    print(f"{'model':<24} {'fp32 img/s':>11} {'bf16 img/s':>11} {'bf16/fp32':>10}")
+    print(f"MAE pretraining step on the CPU ({os.cpu_count()} cores), img {args.img_size}, batch {args.batch_size}, "
+          f"median of {args.rounds} rounds x {args.steps} steps, registered decoders")
+    print(f"{'model':<24} {'threads':>7} {'fp32 img/s':>11} {'bf16 img/s':>11} {'bf16/fp32':>10}")
     for name in args.models:
-        rate = bench_model(name, args.img_size, args.batch_size, args.steps, args.rounds)
-        print(f"{name:<24} {rate[False]:>11.1f} {rate[True]:>11.1f} {rate[True] / rate[False]:>9.2f}x")
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            rate = bench_model(name, args.img_size, args.batch_size, args.steps, args.rounds)
+            print(f"{name:<24} {threads:>7} {rate[False]:>11.1f} {rate[True]:>11.1f} "
+                  f"{rate[True] / rate[False]:>9.2f}x")
     if args.images:
         print(f"data pipeline alone (decode + crop + flip, 1 process): "
               f"{loader_rate(args.images, args.img_size):.0f} img/s")
