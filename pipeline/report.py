@@ -1,0 +1,239 @@
+"""One self-contained HTML page (plots embedded as base64 PNG) about a set of runs.
+
+It shows what a person checks after a run: the MAE reconstructions and loss, the fine-tuning curve,
+how the feature store was made, for each task the official validation figures with their plots, the
+ablation table beside the paper's Table 5, and the test submissions. Sources are found from run
+directories: a demo directory (``demo.json``), or any pretraining, fine-tuning and head runs.
+"""
+
+import base64
+import html
+import io
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+import features  # noqa: E402
+from pipeline.data.affwild2 import AU_NAMES, EXPR_CLASSES, TASKS, VA_NAMES  # noqa: E402
+from pipeline.errors import InputError  # noqa: E402
+from pipeline.runs import atomic_write_text, read_jsonl  # noqa: E402
+
+TASK_TITLES = {"va": "Valence-arousal (mean CCC)", "expr": "Expression (macro F1)", "au": "Action units (mean F1)"}
+PER_TASK = {"va": VA_NAMES, "expr": EXPR_CLASSES, "au": AU_NAMES}
+HEAD_PLOTS = ("training_curves.png", "va_traces.png", "expr_confusion.png", "au_f1.png")
+
+
+@dataclass
+class Sources:
+    """What a report is made of; any part may be missing."""
+
+    pretrain: Path | None = None
+    finetune: Path | None = None
+    heads: dict[str, Path] = field(default_factory=dict)  # task -> the main run
+    stores: list[Path] = field(default_factory=list)
+    demo: dict | None = None
+
+
+def collect(paths: list[Path]) -> Sources:
+    """Classify run directories by what they hold; a demo directory brings all of its parts."""
+    src = Sources()
+    for path in map(Path, paths):
+        if not path.is_dir():
+            raise InputError(f"{path}: not a run directory")
+        if (path / "demo.json").exists():
+            src.demo = json.loads((path / "demo.json").read_text())
+            src.pretrain, src.finetune = path / "pretrain", path / "finetune"
+            src.stores = [p for p in (path / "features.zarr", path / "features-pretrained.zarr") if p.exists()]
+            src.heads = {t: path / "heads" / t / "full-model" for t in TASKS if (path / "heads" / t / "full-model").is_dir()}
+        elif (path / "recon").is_dir():
+            src.pretrain = path
+        elif (path / "summary.json").exists() and "task" in (summary := json.loads((path / "summary.json").read_text())):
+            src.heads[summary["task"]] = path
+            config = json.loads((path / "config.json").read_text())
+            src.stores += [Path(s) for s in config.get("stores", []) if Path(s).exists() and Path(s) not in src.stores]
+        elif (path / "best.pt").exists() and (path / "log.jsonl").exists():
+            src.finetune = path
+        else:
+            raise InputError(f"{path}: not a demo, pretraining, fine-tuning or head run (nothing known in it)")
+    return src
+
+
+def write_report(out: Path, demo_dir: Path | None = None, runs: list[Path] | None = None) -> Path:
+    """Write the HTML report to ``out`` (atomically) from a demo directory or a list of runs."""
+    src = collect([demo_dir] if demo_dir is not None else list(runs or []))
+    parts = [_summary(src), _store(src), _pretrain(src), _finetune(src)]
+    parts += [_task(task, src.heads[task]) for task in TASKS if task in src.heads]
+    parts += [_ablation(src), _submissions(src)]
+    body = "\n".join(p for p in parts if p)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    page = _PAGE.format(body=body, stamp=stamp)
+    atomic_write_text(Path(out), page)
+    return Path(out)
+
+
+# --- sections ----------------------------------------------------------------------------------------
+
+
+def _summary(src: Sources) -> str:
+    rows = []
+    for task in TASKS:
+        if task in src.heads:
+            s = _read_summary(src.heads[task])
+            rows.append((TASK_TITLES[task], f"{s['before']['score']:.4f}", f"{s['after']['score']:.4f}",
+                         _test_score(src, task)))
+    if not rows:
+        return ""
+    table = _table(("task", "validation", "after post-processing", "test (synthetic labels)"), rows)
+    return f'<section id="summary"><h2>Results</h2>{table}</section>'
+
+
+def _store(src: Sources) -> str:
+    if not src.stores:
+        return ""
+    rows = []
+    for path in src.stores:
+        with features.open_store(path) as store:
+            info = store.info()
+        attrs = info["attrs"]
+        speed = ""
+        if src.demo:
+            for result in src.demo.get("extraction", {}).values():
+                if Path(result["store"]) == path or Path(result["store"]).name == path.name:
+                    speed = f"{result['frames_per_s']:.0f}" if result.get("frames") else "(resumed: nothing to do)"
+        rows.append((path.name, attrs["encoder"], attrs["checkpoint_sha256"][:12], attrs["pooling"],
+                     f"{attrs['feature_dim']} x {attrs['dtype']}", info.get("videos"), info.get("frames"),
+                     f"{info.get('bytes', 0) / 1e6:.1f} MB", speed))
+    table = _table(("store", "encoder", "checkpoint sha256", "pooling", "width", "videos", "frames", "size",
+                    "frames/s"), rows)
+    return f'<section id="store"><h2>Feature stores</h2>{table}</section>'
+
+
+def _pretrain(src: Sources) -> str:
+    if src.pretrain is None or not (src.pretrain / "log.jsonl").exists():
+        return ""
+    log = read_jsonl(src.pretrain / "log.jsonl")
+    steps = [r for r in log if "step" in r and "loss" in r]
+    epochs = [r for r in log if "seconds" in r]
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="step")
+    ax.set(xlabel="optimizer step", ylabel="masked-patch loss", title="MAE pretraining")
+    curve = _figure(fig)
+    recon = sorted((src.pretrain / "recon").glob("*.png"))
+    pictures = "".join(f"<figure>{_png(recon[i])}<figcaption>{recon[i].stem}</figcaption></figure>"
+                       for i in sorted({0, len(recon) - 1}) if recon)
+    speed = f"{epochs[-1]['img_per_s']:.0f} images/s" if epochs else ""
+    loss = f"loss {steps[0]['loss']:.3f} at the first logged step, {epochs[-1]['loss']:.3f} in the last epoch" if steps and epochs else ""
+    return (f'<section id="mae"><h2>MAE pretraining</h2><p>{loss}; {speed}.</p>{curve}'
+            f"<p>Reconstructions (rows: original | masked | reconstruction), first and last epoch:</p>{pictures}</section>")
+
+
+def _finetune(src: Sources) -> str:
+    if src.finetune is None or not (src.finetune / "log.jsonl").exists():
+        return ""
+    epochs = [r for r in read_jsonl(src.finetune / "log.jsonl") if "val_f1" in r]
+    if not epochs:
+        return ""
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot([r["epoch"] for r in epochs], [r["val_f1"] for r in epochs], marker="o", label="validation macro F1")
+    ax.plot([r["epoch"] for r in epochs], [r["loss"] for r in epochs], marker="s", label="training loss")
+    ax.set(xlabel="epoch", title="Expr fine-tuning")
+    ax.legend()
+    best = max(epochs, key=lambda r: r["val_f1"])
+    return (f'<section id="finetune"><h2>Expr fine-tuning</h2><p>Best validation macro F1 {best["val_f1"]:.4f} '
+            f'at epoch {best["epoch"]} (frame level, before any temporal model).</p>{_figure(fig)}</section>')
+
+
+def _task(task: str, run: Path) -> str:
+    s = _read_summary(run)
+    names = PER_TASK[task]
+    rows = [(n, f"{s['before'].get(n, float('nan')):.4f}", f"{s['after'].get(n, float('nan')):.4f}") for n in names]
+    rows.append(("score", f"{s['before']['score']:.4f}", f"{s['after']['score']:.4f}"))
+    table = _table(("", "validation", "after post-processing"), rows)
+    plots = "".join(f"<figure>{_png(run / name)}</figure>" for name in HEAD_PLOTS if (run / name).exists())
+    pp = html.escape(json.dumps(s.get("postprocess", {})))
+    return (f'<section id="task-{task}"><h2>{TASK_TITLES[task]}</h2><p>Run <code>{html.escape(str(run))}</code>, '
+            f'best epoch {s["best_epoch"]}, post-processing chosen on validation: <code>{pp}</code>.</p>'
+            f"{table}{plots}</section>")
+
+
+def _ablation(src: Sources) -> str:
+    if not src.demo or not src.demo.get("table"):
+        return ""
+    rows = []
+    for row, scores in src.demo["table"].items():
+        paper = _paper_row(row)
+        rows.append((row, *(f"{scores[t]:.4f}" if t in scores else "" for t in TASKS),
+                     *(f"{paper[t]:.4f}" if t in paper else "" for t in TASKS)))
+    table = _table(("setting", "VA", "Expr", "AU", "paper VA", "paper Expr", "paper AU"), rows)
+    return (f'<section id="ablation"><h2>Ablation (the analogue of the paper\'s Table 5)</h2>'
+            f"<p>Synthetic validation set; each setting trained once with the same budget.</p>{table}</section>")
+
+
+def _submissions(src: Sources) -> str:
+    subs = (src.demo or {}).get("submissions")
+    if not subs:
+        return ""
+    rows = [(t, Path(s["file"]).name, s.get("rows"), "yes" if s["valid"] else "; ".join(s["problems"]),
+             f"{s['test_score']:.4f}") for t, s in subs.items()]
+    table = _table(("task", "file", "rows", "passes check-submission", "test score (synthetic labels)"), rows)
+    return f'<section id="submissions"><h2>Test-set submissions</h2>{table}</section>'
+
+
+# --- helpers -----------------------------------------------------------------------------------------
+
+
+def _paper_row(row: str) -> dict:
+    from pipeline.demo import PAPER_TABLE5
+
+    return PAPER_TABLE5.get(row, {})
+
+
+def _read_summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+def _test_score(src: Sources, task: str) -> str:
+    sub = ((src.demo or {}).get("submissions") or {}).get(task)
+    return f"{sub['test_score']:.4f}" if sub else ""
+
+
+def _table(header, rows) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _png(path: Path) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f'<img alt="{html.escape(Path(path).stem)}" src="data:image/png;base64,{data}">'
+
+
+def _figure(fig) -> str:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    data = base64.b64encode(buf.getvalue()).decode()
+    return f'<figure><img alt="plot" src="data:image/png;base64,{data}"></figure>'
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>mae-affect report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 100%; }}
+code {{ font-size: 0.85em; }}
+</style></head><body>
+<h1>mae-affect report</h1><p>Written {stamp}.</p>
+{body}
+</body></html>
+"""

@@ -1,0 +1,45 @@
+"""The demo end to end on the tiny synthetic set (small budgets), the report it writes, and a second
+run that reuses every stage's output."""
+
+import re
+
+import pytest
+
+from pipeline.demo import ABLATIONS, DemoConfig, run_demo
+
+TINY_HEADS = {"window": 64, "stride": 32, "tcn_channels": (32, 16), "d_model": 32, "num_layers": 1, "num_heads": 2,
+              "ff_dim": 32, "head_hidden": 16}
+
+
+@pytest.mark.slow
+def test_demo_writes_every_stage_and_a_complete_report(tmp_path):
+    cfg = DemoConfig(out=str(tmp_path / "run"), data=str(tmp_path / "data"), preset="tiny", img_size=64,
+                     pretrain_epochs=1, pretrain_batch=32, finetune_epochs=1, finetune_batch=32,
+                     head_epochs=2, heads=TINY_HEADS, workers=0, device="cpu")
+    figures = run_demo(cfg, progress=False)
+    run = tmp_path / "run"
+
+    assert set(figures["table"]) == {row for row, _, _ in ABLATIONS}
+    assert all(set(scores) == {"va", "expr", "au"} for scores in figures["table"].values())
+    for task, sub in figures["submissions"].items():
+        assert sub["valid"], sub["problems"]
+        assert (run / "submissions" / f"{task}.csv").exists()
+
+    page = (run / "report.html").read_text()
+    for section in ("summary", "store", "mae", "finetune", "task-va", "task-expr", "task-au", "ablation",
+                    "submissions"):
+        assert f'id="{section}"' in page, section
+    images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,', page)
+    # MAE loss + first/last reconstructions, fine-tuning curve, per task its curves and its own plot
+    assert len(images) >= 4 + 3 * 2
+    for name in ("va_traces", "expr_confusion", "au_f1", "training_curves"):
+        assert name in images
+    ablation = page.split('id="ablation"')[1].split("</section>")[0]
+    assert ablation.count("<tr>") == 1 + len(ABLATIONS)
+
+    # a second run finds every output complete and current: nothing is trained again
+    stamps = {p: p.stat().st_mtime_ns for p in (run / "heads").rglob("best.pt")}
+    again = run_demo(cfg, progress=False)
+    assert again["table"] == figures["table"]
+    assert {p: p.stat().st_mtime_ns for p in (run / "heads").rglob("best.pt")} == stamps
+    assert again["extraction"]["finetuned"]["extracted"] == 0
