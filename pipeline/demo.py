@@ -168,7 +168,14 @@ def _extract_current(data: Path, ckpt: Path, store: Path, pooling: str, cfg: Dem
     config = ExtractConfig(workers=cfg.workers, device=cfg.device, pooling=pooling, overwrite=stale)
     result = extract(data, ckpt, store, config, progress=progress)
     info = features.open_store(store).info()
-    return {**result, "bytes": info.get("bytes"), "checkpoint_sha256": info["attrs"]["checkpoint_sha256"]}
+    result = {**result, "bytes": info.get("bytes"), "checkpoint_sha256": info["attrs"]["checkpoint_sha256"]}
+    # The speed of the run that did the work is kept beside the store, so a resumed demo still reports it.
+    record = store.with_name(store.name + ".extraction.json")
+    if result["extracted"] or not record.exists():
+        atomic_write_text(record, json.dumps(result, sort_keys=True))
+        return result
+    earlier = json.loads(record.read_text())
+    return {**result, "frames_per_s": earlier["frames_per_s"], "extracted_frames": earlier["frames"]}
 
 
 def _submit(run_dir: Path, out_csv: Path, data: Path, cfg: DemoConfig) -> dict:

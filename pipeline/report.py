@@ -105,7 +105,7 @@ def _store(src: Sources) -> str:
         if src.demo:
             for result in src.demo.get("extraction", {}).values():
                 if Path(result["store"]) == path or Path(result["store"]).name == path.name:
-                    speed = f"{result['frames_per_s']:.0f}" if result.get("frames") else "(resumed: nothing to do)"
+                    speed = f"{result['frames_per_s']:.0f}"
         rows.append((path.name, attrs["encoder"], attrs["checkpoint_sha256"][:12], attrs["pooling"],
                      f"{attrs['feature_dim']} x {attrs['dtype']}", info.get("videos"), info.get("frames"),
                      f"{info.get('bytes', 0) / 1e6:.1f} MB", speed))
