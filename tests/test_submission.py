@@ -10,7 +10,12 @@ from cli import cli
 from pipeline.data.affwild2 import AffWild2
 from pipeline.errors import InputError
 from pipeline.metrics import au_f1, va_score
-from pipeline.submission import check_submission, read_submission, score_submission, write_submission
+from pipeline.submission import (
+    check_submission,
+    read_submission,
+    score_submission,
+    write_submission,
+)
 
 
 def _val_frames(ds, task):
