@@ -55,7 +55,7 @@ from pipeline.models.classifier import ExprClassifier
 from pipeline.models.encoder import PIXEL_MEAN, PIXEL_STD, POOL_MODES, normalize
 from pipeline.models.mae import build_encoder, mae_config
 from pipeline.pretrain import epoch_seed, lr_at
-from pipeline.runs import JsonlLogger, read_jsonl, to_jsonable, write_config
+from pipeline.runs import JsonlLogger, check_resumable, read_jsonl, to_jsonable, write_config
 
 
 @dataclass(frozen=True)
@@ -95,10 +95,6 @@ class FinetuneConfig:
     device: str = "auto"
     bf16: bool = True
     log_every: int = 10  # optimizer steps between log.jsonl step lines
-
-
-# Options that may change between a run and its resume without changing the result.
-_RESUME_FREE = {"out", "workers", "device", "log_every"}
 
 
 def layer_decay_groups(model: ExprClassifier, weight_decay: float, layer_decay: float) -> list[dict]:
@@ -226,17 +222,6 @@ def _check_config(cfg: FinetuneConfig) -> None:
         raise InputError(f"crop_scale {cfg.crop_scale} must satisfy 0 < min <= max <= 1")
 
 
-def _check_resumable(saved: dict, current: dict, run_dir: Path) -> None:
-    diff = sorted(k for k in set(saved) | set(current)
-                  if k not in _RESUME_FREE and saved.get(k) != current.get(k))
-    if diff:
-        changes = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff)
-        raise InputError(
-            f"{run_dir}/checkpoint-last.pt was made with other options ({changes}); rerun with the run's "
-            "own options to resume it, or give a new --out"
-        )
-
-
 def build_classifier(cfg: FinetuneConfig) -> tuple[ExprClassifier, dict]:
     """The classifier for a config, and what its encoder is (name, config, init file, normalisation).
 
@@ -355,7 +340,7 @@ def finetune(cfg: FinetuneConfig, *, stop_at_epoch: int | None = None, progress:
     done, step, best = 0, 0, {"f1": -1.0, "epoch": 0}
     if last_path.exists():
         ckpt = read_checkpoint(last_path)
-        _check_resumable(ckpt.get("resume_key", {}), resume_key, run_dir)
+        check_resumable(ckpt.get("resume_key", {}), resume_key, run_dir)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         done, step, best = int(ckpt["epoch"]), int(ckpt["scheduler"]["step"]), dict(ckpt["best"])

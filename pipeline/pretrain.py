@@ -33,7 +33,14 @@ from pipeline.errors import InputError
 from pipeline.models.checkpoint import encoder_checkpoint, read_checkpoint, save_checkpoint, warn
 from pipeline.models.encoder import PIXEL_MEAN, PIXEL_STD, normalize
 from pipeline.models.mae import MAEConfig, MaskedAutoencoderViT, mae_config
-from pipeline.runs import JsonlLogger, atomic_write_bytes, read_jsonl, to_jsonable, write_config
+from pipeline.runs import (
+    JsonlLogger,
+    atomic_write_bytes,
+    check_resumable,
+    read_jsonl,
+    to_jsonable,
+    write_config,
+)
 
 
 @dataclass(frozen=True)
@@ -65,10 +72,6 @@ class PretrainConfig:
     bf16: bool = True
     log_every: int = 10  # optimizer steps between log.jsonl step lines
     recon_images: int = 6  # rows of the per-epoch reconstruction picture
-
-
-# Options that may change between a run and its resume without changing the result.
-_RESUME_FREE = {"out", "workers", "device", "log_every"}
 
 
 def model_config(cfg: PretrainConfig) -> MAEConfig:
@@ -163,17 +166,6 @@ def _save_png(image: Image.Image, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _check_resumable(saved: dict, current: dict, run_dir: Path) -> None:
-    diff = sorted(k for k in set(saved) | set(current)
-                  if k not in _RESUME_FREE and saved.get(k) != current.get(k))
-    if diff:
-        changes = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff)
-        raise InputError(
-            f"{run_dir}/checkpoint-last.pt was made with other options ({changes}); rerun with the run's "
-            "own options to resume it, or give a new --out"
-        )
-
-
 def _fixed_images(paths: list[Path], n: int, img_size: int) -> torch.Tensor:
     """n readable images spread evenly over the list, un-augmented: the reconstruction picture's rows."""
     picked = []
@@ -252,7 +244,7 @@ def pretrain(cfg: PretrainConfig, *, stop_at_epoch: int | None = None, progress:
     done, step = 0, 0
     if ckpt_path.exists():
         ckpt = read_checkpoint(ckpt_path)
-        _check_resumable(ckpt.get("resume_key", {}), to_jsonable(resume_key), run_dir)
+        check_resumable(ckpt.get("resume_key", {}), to_jsonable(resume_key), run_dir)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         done, step = int(ckpt["epoch"]), int(ckpt["scheduler"]["step"])

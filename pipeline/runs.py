@@ -83,6 +83,23 @@ class JsonlLogger:
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
 
+# Options that may change between a run and its resume without changing the result.
+RESUME_FREE = frozenset({"out", "workers", "device", "log_every"})
+
+
+def check_resumable(saved: dict, current: dict, run_dir: Path) -> None:
+    """Refuse to resume ``run_dir/checkpoint-last.pt`` with options that would change the result."""
+    from pipeline.errors import InputError
+
+    diff = sorted(k for k in set(saved) | set(current) if k not in RESUME_FREE and saved.get(k) != current.get(k))
+    if diff:
+        changes = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff)
+        raise InputError(
+            f"{run_dir}/checkpoint-last.pt was made with other options ({changes}); rerun with the run's "
+            "own options to resume it, or give a new --out"
+        )
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pipeline.data.affwild2 import HEADERS
@@ -47,3 +48,14 @@ def tiny_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth") / "tiny"
     generate(root, PRESETS["tiny"], progress=False)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): CPU
+    results are bit-reproducible, and a shared 2-core machine is not oversubscribed (OpenMP threads
+    spinning against other processes made the training tests ~20x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -22,14 +22,7 @@ TINY32 = MAEConfig(img_size=32, embed_dim=192, depth=12, num_heads=3,
 SMALL_ARCH = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: CPU results are bit-reproducible, and a shared 2-core machine is not
-    oversubscribed (OpenMP threads spinning against other processes made these tests ~20x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -39,13 +39,7 @@ FAST = dict(epochs=2, batch_size=16, lr=1e-3, warmup_epochs=0.5, frames_per_vide
             workers=0, device="cpu", bf16=False, log_every=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: bit-reproducible CPU results, and no OpenMP spinning on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_init(path: Path, seed: int = 0, **encoder) -> Path:

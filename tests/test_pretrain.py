@@ -27,14 +27,7 @@ FAST = dict(model="mae_vit_tiny_patch16", img_size=32, patch_size=8, epochs=2, b
             device="cpu", bf16=False, recon_images=3, log_every=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: CPU results are bit-reproducible, and a shared 2-core machine is not
-    oversubscribed (OpenMP threads spinning against other processes made these tests ~20x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
