@@ -62,14 +62,15 @@ class DemoConfig:
     preset: str = "demo"
     model: str = "mae_vit_tiny_patch16"
     img_size: int = 112
-    pretrain_epochs: int = 6
-    pretrain_batch: int = 128
-    pretrain_blr: float = 1.5e-4
-    pretrain_max_images: int | None = None
-    finetune_epochs: int = 4
-    finetune_batch: int = 128
+    pretrain_epochs: int = 5
+    pretrain_batch: int = 64
+    pretrain_lr: float = 1e-3  # absolute: MAE's blr rule is tuned for batch 1024
+    pretrain_max_images: int | None = 4000  # a seeded subset: consecutive frames are near duplicates
+    decoder: tuple[int, int, int] = (128, 2, 4)  # width, depth, heads: half the cost of the registered one
+    finetune_epochs: int = 3
+    finetune_batch: int = 64
     finetune_lr: float = 5e-4
-    finetune_frames_per_video: int = 200
+    finetune_frames_per_video: int = 150
     head_epochs: int | None = None  # None: the heads' "demo" preset (20)
     heads: dict = field(default_factory=dict)  # settings over the heads' "demo" preset
     workers: int = 2
@@ -95,8 +96,9 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     images = [str(p) for p in sorted(data.glob("cropped_aligned*")) if p.is_dir()]
     pre = stage("MAE pretraining", lambda: pretrain(PretrainConfig(
         images=tuple(images), out=str(out / "pretrain"), model=cfg.model, img_size=cfg.img_size,
-        epochs=cfg.pretrain_epochs, batch_size=cfg.pretrain_batch, accum_iter=1, blr=cfg.pretrain_blr,
-        warmup_epochs=1, max_images=cfg.pretrain_max_images, workers=cfg.workers, seed=cfg.seed,
+        epochs=cfg.pretrain_epochs, batch_size=cfg.pretrain_batch, accum_iter=1, lr=cfg.pretrain_lr,
+        warmup_epochs=1, max_images=cfg.pretrain_max_images, decoder_dim=cfg.decoder[0],
+        decoder_depth=cfg.decoder[1], decoder_heads=cfg.decoder[2], workers=cfg.workers, seed=cfg.seed,
         device=cfg.device), progress=progress))
     pre_ckpt = out / "pretrain" / "checkpoint-last.pt"
     fine_cfg = FinetuneConfig(

@@ -95,6 +95,7 @@ class TrainConfig:
     class_weights: str = "none"  # Expr: none | balanced
     focal_gamma: float = 0.0  # Expr: 0 is plain cross-entropy
     pos_weight: str = "none"  # AU: none | balanced
+    standardize: bool = True  # z-score features with training-frame statistics (kept in the head's buffers)
     seed: int = 0
     device: str = "auto"
     bf16: bool = False
@@ -180,6 +181,23 @@ def parse_settings(items) -> dict:
     return out
 
 
+def feature_stats(features: np.ndarray, rows: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation (float32, (D,)) over the selected rows of (N, D) features,
+    accumulated in float64 chunk by chunk (no float64 copy of a multi-GB table)."""
+    total = np.zeros(features.shape[1])
+    squares = np.zeros(features.shape[1])
+    n = 0
+    for start in range(0, len(features), chunk):
+        block = features[start:start + chunk][rows[start:start + chunk]].astype(np.float64)  # (n_chunk, D)
+        total += block.sum(0)
+        squares += (block**2).sum(0)
+        n += len(block)
+    if n == 0:
+        return np.zeros(features.shape[1], np.float32), np.ones(features.shape[1], np.float32)
+    mean = total / n
+    return mean.astype(np.float32), np.sqrt(np.maximum(squares / n - mean**2, 0)).astype(np.float32)
+
+
 def learning_rate(cfg: TrainConfig, epoch: float) -> float:
     """The rate at a fractional epoch: linear warm-up, then cosine annealing with warm restarts."""
     if epoch < cfg.warmup_epochs:
@@ -247,6 +265,9 @@ def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = 
     in_train = np.zeros(len(data.valid), bool)
     for v in data.train_videos:
         in_train[slice(*data.table.offsets[v])] = True
+    if cfg.standardize:  # z-score every feature with the statistics of the training frames with a face
+        mean, std = feature_stats(data.table.features, in_train & data.table.present)
+        model.set_input_stats(torch.from_numpy(mean), torch.from_numpy(std))
     counted = data.valid if cfg.absent_in_loss else data.valid & data.table.present  # (sum T,)
     loss_fn = make_loss(cfg.task, cfg.va_loss, cfg.class_weights, cfg.focal_gamma, cfg.pos_weight,
                         data.labels[counted & in_train])

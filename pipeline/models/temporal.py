@@ -207,6 +207,16 @@ class TemporalModel(nn.Module):
             self.transformer = TransformerStage(width, cfg)
             width = cfg.d_model
         self.head = FrameHead(width, cfg.head_hidden, out_dim)
+        # Feature standardisation (identity until set_input_stats): saved with the weights, so a head
+        # carries the statistics of the features it was trained on into inference.
+        self.register_buffer("input_mean", torch.zeros(in_dim))
+        self.register_buffer("input_std", torch.ones(in_dim))
+
+    @torch.no_grad()
+    def set_input_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Standardise inputs as (x - mean) / std, both (D,), e.g. from the training frames."""
+        self.input_mean.copy_(mean)
+        self.input_std.copy_(std.clamp_min(1e-6))
 
     def forward_temporal(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         """(B, T, D) -> (B, T, C): the TCN and Transformer stages, in (B, C, T) for the convolutions."""
@@ -232,6 +242,7 @@ class TemporalModel(nn.Module):
         """
         if keep is not None and bool(keep.all()):
             keep = None  # nothing padded: skip the masking work (a third of a small head's step on CPU)
+        x = (x - self.input_mean) / self.input_std  # padded rows are zeroed again by the masks
         return self.head(self.forward_temporal(x, keep), keep)
 
 
