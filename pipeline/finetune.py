@@ -17,6 +17,7 @@ re-seeded every epoch).
 """
 
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -415,8 +416,9 @@ def finetune(cfg: FinetuneConfig, *, stop_at_epoch: int | None = None, progress:
             best = {"f1": val["score"], "epoch": epoch + 1}
         if dist_info.is_main:
             logger.log({**record, "best_f1": best["f1"], "best_epoch": best["epoch"]})
-            tqdm.write(f"epoch {epoch + 1}: val macro F1 {val['score']:.4f} (best {best['f1']:.4f} at "
-                       f"epoch {best['epoch']}), {record['img_per_s']:.0f} img/s")
+            if progress:  # stderr, like the bars: with --json, stdout holds the one JSON object
+                tqdm.write(f"epoch {epoch + 1}: val macro F1 {val['score']:.4f} (best {best['f1']:.4f} at "
+                           f"epoch {best['epoch']}), {record['img_per_s']:.0f} img/s", file=sys.stderr)
             if improved:  # best first: a crash between the two writes re-runs this epoch on resume
                 save(best_path, epoch + 1, val, config=resolved)
             save(last_path, epoch + 1, val, optimizer=optimizer.state_dict(), best=best,
