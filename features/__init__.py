@@ -7,7 +7,7 @@ plain ``zarr`` or ``h5py`` (layout in ``features.format`` and the README). It im
 
 from .errors import StoreError
 from .fill import FILLS
-from .format import CHUNK_ROWS, FORMAT_NAME, FORMAT_VERSION, IDENTITY_KEYS
+from .format import CHUNK_ROWS, FORMAT_NAME, FORMAT_VERSION, IDENTITY_KEYS, infer_format
 from .reader import FeatureStore, Packed, open_store
 from .tools import consolidate_store, export_store, merge_stores, verify_store
 from .writer import StoreWriter, VideoWriter, create_store, part_path
@@ -15,6 +15,6 @@ from .writer import StoreWriter, VideoWriter, create_store, part_path
 __all__ = [
     "CHUNK_ROWS", "FILLS", "FORMAT_NAME", "FORMAT_VERSION", "IDENTITY_KEYS",
     "FeatureStore", "Packed", "StoreError", "StoreWriter", "VideoWriter",
-    "consolidate_store", "create_store", "export_store", "merge_stores", "open_store", "part_path",
+    "consolidate_store", "create_store", "export_store", "infer_format", "merge_stores", "open_store", "part_path",
     "verify_store",
 ]

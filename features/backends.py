@@ -45,6 +45,9 @@ class ZarrBackend:
         zip_store = None
         try:
             if kind == "zip":
+                if not zipfile.is_zipfile(path):
+                    raise StoreError(f"{path} is not a readable zip file (damaged or truncated): send or "
+                                     "export it again")
                 zip_store = zarr.storage.ZipStore(path, mode="r")
             root = zarr.open_group(store=zip_store or path, mode="r+" if writable else "r",
                                    use_consolidated=check_consolidated)
@@ -145,9 +148,8 @@ class H5Backend:
                 f"cannot open HDF5 store {path} ({e}): another process may be writing it (wait for "
                 "it), or a run killed while writing left it unreadable (delete it, or pass "
                 "overwrite=True / --overwrite to start afresh; Zarr stores survive kills)") from e
-        attrs = h5_decode_attrs(f.attrs, path)
         try:
-            check_root_attrs(attrs, path)
+            check_root_attrs(h5_decode_attrs(f.attrs, path), path)
         except StoreError:
             f.close()
             raise

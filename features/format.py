@@ -166,4 +166,8 @@ def h5_decode_attrs(raw, path: Path) -> dict:
         raise StoreError(f"{path} is an HDF5 file without the {H5_ATTRS_JSON!r} root attribute, "
                          "not a mae-affect feature store: check the path")
     text = raw[H5_ATTRS_JSON]
-    return json.loads(text.decode() if isinstance(text, bytes) else text)
+    try:
+        return json.loads(text.decode() if isinstance(text, bytes) else text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StoreError(f"{path}: root attribute {H5_ATTRS_JSON!r} is not valid JSON ({e}); the file is "
+                         "damaged: extract again with --overwrite") from e

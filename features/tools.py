@@ -19,7 +19,7 @@ from .format import (
     sniff_format,
 )
 from .reader import FeatureStore, open_store
-from .writer import create_store
+from .writer import check_replaceable, create_store
 
 BLOCK_ROWS = 16 * CHUNK_ROWS  # rows read at a time when scanning or copying a video
 
@@ -146,6 +146,7 @@ def _write_new(sources: list[FeatureStore], dst: Path, progress: bool) -> None:
     """A new store ``dst`` holding the videos of ``sources``, written under a temporary name and
     renamed (an existing ``dst`` is replaced only once the copy is whole)."""
     fmt = infer_format(dst)
+    check_replaceable(dst)
     tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp_zarr = tmp.with_name(tmp.name + ".zarr") if fmt == "zip" else tmp
     try:
@@ -155,6 +156,8 @@ def _write_new(sources: list[FeatureStore], dst: Path, progress: bool) -> None:
             _zip_directory(tmp_zarr, tmp)
         if dst.is_dir():
             shutil.rmtree(dst)
+        elif dst.exists() and tmp.is_dir():  # a file replaced by a directory store
+            dst.unlink()
         os.replace(tmp, dst)
     finally:
         for p in {tmp, tmp_zarr}:

@@ -174,16 +174,21 @@ class StoreWriter:
         self.close()
 
 
-def _remove_store(path: Path) -> None:
-    """Delete an existing store, refusing anything that is not one (a typo must not cost a folder)."""
-    if path.is_dir() and not any(path.iterdir()):
-        path.rmdir()
+def check_replaceable(path: Path) -> None:
+    """Refuse to replace ``path`` unless it is a feature store or an empty folder (a typo must not
+    cost a folder)."""
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return
     try:
         kind = sniff_format(path)
         open_backend(path, kind).close()
     except StoreError as e:
         raise StoreError(f"refusing to overwrite {path}, which is not a feature store: {e}") from e
+
+
+def _remove_store(path: Path) -> None:
+    """Delete an existing store, refusing anything that is not one."""
+    check_replaceable(path)
     if path.is_dir():
         shutil.rmtree(path)
     else:

@@ -127,8 +127,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
                     settings["epochs"] = cfg.head_epochs
                 train_cfg = TrainConfig.create(preset="demo", **settings)
                 run_dir = out / "heads" / task / _slug(row)
-                stamp = {"config": to_jsonable(train_cfg),
-                         "store": features.open_store(stores[kind]).attrs["checkpoint_sha256"]}
+                stamp = {"config": to_jsonable(train_cfg), "store": _checkpoint_of(stores[kind])}
                 summary = _current_run(run_dir, stamp)
                 if summary is None:
                     if kind not in prepared:
@@ -155,6 +154,11 @@ def _slug(row: str) -> str:
     return row.replace(" ", "-").replace("/", "-").lower()
 
 
+def _checkpoint_of(store: Path) -> str:
+    with features.open_store(store) as opened:
+        return opened.attrs["checkpoint_sha256"]
+
+
 def _current_run(run_dir: Path, stamp: dict) -> dict | None:
     """The summary of a head run made with this config on this store, or None if it must be (re)done."""
     stamp_path, summary_path = run_dir / "demo-stamp.json", run_dir / "summary.json"
@@ -166,10 +170,11 @@ def _current_run(run_dir: Path, stamp: dict) -> dict | None:
 
 def _extract_current(data: Path, ckpt: Path, store: Path, pooling: str, cfg: DemoConfig, progress: bool) -> dict:
     """Extract, resuming a store of this very checkpoint, or starting afresh if the checkpoint changed."""
-    stale = store.exists() and features.open_store(store).attrs.get("checkpoint_sha256") != sha256_file(ckpt)
+    stale = store.exists() and _checkpoint_of(store) != sha256_file(ckpt)
     config = ExtractConfig(workers=cfg.workers, device=cfg.device, pooling=pooling, overwrite=stale)
     result = extract(data, ckpt, store, config, progress=progress)
-    info = features.open_store(store).info()
+    with features.open_store(store) as opened:
+        info = opened.info()
     result = {**result, "bytes": info.get("bytes"), "checkpoint_sha256": info["attrs"]["checkpoint_sha256"]}
     # The speed of the run that did the work is kept beside the store, so a resumed demo still reports it.
     record = store.with_name(store.name + ".extraction.json")

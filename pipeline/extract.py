@@ -12,6 +12,7 @@ into part files merged by rank 0 at the end.
 """
 
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -151,9 +152,11 @@ class StoreFeeder:
             self._current = self._writer.begin_video(name, self._lengths[name])
 
     def _run(self) -> None:
+        ended = False
         try:
             while (item := self._queue.get()) is not _ABORT:
                 if item is None:  # the end of the stream: finish what is left
+                    ended = True
                     self._advance_to(None)
                     return
                 video, rows, feats, present = item
@@ -166,7 +169,7 @@ class StoreFeeder:
                 self._current.write(lo, block, mask)
         except BaseException as err:  # handed to the main thread by put() / close()
             self._error = err
-            while self._queue.get() not in (None, _ABORT):  # drain so the producer never blocks
+            while not ended and self._queue.get() not in (None, _ABORT):  # drain: the producer never blocks
                 pass
 
     def close(self) -> None:
@@ -214,22 +217,25 @@ def extract(data_root: Path, ckpt: Path, store_path: Path, config: ExtractConfig
     """
     dist = distributed.init_distributed()
     device = resolve_device(config.device)
-    if config.dtype not in ("float16", "float32"):
-        raise InputError(f"--dtype {config.dtype!r}: use float16 or float32")
     ds = AffWild2(data_root)
     videos = select_videos(ds, config.splits)
     if not videos:
         raise InputError(f"{data_root}: no video selected by splits {', '.join(config.splits)}")
     lengths = {v: ds.num_frames(v) for v in videos}
+    empty = [v for v in videos if lengths[v] == 0]
+    if empty and dist.is_main:
+        tqdm.write(f"warning: skipped {len(empty)} video folder(s) without images or annotations: "
+                   f"{', '.join(empty[:5])}", file=sys.stderr)
+    videos = [v for v in videos if lengths[v] > 0]
 
     encoder, info = load_encoder(ckpt)
     pooling = config.pooling or info.pooling or "cls"
     encoder.eval().to(device)
     if device.type == "cuda":
         encoder.to(memory_format=torch.channels_last)
-    attrs = store_attrs(info, pooling, encoder.embed_dim, config.dtype, {"splits": list(config.splits)})
+    attrs = store_attrs(info, pooling, encoder.embed_dim, config.dtype)
 
-    fmt = config.format or ("hdf5" if Path(store_path).suffix in (".h5", ".hdf5") else "zarr")
+    fmt = config.format or features.infer_format(Path(store_path))
     writer, done = _open_writer(Path(store_path), attrs, fmt, config.overwrite, dist)
     todo = [v for v in videos if v not in done]
     mine = balance(todo, lengths, dist.world_size)[dist.rank]
@@ -334,7 +340,9 @@ def _open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool, dist) -> tu
     distributed.barrier()
     if not dist.is_main:
         writer = features.create_store(path, attrs, format=fmt, role="worker")
-    return writer, writer.completed()
+    done = writer.completed()
+    distributed.barrier()  # every rank has its list before any rank (re)writes a video
+    return writer, done
 
 
 def _completed(path: Path) -> set[str]:

@@ -63,6 +63,7 @@ def test_older_expr_folder_name(tmp_path):
         ("au", "AU1,AU2,AU4,AU6,AU7,AU10,AU12,AU15,AU23,AU24,AU25,AU26\n0,1\n", ":2: 2 fields, expected 12"),
         ("va", "valence,arousal\n0.1,abc\n", ":2: non-numeric value"),
         ("va", "valence,arousal\n0.1,1.5\n", ":2: label out of range"),
+        ("va", "valence,arousal\n0.1,0.2\nnan,0.1\n", ":3: non-finite value"),
         ("expr", "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other\n3\n8\n", ":3: label out of range"),
         ("expr", "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other\n2.5\n", ":2: label out of range"),
         ("au", "AU1,AU2,AU4,AU6,AU7,AU10,AU12,AU15,AU23,AU24,AU25,AU26\n0,1,0,0,0,0,0,0,0,0,0,2\n", ":2: label out of range"),

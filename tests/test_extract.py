@@ -167,3 +167,35 @@ def test_two_ranks_write_one_store(mini_root, ckpt, tmp_path, suffix):
         np.testing.assert_array_equal(two[video][1], one[video][1])
     if suffix == ".h5":
         assert not list(tmp_path.glob("two.part*"))  # parts merged and removed
+
+
+def test_video_folder_without_images_is_skipped(mini_root, ckpt, tmp_path):
+    path, _ = ckpt
+    (mini_root / "cropped_aligned" / "empty_video").mkdir()
+    result = extract(mini_root, path, tmp_path / "f.zarr", ExtractConfig(**CPU32), progress=False)
+    assert result["videos"] == 2
+    assert features.open_store(tmp_path / "f.zarr").videos() == ["105", "vid_left"]
+
+
+def test_a_failing_final_write_raises_instead_of_hanging(mini_root, ckpt, tmp_path, monkeypatch):
+    import threading
+
+    path, _ = ckpt
+
+    def full_disk(self):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(features.VideoWriter, "finish", full_disk)
+    outcome = {}
+
+    def run():
+        try:
+            extract(mini_root, path, tmp_path / "f.zarr", ExtractConfig(**CPU32), progress=False)
+        except OSError as err:
+            outcome["error"] = err
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "extraction hung after a failed write"
+    assert "No space left" in str(outcome["error"])

@@ -233,6 +233,28 @@ def test_export_round_trips_exactly(store_path, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
 
 
+def test_export_overwrite_refuses_a_folder_that_is_not_a_store(store_path, tmp_path):
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("keep")
+    with pytest.raises(features.StoreError, match="not a feature store"):
+        features.export_store(store_path, precious, overwrite=True)
+    assert (precious / "thesis.tex").read_text() == "keep"
+
+
+def test_damaged_zip_and_hdf5_are_store_errors(tmp_path):
+    zipped = tmp_path / "f.zarr.zip"
+    zipped.write_bytes(b"PK\x03\x04" + b"junk" * 20)
+    with pytest.raises(features.StoreError, match="not a readable zip"):
+        features.open_store(zipped)
+    damaged = tmp_path / "f.h5"
+    with h5py.File(damaged, "w") as f:
+        f.attrs["attrs_json"] = "{not json"
+        f.create_group("videos")
+    with pytest.raises(features.StoreError, match="not valid JSON"):
+        features.open_store(damaged)
+
+
 def test_verify_catches_problems(store_path):
     expected = {v: len(p) for v, (_, p) in VIDEOS.items()}
     assert features.verify_store(store_path, expected) == []

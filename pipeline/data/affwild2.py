@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data.images import IMAGE_SUFFIXES
 from pipeline.errors import InputError
 
 TASKS = ("va", "expr", "au")
@@ -37,7 +38,6 @@ _TEST_FILE_KEYS = {
     "expr": ("expr",),
     "au": ("action_unit", "_au_", "au_"),
 }
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _FRAME_NAME = re.compile(r"^(\d+)$")
 _SIDE = re.compile(r"_(left|right)$")
 
@@ -133,6 +133,9 @@ def parse_annotation(path: Path, task: str, split: str = "", video: str | None =
         except ValueError:
             raise InputError(f"{path}:{lineno}: non-numeric value in {line!r}") from None
     values = np.asarray(rows, dtype=np.float64)  # (T, K)
+    if not np.isfinite(values).all():
+        line = int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0]) + 2
+        raise InputError(f"{path}:{line}: non-finite value (nan or inf); use the invalid marker instead")
     labels, valid = _check_values(values, task, path)
     return Annotation(video or path.stem, task, split, path, labels, valid)
 

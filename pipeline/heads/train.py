@@ -253,8 +253,10 @@ def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = 
         raise ValueError(f"config task {cfg.task} but data of task {data.task}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # An earlier run's outputs go first, so a crash never leaves its head beside this run's config.
+    for stale in ["log.jsonl", "best.pt", "summary.json", "val_predictions.npz", *(p.name for p in out_dir.glob("*.png"))]:
+        (out_dir / stale).unlink(missing_ok=True)
     write_config(out_dir, cfg)
-    (out_dir / "log.jsonl").unlink(missing_ok=True)
     log = JsonlLogger(out_dir / "log.jsonl")
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
