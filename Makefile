@@ -16,8 +16,11 @@ DEVICE   ?= auto
 MODEL    ?= mae_vit_tiny_patch16
 IMG_SIZE ?= 112
 WORKERS  ?= 2
-PT_EPOCHS ?= 8
-FT_EPOCHS ?= 4
+# The demo's budgets for a 2-core CPU (pipeline/demo.py, DemoConfig), so that `make extract` resumes and
+# reuses what `make demo` made. On real Aff-Wild2 and a GPU, set them to the paper's (README).
+PRETRAIN_ARGS ?= --epochs 5 --batch-size 64 --accum-iter 1 --lr 1e-3 --warmup-epochs 1 --max-images 4000 \
+	--decoder-dim 128 --decoder-depth 2 --decoder-heads 4
+FINETUNE_ARGS ?= --epochs 3 --batch-size 64 --lr 5e-4 --frames-per-video 150 --warmup-epochs 0.5
 # The heads' "demo" preset suits the synthetic set on a CPU; use HEAD_PRESET=paper on real Aff-Wild2.
 HEAD_PRESET ?= demo
 PRETRAIN ?= $(RUNS)/pretrain
@@ -51,12 +54,12 @@ synth: setup
 
 pretrain: synth
 	$(CLI) pretrain --images $(DATA)/cropped_aligned --images $(DATA)/cropped_aligned_new_50_vids \
-		--out $(PRETRAIN) --model $(MODEL) --img-size $(IMG_SIZE) --epochs $(PT_EPOCHS) \
+		--out $(PRETRAIN) --model $(MODEL) --img-size $(IMG_SIZE) $(PRETRAIN_ARGS) \
 		--workers $(WORKERS) --device $(DEVICE)
 
 finetune: pretrain
-	$(CLI) finetune --data $(DATA) --init $(PRETRAIN)/checkpoint-last.pt --out $(FINETUNE) \
-		--epochs $(FT_EPOCHS) --workers $(WORKERS) --device $(DEVICE)
+	$(CLI) finetune --data $(DATA) --init $(PRETRAIN)/checkpoint-last.pt --out $(FINETUNE) $(FINETUNE_ARGS) \
+		--workers $(WORKERS) --device $(DEVICE)
 
 extract: finetune
 	$(CLI) extract --data $(DATA) --ckpt $(CKPT) --store $(STORE) --workers $(WORKERS) --device $(DEVICE)
