@@ -254,7 +254,12 @@ def extract(data_root, ckpt, store_path, fmt, splits, pooling, dtype, batch_size
 
     config = ExtractConfig(batch_size=batch_size, workers=workers, dtype=dtype, pooling=pooling,
                            splits=tuple(splits), bf16=bf16, device=device, format=fmt, overwrite=overwrite)
-    result = run_extract(data_root, ckpt, store_path, config, progress=not as_json)
+    from pipeline.distributed import cleanup
+
+    try:
+        result = run_extract(data_root, ckpt, store_path, config, progress=not as_json)
+    finally:
+        cleanup()
     if result["rank"] == 0:
         emit(result, as_json, figures_table(result, f"extracted into {store_path}"))
 
