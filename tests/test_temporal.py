@@ -102,3 +102,26 @@ def test_head_config_refuses_bad_sizes():
         temporal.HeadConfig(pos_encoding="rotary")
     with pytest.raises(ValueError, match="divisible"):
         temporal.HeadConfig(d_model=30, num_heads=4)
+
+
+def test_input_standardisation_is_part_of_the_head():
+    import numpy as np
+
+    from pipeline.heads.train import feature_stats
+    from pipeline.models import build_model
+
+    rng = np.random.default_rng(0)
+    feats = rng.normal(3.0, 2.0, (1000, 6)).astype(np.float16)
+    rows = rng.random(1000) < 0.7
+    mean, std = feature_stats(feats, rows, chunk=64)
+    chosen = feats[rows].astype(np.float64)
+    np.testing.assert_allclose(mean, chosen.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(std, chosen.std(0), rtol=1e-4)
+
+    torch.manual_seed(0)
+    head = build_model("tcn", in_dim=6, out_dim=2, tcn_channels=(8, 4), dropout=0.0).eval()
+    x = torch.randn(2, 20, 6) * 2 + 3
+    plain = head((x - torch.from_numpy(mean)) / torch.from_numpy(std))
+    head.set_input_stats(torch.from_numpy(mean), torch.from_numpy(std))
+    torch.testing.assert_close(head(x), plain)
+    assert "input_mean" in head.state_dict()  # saved with the weights, used again at inference
