@@ -165,9 +165,13 @@ def _task(task: str, run: Path) -> str:
 def _ablation(src: Sources) -> str:
     if not src.demo or not src.demo.get("table"):
         return ""
+    from pipeline.demo import ABLATIONS
+
+    table = src.demo["table"]
+    order = [r for r, _, _ in ABLATIONS if r in table] + sorted(set(table) - {r for r, _, _ in ABLATIONS})
     rows = []
-    for row, scores in src.demo["table"].items():
-        paper = _paper_row(row)
+    for row in order:
+        scores, paper = table[row], _paper_row(row)
         rows.append((row, *(f"{scores[t]:.4f}" if t in scores else "" for t in TASKS),
                      *(f"{paper[t]:.4f}" if t in paper else "" for t in TASKS)))
     table = _table(("setting", "VA", "Expr", "AU", "paper VA", "paper Expr", "paper AU"), rows)
