@@ -59,3 +59,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def run_two_ranks(command: str, *args: str) -> tuple[dict, str]:
+    """``torchrun --nproc_per_node 2 -m cli COMMAND ARGS --json`` on the CPU (gloo).
+
+    Returns rank 0's JSON summary (the last stdout line) and the whole stdout; fails on a non-zero exit
+    with the end of stderr.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "cli",
+         command, *args, "--json"],
+        cwd=Path(__file__).parent.parent, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stdout

@@ -17,6 +17,7 @@ from pipeline.models.checkpoint import encoder_checkpoint, save_checkpoint
 from pipeline.models.encoder import normalize, pool_tokens
 from pipeline.models.mae import build_encoder
 from pipeline.runs import sha256_file
+from tests.conftest import run_two_ranks
 
 TINY = dict(img_size=32, embed_dim=32, depth=2, num_heads=2)
 CPU32 = dict(device="cpu", bf16=False, workers=0, batch_size=4, dtype="float32")
@@ -141,23 +142,14 @@ def test_balance_splits_frames_evenly():
 @pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".zarr", ".h5"])
 def test_two_ranks_write_one_store(mini_root, ckpt, tmp_path, suffix):
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     path, _ = ckpt
     single = tmp_path / f"single{suffix}"
     extract(mini_root, path, single, ExtractConfig(**CPU32), progress=False)
     store_path = tmp_path / f"two{suffix}"
-    cli_py = Path(__file__).resolve().parents[1] / "cli.py"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(cli_py),
-           "extract", "--data", str(mini_root), "--ckpt", str(path), "--store", str(store_path), "--device", "cpu",
-           "--workers", "0", "--batch-size", "4", "--dtype", "float32", "--no-bf16", "--json"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads(done.stdout.strip().splitlines()[-1])  # rank 0 prints the summary of both ranks
+    summary, _ = run_two_ranks("extract", "--data", str(mini_root), "--ckpt", str(path), "--store", str(store_path),
+                               "--device", "cpu", "--workers", "0", "--batch-size", "4", "--dtype", "float32",
+                               "--no-bf16")
+    # rank 0 prints the summary of both ranks
     assert summary["ranks"] == 2 and summary["frames"] == 7 and summary["extracted"] == 2
     assert features.verify_store(store_path, {"105": 3, "vid_left": 6}) == []
     two, one = read_all(store_path), read_all(single)

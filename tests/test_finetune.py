@@ -2,9 +2,6 @@
 the loss, resume equality, the best-by-F1 checkpoint, load_encoder on the result, learning, two gloo ranks."""
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -31,7 +28,7 @@ from pipeline.models.classifier import ExprClassifier
 from pipeline.models.encoder import normalize, pool_tokens
 from pipeline.models.mae import build_encoder, mae_config
 from pipeline.runs import read_jsonl
-from tests.conftest import write_annotation, write_images
+from tests.conftest import run_two_ranks, write_annotation, write_images
 
 # A 32 px, 8 px-patch, 32-wide, 2-block encoder: a run of a few epochs on tiny takes seconds.
 TINY_ENCODER = dict(embed_dim=32, depth=2, num_heads=2, img_size=32, patch_size=8)
@@ -295,16 +292,9 @@ def test_two_gloo_processes(tiny_root, init_ckpt, tmp_path):
     out = tmp_path / "ddp"
     args = ["--data", str(tiny_root), "--init", str(init_ckpt), "--out", str(out), "--epochs", "1",
             "--batch-size", "8", "--frames-per-video", "16", "--val-frames-per-video", "10", "--workers", "0",
-            "--device", "cpu", "--no-bf16", "--json"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "cli",
-         "finetune", *args],
-        cwd=Path(__file__).parent.parent, env=env, capture_output=True, text=True, timeout=240,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert summary["epochs_done"] == 1 and proc.stdout.count('"epochs_done"') == 1  # rank 0 only
+            "--device", "cpu", "--no-bf16"]
+    summary, stdout = run_two_ranks("finetune", *args)
+    assert summary["epochs_done"] == 1 and stdout.count('"epochs_done"') == 1  # rank 0 only
     config = json.loads((out / "config.json").read_text())
     assert config["world_size"] == 2 and config["effective_batch"] == 16 and config["steps_per_epoch"] == 4
     val = read_checkpoint(out / "best.pt")["val"]

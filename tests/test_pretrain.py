@@ -2,10 +2,7 @@
 unreadable images reported once and skipped, the loss falls on synthetic faces, two gloo ranks."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -20,6 +17,7 @@ from pipeline.errors import InputError
 from pipeline.models.checkpoint import load_encoder, read_checkpoint
 from pipeline.pretrain import PretrainConfig, lr_at, pretrain
 from pipeline.runs import read_jsonl
+from tests.conftest import run_two_ranks
 
 # Tiny encoder at 32 px with 8 px patches (16 patches, 4 visible) and a one-block decoder: seconds per run.
 FAST = dict(model="mae_vit_tiny_patch16", img_size=32, patch_size=8, epochs=2, batch_size=4, accum_iter=2,
@@ -157,16 +155,9 @@ def test_two_gloo_processes(faces, tmp_path):
     args = ["--images", str(faces), "--out", str(out), "--model", "mae_vit_tiny_patch16", "--img-size", "32",
             "--patch-size", "8", "--epochs", "1", "--batch-size", "4", "--accum-iter", "1", "--warmup-epochs", "1",
             "--decoder-dim", "32", "--decoder-depth", "1", "--decoder-heads", "2", "--max-images", "32",
-            "--workers", "0", "--device", "cpu", "--no-bf16", "--json"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "cli",
-         "pretrain", *args],
-        cwd=Path(__file__).parent.parent, env=env, capture_output=True, text=True, timeout=240,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert summary["epochs_done"] == 1 and proc.stdout.count('"epochs_done"') == 1  # rank 0 only
+            "--workers", "0", "--device", "cpu", "--no-bf16"]
+    summary, stdout = run_two_ranks("pretrain", *args)
+    assert summary["epochs_done"] == 1 and stdout.count('"epochs_done"') == 1  # rank 0 only
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-last.pt", "config.json", "log.jsonl", "recon"]
     config = json.loads((out / "config.json").read_text())
     assert config["world_size"] == 2 and config["effective_batch"] == 8
