@@ -115,6 +115,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         for kind in stores
     }
 
+    made_by = {kind: _checkpoint_of(path) for kind, path in stores.items()}
     table: dict[str, dict[str, dict]] = {row: {} for row, _, _ in ABLATIONS}
     submissions = {}
     for task in TASKS:
@@ -127,7 +128,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
                     settings["epochs"] = cfg.head_epochs
                 train_cfg = TrainConfig.create(preset="demo", **settings)
                 run_dir = out / "heads" / task / _slug(row)
-                stamp = {"config": to_jsonable(train_cfg), "store": _checkpoint_of(stores[kind])}
+                stamp = {"config": to_jsonable(train_cfg), "store": made_by[kind]}
                 summary = _current_run(run_dir, stamp)
                 if summary is None:
                     if kind not in prepared:

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import features
-from pipeline import distributed
+from pipeline import distributed, partition
 from pipeline.data.affwild2 import SPLITS, TASKS, AffWild2
 from pipeline.data.images import UnreadableImage, decode_image
 from pipeline.device import autocast, pin_memory, resolve_device
@@ -80,13 +80,7 @@ def select_videos(ds: AffWild2, splits: tuple[str, ...]) -> list[str]:
 
 def balance(videos: list[str], lengths: dict[str, int], world_size: int) -> list[list[str]]:
     """Split videos between ranks with about equal frame counts (longest first to the lightest rank)."""
-    loads = [0] * world_size
-    parts: list[list[str]] = [[] for _ in range(world_size)]
-    for video in sorted(videos, key=lambda v: (-lengths[v], v)):
-        rank = loads.index(min(loads))
-        parts[rank].append(video)
-        loads[rank] += lengths[video]
-    return [sorted(p) for p in parts]
+    return [sorted(p) for p in partition.balance(videos, lengths.__getitem__, world_size)]
 
 
 class FrameStream(Dataset):
@@ -185,7 +179,7 @@ class StoreFeeder:
         self._thread.join()
 
 
-def store_attrs(info: EncoderInfo, pooling: str, feature_dim: int, dtype: str, extra: dict | None = None) -> dict:
+def store_attrs(info: EncoderInfo, pooling: str, feature_dim: int, dtype: str) -> dict:
     """The store's root attributes: what made it (encoder, checkpoint hash, preprocessing, pooling)."""
     return {
         "encoder": info.model_name,
@@ -197,7 +191,6 @@ def store_attrs(info: EncoderInfo, pooling: str, feature_dim: int, dtype: str, e
         "pooling": pooling,
         "feature_dim": feature_dim,
         "dtype": dtype,
-        **(extra or {}),
     }
 
 

@@ -8,6 +8,7 @@ annotated frames so far: deterministic and balanced in frames.
 
 from pipeline.data.affwild2 import AffWild2, source_video
 from pipeline.errors import InputError
+from pipeline.partition import balance
 
 
 def pooled_annotations(ds: AffWild2, task: str, videos) -> dict:
@@ -42,12 +43,8 @@ def fold_split(ds: AffWild2, task: str, fold: int = 0, folds: int = 5) -> tuple[
         groups.setdefault(source_video(video), []).append(video)
     if len(groups) < folds:
         raise InputError(f"{task}: {len(groups)} source videos cannot make {folds} folds; use --folds {len(groups)} or fewer")
-    sizes = [0] * folds
-    members: list[list[str]] = [[] for _ in range(folds)]
-    for source in sorted(groups, key=lambda s: (-sum(frames[v] for v in groups[s]), s)):
-        k = sizes.index(min(sizes))
-        members[k] += groups[source]
-        sizes[k] += sum(frames[v] for v in groups[source])
+    parts = balance(list(groups), lambda s: sum(frames[v] for v in groups[s]), folds)
+    members = [[v for source in part for v in groups[source]] for part in parts]
     val = sorted(members[fold - 1])
     train = sorted(v for k, m in enumerate(members) if k != fold - 1 for v in m)
     return train, val
