@@ -1,7 +1,8 @@
 """Extraction speed and memory, measured side by side in one run.
 
 1. End-to-end ``extract`` frames/s against forward-only frames/s: the same encoder, batch and pooling on
-   frames already decoded in memory. Target: ratio >= 0.9 (the pipeline hides decoding and writing).
+   frames already decoded in memory, alternated ``--repeats`` times, the best of each. Target: ratio >= 0.9
+   (the pipeline hides decoding and writing).
 2. ``extract`` against a per-frame loop in the style of the paper's authors (one image per forward pass,
    one ``.npy`` file per frame), in fp32 as their scripts run and in the extraction's own precision.
    Target: >= 10x; file counts and bytes of both. Beside it, the most any batching can gain on this
@@ -113,6 +114,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--loop-frames", type=int, default=600, help="frames for the per-frame loop")
     parser.add_argument("--rss-frames", type=int, default=2000, help="the short video; the long one is 10x")
+    parser.add_argument("--repeats", type=int, default=2, help="alternated forward-only/extract runs; best of each")
     parser.add_argument("--no-bf16", dest="bf16", action="store_false")
     args = parser.parse_args(argv)
 
@@ -127,13 +129,17 @@ def main(argv=None) -> dict:
         paths = [v.image_path(k) for v in ds.videos.values() for k in v.frames]
         images = torch.stack([decode_image(p, args.img_size) for p in paths])  # (N, 3, S, S) uint8
 
-        # 1. the same frames, forward only and end to end, one after the other
-        fwd = forward_only(encoder, images, args.batch_size, args.bf16)
-        config = ExtractConfig(device="cpu", batch_size=args.batch_size, workers=args.workers, bf16=args.bf16)
-        start = time.perf_counter()
-        summary = extract(root, ckpt, tmp / "store.zarr", config, progress=False)
-        wall = time.perf_counter() - start
-        e2e = summary["frames_per_s"]
+        # 1. the same frames, forward only and end to end, alternated; the best of each (a shared machine
+        # only ever makes a run slower)
+        config = ExtractConfig(device="cpu", batch_size=args.batch_size, workers=args.workers, bf16=args.bf16,
+                               overwrite=True)
+        fwd = e2e = 0.0
+        for _ in range(args.repeats):
+            fwd = max(fwd, forward_only(encoder, images, args.batch_size, args.bf16))
+            start = time.perf_counter()
+            summary = extract(root, ckpt, tmp / "store.zarr", config, progress=False)
+            if summary["frames_per_s"] > e2e:
+                e2e, wall = summary["frames_per_s"], time.perf_counter() - start
 
         # 2. the authors' per-frame loop on a subset (its rate does not depend on the count), in fp32 as
         # their scripts run and in the extraction's precision; and the batching ceiling of this device
@@ -153,7 +159,7 @@ def main(argv=None) -> dict:
     n = len(paths)
     result = {
         "model": args.model, "img_size": args.img_size, "bf16": args.bf16, "batch_size": args.batch_size,
-        "workers": args.workers, "frames": n, "threads": torch.get_num_threads(),
+        "workers": args.workers, "frames": n, "threads": torch.get_num_threads(), "repeats": args.repeats,
         "forward_only_fps": round(fwd, 1), "extract_fps": round(e2e, 1),
         "extract_fps_wall": round(n / wall, 1), "extract_over_forward": round(e2e / fwd, 3),
         "per_frame_loop_fps": round(loop, 1), "extract_over_loop": round(e2e / loop, 1),
@@ -167,7 +173,8 @@ def main(argv=None) -> dict:
         "rss_long_over_short": round(rss_long / rss_short, 3),
     }
     print(f"extraction benchmark: {args.model} at {args.img_size}px, bf16={args.bf16}, batch {args.batch_size}, "
-          f"{args.workers} decode worker(s), {n} frames, {torch.get_num_threads()} threads")
+          f"{args.workers} decode worker(s), {n} frames, {torch.get_num_threads()} threads, "
+          f"best of {args.repeats}")
     print(f"  forward only (decoded frames) {fwd:8.1f} frames/s")
     print(f"  extract end to end            {e2e:8.1f} frames/s  ({n / wall:.1f} with start-up)"
           f"  ratio {e2e / fwd:.3f}  (target >= 0.9)")
