@@ -8,11 +8,11 @@
    Target: >= 10x; file counts and bytes of both. Beside it, the most any batching can gain on this
    machine: forward-only frames/s at the extraction's batch size over forward-only at batch 1, both on
    decoded frames in memory. When that ceiling is below 10x, the device is compute-bound at batch 1 (a
-   small CPU) and no pipeline reaches the target here; on a GPU, batch 1 is launch-bound and it is far
-   above 10x.
+   small CPU) and no pipeline reaches the target here; on a GPU, batch 1 is bound by kernel launches and
+   the ceiling is expected to be much higher (not measured here).
 3. Peak RSS of extraction for a short video and one ten times longer: flat (streamed, not held).
 
-Run: ``python -m bench.bench_extract [--frames N] [--model mae_vit_tiny_patch16] [--img-size 112]``.
+Run: ``python -m bench.bench_extract [--videos N] [--repeats N] [--model mae_vit_tiny_patch16] [--img-size 112]``.
 """
 
 import argparse
@@ -117,6 +117,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=2, help="alternated forward-only/extract runs; best of each")
     parser.add_argument("--no-bf16", dest="bf16", action="store_false")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
 
     with tempfile.TemporaryDirectory(prefix="bench-extract-") as tmp:
         tmp = Path(tmp)
