@@ -169,6 +169,12 @@ def pretrain(images, out, model, img_size, patch_size, epochs, batch_size, accum
 @click.option("--frames-per-video", default=300, show_default=True, help="Cap per video per epoch (0: all).")
 @click.option("--val-frames-per-video", default=0, show_default=True,
               help="Evenly spaced validation frames per video (0: all, the official metric).")
+@click.option("--color-jitter", default=0.0, show_default=True,
+              help="Brightness/contrast/saturation factors in [1-s, 1+s], hue up to s/4 of a turn (0: off).")
+@click.option("--grayscale", default=0.0, show_default=True, help="Probability of a gray crop.")
+@click.option("--erase", default=0.0, show_default=True, help="Random-erasing probability (MAE's recipe: 0.25).")
+@click.option("--mixup", default=0.0, show_default=True, help="Mixup Beta alpha (MAE's recipe: 0.8; 0: off).")
+@click.option("--cutmix", default=0.0, show_default=True, help="CutMix Beta alpha (MAE's recipe: 1.0; 0: off).")
 @click.option("--aux-au/--no-aux-au", default=False, show_default=True, help="Auxiliary frame-level AU head.")
 @click.option("--aux-va/--no-aux-va", default=False, show_default=True, help="Auxiliary frame-level VA head.")
 @click.option("--aux-weight", default=1.0, show_default=True)
@@ -179,8 +185,9 @@ def pretrain(images, out, model, img_size, patch_size, epochs, batch_size, accum
 @click.option("--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast (CUDA, and CPUs with native bf16).")
 @json_option
 def finetune(data_root, init, out, model, img_size, patch_size, pooling, epochs, batch_size, lr, warmup_epochs, weight_decay,
-             layer_decay, drop_path, label_smoothing, balance, frames_per_video, val_frames_per_video, aux_au,
-             aux_va, aux_weight, linear_probe, workers, seed, device, bf16, as_json):
+             layer_decay, drop_path, label_smoothing, balance, frames_per_video, val_frames_per_video, color_jitter,
+             grayscale, erase, mixup, cutmix, aux_au, aux_va, aux_weight, linear_probe, workers, seed, device, bf16,
+             as_json):
     """Fine-tune the encoder on per-frame Expr labels; keeps OUT/best.pt by validation macro F1 (torchrun: DDP)."""
     from pipeline.distributed import cleanup
     from pipeline.finetune import FinetuneConfig
@@ -191,7 +198,8 @@ def finetune(data_root, init, out, model, img_size, patch_size, pooling, epochs,
         patch_size=patch_size, pooling=pooling, epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs,
         weight_decay=weight_decay, layer_decay=layer_decay, drop_path=drop_path,
         label_smoothing=label_smoothing, balance=balance, frames_per_video=frames_per_video,
-        val_frames_per_video=val_frames_per_video, aux_au=aux_au, aux_va=aux_va, aux_weight=aux_weight,
+        val_frames_per_video=val_frames_per_video, color_jitter=color_jitter, grayscale=grayscale, erase=erase,
+        mixup=mixup, cutmix=cutmix, aux_au=aux_au, aux_va=aux_va, aux_weight=aux_weight,
         linear_probe=linear_probe, workers=workers, seed=seed, device=device, bf16=bf16,
     )
     try:

@@ -5,7 +5,9 @@ at lr 1e-4, batch 256. The rest is MAE's fine-tuning recipe (He et al. 2022, app
 facebookresearch/mae ``main_finetune.py``): layer-wise lr decay 0.75, drop-path 0.1, label smoothing
 0.1, weight decay 0.05 off biases, norms and tokens, linear warm-up then a per-step cosine. What this
 data adds: class-balanced sampling (or loss weights), a per-video cap on frames per epoch, and a light
-augmentation (random resized crop of 80-100 % of the area, flip: the crops are already aligned faces).
+augmentation by default (random resized crop of 80-100 % of the area, flip: the crops are already aligned
+faces). MAE's stronger regularisers are options: random erasing, mixup and CutMix (:func:`mix_batch`),
+and colour jitter and grayscale against the colours that name a video's person.
 
 A run directory holds ``config.json`` (resolved), ``log.jsonl``, ``checkpoint-last.pt`` (every epoch)
 and ``best.pt`` (the epoch with the best validation macro F1, computed officially over every valid
@@ -87,6 +89,11 @@ class FinetuneConfig:
     frames_per_video: int = 300  # per epoch, a fresh seeded draw each epoch; 0 = all
     val_frames_per_video: int = 0  # evenly spaced; 0 = all (the official metric)
     crop_scale: tuple[float, float] = (0.8, 1.0)
+    color_jitter: float = 0.0  # ExprFrames: strength of brightness/contrast/saturation/hue jitter
+    grayscale: float = 0.0  # probability
+    erase: float = 0.0  # random-erasing probability (MAE's recipe: 0.25)
+    mixup: float = 0.0  # Beta(alpha, alpha) of mixup (MAE's recipe: 0.8); 0 = off
+    cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix (MAE's recipe: 1.0); with mixup, one of the two per batch
     aux_au: bool = False
     aux_va: bool = False
     aux_weight: float = 1.0
@@ -128,8 +135,59 @@ def layer_decay_groups(model: ExprClassifier, weight_decay: float, layer_decay: 
 
 def expr_loss(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None,
               smoothing: float) -> torch.Tensor:
-    """Cross-entropy over valid frames only: logits (B, 8), labels (B,) in 0..7."""
+    """Cross-entropy over valid frames only: logits (B, 8), labels (B,) in 0..7 or (B, 8) probabilities.
+
+    With class weights, torch divides a hard-label loss by the summed weights of the labels but a
+    probability-target loss by B; dividing the latter by its targets' summed weights instead makes a one-hot
+    target score exactly like its hard label, so mixing does not rescale the loss.
+    """
+    if labels.dim() == 2 and weight is not None:
+        total = F.cross_entropy(logits, labels, weight=weight, label_smoothing=smoothing, reduction="sum")
+        return total / (labels @ weight).sum().clamp(min=1e-12)
     return F.cross_entropy(logits, labels, weight=weight, label_smoothing=smoothing)
+
+
+def mix_batch(x: torch.Tensor, batch: dict, mixup: float, cutmix: float, num_classes: int) -> tuple[torch.Tensor, dict]:
+    """Mixup or CutMix of a batch with its own reverse, as in MAE's fine-tuning (timm's ``Mixup``).
+
+    Draws from torch's global RNG, which the loop re-seeds every epoch, so a resumed run mixes alike.
+    With both alphas set, each batch takes one of the two at even odds. CutMix pastes a box of the
+    partner image; the mixing weight becomes the kept area. Targets mix with the same weight: ``expr``
+    becomes ``expr_soft`` (B, 8) probabilities, AU labels soft targets and VA values a weighted mean,
+    each valid only where both rows' labels are; rows whose image or partner's image could not be read
+    drop out through ``ok``.
+
+    Args:
+        x: (B, C, H, W) normalised images.
+        batch: the loader's batch on the device.
+    Returns:
+        The mixed images and a copy of ``batch`` with mixed targets.
+    """
+    use_cutmix = cutmix > 0 and (mixup <= 0 or bool(torch.rand(()) < 0.5))
+    alpha = cutmix if use_cutmix else mixup
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    partner = x.flip(0)
+    if use_cutmix:
+        _, _, h, w = x.shape
+        cut = math.sqrt(1.0 - lam)
+        ch, cw = int(h * cut), int(w * cut)
+        cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
+        top, bottom = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+        left, right = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+        x = x.clone()
+        x[:, :, top:bottom, left:right] = partner[:, :, top:bottom, left:right]
+        lam = 1.0 - (bottom - top) * (right - left) / (h * w)
+    else:
+        x = lam * x + (1.0 - lam) * partner
+    mixed = dict(batch)
+    onehot = F.one_hot(batch["expr"], num_classes).float()
+    mixed["expr_soft"] = lam * onehot + (1.0 - lam) * onehot.flip(0)
+    mixed["ok"] = batch["ok"] & batch["ok"].flip(0)
+    mixed["au"] = lam * batch["au"].clamp(min=0).float() + (1.0 - lam) * batch["au"].clamp(min=0).float().flip(0)
+    mixed["au_valid"] = batch["au_valid"] & batch["au_valid"].flip(0)
+    mixed["va"] = lam * batch["va"] + (1.0 - lam) * batch["va"].flip(0)
+    mixed["va_valid"] = batch["va_valid"] & batch["va_valid"].flip(0)
+    return x, mixed
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -146,14 +204,15 @@ def finetune_loss(out: dict, batch: dict, weight: torch.Tensor | None, cfg: Fine
     """
     keep = batch["ok"]
     logits = out["expr"].float()  # (B, 8)
+    target = batch.get("expr_soft", batch["expr"])  # (B, 8) probabilities after mixing, else (B,) classes
     if keep.any():
-        loss = expr_loss(logits[keep], batch["expr"][keep], weight, cfg.label_smoothing)
+        loss = expr_loss(logits[keep], target[keep], weight, cfg.label_smoothing)
     else:
         loss = logits.sum() * 0.0  # keeps the graph so every DDP rank reduces the same parameters
     parts = {"expr": loss.item()}
     if "au" in out:
         per_frame = F.binary_cross_entropy_with_logits(
-            out["au"].float(), batch["au"].clamp(min=0).float(), reduction="none").mean(dim=1)  # (B,)
+            out["au"].float(), batch["au"].clamp(min=0).float(), reduction="none").mean(dim=1)  # (B,); soft if mixed
         au = _masked_mean(per_frame, keep & batch["au_valid"])
         loss = loss + cfg.aux_weight * au
         parts["au"] = au.item()
@@ -221,6 +280,13 @@ def _check_config(cfg: FinetuneConfig) -> None:
         raise InputError(f"--label-smoothing {cfg.label_smoothing} must lie in [0, 1)")
     if not 0 < cfg.crop_scale[0] <= cfg.crop_scale[1] <= 1:
         raise InputError(f"crop_scale {cfg.crop_scale} must satisfy 0 < min <= max <= 1")
+    if not 0 <= cfg.color_jitter < 1:
+        raise InputError(f"--color-jitter {cfg.color_jitter} must lie in [0, 1)")
+    for name, p in (("--grayscale", cfg.grayscale), ("--erase", cfg.erase)):
+        if not 0 <= p <= 1:
+            raise InputError(f"{name} {p} is a probability; use a value in [0, 1]")
+    if cfg.mixup < 0 or cfg.cutmix < 0:
+        raise InputError("--mixup and --cutmix are Beta alphas: use 0 (off) or a positive value")
 
 
 def build_classifier(cfg: FinetuneConfig) -> tuple[ExprClassifier, dict]:
@@ -303,7 +369,8 @@ def finetune(cfg: FinetuneConfig, *, stop_at_epoch: int | None = None, progress:
 
     sampler = EpochSampler(train_index, cfg.seed, cfg.frames_per_video, cfg.balance,
                            dist_info.rank, dist_info.world_size)
-    train_set = ExprFrames(train_index, cfg.img_size, cfg.seed, cfg.crop_scale)
+    train_set = ExprFrames(train_index, cfg.img_size, cfg.seed, cfg.crop_scale, cfg.color_jitter, cfg.grayscale,
+                           cfg.erase)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                         pin_memory=pin_memory(device), drop_last=True, persistent_workers=cfg.workers > 0)
     steps_per_epoch = len(loader)
@@ -382,6 +449,8 @@ def finetune(cfg: FinetuneConfig, *, stop_at_epoch: int | None = None, progress:
                 group["lr"] = lr * group["lr_scale"]
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             x = normalize(batch["image"], mean, std)  # (B, C, H, W)
+            if cfg.mixup > 0 or cfg.cutmix > 0:
+                x, batch = mix_batch(x, batch, cfg.mixup, cfg.cutmix, len(EXPR_CLASSES))
             with autocast(device, cfg.bf16):
                 out = ddp(x)
             loss, parts = finetune_loss(out, batch, weight, cfg)
@@ -392,7 +461,9 @@ def finetune(cfg: FinetuneConfig, *, stop_at_epoch: int | None = None, progress:
             optimizer.step()
             step += 1
             loss_sum += loss.item()
-            correct += int((out["expr"].argmax(dim=1) == batch["expr"])[batch["ok"]].sum())
+            # After mixing, a hit is the class with the larger share of the mixed target.
+            truth = batch["expr_soft"].argmax(dim=1) if "expr_soft" in batch else batch["expr"]
+            correct += int((out["expr"].argmax(dim=1) == truth)[batch["ok"]].sum())
             seen += int(batch["ok"].sum())
             if dist_info.is_main and (step == 1 or step % cfg.log_every == 0):
                 logger.log({"epoch": epoch + 1, "step": step, "loss": loss.item(), "lr": lr,

@@ -9,12 +9,21 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from PIL import Image
 from torch.utils.data import DataLoader
 
 import pipeline.finetune as ft
 from cli import cli
 from pipeline.data.affwild2 import AffWild2
-from pipeline.data.frames import EpochSampler, ExprFrames, class_weights, epoch_rows, expr_frames
+from pipeline.data.frames import (
+    EpochSampler,
+    ExprFrames,
+    class_weights,
+    epoch_rows,
+    erase_box,
+    expr_frames,
+    jitter_colour,
+)
 from pipeline.data.synth import SynthConfig, generate
 from pipeline.errors import InputError
 from pipeline.metrics import expr_f1
@@ -114,6 +123,85 @@ def test_training_items_are_seeded_augmentations(tiny_root):
     assert torch.equal(ExprFrames(index, 48, seed=5)[(7, 0, 3)]["image"], item["image"])
     assert not torch.equal(ds[(7, 1, 3)]["image"], item["image"])
     assert ds[7]["image"].shape == (3, 48, 48) and int(ds[7]["expr"]) == index.expr[7]
+
+
+def test_colour_gray_and_erasing_are_seeded_and_do_what_they_say(tiny_root):
+    index = expr_frames(AffWild2(tiny_root), "Train_Set")
+    plain = ExprFrames(index, 48, seed=5)[(7, 0, 3)]["image"]
+    jittered = ExprFrames(index, 48, seed=5, color_jitter=0.4)
+    item = jittered[(7, 0, 3)]["image"]
+    assert torch.equal(jittered[(7, 0, 3)]["image"], item) and not torch.equal(item, plain)
+    gray = ExprFrames(index, 48, seed=5, grayscale=1.0)[(7, 0, 3)]["image"]
+    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2]) and not torch.equal(plain[0], plain[1])
+
+    # Random erasing replaces one box and leaves every other pixel as it was.
+    erased = ExprFrames(index, 48, seed=5, erase=1.0)[(7, 0, 3)]["image"]
+    changed = (erased != plain).any(dim=0)  # (48, 48)
+    rows, cols = changed.any(dim=1).nonzero().ravel(), changed.any(dim=0).nonzero().ravel()
+    box = changed[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    assert 0.02 * 48 * 48 * 0.9 <= box.numel() <= 48 * 48 / 3 * 1.1 and box.float().mean() > 0.9
+
+    rng = np.random.default_rng(0)
+    arr = np.zeros((40, 40, 3), np.uint8)
+    hue = jitter_colour(Image.fromarray(np.full((8, 8, 3), (200, 40, 40), np.uint8)), 0.9, rng)
+    assert np.asarray(hue).std(axis=(0, 1)).max() < 1 and tuple(np.asarray(hue)[0, 0]) != (200, 40, 40)
+    erase_box(arr, rng)
+    assert 0.02 * 1600 * 0.9 <= (arr.any(axis=2)).sum() <= 1600 / 3 * 1.1
+
+
+def _batch(n=8):
+    g = torch.Generator().manual_seed(0)
+    return {"expr": torch.arange(n) % 8, "ok": torch.ones(n, dtype=torch.bool),
+            "au": torch.randint(0, 2, (n, 12), generator=g), "au_valid": torch.arange(n) != 2,
+            "va": torch.rand(n, 2, generator=g), "va_valid": torch.ones(n, dtype=torch.bool)}
+
+
+def test_mixup_blends_images_and_targets_alike():
+    torch.manual_seed(1)
+    x, batch = torch.rand(8, 3, 16, 16), _batch()
+    batch["ok"][1] = False
+    mixed_x, mixed = ft.mix_batch(x, batch, mixup=0.8, cutmix=0.0, num_classes=8)
+    # x = lam * x + (1 - lam) * reversed x; recover lam from row 0 and check every row and target with it.
+    lam = float(mixed["expr_soft"][0, batch["expr"][0]])
+    assert torch.allclose(mixed_x, lam * x + (1 - lam) * x.flip(0), atol=1e-6)
+    assert torch.allclose(mixed["expr_soft"].sum(dim=1), torch.ones(8))
+    assert mixed["expr_soft"][0, batch["expr"][7]] == pytest.approx(1 - lam)
+    assert torch.allclose(mixed["va"], lam * batch["va"] + (1 - lam) * batch["va"].flip(0))
+    assert mixed["ok"].tolist() == [True, False, True, True, True, True, False, True]  # row 6 mixes in row 1
+    assert not mixed["au_valid"][2] and not mixed["au_valid"][5] and mixed["au_valid"][0]
+    assert batch["expr"].dtype == torch.int64 and "expr_soft" not in batch  # the input batch is untouched
+
+
+def test_cutmix_pastes_a_box_and_weights_targets_by_its_area():
+    torch.manual_seed(3)
+    x = torch.arange(8.0)[:, None, None, None].expand(8, 3, 32, 32).contiguous()  # image i is all i
+    for _ in range(5):
+        mixed_x, mixed = ft.mix_batch(x, _batch(), mixup=0.0, cutmix=1.0, num_classes=8)
+        pasted = (mixed_x[0, 0] == 7).float().mean()  # image 0's partner is image 7
+        assert ((mixed_x[0, 0] == 0) | (mixed_x[0, 0] == 7)).all()
+        assert mixed["expr_soft"][0, 7] == pytest.approx(float(pasted)) and mixed["expr_soft"][0, 0] == pytest.approx(1 - float(pasted))
+
+
+def test_soft_one_hot_targets_give_the_hard_label_loss():
+    logits, labels = torch.randn(6, 8), torch.tensor([0, 3, 7, 1, 1, 5])
+    weight = torch.rand(8)
+    onehot = torch.nn.functional.one_hot(labels, 8).float()
+    for w in (weight, None):
+        assert torch.allclose(ft.expr_loss(logits, labels, w, 0.1), ft.expr_loss(logits, onehot, w, 0.1), atol=1e-6)
+
+
+def test_augmented_run_resumes_like_an_uninterrupted_one(tiny_root, init_ckpt, tmp_path):
+    aug = dict(color_jitter=0.3, grayscale=0.2, erase=0.25, mixup=0.8, cutmix=1.0, aux_au=True)
+    whole = ft.finetune(run_config(tiny_root, tmp_path / "whole", init_ckpt, **aug), progress=False)
+    cut = tmp_path / "cut"
+    ft.finetune(run_config(tiny_root, cut, init_ckpt, **aug), stop_at_epoch=1, progress=False)
+    resumed = ft.finetune(run_config(tiny_root, cut, init_ckpt, **aug), progress=False)
+    a, b = read_checkpoint(tmp_path / "whole" / "checkpoint-last.pt"), read_checkpoint(cut / "checkpoint-last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert resumed["last_f1"] == whole["last_f1"]
+    plain = read_checkpoint(ft.finetune(run_config(tiny_root, tmp_path / "plain", init_ckpt, aux_au=True),
+                                        progress=False)["last_checkpoint"])
+    assert not torch.equal(plain["model"]["head.weight"], a["model"]["head.weight"])
 
 
 def test_layer_wise_lr_decay_groups():
@@ -265,6 +353,12 @@ def test_cli_refuses_bad_input_with_one_line(tiny_root, tmp_path):
     assert result.exit_code == 2 and result.output.count("\n") == 1 and "nope.pt does not exist" in result.output
     result = CliRunner().invoke(cli, ["finetune", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "dataset folder not found" in result.output
+    for option, value, message in (("--erase", "1.5", "--erase 1.5 is a probability"),
+                                   ("--mixup", "-1", "Beta alphas"), ("--color-jitter", "1.2", "[0, 1)")):
+        result = CliRunner().invoke(cli, ["finetune", "--data", str(tiny_root), "--out", str(tmp_path / "r"),
+                                          option, value])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert not (tmp_path / "r").exists()
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageEnhance
 from torch.utils.data import Dataset, Sampler
 
 from pipeline.data.affwild2 import AU_NAMES, EXPR_CLASSES, AffWild2
@@ -199,12 +199,39 @@ class EpochSampler(Sampler):
             yield int(rows[draw]), self.epoch, int(draw)
 
 
+def jitter_colour(img: Image.Image, strength: float, rng: np.random.Generator) -> Image.Image:
+    """Brightness, contrast and saturation scaled by factors in [1 - s, 1 + s], hue turned by up to s / 4."""
+    low, high = max(0.0, 1.0 - strength), 1.0 + strength
+    for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+        img = enhancer(img).enhance(float(rng.uniform(low, high)))
+    shift = int(round(rng.uniform(-strength / 4, strength / 4) * 256))
+    if shift:
+        hsv = np.array(img.convert("HSV"), dtype=np.uint8)  # (S, S, 3); hue is 0..255 around the circle
+        hsv[..., 0] += np.uint8(shift % 256)  # uint8 arithmetic wraps: a turn of the circle
+        img = Image.fromarray(hsv, "HSV").convert("RGB")
+    return img
+
+
+def erase_box(arr: np.ndarray, rng: np.random.Generator, area=(0.02, 1 / 3), ratio=(0.3, 3.3)) -> None:
+    """Fill one random box of ``arr`` (H, W, C) uint8 with uniform noise, in place (random erasing)."""
+    h, w, c = arr.shape
+    for _ in range(10):
+        target = h * w * rng.uniform(*area)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        eh, ew = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < eh < h and 0 < ew < w:
+            top, left = int(rng.integers(0, h - eh + 1)), int(rng.integers(0, w - ew + 1))
+            arr[top:top + eh, left:left + ew] = rng.integers(0, 256, (eh, ew, c), dtype=np.uint8)
+            return
+
+
 class ExprFrames(Dataset):
     """uint8 face crops with their labels.
 
     ``dataset[row]`` (evaluation) decodes the frame resized to ``img_size``; ``dataset[(row, epoch, draw)]``
-    (training, from :class:`EpochSampler`) adds a random resized crop with a high minimum area and a
-    horizontal flip, seeded by ``(seed, epoch, draw)``. Items are dicts: ``image`` uint8 (3, S, S),
+    (training, from :class:`EpochSampler`) adds a random resized crop with a high minimum area, a
+    horizontal flip and, when asked, colour jitter, grayscale and random erasing, all seeded by
+    ``(seed, epoch, draw)``. Items are dicts: ``image`` uint8 (3, S, S),
     ``expr`` int64, ``au`` (12,) int64, ``au_valid`` bool, ``va`` (2,) float32, ``va_valid`` bool, ``row``
     int64 and ``ok`` (False when the file could not be decoded: the image is then zeros and the loop
     leaves the item out).
@@ -214,20 +241,31 @@ class ExprFrames(Dataset):
         img_size: output side S.
         seed: the run's seed.
         crop_scale: area fraction range of the training crop.
+        color_jitter: strength s: brightness, contrast and saturation factors in [1 - s, 1 + s] and a hue
+            shift of up to s / 4 of the colour circle (0: off). Skin, hair and background colours name the
+            person in a video; jitter keeps the model from reading the label off them.
+        grayscale: probability of turning the crop gray (kept as 3 channels).
+        erase: probability of filling one random box (2-33 % of the area, aspect 0.3-3.3) with noise,
+            as in MAE's fine-tuning recipe (random erasing, 0.25 there).
     """
 
     def __init__(self, index: FrameIndex, img_size: int, seed: int = 0,
-                 crop_scale: tuple[float, float] = (0.8, 1.0)):
+                 crop_scale: tuple[float, float] = (0.8, 1.0), color_jitter: float = 0.0,
+                 grayscale: float = 0.0, erase: float = 0.0):
         self.index = index
         self.img_size = img_size
         self.seed = seed
         self.crop_scale = crop_scale
+        self.color_jitter = color_jitter
+        self.grayscale = grayscale
+        self.erase = erase
 
     def __len__(self) -> int:
         return len(self.index)
 
     def _augment(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        """uint8 (C, H, W) -> uint8 (C, S, S): a random crop resized (bicubic, as evaluation) and maybe flipped."""
+        """uint8 (C, H, W) -> uint8 (C, S, S): a random crop resized (bicubic, as evaluation), maybe flipped,
+        then the optional colour and erasing steps."""
         _, h, w = image.shape
         box = random_resized_box(w, h, rng, scale=self.crop_scale)
         # PIL, not torch ops: a handful of small tensor ops per item costs more than the decode itself
@@ -235,7 +273,14 @@ class ExprFrames(Dataset):
         img = img.resize((self.img_size, self.img_size), Image.BICUBIC, box=box)
         if rng.random() < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)  # (C, S, S)
+        if self.color_jitter > 0:
+            img = jitter_colour(img, self.color_jitter, rng)
+        if self.grayscale > 0 and rng.random() < self.grayscale:
+            img = img.convert("L").convert("RGB")
+        arr = np.array(img, dtype=np.uint8)  # (S, S, C), writable
+        if self.erase > 0 and rng.random() < self.erase:
+            erase_box(arr, rng)
+        return torch.from_numpy(arr).permute(2, 0, 1)  # (C, S, S)
 
     def __getitem__(self, key) -> dict:
         train = isinstance(key, tuple)
