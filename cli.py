@@ -108,6 +108,8 @@ def check_submission_cmd(file, task, example):
 @click.option("--lr", default=None, type=float, help="Absolute lr (overrides --blr).")
 @click.option("--warmup-epochs", default=40, show_default=True)
 @click.option("--mask-ratio", default=0.75, show_default=True)
+@click.option("--crop-scale", nargs=2, type=float, default=(0.2, 1.0), show_default=True,
+              help="Area range MIN MAX of the random resized crop (MAE's 0.2 1.0).")
 @click.option("--norm-pix-loss/--no-norm-pix-loss", default=True, show_default=True)
 @click.option("--decoder-dim", default=None, type=int, help="Decoder width (default: the model's).")
 @click.option("--decoder-depth", default=None, type=int, help="Decoder blocks (default: the model's).")
@@ -119,7 +121,7 @@ def check_submission_cmd(file, task, example):
 @click.option("--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast (CUDA, and CPUs with native bf16).")
 @json_option
 def pretrain(images, out, model, img_size, patch_size, epochs, batch_size, accum_iter, blr, lr, warmup_epochs, mask_ratio,
-             norm_pix_loss, decoder_dim, decoder_depth, decoder_heads, max_images, workers, seed, device, bf16,
+             crop_scale, norm_pix_loss, decoder_dim, decoder_depth, decoder_heads, max_images, workers, seed, device, bf16,
              as_json):
     """MAE self-pretraining on folders of face images; resumes from OUT/checkpoint-last.pt (torchrun: DDP)."""
     from pipeline.distributed import cleanup
@@ -130,7 +132,7 @@ def pretrain(images, out, model, img_size, patch_size, epochs, batch_size, accum
         images=tuple(str(p) for p in images), out=str(out), model=model, img_size=img_size,
         patch_size=patch_size, epochs=epochs,
         batch_size=batch_size, accum_iter=accum_iter, blr=blr, lr=lr, warmup_epochs=warmup_epochs,
-        mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss, decoder_dim=decoder_dim,
+        mask_ratio=mask_ratio, crop_scale=tuple(crop_scale), norm_pix_loss=norm_pix_loss, decoder_dim=decoder_dim,
         decoder_depth=decoder_depth, decoder_heads=decoder_heads, max_images=max_images, workers=workers,
         seed=seed, device=device, bf16=bf16,
     )

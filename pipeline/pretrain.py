@@ -61,6 +61,7 @@ class PretrainConfig:
     warmup_epochs: int = 40  # MAE's
     weight_decay: float = 0.05
     mask_ratio: float = 0.75
+    crop_scale: tuple[float, float] = (0.2, 1.0)  # MAE's random resized crop; aligned faces may want less
     norm_pix_loss: bool = True
     decoder_dim: int | None = None  # None: the registered model's decoder
     decoder_depth: int | None = None
@@ -205,6 +206,8 @@ def pretrain(cfg: PretrainConfig, *, stop_at_epoch: int | None = None, progress:
         raise InputError("--epochs, --batch-size and --accum-iter must be at least 1")
     if not 0 < cfg.mask_ratio < 1:
         raise InputError(f"--mask-ratio {cfg.mask_ratio} must lie strictly between 0 and 1")
+    if not 0 < cfg.crop_scale[0] <= cfg.crop_scale[1] <= 1:
+        raise InputError(f"--crop-scale {cfg.crop_scale[0]} {cfg.crop_scale[1]}: need 0 < MIN <= MAX <= 1")
     cfg = replace(cfg, images=tuple(str(Path(p).resolve()) for p in cfg.images))
     dist_info: DistInfo = init_distributed()
     device = resolve_device(cfg.device)
@@ -216,7 +219,7 @@ def pretrain(cfg: PretrainConfig, *, stop_at_epoch: int | None = None, progress:
     torch.manual_seed(cfg.seed)
     model = MaskedAutoencoderViT(mcfg).to(device)
 
-    dataset = PretrainImages(paths, cfg.img_size, cfg.seed)
+    dataset = PretrainImages(paths, cfg.img_size, cfg.seed, tuple(cfg.crop_scale))
     sampler = DistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
                                  shuffle=True, seed=cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,

@@ -77,6 +77,19 @@ def test_augmentation_is_seeded_per_sample_and_epoch(faces):
     assert not torch.equal(ds[1][0], first)
     assert decode_image(paths[0], 48).shape == (3, 48, 48)
 
+    # A crop of the whole area is the plain resize, maybe flipped.
+    whole = PretrainImages(paths, 32, seed=3, crop_scale=(1.0, 1.0))
+    for i in range(4):
+        plain = decode_image(paths[i], 32)
+        assert torch.equal(whole[i][0], plain) or torch.equal(whole[i][0], plain.flip(2))
+
+
+def test_cli_refuses_a_bad_crop_scale(faces, tmp_path):
+    result = CliRunner().invoke(cli, ["pretrain", "--images", str(faces), "--out", str(tmp_path / "r"),
+                                      "--crop-scale", "0.6", "0.3"])
+    assert result.exit_code == 2 and "--crop-scale 0.6 0.3" in result.output
+    assert not (tmp_path / "r").exists()
+
 
 def test_lr_schedule_warms_up_then_follows_a_cosine():
     assert lr_at(0, 1.0, 0.1, 10, 110) == 0.0

@@ -1,8 +1,8 @@
 """Face-image folders for MAE pretraining, and the one image decoder every stage uses.
 
 Pretraining reads any folders of jpg/png images, searched recursively (Aff-Wild2's ``cropped_aligned``
-included), with MAE's augmentation: a random resized crop (area 0.2-1.0, aspect 3/4-4/3, bicubic) and a
-horizontal flip. Samples are uint8 (C, H, W); normalisation happens on the device
+included), with MAE's augmentation: a random resized crop (area 0.2-1.0 by default, aspect 3/4-4/3,
+bicubic) and a horizontal flip. Samples are uint8 (C, H, W); normalisation happens on the device
 (:func:`pipeline.models.encoder.normalize`), so workers ship 4x fewer bytes.
 
 The augmentation of sample ``i`` in epoch ``e`` draws from its own generator seeded by
@@ -105,12 +105,15 @@ class PretrainImages(Dataset):
         paths: image files.
         img_size: output side S.
         seed: run seed; with :meth:`set_epoch` it fixes every sample's crop and flip.
+        crop_scale: area fraction range of the random resized crop (MAE's 0.2-1.0 by default).
     """
 
-    def __init__(self, paths: Sequence[Path], img_size: int, seed: int = 0):
+    def __init__(self, paths: Sequence[Path], img_size: int, seed: int = 0,
+                 crop_scale: tuple[float, float] = (0.2, 1.0)):
         self.paths = list(paths)
         self.img_size = img_size
         self.seed = seed
+        self.crop_scale = crop_scale
         self.epoch = 0
         self.skip: set[int] = set()
 
@@ -123,7 +126,7 @@ class PretrainImages(Dataset):
 
     def _augment(self, img: Image.Image, index: int) -> torch.Tensor:
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        box = random_resized_box(img.width, img.height, rng)
+        box = random_resized_box(img.width, img.height, rng, scale=self.crop_scale)
         img = img.resize((self.img_size, self.img_size), Image.BICUBIC, box=box)
         if rng.random() < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
