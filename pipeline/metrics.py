@@ -68,6 +68,14 @@ def expr_f1(pred: np.ndarray, true: np.ndarray) -> dict:
     return {"score": float(np.mean(list(per.values()))), **per, "accuracy": accuracy, "frames": int(len(true))}
 
 
+def uniform_guess_expr_f1(true: np.ndarray) -> float:
+    """Macro F1 expected of a guess uniform over the 8 classes: per class 2 p q / (p + q), q = 1/8, where p
+    is the class's share of ``true`` (N,); classes absent from ``true`` score 0, as in :func:`expr_f1`."""
+    p = np.bincount(np.asarray(true, dtype=np.int64), minlength=len(EXPR_CLASSES)) / max(len(true), 1)
+    q = 1 / len(EXPR_CLASSES)
+    return float(np.mean(np.where(p > 0, 2 * p * q / (p + q), 0.0)))
+
+
 def au_f1(pred: np.ndarray, true: np.ndarray) -> dict:
     """AU challenge score: mean over the 12 AUs of each AU's binary F1.
 

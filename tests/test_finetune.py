@@ -26,7 +26,7 @@ from pipeline.data.frames import (
 )
 from pipeline.data.synth import SynthConfig, generate
 from pipeline.errors import InputError
-from pipeline.metrics import expr_f1
+from pipeline.metrics import expr_f1, uniform_guess_expr_f1
 from pipeline.models.checkpoint import (
     encoder_checkpoint,
     load_encoder,
@@ -329,14 +329,8 @@ def test_fine_tune_fits_the_training_frames(tiny_root, init_ckpt, tmp_path):
     loader = DataLoader(ExprFrames(index, 32), batch_size=128, sampler=list(range(len(index))))
     result = ft.predict_expr(classifier, loader, torch.device("cpu"), False)
     score = expr_f1(result["pred"], index.expr[result["row"]])["score"]
-    chance = expected_random_f1(index.expr)
+    chance = uniform_guess_expr_f1(index.expr)
     assert score > 4 * chance, (score, chance)
-
-
-def expected_random_f1(labels: np.ndarray) -> float:
-    """Macro F1 expected of a uniform random guess: per class 2 p q / (p + q) with q = 1/8."""
-    p = np.bincount(labels, minlength=8) / len(labels)
-    return float(np.mean(np.where(p > 0, 2 * p / 8 / (p + 1 / 8), 0.0)))
 
 
 def test_cli_defaults_are_the_config_defaults():
@@ -377,7 +371,7 @@ def test_short_fine_tune_scores_above_chance_on_validation(many_people, tmp_path
     summary = ft.finetune(run_config(many_people, tmp_path / "run", init, epochs=3, frames_per_video=0,
                                      val_frames_per_video=0, batch_size=32, lr=5e-4, layer_decay=1.0,
                                      balance="weights"), progress=False)
-    chance = expected_random_f1(expr_frames(AffWild2(many_people), "Validation_Set").expr)
+    chance = uniform_guess_expr_f1(expr_frames(AffWild2(many_people), "Validation_Set").expr)
     assert summary["best_f1"] > 1.5 * chance, (summary["best_f1"], chance)
 
 
@@ -393,3 +387,22 @@ def test_two_gloo_processes(tiny_root, init_ckpt, tmp_path):
     assert config["world_size"] == 2 and config["effective_batch"] == 16 and config["steps_per_epoch"] == 4
     val = read_checkpoint(out / "best.pt")["val"]
     assert val["frames"] == config["val_frames"]  # both ranks' predictions were gathered
+
+
+def test_stage_comparison_runs_probe_fine_tune_and_scratch_alike(tiny_root, init_ckpt, tmp_path, capsys):
+    from bench.compare_stages import main as compare_stages
+
+    result = compare_stages(["--data", str(tiny_root), "--init", str(init_ckpt), "--seeds", "0", "1",
+                             "--epochs", "1", "--batch-size", "16", "--frames-per-video", "24", "--workers", "0",
+                             "--out", str(tmp_path), "--json"])
+    assert json.loads(capsys.readouterr().out) == result
+    assert set(result["settings"]) == {"a", "b", "c"} and all(len(s["best_f1"]) == 2 for s in result["settings"].values())
+    configs = {k: json.loads((tmp_path / f"{k}-seed1" / "config.json").read_text()) for k in "abc"}
+    assert configs["a"]["finetune"]["linear_probe"] and not configs["b"]["finetune"]["linear_probe"]
+    assert configs["a"]["encoder"]["init_sha256"] == configs["b"]["encoder"]["init_sha256"] is not None
+    assert configs["c"]["encoder"]["init_sha256"] not in (None, configs["b"]["encoder"]["init_sha256"])
+    assert configs["c"]["encoder"]["model_config"] == configs["b"]["encoder"]["model_config"]
+    b, c = read_checkpoint(tmp_path / "b-seed1" / "best.pt"), read_checkpoint(tmp_path / "c-seed1" / "best.pt")
+    assert not torch.equal(b["encoder"]["patch_embed.proj.weight"], c["encoder"]["patch_embed.proj.weight"])
+    assert {c["finetune"]["epochs"] for c in configs.values()} == {1} and configs["c"]["finetune"]["seed"] == 1
+    assert 0 < result["uniform_guess_f1"] < 0.2

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from pipeline.metrics import au_f1, binary_f1, ccc, expr_f1, va_score
+from pipeline.metrics import au_f1, binary_f1, ccc, expr_f1, uniform_guess_expr_f1, va_score
 
 
 def reference_ccc(x, y):
@@ -50,6 +50,14 @@ def test_expr_f1_absent_class_counts_as_zero():
     result = expr_f1(true.copy(), true)
     assert result["Neutral"] == 1.0 and result["Anger"] == 1.0 and result["Other"] == 0.0
     assert result["score"] == pytest.approx(2 / 8)
+
+
+def test_uniform_guess_f1_is_what_random_guessing_scores():
+    rng = np.random.default_rng(0)
+    true = rng.choice(8, 20000, p=[0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1, 0.0])
+    guessed = np.mean([expr_f1(rng.integers(0, 8, len(true)), true)["score"] for _ in range(5)])
+    assert uniform_guess_expr_f1(true) == pytest.approx(guessed, abs=0.003)
+    assert uniform_guess_expr_f1(np.zeros(10, int)) == pytest.approx(2 * 0.125 / 1.125 / 8)
 
 
 @pytest.mark.parametrize("seed", range(20))
