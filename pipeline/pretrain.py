@@ -206,6 +206,8 @@ def pretrain(cfg: PretrainConfig, *, stop_at_epoch: int | None = None, progress:
         raise InputError("--epochs, --batch-size and --accum-iter must be at least 1")
     if not 0 < cfg.mask_ratio < 1:
         raise InputError(f"--mask-ratio {cfg.mask_ratio} must lie strictly between 0 and 1")
+    if cfg.max_images is not None and cfg.max_images < 1:
+        raise InputError(f"--max-images {cfg.max_images}: use a positive number, or leave it out to use every image")
     if not 0 < cfg.crop_scale[0] <= cfg.crop_scale[1] <= 1:
         raise InputError(f"--crop-scale {cfg.crop_scale[0]} {cfg.crop_scale[1]}: need 0 < MIN <= MAX <= 1")
     cfg = replace(cfg, images=tuple(str(Path(p).resolve()) for p in cfg.images))

@@ -84,10 +84,14 @@ def test_augmentation_is_seeded_per_sample_and_epoch(faces):
         assert torch.equal(whole[i][0], plain) or torch.equal(whole[i][0], plain.flip(2))
 
 
-def test_cli_refuses_a_bad_crop_scale(faces, tmp_path):
+def test_cli_refuses_a_bad_crop_scale_or_image_count(faces, tmp_path):
     result = CliRunner().invoke(cli, ["pretrain", "--images", str(faces), "--out", str(tmp_path / "r"),
                                       "--crop-scale", "0.6", "0.3"])
     assert result.exit_code == 2 and "--crop-scale 0.6 0.3" in result.output
+    assert not (tmp_path / "r").exists()
+    result = CliRunner().invoke(cli, ["pretrain", "--images", str(faces), "--out", str(tmp_path / "r"),
+                                      "--max-images", "0"])
+    assert result.exit_code == 2 and "--max-images 0: use a positive number" in result.output
     assert not (tmp_path / "r").exists()
 
 
