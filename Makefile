@@ -29,7 +29,8 @@ CKPT     ?= $(FINETUNE)/best.pt
 STORE    ?= $(RUNS)/features.zarr
 HEADS    ?= $(RUNS)/heads
 
-.PHONY: setup demo test test-fast lint synth pretrain finetune extract train-va train-expr train-au bench clean
+.PHONY: setup demo test test-fast lint synth pretrain finetune extract train-va train-expr train-au bench \
+	compare-stages clean
 
 setup: $(VENV)/.installed
 
@@ -73,6 +74,11 @@ demo: setup
 
 bench: setup
 	$(BIN)/python -m bench
+
+# What MAE pretraining and fine-tuning each add: (a) linear probe, (b) fine-tune, (c) from random, 3 seeds.
+compare-stages: pretrain
+	$(BIN)/python -m bench.compare_stages --data $(DATA) --init $(PRETRAIN)/checkpoint-last.pt \
+		--out $(RUNS)/compare-stages --workers $(WORKERS)
 
 clean:
 	rm -rf runs data .pytest_cache .ruff_cache
