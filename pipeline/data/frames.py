@@ -243,7 +243,7 @@ class ExprFrames(Dataset):
         crop_scale: area fraction range of the training crop.
         color_jitter: strength s: brightness, contrast and saturation factors in [1 - s, 1 + s] and a hue
             shift of up to s / 4 of the colour circle (0: off). Skin, hair and background colours name the
-            person in a video; jitter keeps the model from reading the label off them.
+            person in a video; jitter makes them a less reliable cue for the label.
         grayscale: probability of turning the crop gray (kept as 3 channels).
         erase: probability of filling one random box (2-33 % of the area, aspect 0.3-3.3) with noise,
             as in MAE's fine-tuning recipe (random erasing, 0.25 there).
