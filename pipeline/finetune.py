@@ -183,7 +183,8 @@ def mix_batch(x: torch.Tensor, batch: dict, mixup: float, cutmix: float, num_cla
     onehot = F.one_hot(batch["expr"], num_classes).float()
     mixed["expr_soft"] = lam * onehot + (1.0 - lam) * onehot.flip(0)
     mixed["ok"] = batch["ok"] & batch["ok"].flip(0)
-    mixed["au"] = lam * batch["au"].clamp(min=0).float() + (1.0 - lam) * batch["au"].clamp(min=0).float().flip(0)
+    au = batch["au"].clamp(min=0).float()  # (B, 12); -1 (no label) rows stay out through au_valid
+    mixed["au"] = lam * au + (1.0 - lam) * au.flip(0)
     mixed["au_valid"] = batch["au_valid"] & batch["au_valid"].flip(0)
     mixed["va"] = lam * batch["va"] + (1.0 - lam) * batch["va"].flip(0)
     mixed["va_valid"] = batch["va_valid"] & batch["va_valid"].flip(0)
@@ -369,8 +370,8 @@ def finetune(cfg: FinetuneConfig, *, stop_at_epoch: int | None = None, progress:
 
     sampler = EpochSampler(train_index, cfg.seed, cfg.frames_per_video, cfg.balance,
                            dist_info.rank, dist_info.world_size)
-    train_set = ExprFrames(train_index, cfg.img_size, cfg.seed, cfg.crop_scale, cfg.color_jitter, cfg.grayscale,
-                           cfg.erase)
+    train_set = ExprFrames(train_index, cfg.img_size, cfg.seed, cfg.crop_scale, color_jitter=cfg.color_jitter,
+                           grayscale=cfg.grayscale, erase=cfg.erase)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                         pin_memory=pin_memory(device), drop_last=True, persistent_workers=cfg.workers > 0)
     steps_per_epoch = len(loader)
