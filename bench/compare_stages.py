@@ -14,6 +14,7 @@ a few videos makes a single run's F1 noisy; the spread over seeds says how far t
 
 import argparse
 import json
+import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -23,9 +24,15 @@ import torch
 
 from pipeline.data.affwild2 import AffWild2
 from pipeline.data.frames import expr_frames
+from pipeline.errors import InputError
 from pipeline.finetune import FinetuneConfig, finetune
 from pipeline.metrics import uniform_guess_expr_f1
-from pipeline.models.checkpoint import encoder_checkpoint, load_encoder, save_checkpoint
+from pipeline.models.checkpoint import (
+    EncoderInfo,
+    encoder_checkpoint,
+    load_encoder,
+    save_checkpoint,
+)
 from pipeline.models.mae import build_encoder
 
 SETTINGS = {
@@ -35,10 +42,9 @@ SETTINGS = {
 }
 
 
-def random_twin(init: Path, seed: int, path: Path) -> Path:
+def random_twin(info: EncoderInfo, seed: int, path: Path) -> Path:
     """A checkpoint of the MAE encoder's exact architecture (width, depth, patch, input size, pixel
     statistics) with fresh random weights drawn from ``seed``: the start of run (c)."""
-    _, info = load_encoder(init)
     torch.manual_seed(seed)
     encoder = build_encoder(info.model_name, **info.model_config)
     save_checkpoint(encoder_checkpoint("random", info.model_name, info.model_config, encoder, info.img_size,
@@ -46,10 +52,11 @@ def random_twin(init: Path, seed: int, path: Path) -> Path:
     return path
 
 
-def stage_configs(base: FinetuneConfig, init: Path, probe_lr: float, out: Path, seed: int) -> dict[str, FinetuneConfig]:
-    """The three runs of one seed."""
+def stage_configs(base: FinetuneConfig, init: Path, info: EncoderInfo, probe_lr: float, out: Path,
+                  seed: int) -> dict[str, FinetuneConfig]:
+    """The three runs of one seed; ``info`` describes the MAE encoder at ``init``."""
     out.mkdir(parents=True, exist_ok=True)
-    scratch = random_twin(init, seed, out / f"random-init-seed{seed}.pt")
+    scratch = random_twin(info, seed, out / f"random-init-seed{seed}.pt")
     return {
         "a": replace(base, init=str(init), linear_probe=True, lr=probe_lr, seed=seed, out=str(out / f"a-seed{seed}")),
         "b": replace(base, init=str(init), seed=seed, out=str(out / f"b-seed{seed}")),
@@ -58,6 +65,15 @@ def stage_configs(base: FinetuneConfig, init: Path, probe_lr: float, out: Path, 
 
 
 def main(argv=None) -> dict:
+    """Run the comparison; bad input (a missing folder, an unreadable checkpoint) exits 2 with one line."""
+    try:
+        return _compare(argv)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _compare(argv) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="Aff-Wild2-layout root (the synthetic demo set).")
     parser.add_argument("--init", required=True, help="MAE checkpoint for (a) and (b).")
@@ -79,12 +95,14 @@ def main(argv=None) -> dict:
     base = FinetuneConfig(data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                           frames_per_video=args.frames_per_video, warmup_epochs=args.warmup_epochs,
                           workers=args.workers)
+    init = Path(args.init).resolve()
+    info = load_encoder(init)[1]  # checked before anything is written
     val_index = expr_frames(AffWild2(Path(args.data)), "Validation_Set")
     scores: dict[str, list[float]] = {k: [] for k in args.settings}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp)
         for seed in args.seeds:
-            configs = stage_configs(base, Path(args.init).resolve(), args.probe_lr, out, seed)
+            configs = stage_configs(base, init, info, args.probe_lr, out, seed)
             for key in args.settings:
                 summary = finetune(configs[key], progress=not args.json)
                 scores[key].append(round(float(summary["best_f1"]), 4))

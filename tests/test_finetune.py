@@ -406,3 +406,13 @@ def test_stage_comparison_runs_probe_fine_tune_and_scratch_alike(tiny_root, init
     assert not torch.equal(b["encoder"]["patch_embed.proj.weight"], c["encoder"]["patch_embed.proj.weight"])
     assert {c["finetune"]["epochs"] for c in configs.values()} == {1} and configs["c"]["finetune"]["seed"] == 1
     assert 0 < result["uniform_guess_f1"] < 0.2
+
+
+def test_stage_comparison_refuses_bad_input_with_one_line(tiny_root, tmp_path, capsys):
+    from bench.compare_stages import main as compare_stages
+
+    with pytest.raises(SystemExit) as exit_info:
+        compare_stages(["--data", str(tiny_root), "--init", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "nope.pt does not exist" in err
+    assert not (tmp_path / "r").exists()
