@@ -181,6 +181,8 @@ def pretrain(images, out, model, img_size, patch_size, epochs, batch_size, accum
 @click.option("--aux-va/--no-aux-va", default=False, show_default=True, help="Auxiliary frame-level VA head.")
 @click.option("--aux-weight", default=1.0, show_default=True)
 @click.option("--linear-probe", is_flag=True, default=False, help="Freeze the encoder; train only the head.")
+@click.option("--head-init", type=click.Path(path_type=Path), default=None,
+              help="LP-FT: start the head from this --linear-probe run's best.pt (trained on the same --init).")
 @click.option("--workers", default=4, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
@@ -188,8 +190,8 @@ def pretrain(images, out, model, img_size, patch_size, epochs, batch_size, accum
 @json_option
 def finetune(data_root, init, out, model, img_size, patch_size, pooling, epochs, batch_size, lr, warmup_epochs, weight_decay,
              layer_decay, drop_path, label_smoothing, balance, frames_per_video, val_frames_per_video, color_jitter,
-             grayscale, erase, mixup, cutmix, aux_au, aux_va, aux_weight, linear_probe, workers, seed, device, bf16,
-             as_json):
+             grayscale, erase, mixup, cutmix, aux_au, aux_va, aux_weight, linear_probe, head_init, workers, seed, device,
+             bf16, as_json):
     """Fine-tune the encoder on per-frame Expr labels; keeps OUT/best.pt by validation macro F1 (torchrun: DDP)."""
     from pipeline.distributed import cleanup
     from pipeline.finetune import FinetuneConfig
@@ -202,7 +204,8 @@ def finetune(data_root, init, out, model, img_size, patch_size, pooling, epochs,
         label_smoothing=label_smoothing, balance=balance, frames_per_video=frames_per_video,
         val_frames_per_video=val_frames_per_video, color_jitter=color_jitter, grayscale=grayscale, erase=erase,
         mixup=mixup, cutmix=cutmix, aux_au=aux_au, aux_va=aux_va, aux_weight=aux_weight,
-        linear_probe=linear_probe, workers=workers, seed=seed, device=device, bf16=bf16,
+        linear_probe=linear_probe, head_init=str(head_init) if head_init else None, workers=workers, seed=seed,
+        device=device, bf16=bf16,
     )
     try:
         result = run_finetune(config, progress=not as_json)

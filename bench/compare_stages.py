@@ -1,5 +1,6 @@
 """What each stage adds to Expr recognition: (a) a linear probe on the frozen MAE encoder, (b) the encoder
-fine-tuned from MAE, (c) the same fine-tune from random weights, each over several seeds.
+fine-tuned from MAE, (c) the same fine-tune from random weights, each over several seeds; optionally (d)
+LP-FT, the fine-tune of (b) started from (a)'s head (``--settings abcd``).
 
 All three use ``pipeline.finetune.finetune`` with the same budget (the demo's by default) and the same
 architecture; only the initialisation and what trains differ ((c) starts from a random-weight checkpoint of
@@ -39,6 +40,7 @@ SETTINGS = {
     "a": "linear probe on the frozen MAE encoder",
     "b": "fine-tuned from MAE",
     "c": "the same fine-tune from random weights",
+    "d": "LP-FT: (b) started from (a)'s head",
 }
 
 
@@ -61,6 +63,8 @@ def stage_configs(base: FinetuneConfig, init: Path, info: EncoderInfo, probe_lr:
         "a": replace(base, init=str(init), linear_probe=True, lr=probe_lr, seed=seed, out=str(out / f"a-seed{seed}")),
         "b": replace(base, init=str(init), seed=seed, out=str(out / f"b-seed{seed}")),
         "c": replace(base, init=str(scratch), seed=seed, out=str(out / f"c-seed{seed}")),
+        "d": replace(base, init=str(init), head_init=str(out / f"a-seed{seed}" / "best.pt"), seed=seed,
+                     out=str(out / f"d-seed{seed}")),
     }
 
 
@@ -85,12 +89,12 @@ def _compare(argv) -> dict:
     parser.add_argument("--frames-per-video", type=int, default=150)
     parser.add_argument("--warmup-epochs", type=float, default=0.5)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--settings", default="abc", help="Which of a, b, c to run.")
+    parser.add_argument("--settings", default="abc", help="Which of a, b, c, d to run (d needs a).")
     parser.add_argument("--out", default=None, help="Keep the runs here (default: a temporary folder).")
     parser.add_argument("--json", action="store_true", help="Print one JSON object instead of the table.")
     args = parser.parse_args(argv)
-    if not args.seeds or not set(args.settings) <= set(SETTINGS):
-        parser.error("--seeds needs at least one seed and --settings letters from 'abc'")
+    if not args.seeds or not set(args.settings) <= set(SETTINGS) or ("d" in args.settings and "a" not in args.settings):
+        parser.error("--seeds needs at least one seed and --settings letters from 'abcd' (d starts from a's head)")
 
     base = FinetuneConfig(data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                           frames_per_video=args.frames_per_video, warmup_epochs=args.warmup_epochs,
@@ -103,7 +107,7 @@ def _compare(argv) -> dict:
         out = Path(args.out) if args.out else Path(tmp)
         for seed in args.seeds:
             configs = stage_configs(base, init, info, args.probe_lr, out, seed)
-            for key in args.settings:
+            for key in sorted(args.settings):  # a before d
                 summary = finetune(configs[key], progress=not args.json)
                 scores[key].append(round(float(summary["best_f1"]), 4))
     result = {

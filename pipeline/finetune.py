@@ -54,11 +54,18 @@ from pipeline.models.checkpoint import (
     save_checkpoint,
     warn,
 )
-from pipeline.models.classifier import ExprClassifier
+from pipeline.models.classifier import PROBE_NORM_EPS, ExprClassifier
 from pipeline.models.encoder import PIXEL_MEAN, PIXEL_STD, POOL_MODES, normalize
 from pipeline.models.mae import build_encoder, mae_config
 from pipeline.pretrain import epoch_seed, lr_at
-from pipeline.runs import JsonlLogger, check_resumable, read_jsonl, to_jsonable, write_config
+from pipeline.runs import (
+    JsonlLogger,
+    check_resumable,
+    read_jsonl,
+    sha256_file,
+    to_jsonable,
+    write_config,
+)
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,7 @@ class FinetuneConfig:
     aux_va: bool = False
     aux_weight: float = 1.0
     linear_probe: bool = False  # frozen encoder, only the head trains
+    head_init: str | None = None  # a linear-probe run's checkpoint whose heads start this fine-tune (LP-FT)
     workers: int = 4
     seed: int = 0
     device: str = "auto"
@@ -288,6 +296,9 @@ def _check_config(cfg: FinetuneConfig) -> None:
             raise InputError(f"{name} {p} is a probability; use a value in [0, 1]")
     if cfg.mixup < 0 or cfg.cutmix < 0:
         raise InputError("--mixup and --cutmix are Beta alphas: use 0 (off) or a positive value")
+    if cfg.head_init and (cfg.linear_probe or not cfg.init):
+        raise InputError("--head-init starts a fine-tune from a linear probe's head: it needs --init (the probe's "
+                         "encoder) and no --linear-probe")
 
 
 def build_classifier(cfg: FinetuneConfig) -> tuple[ExprClassifier, dict]:
@@ -319,7 +330,44 @@ def build_classifier(cfg: FinetuneConfig) -> tuple[ExprClassifier, dict]:
             "init": None, "init_sha256": None, "init_kind": "random",
         }
     model = ExprClassifier(encoder, cfg.pooling, cfg.aux_au, cfg.aux_va, cfg.linear_probe)
+    if cfg.head_init:
+        source["head_init"], source["head_init_sha256"] = load_probe_heads(model, Path(cfg.head_init), source)
     return model, source
+
+
+def load_probe_heads(model: ExprClassifier, path: Path, source: dict) -> tuple[str, str]:
+    """Start ``model``'s heads from a linear-probe run's (LP-FT, Kumar et al. 2022); returns (path, sha256).
+
+    The probe's BatchNorm (no affine part) is folded into each head, so the fine-tune starts from exactly the
+    probe's predictions (in eval mode) instead of a random head whose large early gradients distort the
+    pretrained features. The probe must have been trained on this encoder: its recorded init is ``--init``,
+    or ``--init`` is the probe's own checkpoint.
+    """
+    ckpt = read_checkpoint(path)
+    state = ckpt.get("model")
+    if not ckpt.get("linear_probe") or not isinstance(state, dict) or "probe_norm.running_mean" not in state:
+        raise InputError(f"--head-init {path} is not a linear-probe run's checkpoint; give the best.pt of a "
+                         "finetune run made with --linear-probe")
+    sha = sha256_file(path)
+    if source["init_sha256"] not in (ckpt.get("init_sha256"), sha):
+        raise InputError(f"--head-init {path} was trained on the encoder {ckpt.get('init_sha256')}, not on --init "
+                         f"{source['init']}; give the checkpoint that probe started from as --init")
+    scale = 1.0 / torch.sqrt(state["probe_norm.running_var"].float() + PROBE_NORM_EPS)
+    shift = state["probe_norm.running_mean"].float() * scale
+    for name in ("head", "au_head", "va_head"):
+        head = getattr(model, name)
+        if head is None:
+            continue
+        if f"{name}.weight" not in state:
+            raise InputError(f"--head-init {path} has no {name}; drop the matching --aux option or probe with it")
+        weight, bias = state[f"{name}.weight"].float(), state[f"{name}.bias"].float()
+        if weight.shape != head.weight.shape:
+            raise InputError(f"--head-init {path}: {name}.weight has shape {tuple(weight.shape)}, the model needs "
+                             f"{tuple(head.weight.shape)}; probe with the same encoder")
+        with torch.no_grad():  # W (z - mean) / std + b  ==  (W / std) z + (b - W mean / std)
+            head.weight.copy_(weight * scale)
+            head.bias.copy_(bias - weight @ shift)
+    return str(path.resolve()), sha
 
 
 def load_classifier(path: Path) -> tuple[ExprClassifier, EncoderInfo]:
@@ -353,7 +401,8 @@ def finetune(cfg: FinetuneConfig, *, stop_at_epoch: int | None = None, progress:
     """
     _check_config(cfg)
     cfg = replace(cfg, data=str(Path(cfg.data).resolve()),
-                  init=str(Path(cfg.init).resolve()) if cfg.init else None)
+                  init=str(Path(cfg.init).resolve()) if cfg.init else None,
+                  head_init=str(Path(cfg.head_init).resolve()) if cfg.head_init else None)
     dist_info = init_distributed()
     device = resolve_device(cfg.device)
     run_dir = Path(cfg.out)
@@ -405,7 +454,8 @@ def finetune(cfg: FinetuneConfig, *, stop_at_epoch: int | None = None, progress:
         "versions": {"torch": str(torch.__version__), "timm": str(timm.__version__)},
     }
     resume_key = to_jsonable({**asdict(cfg), "world_size": dist_info.world_size,
-                              "init_sha256": source["init_sha256"]})
+                              "init_sha256": source["init_sha256"],
+                              "head_init_sha256": source.get("head_init_sha256")})
     done, step, best = 0, 0, {"f1": -1.0, "epoch": 0}
     if last_path.exists():
         ckpt = read_checkpoint(last_path)

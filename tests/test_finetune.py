@@ -311,6 +311,43 @@ def test_linear_probe_trains_only_the_head(tiny_root, init_ckpt, tmp_path):
     assert "probe_norm.running_mean" in after["model"]
 
 
+def test_lp_ft_starts_from_exactly_the_probes_predictions(tiny_root, init_ckpt, tmp_path):
+    probe = tmp_path / "probe"
+    ft.finetune(run_config(tiny_root, probe, init_ckpt, epochs=1, linear_probe=True, aux_au=True), progress=False)
+    cfg = run_config(tiny_root, tmp_path / "lpft", init_ckpt, head_init=str(probe / "best.pt"), aux_au=True)
+    model, source = ft.build_classifier(cfg)
+    probe_model, _ = ft.load_classifier(probe / "best.pt")
+    assert source["head_init_sha256"] and probe_model.probe_norm.running_var.std() > 0  # the fold is not trivial
+    images = torch.stack([ExprFrames(expr_frames(AffWild2(tiny_root), "Validation_Set"), 32)[i]["image"]
+                          for i in range(6)])
+    x = normalize(images, source["pixel_mean"], source["pixel_std"])
+    with torch.no_grad():
+        want, got = probe_model(x), model.eval()(x)
+    for key in ("expr", "au"):
+        assert torch.allclose(got[key], want[key], atol=1e-5), key
+    summary = ft.finetune(cfg, progress=False)  # and the run trains the encoder from there
+    after = read_checkpoint(Path(summary["last_checkpoint"]))["encoder"]
+    assert any(not torch.equal(v, after[k]) for k, v in read_checkpoint(init_ckpt)["encoder"].items())
+
+
+def test_lp_ft_refuses_a_head_that_does_not_fit(tiny_root, init_ckpt, tmp_path):
+    probe, plain = tmp_path / "probe", tmp_path / "plain"
+    ft.finetune(run_config(tiny_root, probe, init_ckpt, epochs=1, linear_probe=True), progress=False)
+    ft.finetune(run_config(tiny_root, plain, init_ckpt, epochs=1), progress=False)
+    other = make_init(tmp_path / "other.pt", seed=1)
+    for init, head, message in ((init_ckpt, plain / "best.pt", "not a linear-probe run"),
+                                (other, probe / "best.pt", "was trained on the encoder"),
+                                (None, probe / "best.pt", "needs --init")):
+        with pytest.raises(InputError, match=message):
+            ft.finetune(run_config(tiny_root, tmp_path / "r", init, head_init=str(head)), progress=False)
+    with pytest.raises(InputError, match="has no au_head"):
+        ft.build_classifier(run_config(tiny_root, tmp_path / "r", init_ckpt, head_init=str(probe / "best.pt"),
+                                       aux_au=True))
+    assert not (tmp_path / "r").exists()
+    # --init may also be the probe's own checkpoint (its encoder is the frozen one).
+    ft.build_classifier(run_config(tiny_root, tmp_path / "r", probe / "best.pt", head_init=str(probe / "best.pt")))
+
+
 def test_random_init_is_recorded_and_warned(tiny_root, tmp_path, capsys):
     summary = ft.finetune(run_config(tiny_root, tmp_path / "scratch", None, epochs=1, model="mae_vit_tiny_patch16",
                                      img_size=32, patch_size=8), progress=False)
@@ -394,10 +431,12 @@ def test_stage_comparison_runs_probe_fine_tune_and_scratch_alike(tiny_root, init
 
     result = compare_stages(["--data", str(tiny_root), "--init", str(init_ckpt), "--seeds", "0", "1",
                              "--epochs", "1", "--batch-size", "16", "--frames-per-video", "24", "--workers", "0",
-                             "--out", str(tmp_path), "--json"])
+                             "--settings", "dcba", "--out", str(tmp_path), "--json"])
     assert json.loads(capsys.readouterr().out) == result
-    assert set(result["settings"]) == {"a", "b", "c"} and all(len(s["best_f1"]) == 2 for s in result["settings"].values())
-    configs = {k: json.loads((tmp_path / f"{k}-seed1" / "config.json").read_text()) for k in "abc"}
+    assert set(result["settings"]) == set("abcd") and all(len(s["best_f1"]) == 2 for s in result["settings"].values())
+    configs = {k: json.loads((tmp_path / f"{k}-seed1" / "config.json").read_text()) for k in "abcd"}
+    assert configs["d"]["encoder"]["head_init"] == str(tmp_path / "a-seed1" / "best.pt")
+    assert configs["d"]["encoder"]["init_sha256"] == configs["b"]["encoder"]["init_sha256"]
     assert configs["a"]["finetune"]["linear_probe"] and not configs["b"]["finetune"]["linear_probe"]
     assert configs["a"]["encoder"]["init_sha256"] == configs["b"]["encoder"]["init_sha256"] is not None
     assert configs["c"]["encoder"]["init_sha256"] not in (None, configs["b"]["encoder"]["init_sha256"])

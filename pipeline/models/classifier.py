@@ -16,6 +16,8 @@ from torch import nn
 from pipeline.data.affwild2 import AU_NAMES, EXPR_CLASSES
 from pipeline.models.encoder import pool_tokens
 
+PROBE_NORM_EPS = 1e-6
+
 
 class ExprClassifier(nn.Module):
     """encoder -> pooled (B, D) -> heads.
@@ -37,7 +39,7 @@ class ExprClassifier(nn.Module):
         width = encoder.embed_dim
         if linear_probe:
             encoder.requires_grad_(False)
-        self.probe_norm = nn.BatchNorm1d(width, affine=False, eps=1e-6) if linear_probe else nn.Identity()
+        self.probe_norm = nn.BatchNorm1d(width, affine=False, eps=PROBE_NORM_EPS) if linear_probe else nn.Identity()
         self.head = nn.Linear(width, len(EXPR_CLASSES))
         self.au_head = nn.Linear(width, len(AU_NAMES)) if aux_au else None
         self.va_head = nn.Linear(width, 2) if aux_va else None
