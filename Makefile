@@ -18,18 +18,21 @@ IMG_SIZE ?= 112
 WORKERS  ?= 2
 # The demo's budgets for a 2-core CPU (pipeline/demo.py, DemoConfig), so that `make extract` resumes and
 # reuses what `make demo` made. On real Aff-Wild2 and a GPU, set them to the paper's (README).
-PRETRAIN_ARGS ?= --epochs 5 --batch-size 64 --accum-iter 1 --lr 1e-3 --warmup-epochs 1 --max-images 4000 \
+PRETRAIN_ARGS ?= --epochs 3 --batch-size 64 --accum-iter 1 --lr 1e-3 --warmup-epochs 1 --crop-scale 0.8 1.0 \
 	--decoder-dim 128 --decoder-depth 2 --decoder-heads 4
 FINETUNE_ARGS ?= --epochs 3 --batch-size 64 --lr 5e-4 --frames-per-video 150 --warmup-epochs 0.5
+# LP-FT: a linear probe on the frozen encoder first; its head starts the fine-tune (PROBE_ARGS override the lr).
+PROBE_ARGS ?= $(FINETUNE_ARGS) --linear-probe --lr 5e-3
 # The heads' "demo" preset suits the synthetic set on a CPU; use HEAD_PRESET=paper on real Aff-Wild2.
 HEAD_PRESET ?= demo
 PRETRAIN ?= $(RUNS)/pretrain
+PROBE    ?= $(RUNS)/probe
 FINETUNE ?= $(RUNS)/finetune
 CKPT     ?= $(FINETUNE)/best.pt
 STORE    ?= $(RUNS)/features.zarr
 HEADS    ?= $(RUNS)/heads
 
-.PHONY: setup demo test test-fast lint synth pretrain finetune extract train-va train-expr train-au bench \
+.PHONY: setup demo test test-fast lint synth pretrain probe finetune extract train-va train-expr train-au bench \
 	compare-stages clean
 
 setup: $(VENV)/.installed
@@ -58,9 +61,13 @@ pretrain: synth
 		--out $(PRETRAIN) --model $(MODEL) --img-size $(IMG_SIZE) $(PRETRAIN_ARGS) \
 		--workers $(WORKERS) --device $(DEVICE)
 
-finetune: pretrain
-	$(CLI) finetune --data $(DATA) --init $(PRETRAIN)/checkpoint-last.pt --out $(FINETUNE) $(FINETUNE_ARGS) \
+probe: pretrain
+	$(CLI) finetune --data $(DATA) --init $(PRETRAIN)/checkpoint-last.pt --out $(PROBE) $(PROBE_ARGS) \
 		--workers $(WORKERS) --device $(DEVICE)
+
+finetune: probe
+	$(CLI) finetune --data $(DATA) --init $(PRETRAIN)/checkpoint-last.pt --head-init $(PROBE)/best.pt \
+		--out $(FINETUNE) $(FINETUNE_ARGS) --workers $(WORKERS) --device $(DEVICE)
 
 extract: finetune
 	$(CLI) extract --data $(DATA) --ckpt $(CKPT) --store $(STORE) --workers $(WORKERS) --device $(DEVICE)
@@ -75,10 +82,11 @@ demo: setup
 bench: setup
 	$(BIN)/python -m bench
 
-# What MAE pretraining and fine-tuning each add: (a) linear probe, (b) fine-tune, (c) from random, 3 seeds.
+# What MAE pretraining and fine-tuning each add: (a) linear probe, (b) fine-tune, (c) from random, (d) LP-FT;
+# 3 seeds.
 compare-stages: pretrain
 	$(BIN)/python -m bench.compare_stages --data $(DATA) --init $(PRETRAIN)/checkpoint-last.pt \
-		--out $(RUNS)/compare-stages --workers $(WORKERS)
+		--out $(RUNS)/compare-stages --workers $(WORKERS) --settings abcd
 
 clean:
 	rm -rf runs data .pytest_cache .ruff_cache

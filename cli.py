@@ -535,6 +535,9 @@ def demo_table(figures: dict, out: Path) -> str:
     lines.append(f"{'test (synthetic labels)':<28}"
                  + "".join(f"{figures['submissions'][t]['test_score']:>10.4f}" for t in tasks))
     lines.append(f"validation scores: VA mean CCC, Expr macro F1, AU mean F1; report: {out / 'report.html'}")
+    frame_level = [f"{name} {figures[key]['best_f1']:.4f}" for key, name in
+                   (("probe", "linear probe"), ("finetune", "fine-tuned encoder")) if figures.get(key)]
+    lines.append(f"frame-level Expr macro F1 before the temporal heads: {', '.join(frame_level)}")
     return "\n".join(lines)
 
 

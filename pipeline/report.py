@@ -142,11 +142,20 @@ def _finetune(src: Sources) -> str:
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.plot([r["epoch"] for r in epochs], [r["val_f1"] for r in epochs], marker="o", label="validation macro F1")
     ax.plot([r["epoch"] for r in epochs], [r["loss"] for r in epochs], marker="s", label="training loss")
+    best = max(epochs, key=lambda r: r["val_f1"])
+    text = (f'Best validation macro F1 {best["val_f1"]:.4f} at epoch {best["epoch"]} (frame level, before any '
+            'temporal model).')
+    head_init = json.loads((src.finetune / "config.json").read_text())["encoder"].get("head_init")
+    probe_log = Path(head_init).parent / "log.jsonl" if head_init else None
+    if probe_log is not None and probe_log.exists():  # LP-FT: show the probe the fine-tune started from
+        probe = [r for r in read_jsonl(probe_log) if "val_f1" in r]
+        ax.plot([r["epoch"] for r in probe], [r["val_f1"] for r in probe], marker="^", linestyle="--",
+                label="linear probe (its head starts the fine-tune)")
+        text += (f' The fine-tune started from the head of a linear probe on the frozen encoder (LP-FT), whose best '
+                 f'validation macro F1 was {max(r["val_f1"] for r in probe):.4f}.')
     ax.set(xlabel="epoch", title="Expr fine-tuning")
     ax.legend()
-    best = max(epochs, key=lambda r: r["val_f1"])
-    return (f'<section id="finetune"><h2>Expr fine-tuning</h2><p>Best validation macro F1 {best["val_f1"]:.4f} '
-            f'at epoch {best["epoch"]} (frame level, before any temporal model).</p>{_figure(fig)}</section>')
+    return f'<section id="finetune"><h2>Expr fine-tuning</h2><p>{text}</p>{_figure(fig)}</section>'
 
 
 def _task(task: str, run: Path) -> str:
