@@ -101,9 +101,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         images=tuple(images), out=str(out / "pretrain"), model=cfg.model, img_size=cfg.img_size,
         epochs=cfg.pretrain_epochs, batch_size=cfg.pretrain_batch, accum_iter=1, lr=cfg.pretrain_lr,
         warmup_epochs=1, max_images=cfg.pretrain_max_images, crop_scale=cfg.pretrain_crop_scale,
-        decoder_dim=cfg.decoder[0],
-        decoder_depth=cfg.decoder[1], decoder_heads=cfg.decoder[2], workers=cfg.workers, seed=cfg.seed,
-        device=cfg.device), progress=progress))
+        decoder_dim=cfg.decoder[0], decoder_depth=cfg.decoder[1], decoder_heads=cfg.decoder[2],
+        workers=cfg.workers, seed=cfg.seed, device=cfg.device), progress=progress))
     pre_ckpt = out / "pretrain" / "checkpoint-last.pt"
     fine_cfg = FinetuneConfig(
         data=str(data), out=str(out / "finetune"), init=str(pre_ckpt), epochs=cfg.finetune_epochs,
