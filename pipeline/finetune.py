@@ -350,8 +350,10 @@ def load_probe_heads(model: ExprClassifier, path: Path, source: dict) -> tuple[s
                          "finetune run made with --linear-probe")
     sha = sha256_file(path)
     if source["init_sha256"] not in (ckpt.get("init_sha256"), sha):
-        raise InputError(f"--head-init {path} was trained on the encoder {ckpt.get('init_sha256')}, not on --init "
-                         f"{source['init']}; give the checkpoint that probe started from as --init")
+        trained_on = (ckpt.get("config") or {}).get("encoder", {}).get("init") or "another checkpoint"
+        raise InputError(f"--head-init {path} was trained on the encoder of {trained_on} (sha256 "
+                         f"{str(ckpt.get('init_sha256'))[:12]}), not on --init {source['init']}; give the checkpoint "
+                         "that probe started from as --init")
     scale = 1.0 / torch.sqrt(state["probe_norm.running_var"].float() + PROBE_NORM_EPS)
     shift = state["probe_norm.running_mean"].float() * scale
     for name in ("head", "au_head", "va_head"):
