@@ -18,7 +18,7 @@ IMG_SIZE ?= 112
 WORKERS  ?= 2
 # The demo's budgets for a 2-core CPU (pipeline/demo.py, DemoConfig), so that `make extract` resumes and
 # reuses what `make demo` made. On real Aff-Wild2 and a GPU, set them to the paper's (README).
-PRETRAIN_ARGS ?= --epochs 3 --batch-size 64 --accum-iter 1 --lr 1e-3 --warmup-epochs 1 --crop-scale 0.8 1.0 \
+PRETRAIN_ARGS ?= --epochs 8 --batch-size 64 --accum-iter 1 --lr 1e-3 --warmup-epochs 1 --crop-scale 0.8 1.0 \
 	--decoder-dim 128 --decoder-depth 2 --decoder-heads 4
 FINETUNE_ARGS ?= --epochs 3 --batch-size 64 --lr 5e-4 --frames-per-video 150 --warmup-epochs 0.5
 # LP-FT: a linear probe on the frozen encoder first; its head starts the fine-tune (PROBE_ARGS override the lr).
