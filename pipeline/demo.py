@@ -62,7 +62,7 @@ class DemoConfig:
     preset: str = "demo"
     model: str = "mae_vit_tiny_patch16"
     img_size: int = 112
-    pretrain_epochs: int = 8  # about 2,750 steps: the least that drew faces into hidden patches (README)
+    pretrain_epochs: int = 8  # on every frame, ~2,750 steps: the budget measured in the README (probe, LP-FT)
     pretrain_batch: int = 64
     pretrain_lr: float = 1e-3  # absolute: MAE's blr rule is tuned for batch 1024
     pretrain_max_images: int | None = None  # None: every frame
