@@ -2,7 +2,7 @@
 fine-tuned from MAE, (c) the same fine-tune from random weights, each over several seeds; optionally (d)
 LP-FT, the fine-tune of (b) started from (a)'s head (``--settings abcd``).
 
-All three use ``pipeline.finetune.finetune`` with the same budget (the demo's by default) and the same
+All settings use ``pipeline.finetune.finetune`` with the same budget (the demo's by default) and the same
 architecture; only the initialisation and what trains differ ((c) starts from a random-weight checkpoint of
 the MAE encoder's exact shape). A seed changes the data order, the augmentation, the head and, for
 (c), the encoder's random weights. Printed: the best-epoch validation macro F1 of every run, the mean and
