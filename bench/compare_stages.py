@@ -56,7 +56,7 @@ def random_twin(info: EncoderInfo, seed: int, path: Path) -> Path:
 
 def stage_configs(base: FinetuneConfig, init: Path, info: EncoderInfo, probe_lr: float, out: Path,
                   seed: int) -> dict[str, FinetuneConfig]:
-    """The three runs of one seed; ``info`` describes the MAE encoder at ``init``."""
+    """The runs (a)-(d) of one seed; ``info`` describes the MAE encoder at ``init``; (d) reads (a)'s best.pt."""
     out.mkdir(parents=True, exist_ok=True)
     scratch = random_twin(info, seed, out / f"random-init-seed{seed}.pt")
     return {

@@ -362,10 +362,8 @@ def load_probe_heads(model: ExprClassifier, path: Path, source: dict) -> tuple[s
             continue
         if f"{name}.weight" not in state:
             raise InputError(f"--head-init {path} has no {name}; drop the matching --aux option or probe with it")
+        # Same shapes: the sha256 check above makes the probe's encoder this one.
         weight, bias = state[f"{name}.weight"].float(), state[f"{name}.bias"].float()
-        if weight.shape != head.weight.shape:
-            raise InputError(f"--head-init {path}: {name}.weight has shape {tuple(weight.shape)}, the model needs "
-                             f"{tuple(head.weight.shape)}; probe with the same encoder")
         with torch.no_grad():  # W (z - mean) / std + b  ==  (W / std) z + (b - W mean / std)
             head.weight.copy_(weight * scale)
             head.bias.copy_(bias - weight @ shift)
