@@ -7,10 +7,18 @@ architecture; only the initialisation and what trains differ ((c) starts from a 
 the MAE encoder's exact shape). A seed changes the data order, the augmentation, the head and, for
 (c), the encoder's random weights. Printed: the best-epoch validation macro F1 of every run, the mean and
 standard deviation per setting, and the score of a uniform guess on the same frames. One Validation_Set of
-a few videos makes a single run's F1 noisy; the spread over seeds says how far to trust a difference.
+a few videos makes a single run's F1 noisy, and the spread over seeds does not show it: the seeds share
+the validation videos. So each run's best checkpoint also predicts every validation frame once more, and
+a bootstrap over the validation videos (whole videos drawn with replacement, the same draws for every
+setting) gives a 95 % interval for each setting's seed-mean F1 and for the differences that say what a
+stage adds: (b) - (c) what pretraining adds to the fine-tune, (b) - (a) and (d) - (a) what fine-tuning
+the encoder adds to the frozen one, and each setting against a uniform guess.
 
     python -m bench.compare_stages --data data/synth-demo --init runs/demo/pretrain/checkpoint-last.pt \
-        [--seeds 0 1 2] [--epochs 3] [--frames-per-video 150] [--out DIR] [--json]
+        [--seeds 0 1 2] [--epochs 3] [--frames-per-video 150] [--bootstrap 2000] [--out DIR] [--json]
+
+Runs already finished in ``--out`` are not trained again (fine-tuning resumes), so a comparison can be
+re-scored, for instance with another number of resamples, in the time inference takes.
 """
 
 import argparse
@@ -22,12 +30,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
-from pipeline.data.affwild2 import AffWild2
-from pipeline.data.frames import expr_frames
+from pipeline.data.affwild2 import EXPR_CLASSES, AffWild2
+from pipeline.data.frames import ExprFrames, FrameIndex, expr_frames
+from pipeline.device import resolve_device
 from pipeline.errors import InputError
-from pipeline.finetune import FinetuneConfig, finetune
-from pipeline.metrics import uniform_guess_expr_f1
+from pipeline.finetune import FinetuneConfig, finetune, load_classifier, predict_expr
+from pipeline.metrics import (
+    expr_f1_from_confusion,
+    uniform_guess_expr_f1,
+    uniform_guess_f1_from_counts,
+    video_bootstrap,
+)
 from pipeline.models.checkpoint import (
     EncoderInfo,
     encoder_checkpoint,
@@ -42,6 +57,13 @@ SETTINGS = {
     "c": "the same fine-tune from random weights",
     "d": "LP-FT: (b) started from (a)'s head",
 }
+# (higher, lower, what the difference measures); a pair is reported when both settings ran.
+CONTRASTS = (
+    ("b", "c", "what pretraining adds: (b) fine-tuned from MAE - (c) from random weights"),
+    ("d", "c", "what pretraining adds with LP-FT: (d) - (c)"),
+    ("b", "a", "what fine-tuning adds: (b) fine-tuned encoder - (a) frozen encoder"),
+    ("d", "a", "what fine-tuning adds with LP-FT: (d) - (a)"),
+)
 
 
 def random_twin(info: EncoderInfo, seed: int, path: Path) -> Path:
@@ -68,6 +90,59 @@ def stage_configs(base: FinetuneConfig, init: Path, info: EncoderInfo, probe_lr:
     }
 
 
+def video_confusions(run: Path, val_index: FrameIndex, cfg: FinetuneConfig) -> np.ndarray:
+    """(V, 8, 8) confusion counts per validation video of ``run/best.pt``, over the frames its validation
+    scored (row = true class, column = prediction; unreadable frames left out)."""
+    model, info = load_classifier(run / "best.pt")
+    device = resolve_device(cfg.device)
+    rows = val_index.capped(cfg.val_frames_per_video)
+    loader = DataLoader(ExprFrames(val_index, info.img_size), batch_size=cfg.batch_size, sampler=rows.tolist(),
+                        num_workers=cfg.workers)
+    result = predict_expr(model.to(device), loader, device, cfg.bf16, info.pixel_mean, info.pixel_std)
+    ok = result["ok"].astype(bool)
+    rows, pred = result["row"][ok], result["pred"][ok]
+    k = len(EXPR_CLASSES)
+    confusions = np.zeros((len(val_index.videos), k, k), dtype=np.int64)
+    np.add.at(confusions, (val_index.video_id[rows], val_index.expr[rows], pred), 1)
+    return confusions
+
+
+def bootstrap_summary(confusions: dict[str, np.ndarray], resamples: int, seed: int = 0) -> dict:
+    """95 % intervals over validation videos.
+
+    Args:
+        confusions: setting -> (seeds, V, 8, 8) per-video confusion counts of each seed's run.
+        resamples: bootstrap draws; every setting (and the uniform guess) is scored on the same draws, so
+            the differences are paired.
+    Returns:
+        {"resamples", "videos", "settings": {k: {"mean", "ci95"}}, "contrasts": [{"pair", "what", "diff",
+        "ci95", "share_above_0"}]}; "guess" is the uniform guess, and every setting is also set against it.
+    """
+    first = next(iter(confusions.values()))
+    n_videos = first.shape[1]
+    weights = video_bootstrap(n_videos, resamples, seed)  # (B, V)
+    full = {k: float(expr_f1_from_confusion(c.sum(1)).mean()) for k, c in confusions.items()}
+    boot = {k: expr_f1_from_confusion(np.einsum("bv,svij->bsij", weights, c)).mean(1)  # (B,) seed-mean F1
+            for k, c in confusions.items()}
+    true_counts = first[0].sum(-1)  # (V, 8): the same labels under every run
+    full["guess"] = float(uniform_guess_f1_from_counts(true_counts.sum(0)))
+    boot["guess"] = uniform_guess_f1_from_counts(weights @ true_counts)
+
+    def interval(x: np.ndarray) -> list[float]:
+        return [round(float(v), 4) for v in np.percentile(x, [2.5, 97.5])]
+
+    pairs = [p for p in CONTRASTS if p[0] in confusions and p[1] in confusions]
+    pairs += [(k, "guess", f"({k}) - a uniform guess") for k in sorted(confusions)]
+    return {
+        "resamples": resamples, "videos": n_videos,
+        "settings": {k: {"mean": round(full[k], 4), "ci95": interval(boot[k])} for k in boot},
+        "contrasts": [{"pair": f"{hi}-{lo}", "what": what, "diff": round(full[hi] - full[lo], 4),
+                       "ci95": interval(boot[hi] - boot[lo]),
+                       "share_above_0": round(float((boot[hi] > boot[lo]).mean()), 4)}
+                      for hi, lo, what in pairs],
+    }
+
+
 def main(argv=None) -> dict:
     """Run the comparison; bad input (a missing folder, an unreadable checkpoint) exits 2 with one line."""
     try:
@@ -90,11 +165,15 @@ def _compare(argv) -> dict:
     parser.add_argument("--warmup-epochs", type=float, default=0.5)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--settings", default="abc", help="Which of a, b, c, d to run (d needs a).")
+    parser.add_argument("--bootstrap", type=int, default=2000,
+                        help="Resamples of the validation videos for the 95 %% intervals (0: none).")
     parser.add_argument("--out", default=None, help="Keep the runs here (default: a temporary folder).")
     parser.add_argument("--json", action="store_true", help="Print one JSON object instead of the table.")
     args = parser.parse_args(argv)
     if not args.seeds or not set(args.settings) <= set(SETTINGS) or ("d" in args.settings and "a" not in args.settings):
         parser.error("--seeds needs at least one seed and --settings letters from 'abcd' (d starts from a's head)")
+    if args.bootstrap < 0:
+        parser.error("--bootstrap must be >= 0")
 
     base = FinetuneConfig(data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                           frames_per_video=args.frames_per_video, warmup_epochs=args.warmup_epochs,
@@ -103,6 +182,7 @@ def _compare(argv) -> dict:
     info = load_encoder(init)[1]  # checked before anything is written
     val_index = expr_frames(AffWild2(Path(args.data)), "Validation_Set")
     scores: dict[str, list[float]] = {k: [] for k in args.settings}
+    confusions: dict[str, list[np.ndarray]] = {k: [] for k in args.settings}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp)
         for seed in args.seeds:
@@ -110,12 +190,16 @@ def _compare(argv) -> dict:
             for key in sorted(args.settings):  # a before d
                 summary = finetune(configs[key], progress=not args.json)
                 scores[key].append(round(float(summary["best_f1"]), 4))
+                if args.bootstrap:
+                    confusions[key].append(video_confusions(Path(configs[key].out), val_index, configs[key]))
     result = {
         "seeds": args.seeds, "uniform_guess_f1": round(uniform_guess_expr_f1(val_index.expr), 4),
         "validation_frames": len(val_index), "validation_videos": len(val_index.videos),
         "settings": {k: {"what": SETTINGS[k], "best_f1": v, "mean": round(float(np.mean(v)), 4),
                          "std": round(float(np.std(v)), 4)} for k, v in scores.items()},
     }
+    if args.bootstrap:
+        result["bootstrap"] = bootstrap_summary({k: np.stack(v) for k, v in confusions.items()}, args.bootstrap)
     if args.json:
         print(json.dumps(result))
     else:
@@ -126,6 +210,15 @@ def _compare(argv) -> dict:
         for key, row in result["settings"].items():
             print(f"| ({key}) {row['what']} | {', '.join(f'{s:.3f}' for s in row['best_f1'])} | "
                   f"{row['mean']:.3f} | {row['std']:.3f} |")
+        if args.bootstrap:
+            boot = result["bootstrap"]
+            print(f"\n95 % intervals from {boot['resamples']} resamples of the {boot['videos']} validation videos "
+                  "(seed-mean F1; the same draws for every setting):")
+            print("| difference | of seed-mean F1 | 95 % interval | resamples above 0 |")
+            print("|---|---|---|---|")
+            for c in boot["contrasts"]:
+                print(f"| {c['what']} | {c['diff']:+.3f} | {c['ci95'][0]:+.3f} .. {c['ci95'][1]:+.3f} | "
+                      f"{c['share_above_0']:.0%} |")
     return result
 
 

@@ -71,9 +71,40 @@ def expr_f1(pred: np.ndarray, true: np.ndarray) -> dict:
 def uniform_guess_expr_f1(true: np.ndarray) -> float:
     """Macro F1 expected of a guess uniform over the 8 classes: per class 2 p q / (p + q), q = 1/8, where p
     is the class's share of ``true`` (N,); classes absent from ``true`` score 0, as in :func:`expr_f1`."""
-    p = np.bincount(np.asarray(true, dtype=np.int64), minlength=len(EXPR_CLASSES)) / max(len(true), 1)
+    counts = np.bincount(np.asarray(true, dtype=np.int64), minlength=len(EXPR_CLASSES))
+    return float(uniform_guess_f1_from_counts(counts))
+
+
+def uniform_guess_f1_from_counts(counts: np.ndarray) -> np.ndarray:
+    """:func:`uniform_guess_expr_f1` from class counts (..., 8) -> (...)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    p = counts / np.maximum(counts.sum(-1, keepdims=True), 1)
     q = 1 / len(EXPR_CLASSES)
-    return float(np.mean(np.where(p > 0, 2 * p * q / (p + q), 0.0)))
+    return np.where(p > 0, 2 * p * q / (p + q), 0.0).mean(-1)
+
+
+def expr_confusion(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """(8, 8) frame counts, row = true class, column = predicted class."""
+    k = len(EXPR_CLASSES)
+    flat = np.asarray(true, dtype=np.int64) * k + np.asarray(pred, dtype=np.int64)
+    return np.bincount(flat, minlength=k * k).reshape(k, k)
+
+
+def expr_f1_from_confusion(confusion: np.ndarray) -> np.ndarray:
+    """:func:`expr_f1`'s score from confusion counts (..., 8, 8) -> (...), for many resamples at once."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    tp = np.diagonal(confusion, axis1=-2, axis2=-1)
+    denom = confusion.sum(-1) + confusion.sum(-2)  # true + predicted count per class
+    per_class = np.divide(2 * tp, denom, out=np.zeros_like(denom), where=denom > 0)
+    return per_class.mean(-1)
+
+
+def video_bootstrap(n_videos: int, resamples: int, seed: int = 0) -> np.ndarray:
+    """(resamples, n_videos) counts: how often each video is drawn when ``n_videos`` are drawn with
+    replacement. Frames of one video are strongly correlated, so a set-level metric's uncertainty comes
+    from resampling whole videos (weight a per-video statistic, e.g. a confusion matrix, by these)."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n_videos, np.full(n_videos, 1 / n_videos), size=resamples)
 
 
 def au_f1(pred: np.ndarray, true: np.ndarray) -> dict:

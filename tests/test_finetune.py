@@ -445,6 +445,17 @@ def test_stage_comparison_runs_probe_fine_tune_and_scratch_alike(tiny_root, init
     assert not torch.equal(b["encoder"]["patch_embed.proj.weight"], c["encoder"]["patch_embed.proj.weight"])
     assert {c["finetune"]["epochs"] for c in configs.values()} == {1} and configs["c"]["finetune"]["seed"] == 1
     assert 0 < result["uniform_guess_f1"] < 0.2
+    boot = result["bootstrap"]
+    assert boot["videos"] == result["validation_videos"] and boot["resamples"] == 2000
+    for key, row in result["settings"].items():  # re-predicted from best.pt: the runs' own validation F1
+        assert boot["settings"][key]["mean"] == pytest.approx(row["mean"], abs=2e-4)
+        low, high = boot["settings"][key]["ci95"]
+        assert 0 <= low <= high <= 1
+    assert boot["settings"]["guess"]["mean"] == pytest.approx(result["uniform_guess_f1"], abs=1e-4)
+    pairs = {c["pair"]: c for c in boot["contrasts"]}
+    assert set(pairs) == {"b-c", "d-c", "b-a", "d-a", "a-guess", "b-guess", "c-guess", "d-guess"}
+    assert pairs["b-c"]["diff"] == pytest.approx(boot["settings"]["b"]["mean"] - boot["settings"]["c"]["mean"],
+                                                 abs=2e-4)
 
 
 def test_stage_comparison_refuses_bad_input_with_one_line(tiny_root, tmp_path, capsys):

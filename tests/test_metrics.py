@@ -4,7 +4,18 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from pipeline.metrics import au_f1, binary_f1, ccc, expr_f1, uniform_guess_expr_f1, va_score
+from pipeline.metrics import (
+    au_f1,
+    binary_f1,
+    ccc,
+    expr_confusion,
+    expr_f1,
+    expr_f1_from_confusion,
+    uniform_guess_expr_f1,
+    uniform_guess_f1_from_counts,
+    va_score,
+    video_bootstrap,
+)
 
 
 def reference_ccc(x, y):
@@ -58,6 +69,28 @@ def test_uniform_guess_f1_is_what_random_guessing_scores():
     guessed = np.mean([expr_f1(rng.integers(0, 8, len(true)), true)["score"] for _ in range(5)])
     assert uniform_guess_expr_f1(true) == pytest.approx(guessed, abs=0.003)
     assert uniform_guess_expr_f1(np.zeros(10, int)) == pytest.approx(2 * 0.125 / 1.125 / 8)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_f1_from_confusion_is_expr_f1_and_sums_over_videos(seed):
+    rng = np.random.default_rng(seed)
+    videos = [(rng.integers(0, rng.integers(1, 9), n), rng.integers(0, 8, n)) for n in rng.integers(1, 200, 5)]
+    confusions = np.stack([expr_confusion(pred, true) for pred, true in videos])  # (5, 8, 8)
+    pred, true = (np.concatenate(x) for x in zip(*videos, strict=True))
+    assert confusions.sum() == len(true) and np.trace(confusions.sum(0)) == (pred == true).sum()
+    assert expr_f1_from_confusion(confusions.sum(0)) == pytest.approx(expr_f1(pred, true)["score"], abs=1e-12)
+    batched = expr_f1_from_confusion(confusions)  # one score per video at once
+    assert batched == pytest.approx([expr_f1(p, t)["score"] for p, t in videos], abs=1e-12)
+    counts = np.stack([np.bincount(t, minlength=8) for _, t in videos])
+    assert uniform_guess_f1_from_counts(counts) == pytest.approx([uniform_guess_expr_f1(t) for _, t in videos])
+
+
+def test_video_bootstrap_draws_whole_videos_with_replacement():
+    weights = video_bootstrap(7, 4000, seed=1)
+    assert weights.shape == (4000, 7) and (weights.sum(1) == 7).all() and weights.min() >= 0
+    assert np.allclose(weights.mean(0), 1.0, atol=0.1)  # every video equally likely
+    assert (weights == 0).any(1).mean() > 0.9  # most draws leave some video out
+    assert np.array_equal(weights, video_bootstrap(7, 4000, seed=1))
 
 
 @pytest.mark.parametrize("seed", range(20))
