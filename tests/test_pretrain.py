@@ -6,6 +6,7 @@ import shutil
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -14,7 +15,8 @@ from PIL import Image
 from cli import cli
 from pipeline.data.images import PretrainImages, decode_image, find_images
 from pipeline.errors import InputError
-from pipeline.models.checkpoint import load_encoder, read_checkpoint
+from pipeline.models.checkpoint import load_encoder, read_checkpoint, save_checkpoint
+from pipeline.models.encoder import normalize
 from pipeline.pretrain import PretrainConfig, lr_at, pretrain
 from pipeline.runs import read_jsonl
 from tests.conftest import run_two_ranks
@@ -180,3 +182,33 @@ def test_two_gloo_processes(faces, tmp_path):
     assert config["world_size"] == 2 and config["effective_batch"] == 8
     assert read_checkpoint(out / "checkpoint-last.pt")["scheduler"]["step"] == 4  # 32 images / 8 per step
     assert [r["epoch"] for r in read_jsonl(out / "log.jsonl") if "seconds" in r] == [1]
+
+
+def test_loss_map_reads_where_the_decoder_draws_detail(faces, tmp_path, capsys):
+    from bench.mae_loss_map import load_mae, loss_map
+    from bench.mae_loss_map import main as loss_map_main
+
+    run = tmp_path / "r"
+    pretrain(run_config(faces, run, epochs=1), progress=False)
+    ckpt_path = run / "checkpoint-last.pt"
+    result = loss_map_main(["--ckpt", str(ckpt_path), "--images", str(faces), "--frames", "16", "--json"])
+    assert json.loads(capsys.readouterr().out) == result
+    grid = np.array(result["grid"])
+    assert grid.shape == (4, 4) and np.isfinite(grid).all() and (grid > 0).all()
+    assert result["frames"] == 16 and result["norm_pix_loss"] and result["epoch"] == 1
+
+    # A decoder that predicts 0 draws every hidden patch flat at its own mean: norm-pix loss (P - 1) / P
+    # everywhere, P = 8 * 8 * 3 values a patch (the target divides by the unbiased variance).
+    model, ckpt = load_mae(ckpt_path)
+    torch.nn.init.zeros_(model.decoder_pred.weight)
+    torch.nn.init.zeros_(model.decoder_pred.bias)
+    images = torch.stack([decode_image(p, 32) for p in find_images([faces])[:16]])
+    flat = loss_map(model, normalize(images, ckpt["pixel_mean"], ckpt["pixel_std"]), repeats=3)
+    assert flat == pytest.approx(np.full((4, 4), 191 / 192), abs=1e-4)
+
+    encoder_only = {k: v for k, v in read_checkpoint(ckpt_path).items() if k != "model"}
+    save_checkpoint(encoder_only, tmp_path / "encoder.pt")
+    with pytest.raises(SystemExit) as exit_info:
+        loss_map_main(["--ckpt", str(tmp_path / "encoder.pt"), "--images", str(faces)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "holds no MAE decoder" in err
