@@ -32,12 +32,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.data.affwild2 import EXPR_CLASSES, AffWild2
+from pipeline.data.affwild2 import AffWild2
 from pipeline.data.frames import ExprFrames, FrameIndex, expr_frames
 from pipeline.device import resolve_device
 from pipeline.errors import InputError
 from pipeline.finetune import FinetuneConfig, finetune, load_classifier, predict_expr
 from pipeline.metrics import (
+    expr_confusion,
     expr_f1_from_confusion,
     uniform_guess_expr_f1,
     uniform_guess_f1_from_counts,
@@ -101,10 +102,8 @@ def video_confusions(run: Path, val_index: FrameIndex, cfg: FinetuneConfig) -> n
     result = predict_expr(model.to(device), loader, device, cfg.bf16, info.pixel_mean, info.pixel_std)
     ok = result["ok"].astype(bool)
     rows, pred = result["row"][ok], result["pred"][ok]
-    k = len(EXPR_CLASSES)
-    confusions = np.zeros((len(val_index.videos), k, k), dtype=np.int64)
-    np.add.at(confusions, (val_index.video_id[rows], val_index.expr[rows], pred), 1)
-    return confusions
+    video, true = val_index.video_id[rows], val_index.expr[rows]
+    return np.stack([expr_confusion(pred[video == v], true[video == v]) for v in range(len(val_index.videos))])
 
 
 def bootstrap_summary(confusions: dict[str, np.ndarray], resamples: int, seed: int = 0) -> dict:
