@@ -23,7 +23,6 @@ re-scored, for instance with another number of resamples, in the time inference 
 
 import argparse
 import json
-import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -35,7 +34,7 @@ from torch.utils.data import DataLoader
 from pipeline.data.affwild2 import AffWild2
 from pipeline.data.frames import ExprFrames, FrameIndex, expr_frames
 from pipeline.device import resolve_device
-from pipeline.errors import InputError
+from pipeline.errors import exit_on_input_error
 from pipeline.finetune import FinetuneConfig, finetune, load_classifier, predict_expr
 from pipeline.metrics import (
     expr_confusion,
@@ -144,11 +143,7 @@ def bootstrap_summary(confusions: dict[str, np.ndarray], resamples: int, seed: i
 
 def main(argv=None) -> dict:
     """Run the comparison; bad input (a missing folder, an unreadable checkpoint) exits 2 with one line."""
-    try:
-        return _compare(argv)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    return exit_on_input_error(_compare, argv)
 
 
 def _compare(argv) -> dict:

@@ -1,8 +1,8 @@
 """Where an MAE checkpoint draws detail: its masked-patch loss at each patch position, averaged over frames.
 
 With the norm-pix loss, a hidden patch predicted flat at its own mean scores 1.0 (exactly (P - 1) / P for P
-values a patch), so 1 - loss is the share of the patch's detail (its variance) that the model draws; without norm-pix the map is in normalised pixel
-units. Each frame (un-augmented, evenly spaced over the image list) is masked ``--repeats`` times by the
+values a patch), so 1 - loss is the share of the patch's detail (its variance) that the model draws;
+without norm-pix the map is in normalised pixel units. Each frame (un-augmented, evenly spaced over the image list) is masked ``--repeats`` times by the
 model's own random masking, and only hidden patches count. A reconstruction picture shows six faces; this
 map says, over many, whether the eyes and mouth are drawn or only the outline.
 
@@ -12,14 +12,14 @@ map says, over many, whether the eyes and mouth are drawn or only the outline.
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from pipeline.data.images import UnreadableImage, decode_image, find_images
-from pipeline.errors import InputError
+from pipeline.errors import InputError, exit_on_input_error
 from pipeline.models.checkpoint import read_checkpoint
 from pipeline.models.encoder import normalize
 from pipeline.models.mae import MAEConfig, MaskedAutoencoderViT
@@ -38,37 +38,37 @@ def load_mae(path: Path) -> tuple[MaskedAutoencoderViT, dict]:
 
 @torch.no_grad()
 def loss_map(model: MaskedAutoencoderViT, images: torch.Tensor, repeats: int, seed: int = 0,
-             batch_size: int = 128) -> np.ndarray:
+             batch_size: int = 128, progress: bool = False) -> np.ndarray:
     """Mean masked-patch loss per position.
 
     Args:
         model: the MAE.
         images: (F, C, H, W) normalised frames.
         repeats: random maskings per frame.
+        progress: a tqdm bar (frames/s) on stderr.
     Returns:
         (H / p, W / p) float64; NaN where no draw hid the position.
     """
     torch.manual_seed(seed)
     side = model.config.img_size // model.config.patch_size
     total, count = torch.zeros(side * side, dtype=torch.float64), torch.zeros(side * side, dtype=torch.float64)
-    for _ in range(repeats):
-        for start in range(0, len(images), batch_size):
-            x = images[start:start + batch_size]
-            _, pred, mask = model(x)
-            per_patch = ((pred.float() - model.target(x).float()) ** 2).mean(dim=-1)  # (B, N)
-            total += (per_patch * mask).sum(0).double()
-            count += mask.sum(0).double()
+    with tqdm(total=repeats * len(images), unit="frame", desc="loss map", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for _ in range(repeats):
+            for start in range(0, len(images), batch_size):
+                x = images[start:start + batch_size]
+                latent, mask, ids_restore = model.forward_encoder(x, model.config.mask_ratio)
+                per_patch = model.patch_loss(x, model.forward_decoder(latent, ids_restore))  # (B, N)
+                total += (per_patch * mask).sum(0).double()
+                count += mask.sum(0).double()
+                bar.update(len(x))
     with np.errstate(invalid="ignore"):
         return (total / count).numpy().reshape(side, side)
 
 
 def main(argv=None) -> dict:
     """Print the map; bad input (a missing folder, a checkpoint without a decoder) exits 2 with one line."""
-    try:
-        return _run(argv)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    return exit_on_input_error(_run, argv)
 
 
 def _run(argv) -> dict:
@@ -96,7 +96,7 @@ def _run(argv) -> dict:
     if not frames:
         raise InputError(f"none of the {len(picked)} picked images could be read (first: {picked[0]})")
     images = normalize(torch.stack(frames), ckpt["pixel_mean"], ckpt["pixel_std"])  # (F, C, H, W)
-    grid = loss_map(model, images, args.repeats, args.seed)
+    grid = loss_map(model, images, args.repeats, args.seed, progress=not args.json)
     result = {
         "checkpoint": str(path), "epoch": ckpt.get("epoch"), "frames": len(frames), "repeats": args.repeats,
         "unreadable": unreadable, "norm_pix_loss": bool(ckpt["model_config"].get("norm_pix_loss")),

@@ -193,15 +193,17 @@ class MaskedAutoencoderViT(nn.Module):
             target = (target - mean) / (var + 1e-6) ** 0.5
         return target
 
+    def patch_loss(self, imgs: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """Squared error of every patch, visible or not: imgs (B, C, H, W), pred (B, N, P) -> (B, N)."""
+        return ((pred.float() - self.target(imgs).float()) ** 2).mean(dim=-1)
+
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean squared error over the masked patches only.
 
         Args:
             imgs: (B, C, H, W) ; pred: (B, N, P) ; mask: (B, N), 1 = hidden.
         """
-        loss = (pred.float() - self.target(imgs).float()) ** 2
-        loss = loss.mean(dim=-1)  # (B, N), per-patch loss
-        return (loss * mask).sum() / mask.sum()
+        return (self.patch_loss(imgs, pred) * mask).sum() / mask.sum()
 
     def forward(self, imgs: torch.Tensor, mask_ratio: float | None = None):
         """imgs (B, C, H, W) -> (loss, pred (B, N, P), mask (B, N)); ``mask_ratio`` defaults to the config's."""
