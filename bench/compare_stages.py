@@ -29,13 +29,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from pipeline.data.affwild2 import AffWild2
-from pipeline.data.frames import ExprFrames, FrameIndex, expr_frames
+from pipeline.data.frames import FrameIndex, expr_frames
 from pipeline.device import resolve_device
 from pipeline.errors import exit_on_input_error
-from pipeline.finetune import FinetuneConfig, finetune, load_classifier, predict_expr
+from pipeline.finetune import (
+    FinetuneConfig,
+    finetune,
+    load_classifier,
+    predict_expr,
+    validation_loader,
+)
 from pipeline.metrics import (
     expr_confusion,
     expr_f1_from_confusion,
@@ -95,9 +100,7 @@ def video_confusions(run: Path, val_index: FrameIndex, cfg: FinetuneConfig) -> n
     scored (row = true class, column = prediction; unreadable frames left out)."""
     model, info = load_classifier(run / "best.pt")
     device = resolve_device(cfg.device)
-    rows = val_index.capped(cfg.val_frames_per_video)
-    loader = DataLoader(ExprFrames(val_index, info.img_size), batch_size=cfg.batch_size, sampler=rows.tolist(),
-                        num_workers=cfg.workers)
+    loader = validation_loader(val_index, info.img_size, cfg, device)
     result = predict_expr(model.to(device), loader, device, cfg.bf16, info.pixel_mean, info.pixel_std)
     ok = result["ok"].astype(bool)
     rows, pred = result["row"][ok], result["pred"][ok]

@@ -234,6 +234,17 @@ def finetune_loss(out: dict, batch: dict, weight: torch.Tensor | None, cfg: Fine
     return loss, parts
 
 
+def validation_loader(index: FrameIndex, img_size: int, cfg: FinetuneConfig, device: torch.device,
+                      dist_info: DistInfo | None = None) -> DataLoader:
+    """The frames validation scores (``--val-frames-per-video``, evenly spaced), un-augmented and in order;
+    under ``torchrun`` each rank takes every world_size-th of them."""
+    rows = index.capped(cfg.val_frames_per_video)
+    if dist_info is not None:
+        rows = rows[dist_info.rank::dist_info.world_size]
+    return DataLoader(ExprFrames(index, img_size), batch_size=cfg.batch_size, sampler=rows.tolist(),
+                      num_workers=cfg.workers, pin_memory=pin_memory(device), persistent_workers=cfg.workers > 0)
+
+
 @torch.no_grad()
 def predict_expr(model: torch.nn.Module, loader: DataLoader, device: torch.device, bf16: bool,
                  pixel_mean=PIXEL_MEAN, pixel_std=PIXEL_STD, progress: bool = False) -> dict[str, np.ndarray]:
@@ -429,11 +440,8 @@ def finetune(cfg: FinetuneConfig, *, stop_at_epoch: int | None = None, progress:
             f"an epoch holds {sampler.epoch_size} training frames, less than one batch of --batch-size "
             f"{cfg.batch_size} x {dist_info.world_size} process(es); lower --batch-size"
         )
-    val_rows = val_index.capped(cfg.val_frames_per_video)
-    val_loader = DataLoader(ExprFrames(val_index, cfg.img_size), batch_size=cfg.batch_size,
-                            sampler=val_rows[dist_info.rank::dist_info.world_size].tolist(),
-                            num_workers=cfg.workers, pin_memory=pin_memory(device),
-                            persistent_workers=cfg.workers > 0)
+    val_loader = validation_loader(val_index, cfg.img_size, cfg, device, dist_info)
+    val_frames = len(val_index.capped(cfg.val_frames_per_video))  # over all ranks
 
     counts = train_index.class_counts()
     weight = None
@@ -448,7 +456,7 @@ def finetune(cfg: FinetuneConfig, *, stop_at_epoch: int | None = None, progress:
         "finetune": to_jsonable(cfg), "encoder": source, "world_size": dist_info.world_size,
         "effective_batch": cfg.batch_size * dist_info.world_size, "steps_per_epoch": steps_per_epoch,
         "train_frames": len(train_index), "train_frames_per_epoch": sampler.epoch_size,
-        "val_frames": len(val_rows), "val_frames_all": len(val_index),
+        "val_frames": val_frames, "val_frames_all": len(val_index),
         "train_class_counts": dict(zip(EXPR_CLASSES, counts.tolist(), strict=True)),
         "class_weights": weight.tolist() if weight is not None else None,
         "versions": {"torch": str(torch.__version__), "timm": str(timm.__version__)},
@@ -549,7 +557,7 @@ def finetune(cfg: FinetuneConfig, *, stop_at_epoch: int | None = None, progress:
                  resume_key=resume_key)
         barrier()
 
-    return _summary(run_dir, len(train_index), len(val_rows)) if dist_info.is_main else None
+    return _summary(run_dir, len(train_index), val_frames) if dist_info.is_main else None
 
 
 def _summary(run_dir: Path, train_frames: int, val_frames: int) -> dict:
