@@ -225,15 +225,22 @@ def finetune(data_root, init, out, model, img_size, patch_size, pooling, epochs,
 @click.option("--frames-per-video", type=int, default=None, help="Override the preset's mean video length.")
 @click.option("--img-size", type=int, default=None, help="Override the crop size (112 as released).")
 @click.option("--seed", type=int, default=None, help="Override the preset's seed.")
+@click.option("--people", type=int, default=None,
+              help="Cast only N people, video k showing person k mod N, in every split. Default: a new person "
+                   "per video.")
+@click.option("--scenes", type=int, default=None,
+              help="Film in only N scenes (background, light, camera). Default: one per source video. "
+                   "--people 1 --scenes 1 leaves nothing but the expressions to tell videos apart.")
 @click.option("--workers", type=int, default=None, help="Rendering processes (default: 2 for large presets).")
 @json_option
-def synth(out, preset, videos, frames_per_video, img_size, seed, workers, as_json):
+def synth(out, preset, videos, frames_per_video, img_size, seed, people, scenes, workers, as_json):
     """Generate a synthetic mini-Aff-Wild2 in the exact Aff-Wild2 layout (deterministic for a seed)."""
     from dataclasses import replace
 
     from pipeline.data.synth import PRESETS, generate
 
-    overrides = {"videos": videos, "frames_per_video": frames_per_video, "img_size": img_size, "seed": seed}
+    overrides = {"videos": videos, "frames_per_video": frames_per_video, "img_size": img_size, "seed": seed,
+                 "people": people, "scenes": scenes}
     config = replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
     result = generate(out, config, progress=not as_json, workers=workers)
     table = (f"{out}: already holds this dataset, left as it is" if result["skipped"] else

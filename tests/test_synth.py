@@ -72,7 +72,8 @@ def test_rerun_is_a_no_op_and_a_foreign_folder_is_refused(tmp_path):
     assert not list(tmp_path.glob(".*partial*"))
 
 
-@pytest.mark.parametrize("bad", [{"videos": 4}, {"img_size": 8}, {"pairs": 5, "videos": 8}])
+@pytest.mark.parametrize("bad", [{"videos": 4}, {"img_size": 8}, {"pairs": 5, "videos": 8}, {"people": 0},
+                                 {"scenes": 0}])
 def test_unusable_configs_are_input_errors(bad):
     with pytest.raises(InputError):
         plan_videos(replace(PRESETS["tiny"], **bad))
@@ -169,6 +170,19 @@ def test_every_split_of_every_task_is_populated(preset):
     for p in plans:
         sources.setdefault(p.source, set()).add((p.split, p.tasks, p.frames))
     assert all(len(v) == 1 for v in sources.values()), "a pair's two subjects differ in split or tasks"
+
+
+def test_people_and_scenes_limit_the_cast_and_the_sets_and_change_nothing_else():
+    default = plan_videos(PRESETS["tiny"])
+    assert len({p.identity for p in default}) == len(default)  # a new person per video
+    assert len({p.scene for p in default}) == len({p.source for p in default})  # a scene per source
+    three = plan_videos(replace(PRESETS["tiny"], people=3))
+    assert [p.identity for p in three] == [default[k % 3].identity for k in range(len(three))]
+    one = plan_videos(replace(PRESETS["tiny"], people=1, scenes=1))
+    assert len({p.identity for p in one}) == 1 and len({p.scene for p in one}) == 1
+    assert one[0].scene == default[0].scene
+    rest = [(p.name, p.split, p.frames, p.tasks, p.image_root) for p in default]
+    assert [(p.name, p.split, p.frames, p.tasks, p.image_root) for p in one] == rest
 
 
 def test_hidden_state_runs_and_ranges():

@@ -93,6 +93,12 @@ class SynthConfig:
         task_prob: chance that a video is annotated for each task (at least one task each).
         new_root_fraction: share of the source videos under ``cropped_aligned_new_50_vids``.
         long_video_factor: the one long video is this many times the mean length of the others.
+        people: None draws a new person for every video (as in the release); N > 0 casts only N people,
+            video k showing person k mod N, in every split.
+        scenes: the same for backgrounds, light and camera: None draws one per source video, N > 0 only
+            N, source video s filmed in scene s mod N. With ``people=1, scenes=1`` nothing but the
+            affect state and the per-frame nuisances tells videos apart: a diagnostic that takes away
+            the shortcut of recognising a video instead of reading its expressions.
     """
 
     videos: int = 38
@@ -105,6 +111,8 @@ class SynthConfig:
     task_prob: float = 0.7
     new_root_fraction: float = 0.12
     long_video_factor: float = 5.0
+    people: int | None = None
+    scenes: int | None = None
 
 
 PRESETS: dict[str, SynthConfig] = {
@@ -169,6 +177,9 @@ def check_config(cfg: SynthConfig) -> None:
     if cfg.img_size < 16:
         raise InputError(
             f"img_size={cfg.img_size} is too small to draw a face; use --img-size 16 or more")
+    for key in ("people", "scenes"):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
+            raise InputError(f"{key}={getattr(cfg, key)}: use 1 or more (or leave it unset for a new one per video)")
     if cfg.frames_per_video < 40:
         raise InputError(f"frames_per_video={cfg.frames_per_video}: use 40 or more")
 
@@ -229,14 +240,15 @@ def plan_videos(cfg: SynthConfig) -> list[VideoPlan]:
 
     plans = []
     for s in range(n_src):
-        scene = sample_scene(np.random.default_rng([cfg.seed, SCENE, s]))
+        scene = sample_scene(np.random.default_rng([cfg.seed, SCENE, s if cfg.scenes is None else s % cfg.scenes]))
         for side in ("_left", "_right") if paired[s] else ("",):
             k = len(plans)
+            person = k if cfg.people is None else k % cfg.people
             plans.append(VideoPlan(
                 index=k, name=names[s] + side, source=names[s], source_index=s, frames=int(lengths[s]),
                 image_root=IMAGE_ROOTS[s in new_root], split=split[s],
                 tasks=tuple(t for t in TASKS if t in tasks[s]),
-                identity=sample_identity(np.random.default_rng([cfg.seed, IDENTITY, k])), scene=scene,
+                identity=sample_identity(np.random.default_rng([cfg.seed, IDENTITY, person])), scene=scene,
                 crlf=bool(quirks[s, 0]), trailing_blank=bool(quirks[s, 1]),
             ))
     return plans
