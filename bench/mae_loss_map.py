@@ -2,8 +2,8 @@
 
 With the norm-pix loss, a hidden patch predicted flat at its own mean scores 1.0 (exactly (P - 1) / P for P
 values a patch), so 1 - loss is the share of the patch's detail (its variance) that the model draws;
-without norm-pix the map is in normalised pixel units. Each frame (un-augmented, evenly spaced over the image list) is masked ``--repeats`` times by the
-model's own random masking, and only hidden patches count. A reconstruction picture shows six faces; this
+without norm-pix the map is in normalised pixel units. Each frame (un-augmented, evenly spaced over the
+image list) is masked ``--repeats`` times by the model's own random masking, and only hidden patches count. A reconstruction picture shows six faces; this
 map says, over many, whether the eyes and mouth are drawn or only the outline.
 
     python -m bench.mae_loss_map --ckpt runs/demo/pretrain/checkpoint-last.pt \\

@@ -178,8 +178,9 @@ def check_config(cfg: SynthConfig) -> None:
         raise InputError(
             f"img_size={cfg.img_size} is too small to draw a face; use --img-size 16 or more")
     for key in ("people", "scenes"):
-        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
-            raise InputError(f"{key}={getattr(cfg, key)}: use 1 or more (or leave it unset for a new one per video)")
+        value = getattr(cfg, key)
+        if value is not None and value < 1:
+            raise InputError(f"{key}={value}: use 1 or more (or leave it unset for a new one per video)")
     if cfg.frames_per_video < 40:
         raise InputError(f"frames_per_video={cfg.frames_per_video}: use 40 or more")
 
