@@ -23,6 +23,7 @@ from pipeline.data.synth import (
     TEST_LIST_DIR,
     TEST_LISTS,
     generate,
+    merge_short_runs,
     plan_videos,
     simulate,
 )
@@ -183,6 +184,18 @@ def test_people_and_scenes_limit_the_cast_and_the_sets_and_change_nothing_else()
     assert one[0].scene == default[0].scene
     rest = [(p.name, p.split, p.frames, p.tasks, p.image_root) for p in default]
     assert [(p.name, p.split, p.frames, p.tasks, p.image_root) for p in one] == rest
+
+
+def test_short_expression_runs_join_a_long_one():
+    def runs(labels):
+        expr = merge_short_runs(np.repeat(*np.array(labels).T), min_run=10)
+        starts = np.flatnonzero(np.diff(expr, prepend=-1))
+        return [(int(expr[s]), int(n)) for s, n in zip(starts, np.diff(np.append(starts, len(expr))))]
+
+    # two short runs at the start used to merge into each other and stay short
+    assert runs([(1, 3), (2, 6), (3, 20), (4, 4), (5, 12)]) == [(3, 33), (5, 12)]
+    assert runs([(1, 12), (2, 3), (3, 3), (1, 12)]) == [(1, 30)]
+    assert runs([(1, 4), (2, 6), (3, 5)]) == [(2, 15)]  # no long run: the longest takes the video
 
 
 def test_hidden_state_runs_and_ranges():

@@ -301,13 +301,20 @@ def _expression(v: np.ndarray, a: np.ndarray, au: np.ndarray, min_run: int = 10)
     ], axis=1)  # (T, 8)
     kernel = np.ones(9) / 9
     scores = np.stack([np.convolve(c, kernel, mode="same") for c in scores.T], axis=1)
-    expr = scores.argmax(axis=1)
-    # Merge runs shorter than min_run into the run before them (the first run into the next).
+    return merge_short_runs(scores.argmax(axis=1), min_run)
+
+
+def merge_short_runs(expr: np.ndarray, min_run: int) -> np.ndarray:
+    """Runs shorter than ``min_run`` join the run before them; the short runs before the first long one
+    join it (merged into each other, they could still be short). In place; returns ``expr``."""
     starts = np.flatnonzero(np.diff(expr, prepend=-1))
     ends = np.append(starts[1:], len(expr))
-    for i, (s, e) in enumerate(zip(starts, ends)):
-        if e - s < min_run and len(starts) > 1:
-            expr[s:e] = expr[s - 1] if i > 0 else expr[e]
+    long = np.flatnonzero(ends - starts >= min_run)
+    first = long[0] if len(long) else np.argmax(ends - starts)
+    expr[:starts[first]] = expr[starts[first]]
+    for s, e in zip(starts[first + 1:], ends[first + 1:]):
+        if e - s < min_run:
+            expr[s:e] = expr[s - 1]
     return expr
 
 
