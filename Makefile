@@ -20,7 +20,7 @@ WORKERS  ?= 2
 # reuses what `make demo` made. On real Aff-Wild2 and a GPU, set them to the paper's (README).
 PRETRAIN_ARGS ?= --epochs 8 --batch-size 64 --accum-iter 1 --lr 1e-3 --warmup-epochs 1 --crop-scale 0.8 1.0 \
 	--decoder-dim 128 --decoder-depth 2 --decoder-heads 4
-FINETUNE_ARGS ?= --epochs 3 --batch-size 64 --lr 5e-4 --frames-per-video 150 --warmup-epochs 0.5
+FINETUNE_ARGS ?= --epochs 10 --batch-size 64 --lr 5e-4 --frames-per-video 100 --warmup-epochs 0.5
 # LP-FT: a linear probe on the frozen encoder first; its head starts the fine-tune (PROBE_ARGS override the lr).
 PROBE_ARGS ?= $(FINETUNE_ARGS) --linear-probe --lr 5e-3
 # The heads' "demo" preset suits the synthetic set on a CPU; use HEAD_PRESET=paper on real Aff-Wild2.

@@ -15,7 +15,7 @@ stage adds: (b) - (c) what pretraining adds to the fine-tune, (b) - (a) and (d) 
 the encoder adds to the frozen one, and each setting against a uniform guess.
 
     python -m bench.compare_stages --data data/synth-demo --init runs/demo/pretrain/checkpoint-last.pt \
-        [--seeds 0 1 2] [--epochs 3] [--frames-per-video 150] [--bootstrap 2000] [--out DIR] [--json]
+        [--seeds 0 1 2] [--epochs 10] [--frames-per-video 100] [--bootstrap 2000] [--out DIR] [--json]
 
 Runs already finished in ``--out`` are not trained again (fine-tuning resumes), so a comparison can be
 re-scored, for instance with another number of resamples, in the time inference takes.
@@ -32,6 +32,7 @@ import torch
 
 from pipeline.data.affwild2 import AffWild2
 from pipeline.data.frames import FrameIndex, expr_frames
+from pipeline.demo import DemoConfig
 from pipeline.device import resolve_device
 from pipeline.errors import exit_on_input_error
 from pipeline.finetune import (
@@ -153,12 +154,13 @@ def _compare(argv) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="Aff-Wild2-layout root (the synthetic demo set).")
     parser.add_argument("--init", required=True, help="MAE checkpoint for (a) and (b).")
+    demo = DemoConfig()  # the demo's fine-tuning budget by default
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=5e-4, help="Fine-tuning lr of (b) and (c).")
-    parser.add_argument("--probe-lr", type=float, default=5e-3, help="Linear-probe lr of (a).")
-    parser.add_argument("--frames-per-video", type=int, default=150)
+    parser.add_argument("--epochs", type=int, default=demo.finetune_epochs)
+    parser.add_argument("--batch-size", type=int, default=demo.finetune_batch)
+    parser.add_argument("--lr", type=float, default=demo.finetune_lr, help="Fine-tuning lr of (b), (c) and (d).")
+    parser.add_argument("--probe-lr", type=float, default=demo.probe_lr, help="Linear-probe lr of (a).")
+    parser.add_argument("--frames-per-video", type=int, default=demo.finetune_frames_per_video)
     parser.add_argument("--warmup-epochs", type=float, default=0.5)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--settings", default="abc", help="Which of a, b, c, d to run (d needs a).")

@@ -52,9 +52,9 @@ from pipeline.runs import (
 
 PAPER_EPOCHS = {"va": 40, "expr": 10, "au": 30}
 # Named starting points for TrainConfig.create(preset=...); settings given with them win.
-# "demo": a head small enough to train in well under a minute per task on two CPU cores (the
-# synthetic demo store, ~40 videos, D=192): the paper's lr 3e-5 and batch 32 assume ~3 million frames
-# (hundreds of steps an epoch), the demo has a few thousand; dropout 0 as in the authors' configs
+# "demo": a head small enough to train in well under a minute per task on two CPU cores (the synthetic
+# demo store, about 100 videos of 200 frames, D=192): the paper's lr 3e-5 and batch 32 assume ~3 million
+# frames (hundreds of steps an epoch), the demo has a few thousand; dropout 0 as in the authors' configs
 # (on the CPU, dropout's random masks cost a third of a small head's step).
 PRESETS = {
     "paper": {},
