@@ -1,18 +1,19 @@
 """What each stage adds to Expr recognition: (a) a linear probe on the frozen MAE encoder, (b) the encoder
 fine-tuned from MAE, (c) the same fine-tune from random weights, each over several seeds; optionally (d)
-LP-FT, the fine-tune of (b) started from (a)'s head (``--settings abcd``).
+LP-FT, the fine-tune of (b) started from (a)'s head, and its random-weight twins: (e) a linear probe on the
+frozen random encoder and (f) LP-FT from it, started from (e)'s head (``--settings abcdef``).
 
 All settings use ``pipeline.finetune.finetune`` with the same budget (the demo's by default) and the same
-architecture; only the initialisation and what trains differ ((c) starts from a random-weight checkpoint of
-the MAE encoder's exact shape). A seed changes the data order, the augmentation, the head and, for
-(c), the encoder's random weights. Printed: the best-epoch validation macro F1 of every run, the mean and
+architecture; only the initialisation and what trains differ ((c), (e) and (f) start from a random-weight
+checkpoint of the MAE encoder's exact shape). A seed changes the data order, the augmentation, the head
+and the random encoder's weights. Printed: the best-epoch validation macro F1 of every run, the mean and
 standard deviation per setting, and the score of a uniform guess on the same frames. One Validation_Set of
 a few videos makes a single run's F1 noisy, and the spread over seeds does not show it: the seeds share
 the validation videos. So each run's best checkpoint also predicts every validation frame once more, and
 a bootstrap over the validation videos (whole videos drawn with replacement, the same draws for every
 setting) gives a 95 % interval for each setting's seed-mean F1 and for the differences that say what a
-stage adds: (b) - (c) what pretraining adds to the fine-tune, (b) - (a) and (d) - (a) what fine-tuning
-the encoder adds to the frozen one, and each setting against a uniform guess.
+stage adds: (b) - (c), (d) - (f) and (a) - (e) what pretraining adds, (b) - (a) and (d) - (a) what
+fine-tuning the encoder adds to the frozen one, and each setting against a uniform guess.
 
     python -m bench.compare_stages --data data/synth-demo --init runs/demo/pretrain/checkpoint-last.pt \
         [--seeds 0 1 2] [--epochs 10] [--frames-per-video 100] [--bootstrap 2000] [--out DIR] [--json]
@@ -62,11 +63,17 @@ SETTINGS = {
     "b": "fine-tuned from MAE",
     "c": "the same fine-tune from random weights",
     "d": "LP-FT: (b) started from (a)'s head",
+    "e": "linear probe on the frozen random-weight encoder",
+    "f": "LP-FT from random weights: (c) started from (e)'s head",
 }
+# An LP-FT setting starts from the best head of its probe.
+PROBE_OF = {"d": "a", "f": "e"}
 # (higher, lower, what the difference measures); a pair is reported when both settings ran.
 CONTRASTS = (
     ("b", "c", "what pretraining adds: (b) fine-tuned from MAE - (c) from random weights"),
-    ("d", "c", "what pretraining adds with LP-FT: (d) - (c)"),
+    ("d", "f", "what pretraining adds with LP-FT: (d) from MAE - (f) from random weights"),
+    ("d", "c", "pretraining and the probe's head together: (d) - (c)"),
+    ("a", "e", "what pretraining adds to the frozen encoder: (a) - (e)"),
     ("b", "a", "what fine-tuning adds: (b) fine-tuned encoder - (a) frozen encoder"),
     ("d", "a", "what fine-tuning adds with LP-FT: (d) - (a)"),
 )
@@ -84,16 +91,21 @@ def random_twin(info: EncoderInfo, seed: int, path: Path) -> Path:
 
 def stage_configs(base: FinetuneConfig, init: Path, info: EncoderInfo, probe_lr: float, out: Path,
                   seed: int) -> dict[str, FinetuneConfig]:
-    """The runs (a)-(d) of one seed; ``info`` describes the MAE encoder at ``init``; (d) reads (a)'s best.pt."""
+    """The runs (a)-(f) of one seed; ``info`` describes the MAE encoder at ``init``; (d) and (f) read the
+    best.pt of their probes (a) and (e)."""
     out.mkdir(parents=True, exist_ok=True)
-    scratch = random_twin(info, seed, out / f"random-init-seed{seed}.pt")
-    return {
-        "a": replace(base, init=str(init), linear_probe=True, lr=probe_lr, seed=seed, out=str(out / f"a-seed{seed}")),
-        "b": replace(base, init=str(init), seed=seed, out=str(out / f"b-seed{seed}")),
-        "c": replace(base, init=str(scratch), seed=seed, out=str(out / f"c-seed{seed}")),
-        "d": replace(base, init=str(init), head_init=str(out / f"a-seed{seed}" / "best.pt"), seed=seed,
-                     out=str(out / f"d-seed{seed}")),
-    }
+    scratch = str(random_twin(info, seed, out / f"random-init-seed{seed}.pt"))
+    starts = {"a": (str(init), True), "b": (str(init), False), "c": (scratch, False), "d": (str(init), False),
+              "e": (scratch, True), "f": (scratch, False)}
+    configs = {}
+    for key, (start, probe) in starts.items():
+        run = replace(base, init=start, seed=seed, out=str(out / f"{key}-seed{seed}"))
+        if probe:
+            run = replace(run, linear_probe=True, lr=probe_lr)
+        if key in PROBE_OF:
+            run = replace(run, head_init=str(out / f"{PROBE_OF[key]}-seed{seed}" / "best.pt"))
+        configs[key] = run
+    return configs
 
 
 def video_confusions(run: Path, val_index: FrameIndex, cfg: FinetuneConfig) -> np.ndarray:
@@ -163,14 +175,16 @@ def _compare(argv) -> dict:
     parser.add_argument("--frames-per-video", type=int, default=demo.finetune_frames_per_video)
     parser.add_argument("--warmup-epochs", type=float, default=0.5)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--settings", default="abc", help="Which of a, b, c, d to run (d needs a).")
+    parser.add_argument("--settings", default="abc", help="Which of a-f to run (d needs a, f needs e).")
     parser.add_argument("--bootstrap", type=int, default=2000,
                         help="Resamples of the validation videos for the 95 %% intervals (0: none).")
     parser.add_argument("--out", default=None, help="Keep the runs here (default: a temporary folder).")
     parser.add_argument("--json", action="store_true", help="Print one JSON object instead of the table.")
     args = parser.parse_args(argv)
-    if not args.seeds or not set(args.settings) <= set(SETTINGS) or ("d" in args.settings and "a" not in args.settings):
-        parser.error("--seeds needs at least one seed and --settings letters from 'abcd' (d starts from a's head)")
+    needs_probe = any(lp in args.settings and probe not in args.settings for lp, probe in PROBE_OF.items())
+    if not args.seeds or not set(args.settings) <= set(SETTINGS) or needs_probe:
+        parser.error("--seeds needs at least one seed and --settings letters from 'abcdef' (d starts from a's "
+                     "head, f from e's)")
     if args.bootstrap < 0:
         parser.error("--bootstrap must be >= 0")
 
@@ -186,7 +200,7 @@ def _compare(argv) -> dict:
         out = Path(args.out) if args.out else Path(tmp)
         for seed in args.seeds:
             configs = stage_configs(base, init, info, args.probe_lr, out, seed)
-            for key in sorted(args.settings):  # a before d
+            for key in sorted(args.settings):  # every probe before its LP-FT
                 summary = finetune(configs[key], progress=not args.json)
                 scores[key].append(round(float(summary["best_f1"]), 4))
                 if args.bootstrap:

@@ -431,15 +431,17 @@ def test_stage_comparison_runs_probe_fine_tune_and_scratch_alike(tiny_root, init
 
     result = compare_stages(["--data", str(tiny_root), "--init", str(init_ckpt), "--seeds", "0", "1",
                              "--epochs", "1", "--batch-size", "16", "--frames-per-video", "24", "--workers", "0",
-                             "--settings", "dcba", "--out", str(tmp_path), "--json"])
+                             "--settings", "fedcba", "--out", str(tmp_path), "--json"])
     assert json.loads(capsys.readouterr().out) == result
-    assert set(result["settings"]) == set("abcd") and all(len(s["best_f1"]) == 2 for s in result["settings"].values())
-    configs = {k: json.loads((tmp_path / f"{k}-seed1" / "config.json").read_text()) for k in "abcd"}
+    assert set(result["settings"]) == set("abcdef") and all(len(s["best_f1"]) == 2 for s in result["settings"].values())
+    configs = {k: json.loads((tmp_path / f"{k}-seed1" / "config.json").read_text()) for k in "abcdef"}
     assert configs["d"]["encoder"]["head_init"] == str(tmp_path / "a-seed1" / "best.pt")
+    assert configs["f"]["encoder"]["head_init"] == str(tmp_path / "e-seed1" / "best.pt")
     assert configs["d"]["encoder"]["init_sha256"] == configs["b"]["encoder"]["init_sha256"]
-    assert configs["a"]["finetune"]["linear_probe"] and not configs["b"]["finetune"]["linear_probe"]
+    assert [k for k in "abcdef" if configs[k]["finetune"]["linear_probe"]] == ["a", "e"]
     assert configs["a"]["encoder"]["init_sha256"] == configs["b"]["encoder"]["init_sha256"] is not None
     assert configs["c"]["encoder"]["init_sha256"] not in (None, configs["b"]["encoder"]["init_sha256"])
+    assert configs["e"]["encoder"]["init_sha256"] == configs["f"]["encoder"]["init_sha256"] == configs["c"]["encoder"]["init_sha256"]
     assert configs["c"]["encoder"]["model_config"] == configs["b"]["encoder"]["model_config"]
     b, c = read_checkpoint(tmp_path / "b-seed1" / "best.pt"), read_checkpoint(tmp_path / "c-seed1" / "best.pt")
     assert not torch.equal(b["encoder"]["patch_embed.proj.weight"], c["encoder"]["patch_embed.proj.weight"])
@@ -453,7 +455,7 @@ def test_stage_comparison_runs_probe_fine_tune_and_scratch_alike(tiny_root, init
         assert 0 <= low <= high <= 1
     assert boot["settings"]["guess"]["mean"] == pytest.approx(result["uniform_guess_f1"], abs=1e-4)
     pairs = {c["pair"]: c for c in boot["contrasts"]}
-    assert set(pairs) == {"b-c", "d-c", "b-a", "d-a", "a-guess", "b-guess", "c-guess", "d-guess"}
+    assert set(pairs) == {"b-c", "d-f", "d-c", "a-e", "b-a", "d-a"} | {f"{k}-guess" for k in "abcdef"}
     assert pairs["b-c"]["diff"] == pytest.approx(boot["settings"]["b"]["mean"] - boot["settings"]["c"]["mean"],
                                                  abs=2e-4)
 
@@ -465,4 +467,15 @@ def test_stage_comparison_refuses_bad_input_with_one_line(tiny_root, tmp_path, c
         compare_stages(["--data", str(tiny_root), "--init", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and "nope.pt does not exist" in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("settings", ["bd", "cf", "ax"])
+def test_stage_comparison_refuses_an_lp_ft_without_its_probe(tiny_root, init_ckpt, tmp_path, settings, capsys):
+    from bench.compare_stages import main as compare_stages
+
+    with pytest.raises(SystemExit) as exit_info:
+        compare_stages(["--data", str(tiny_root), "--init", str(init_ckpt), "--settings", settings,
+                        "--out", str(tmp_path / "r")])
+    assert exit_info.value.code == 2 and "d starts from a's head, f from e's" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
