@@ -165,13 +165,13 @@ def main(argv=None) -> dict:
 def _compare(argv) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="Aff-Wild2-layout root (the synthetic demo set).")
-    parser.add_argument("--init", required=True, help="MAE checkpoint for (a) and (b).")
+    parser.add_argument("--init", required=True, help="MAE checkpoint for (a), (b) and (d).")
     demo = DemoConfig()  # the demo's fine-tuning budget by default
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=demo.finetune_epochs)
     parser.add_argument("--batch-size", type=int, default=demo.finetune_batch)
-    parser.add_argument("--lr", type=float, default=demo.finetune_lr, help="Fine-tuning lr of (b), (c) and (d).")
-    parser.add_argument("--probe-lr", type=float, default=demo.probe_lr, help="Linear-probe lr of (a).")
+    parser.add_argument("--lr", type=float, default=demo.finetune_lr, help="Fine-tuning lr of (b), (c), (d) and (f).")
+    parser.add_argument("--probe-lr", type=float, default=demo.probe_lr, help="Linear-probe lr of (a) and (e).")
     parser.add_argument("--frames-per-video", type=int, default=demo.finetune_frames_per_video)
     parser.add_argument("--warmup-epochs", type=float, default=0.5)
     parser.add_argument("--workers", type=int, default=1)

@@ -70,8 +70,8 @@ class DemoConfig:
     decoder: tuple[int, int, int] = (128, 2, 4)  # width, depth, heads: half the cost of the registered one
     probe_lr: float = 5e-3
     lp_ft: bool = True  # fine-tune from a linear probe's head (LP-FT); False: from a fresh head, as the paper
-    # 10 epochs of 100 frames a video (~5,300 frames an epoch): the shorter 3 epochs fitted nothing on a
-    # set without the per-video shortcut (README, "What each stage adds").
+    # 10 epochs of at most 100 frames a video (4,352 frames an epoch on the demo set): 3 epochs fitted
+    # nothing on a set without the per-video shortcut (README, "What each stage adds").
     finetune_epochs: int = 10
     finetune_batch: int = 64
     finetune_lr: float = 5e-4
