@@ -95,12 +95,11 @@ def stage_configs(base: FinetuneConfig, init: Path, info: EncoderInfo, probe_lr:
     best.pt of their probes (a) and (e)."""
     out.mkdir(parents=True, exist_ok=True)
     scratch = str(random_twin(info, seed, out / f"random-init-seed{seed}.pt"))
-    starts = {"a": (str(init), True), "b": (str(init), False), "c": (scratch, False), "d": (str(init), False),
-              "e": (scratch, True), "f": (scratch, False)}
+    starts = {"a": str(init), "b": str(init), "c": scratch, "d": str(init), "e": scratch, "f": scratch}
     configs = {}
-    for key, (start, probe) in starts.items():
+    for key, start in starts.items():
         run = replace(base, init=start, seed=seed, out=str(out / f"{key}-seed{seed}"))
-        if probe:
+        if key in PROBE_OF.values():
             run = replace(run, linear_probe=True, lr=probe_lr)
         if key in PROBE_OF:
             run = replace(run, head_init=str(out / f"{PROBE_OF[key]}-seed{seed}" / "best.pt"))
