@@ -9,28 +9,28 @@ TORCH    ?= torch==2.14.1 torchvision==0.29.1
 BIN      := $(VENV)/bin
 CLI      := $(BIN)/mae-affect
 
+# PRESET names the synthetic dataset and every stage's preset (the stage configs' PRESETS in pipeline/configs):
+# demo (the CPU demo) or tiny (a smoke test). The stages' budgets live there only, so `make extract` after
+# `make demo` resumes and reuses what the demo made. On real Aff-Wild2 and a GPU: PRESET=paper (the
+# defaults) with DATA=/path/to/affwild2, and the heads' HEAD_PRESET=paper.
 PRESET   ?= demo
 DATA     ?= data/synth-$(PRESET)
 RUNS     ?= runs/$(PRESET)
 DEVICE   ?= auto
-MODEL    ?= mae_vit_tiny_patch16
-IMG_SIZE ?= 112
 WORKERS  ?= 2
-# The demo's budgets for a 2-core CPU (pipeline/demo.py, DemoConfig), so that `make extract` resumes and
-# reuses what `make demo` made. On real Aff-Wild2 and a GPU, set them to the paper's (README).
-PRETRAIN_ARGS ?= --epochs 8 --batch-size 64 --accum-iter 1 --lr 1e-3 --warmup-epochs 1 --crop-scale 0.8 1.0 \
-	--decoder-dim 128 --decoder-depth 2 --decoder-heads 4
-FINETUNE_ARGS ?= --epochs 10 --batch-size 64 --lr 5e-4 --frames-per-video 100 --warmup-epochs 0.5
-# LP-FT: a linear probe on the frozen encoder first; its head starts the fine-tune (PROBE_ARGS override the lr).
-PROBE_ARGS ?= $(FINETUNE_ARGS) --linear-probe --lr 5e-3
-# The heads' "demo" preset suits the synthetic set on a CPU; use HEAD_PRESET=paper on real Aff-Wild2.
-HEAD_PRESET ?= demo
+HEAD_PRESET ?= $(PRESET)
+# Extra settings for one stage, e.g. PRETRAIN_ARGS="--set epochs=3" (options given win over the preset).
+PRETRAIN_ARGS ?=
+PROBE_ARGS ?=
+FINETUNE_ARGS ?=
+HEAD_ARGS ?=
 PRETRAIN ?= $(RUNS)/pretrain
 PROBE    ?= $(RUNS)/probe
 FINETUNE ?= $(RUNS)/finetune
 CKPT     ?= $(FINETUNE)/best.pt
 STORE    ?= $(RUNS)/features.zarr
 HEADS    ?= $(RUNS)/heads
+STAGE    := --workers $(WORKERS) --device $(DEVICE)
 
 .PHONY: setup demo test test-fast lint synth pretrain probe finetune extract train-va train-expr train-au bench \
 	compare-stages clean
@@ -57,27 +57,26 @@ synth: setup
 	$(CLI) synth --out $(DATA) --preset $(PRESET)
 
 pretrain: synth
-	$(CLI) pretrain --images $(DATA)/cropped_aligned --images $(DATA)/cropped_aligned_new_50_vids \
-		--out $(PRETRAIN) --model $(MODEL) --img-size $(IMG_SIZE) $(PRETRAIN_ARGS) \
-		--workers $(WORKERS) --device $(DEVICE)
+	$(CLI) pretrain --preset $(PRESET) --images $(DATA) --out $(PRETRAIN) $(STAGE) $(PRETRAIN_ARGS)
 
 probe: pretrain
-	$(CLI) finetune --data $(DATA) --init $(PRETRAIN)/checkpoint-last.pt --out $(PROBE) $(PROBE_ARGS) \
-		--workers $(WORKERS) --device $(DEVICE)
+	$(CLI) finetune --preset $(PRESET)-probe --data $(DATA) --init $(PRETRAIN)/checkpoint-last.pt --out $(PROBE) \
+		$(STAGE) $(PROBE_ARGS)
 
 finetune: probe
-	$(CLI) finetune --data $(DATA) --init $(PRETRAIN)/checkpoint-last.pt --head-init $(PROBE)/best.pt \
-		--out $(FINETUNE) $(FINETUNE_ARGS) --workers $(WORKERS) --device $(DEVICE)
+	$(CLI) finetune --preset $(PRESET) --data $(DATA) --init $(PRETRAIN)/checkpoint-last.pt \
+		--head-init $(PROBE)/best.pt --out $(FINETUNE) $(STAGE) $(FINETUNE_ARGS)
 
 extract: finetune
-	$(CLI) extract --data $(DATA) --ckpt $(CKPT) --store $(STORE) --workers $(WORKERS) --device $(DEVICE)
+	$(CLI) extract --data $(DATA) --ckpt $(CKPT) --store $(STORE) $(STAGE)
 
 train-va train-expr train-au: train-%: setup
 	test -e $(STORE) || $(MAKE) extract
-	$(CLI) train $* --store $(STORE) --data $(DATA) --out $(HEADS)/$* --preset $(HEAD_PRESET) --device $(DEVICE)
+	$(CLI) train $* --preset $(HEAD_PRESET) --store $(STORE) --data $(DATA) --out $(HEADS)/$* --device $(DEVICE) \
+		$(HEAD_ARGS)
 
 demo: setup
-	$(CLI) demo --out $(RUNS) --data $(DATA) --preset $(PRESET) --device $(DEVICE)
+	$(CLI) demo --preset $(PRESET) --out $(RUNS) --data $(DATA) $(STAGE)
 
 bench: setup
 	$(BIN)/python -m bench
@@ -85,7 +84,7 @@ bench: setup
 # What MAE pretraining and fine-tuning each add: (a) linear probe, (b) fine-tune, (c) from random, (d) LP-FT,
 # (e) and (f) the probe and LP-FT from random; 3 seeds at the demo's budget (about 45 min a seed on 2 CPU cores).
 compare-stages: pretrain
-	$(BIN)/python -m bench.compare_stages --data $(DATA) --init $(PRETRAIN)/checkpoint-last.pt \
+	$(BIN)/python -m bench.compare_stages --preset $(PRESET) --data $(DATA) --init $(PRETRAIN)/checkpoint-last.pt \
 		--out $(RUNS)/compare-stages --workers $(WORKERS) --settings abcdef
 
 clean:

@@ -1,6 +1,8 @@
 """The ``mae-affect`` command line: one click group, one subcommand per stage.
 
-Each command only parses options and calls the library function a Python user would call. Bad input
+Each command only parses options and calls the library function a Python user would call. A stage's
+options, their defaults and help come from its config dataclass (``pipeline.cli_config``), with
+``--config FILE``, ``--set KEY=VALUE``, ``--preset NAME`` and ``--print-config`` beside them. Bad input
 (an :class:`InputError` or a feature-store error) becomes one line on stderr and exit code 2; any other
 exception is a bug and exits 1.
 """
@@ -10,6 +12,15 @@ from pathlib import Path
 
 import click
 
+from pipeline.cli_config import config_options
+from pipeline.configs import (
+    DemoConfig,
+    ExtractConfig,
+    FinetuneConfig,
+    PretrainConfig,
+    SynthConfig,
+    TrainConfig,
+)
 from pipeline.errors import InputError
 
 
@@ -20,14 +31,18 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 class _Group(click.Group):
-    """Turns user errors into one line on stderr and exit 2, never a traceback."""
+    """Turns user errors into one line on stderr and exit 2, never a traceback; a setting's error names the
+    option, ``--set`` item, config file or preset that gave the value."""
 
     def invoke(self, ctx):
+        from pipeline.cli_config import describe_error
+        from pipeline.config import ConfigError
+
         try:
             return super().invoke(ctx)
         except _user_errors() as err:
-            message = " ".join(str(err).split())
-            click.echo(f"error: {message}", err=True)
+            text = describe_error(ctx, err) if isinstance(err, ConfigError) else str(err)
+            click.echo(f"error: {' '.join(text.split())}", err=True)
             ctx.exit(2)
 
 
@@ -88,131 +103,42 @@ def check_submission_cmd(file, task, example):
     click.echo(f"{file}: valid {task} submission")
 
 
-# --- MAE pretraining ------------------------------------------------------------------------------
-# Defaults are PretrainConfig's (the paper's); tests/test_pretrain.py checks that they agree.
+# --- MAE pretraining and Expr fine-tuning ----------------------------------------------------------
+# Every option, its default and its help come from the stage's config dataclass (pipeline.cli_config).
 
 
 @cli.command()
-@click.option("--images", multiple=True, required=True, type=click.Path(path_type=Path),
-              help="A folder of face images, searched recursively for jpg/png; repeat for more folders.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory (rerun to resume).")
-@click.option("--model", default="mae_vit_base_patch16", show_default=True, help="Registered MAE model.")
-@click.option("--img-size", default=224, show_default=True)
-@click.option("--patch-size", default=None, type=int, help="Patch side (default: the model's, 16).")
-@click.option("--epochs", default=500, show_default=True)
-@click.option("--batch-size", default=64, show_default=True, help="Per process.")
-@click.option("--accum-iter", default=16, show_default=True,
-              help="Micro-batches per optimizer step.")
-@click.option("--blr", "--base-lr", "blr", default=1.25e-4, show_default=True,
-              help="Base lr: lr = blr * effective batch / 256.")
-@click.option("--lr", default=None, type=float, help="Absolute lr (overrides --blr).")
-@click.option("--warmup-epochs", default=40, show_default=True)
-@click.option("--mask-ratio", default=0.75, show_default=True)
-@click.option("--crop-scale", nargs=2, type=float, default=(0.2, 1.0), show_default=True,
-              help="Area range MIN MAX of the random resized crop (MAE's 0.2 1.0).")
-@click.option("--norm-pix-loss/--no-norm-pix-loss", default=True, show_default=True)
-@click.option("--decoder-dim", default=None, type=int, help="Decoder width (default: the model's).")
-@click.option("--decoder-depth", default=None, type=int, help="Decoder blocks (default: the model's).")
-@click.option("--decoder-heads", default=None, type=int, help="Decoder heads (default: the model's).")
-@click.option("--max-images", default=None, type=int, help="Train on a seeded random subset of this size.")
-@click.option("--workers", default=4, show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast (CUDA, and CPUs with native bf16).")
+@config_options(PretrainConfig, "pretrain")
 @json_option
-def pretrain(images, out, model, img_size, patch_size, epochs, batch_size, accum_iter, blr, lr, warmup_epochs, mask_ratio,
-             crop_scale, norm_pix_loss, decoder_dim, decoder_depth, decoder_heads, max_images, workers, seed, device, bf16,
-             as_json):
-    """MAE self-pretraining on folders of face images; resumes from OUT/checkpoint-last.pt (torchrun: DDP)."""
+def pretrain(settings, as_json):
+    """MAE self-pretraining on folders of face images; resumes or extends OUT (torchrun: DDP)."""
     from pipeline.distributed import cleanup
-    from pipeline.pretrain import PretrainConfig
     from pipeline.pretrain import pretrain as run_pretrain
 
-    config = PretrainConfig(
-        images=tuple(str(p) for p in images), out=str(out), model=model, img_size=img_size,
-        patch_size=patch_size, epochs=epochs,
-        batch_size=batch_size, accum_iter=accum_iter, blr=blr, lr=lr, warmup_epochs=warmup_epochs,
-        mask_ratio=mask_ratio, crop_scale=tuple(crop_scale), norm_pix_loss=norm_pix_loss, decoder_dim=decoder_dim,
-        decoder_depth=decoder_depth, decoder_heads=decoder_heads, max_images=max_images, workers=workers,
-        seed=seed, device=device, bf16=bf16,
-    )
+    config = settings.build()
     try:
         result = run_pretrain(config, progress=not as_json)
     finally:
         cleanup()
     if result is not None:
-        emit(result, as_json, figures_table(result, f"pretrained {out} ({result['checkpoint']})"))
-
-
-# --- expression fine-tuning ----------------------------------------------------------------------
-# Defaults are FinetuneConfig's (the paper's lr and batch in MAE's recipe); tests/test_finetune.py checks them.
+        emit(result, as_json, figures_table(result, f"pretrained {config.out} ({result['checkpoint']})"))
 
 
 @cli.command()
-@data_option
-@click.option("--init", type=click.Path(path_type=Path), default=None,
-              help="Encoder checkpoint (MAE run, official MAE .pth, timm); without it: random init, with a warning.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory (rerun to resume).")
-@click.option("--model", default=None, help="Registered model (default: the checkpoint's, else mae_vit_base_patch16).")
-@click.option("--img-size", default=None, type=int, help="Input side (default: the checkpoint's, else 224).")
-@click.option("--patch-size", default=None, type=int, help="Without --init only: patch side (default: the model's, 16).")
-@click.option("--pooling", default="mean", show_default=True, type=click.Choice(["cls", "mean"]),
-              help="Embedding the head reads; extraction reuses it.")
-@click.option("--epochs", default=10, show_default=True)
-@click.option("--batch-size", default=256, show_default=True, help="Per process.")
-@click.option("--lr", default=1e-4, show_default=True, help="Peak lr of the last layer (absolute).")
-@click.option("--warmup-epochs", default=1.0, show_default=True)
-@click.option("--weight-decay", default=0.05, show_default=True)
-@click.option("--layer-decay", default=0.75, show_default=True, help="lr factor per block towards the input.")
-@click.option("--drop-path", default=0.1, show_default=True)
-@click.option("--label-smoothing", default=0.1, show_default=True)
-@click.option("--balance", default="sampler", show_default=True, type=click.Choice(["sampler", "weights", "none"]),
-              help="Class-balanced sampling, inverse-frequency loss weights, or neither.")
-@click.option("--frames-per-video", default=300, show_default=True, help="Cap per video per epoch (0: all).")
-@click.option("--val-frames-per-video", default=0, show_default=True,
-              help="Evenly spaced validation frames per video (0: all, the official metric).")
-@click.option("--color-jitter", default=0.0, show_default=True,
-              help="Brightness/contrast/saturation factors in [1-s, 1+s], hue up to s/4 of a turn (0: off).")
-@click.option("--grayscale", default=0.0, show_default=True, help="Probability of a gray crop.")
-@click.option("--erase", default=0.0, show_default=True, help="Random-erasing probability (MAE's recipe: 0.25).")
-@click.option("--mixup", default=0.0, show_default=True, help="Mixup Beta alpha (MAE's recipe: 0.8; 0: off).")
-@click.option("--cutmix", default=0.0, show_default=True, help="CutMix Beta alpha (MAE's recipe: 1.0; 0: off).")
-@click.option("--aux-au/--no-aux-au", default=False, show_default=True, help="Auxiliary frame-level AU head.")
-@click.option("--aux-va/--no-aux-va", default=False, show_default=True, help="Auxiliary frame-level VA head.")
-@click.option("--aux-weight", default=1.0, show_default=True)
-@click.option("--linear-probe", is_flag=True, default=False, help="Freeze the encoder; train only the head.")
-@click.option("--head-init", type=click.Path(path_type=Path), default=None,
-              help="LP-FT: start the head from this --linear-probe run's best.pt (trained on the same --init).")
-@click.option("--workers", default=4, show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast (CUDA, and CPUs with native bf16).")
+@config_options(FinetuneConfig, "finetune")
 @json_option
-def finetune(data_root, init, out, model, img_size, patch_size, pooling, epochs, batch_size, lr, warmup_epochs, weight_decay,
-             layer_decay, drop_path, label_smoothing, balance, frames_per_video, val_frames_per_video, color_jitter,
-             grayscale, erase, mixup, cutmix, aux_au, aux_va, aux_weight, linear_probe, head_init, workers, seed, device,
-             bf16, as_json):
+def finetune(settings, as_json):
     """Fine-tune the encoder on per-frame Expr labels; keeps OUT/best.pt by validation macro F1 (torchrun: DDP)."""
     from pipeline.distributed import cleanup
-    from pipeline.finetune import FinetuneConfig
     from pipeline.finetune import finetune as run_finetune
 
-    config = FinetuneConfig(
-        data=str(data_root), out=str(out), init=str(init) if init else None, model=model, img_size=img_size,
-        patch_size=patch_size, pooling=pooling, epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs,
-        weight_decay=weight_decay, layer_decay=layer_decay, drop_path=drop_path,
-        label_smoothing=label_smoothing, balance=balance, frames_per_video=frames_per_video,
-        val_frames_per_video=val_frames_per_video, color_jitter=color_jitter, grayscale=grayscale, erase=erase,
-        mixup=mixup, cutmix=cutmix, aux_au=aux_au, aux_va=aux_va, aux_weight=aux_weight,
-        linear_probe=linear_probe, head_init=str(head_init) if head_init else None, workers=workers, seed=seed,
-        device=device, bf16=bf16,
-    )
+    config = settings.build()
     try:
         result = run_finetune(config, progress=not as_json)
     finally:
         cleanup()
     if result is not None:
-        emit(result, as_json, figures_table(result, f"fine-tuned {out} (best: {result['best_checkpoint']})"))
+        emit(result, as_json, figures_table(result, f"fine-tuned {config.out} (best: {result['best_checkpoint']})"))
 
 
 # --- synthetic data -------------------------------------------------------------------------------
@@ -220,29 +146,14 @@ def finetune(data_root, init, out, model, img_size, patch_size, pooling, epochs,
 
 @cli.command()
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Dataset root to create.")
-@click.option("--preset", type=click.Choice(["tiny", "demo", "bench"]), default="demo", show_default=True)
-@click.option("--videos", type=int, default=None, help="Override the preset's number of videos.")
-@click.option("--frames-per-video", type=int, default=None, help="Override the preset's mean video length.")
-@click.option("--img-size", type=int, default=None, help="Override the crop size (112 as released).")
-@click.option("--seed", type=int, default=None, help="Override the preset's seed.")
-@click.option("--people", type=int, default=None,
-              help="Cast only N people, video k showing person k mod N, in every split. Default: a new person "
-                   "per video.")
-@click.option("--scenes", type=int, default=None,
-              help="Film in only N scenes (background, light, camera). Default: one per source video. "
-                   "--people 1 --scenes 1 leaves nothing but the expressions to tell videos apart.")
 @click.option("--workers", type=int, default=None, help="Rendering processes (default: 2 for large presets).")
+@config_options(SynthConfig, "synth", default_preset="demo")
 @json_option
-def synth(out, preset, videos, frames_per_video, img_size, seed, people, scenes, workers, as_json):
+def synth(out, workers, settings, as_json):
     """Generate a synthetic mini-Aff-Wild2 in the exact Aff-Wild2 layout (deterministic for a seed)."""
-    from dataclasses import replace
+    from pipeline.data.synth import generate
 
-    from pipeline.data.synth import PRESETS, generate
-
-    overrides = {"videos": videos, "frames_per_video": frames_per_video, "img_size": img_size, "seed": seed,
-                 "people": people, "scenes": scenes}
-    config = replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
-    result = generate(out, config, progress=not as_json, workers=workers)
+    result = generate(out, settings.build(), progress=not as_json, workers=workers)
     table = (f"{out}: already holds this dataset, left as it is" if result["skipped"] else
              f"wrote {result['videos']} videos, {result['frames']} frames ({result['images']} images) to {out} "
              f"in {result['seconds']:.1f} s")
@@ -253,35 +164,20 @@ def synth(out, preset, videos, frames_per_video, img_size, seed, people, scenes,
 
 
 @cli.command()
-@data_option
-@click.option("--ckpt", required=True, type=click.Path(path_type=Path), help="Encoder checkpoint (fine-tuned, MAE, official MAE .pth, timm).")
-@click.option("--store", "store_path", required=True, type=click.Path(path_type=Path), help="Feature store: DIR.zarr (default) or FILE.h5.")
-@click.option("--format", "fmt", type=click.Choice(["zarr", "hdf5"]), default=None, help="Store format; default from the suffix (zarr unless .h5).")
-@click.option("--splits", multiple=True, default=("all",), show_default=True, help="all, Train_Set, Validation_Set, test (repeatable).")
-@click.option("--pooling", type=click.Choice(["cls", "mean"]), default=None, help="Default: the checkpoint's pooling.")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
-@click.option("--batch-size", default=256, show_default=True)
-@click.option("--workers", default=2, show_default=True)
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast (CUDA, and CPUs with native bf16).")
-@click.option("--overwrite", is_flag=True, help="Delete an existing store and start afresh.")
+@config_options(ExtractConfig, "extract")
 @json_option
-def extract(data_root, ckpt, store_path, fmt, splits, pooling, dtype, batch_size, workers, device, bf16,
-            overwrite, as_json):
+def extract(settings, as_json):
     """Run the encoder once over every frame and write per-video features to a store (resumable)."""
-    from pipeline.extract import ExtractConfig
+    from pipeline.distributed import cleanup
     from pipeline.extract import extract as run_extract
 
-    config = ExtractConfig(batch_size=batch_size, workers=workers, dtype=dtype, pooling=pooling,
-                           splits=tuple(splits), bf16=bf16, device=device, format=fmt, overwrite=overwrite)
-    from pipeline.distributed import cleanup
-
+    config = settings.build()
     try:
-        result = run_extract(data_root, ckpt, store_path, config, progress=not as_json)
+        result = run_extract(config, progress=not as_json)
     finally:
         cleanup()
     if result["rank"] == 0:
-        emit(result, as_json, figures_table(result, f"extracted into {store_path}"))
+        emit(result, as_json, figures_table(result, f"extracted into {config.store}"))
 
 
 # --- feature store: features info | verify | export -------------------------------------------------
@@ -386,45 +282,6 @@ heads_stores_option = click.option(
     help="Feature store; repeat to put several stores side by side (frames aligned).")
 
 
-def _head_settings(f):
-    """Options shared by train and ablate; unset ones keep TrainConfig's (the paper's) defaults."""
-    options = [
-        click.option("--preset", default="paper", show_default=True, type=click.Choice(["paper", "demo"]),
-                     help="Starting settings: the paper's, or a small fast head for the CPU demo; options given win."),
-        click.option("--model", default=None, type=click.Choice(["tcn_transformer", "tcn", "transformer", "linear"]),
-                     help="Temporal head [default: tcn_transformer]."),
-        click.option("--epochs", type=int, default=None, help="[default: the paper's: VA 40, Expr 10, AU 30]"),
-        click.option("--batch-size", type=int, default=None, help="Windows per step [default: 32]."),
-        click.option("--lr", type=float, default=None, help="Peak AdamW lr [default: 3e-5]."),
-        click.option("--window", type=int, default=None, help="Window length W [default: 300]."),
-        click.option("--stride", type=int, default=None, help="Window stride S [default: 2/3 of the window: 200]."),
-        click.option("--fill", default=None, type=click.Choice(["nearest", "linear", "zeros"]),
-                     help="Rows of frames without a face [default: nearest]."),
-        click.option("--fold", type=int, default=None, help="0: official split [default]; 1..N: folds by source video."),
-        click.option("--folds", type=int, default=None, help="Number of grouped folds N [default: 5]."),
-        click.option("--seed", type=int, default=None, help="[default: 0]"),
-        click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda"]), help="[default: auto]"),
-        click.option("--bf16/--no-bf16", default=None, help="bf16 autocast [default: off]."),
-        click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-                     help="Any other setting, e.g. d_model=256, num_layers=2, tcn_channels=256-128-64, "
-                          "causal=false, pos_encoding=sinusoidal, va_loss=ccc+mse (repeatable)."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
-
-
-def _head_settings_given(task, stores, data_root, settings, **options) -> dict:
-    """The settings given on the command line (unset options are left to TrainConfig)."""
-    from pipeline.heads.train import parse_settings
-
-    if not stores:
-        raise InputError("no feature store given: pass --store PATH (made by `mae-affect extract`)")
-    given = {k: v for k, v in options.items() if v is not None}
-    return {"task": task, "stores": tuple(str(s) for s in stores), "data": str(data_root), **given,
-            **parse_settings(settings)}
-
-
 def _before_after(result: dict, title: str) -> str:
     before, after = result["before"], result["after"]
     names = [k for k, v in after.items() if isinstance(v, float)]
@@ -437,16 +294,14 @@ def _before_after(result: dict, title: str) -> str:
 
 @cli.command()
 @click.argument("task", type=HEAD_TASKS)
-@heads_stores_option
-@data_option
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory.")
-@_head_settings
+@config_options(TrainConfig, "heads", skip=("task",), default_preset="paper")
 @json_option
-def train(task, stores, data_root, out, settings, as_json, **options):
+def train(task, out, settings, as_json):
     """Train a temporal head for TASK on cached features; best epoch by the official validation metric."""
-    from pipeline.heads.train import TrainConfig, prepare, train_run
+    from pipeline.heads.train import prepare, train_run
 
-    config = TrainConfig.create(**_head_settings_given(task, stores, data_root, settings, **options))
+    config = settings.build(task=task)
     result = train_run(prepare(config), config, out, progress=not as_json)
     emit(result, as_json, _before_after(result, f"{task} run {out}: best epoch {result['best_epoch']}, validation"))
 
@@ -486,22 +341,18 @@ def predict(run_dirs, split, out, data_root, stores, device, as_json):
 
 
 @cli.command()
-@click.option("--task", required=True, type=HEAD_TASKS)
-@heads_stores_option
-@data_option
 @click.option("--grid", multiple=True, metavar="KEY=V1,V2",
-              help="A setting and its values, e.g. model=tcn,transformer,tcn_transformer (repeatable).")
+              help="A setting and its values, e.g. model=temporal_tcn,temporal_transformer (repeatable).")
 @click.option("--seeds", default=3, show_default=True, help="Seeds per combination.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory for the runs and tables.")
-@_head_settings
+@config_options(TrainConfig, "heads", default_preset="paper")
 @json_option
-def ablate(task, stores, data_root, grid, seeds, out, settings, as_json, **options):
+def ablate(grid, seeds, out, settings, as_json):
     """Train every grid combination for several seeds on data loaded once; print a Markdown table."""
     from pipeline.heads.ablate import ablate as run_ablate
     from pipeline.heads.ablate import parse_grid
 
-    given = _head_settings_given(task, stores, data_root, settings, **options)
-    result = run_ablate(given, parse_grid(grid), seeds, out, progress=not as_json)
+    result = run_ablate(settings.values(), parse_grid(grid), seeds, out, progress=not as_json)
     emit(result, as_json, result["markdown"].rstrip() + f"\n\nwrote {out}/ablation.md, ablation.csv, runs.csv")
 
 
@@ -509,28 +360,15 @@ def ablate(task, stores, data_root, grid, seeds, out, settings, as_json, **optio
 
 
 @cli.command()
-@click.option("--out", default="runs/demo", show_default=True, type=click.Path(path_type=Path), help="Demo run directory.")
-@click.option("--data", "data_root", default="data/synth-demo", show_default=True, type=click.Path(path_type=Path),
-              help="Where the synthetic dataset is made (once) and read.")
-@click.option("--preset", type=click.Choice(["tiny", "demo", "bench"]), default="demo", show_default=True)
-@click.option("--model", default="mae_vit_tiny_patch16", show_default=True)
-@click.option("--img-size", default=112, show_default=True)
-@click.option("--pretrain-epochs", type=int, default=None, help="Default: the demo's budget.")
-@click.option("--finetune-epochs", type=int, default=None, help="Default: the demo's budget.")
-@click.option("--workers", default=2, show_default=True)
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--seed", default=0, show_default=True)
+@config_options(DemoConfig, "demo")
 @json_option
-def demo(out, data_root, preset, model, img_size, pretrain_epochs, finetune_epochs, workers, device, seed, as_json):
+def demo(settings, as_json):
     """The whole method on the synthetic dataset: every stage, the ablation table, test files, report.html."""
-    from pipeline.demo import DemoConfig, run_demo
+    from pipeline.demo import run_demo
 
-    budgets = {"pretrain_epochs": pretrain_epochs, "finetune_epochs": finetune_epochs}
-    config = DemoConfig(out=str(out), data=str(data_root), preset=preset, model=model, img_size=img_size,
-                        workers=workers, device=device, seed=seed,
-                        **{k: v for k, v in budgets.items() if v is not None})
+    config = settings.build()
     figures = run_demo(config, progress=not as_json)
-    emit(figures, as_json, demo_table(figures, out))
+    emit(figures, as_json, demo_table(figures, Path(config.out)))
 
 
 def demo_table(figures: dict, out: Path) -> str:

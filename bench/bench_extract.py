@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -83,8 +84,8 @@ _RSS_CHILD = """
 import json, resource, sys
 from pathlib import Path
 from pipeline.extract import ExtractConfig, extract
-extract(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]),
-        ExtractConfig(device="cpu", workers=0, batch_size=int(sys.argv[4])), progress=False)
+extract(ExtractConfig(data=sys.argv[1], ckpt=sys.argv[2], store=sys.argv[3], device="cpu", workers=0,
+                      batch_size=int(sys.argv[4])), progress=False)
 print(json.dumps({"max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
@@ -139,7 +140,7 @@ def main(argv=None) -> dict:
         for _ in range(args.repeats):
             fwd = max(fwd, forward_only(encoder, images, args.batch_size, args.bf16))
             start = time.perf_counter()
-            summary = extract(root, ckpt, tmp / "store.zarr", config, progress=False)
+            summary = extract(replace(config, data=str(root), ckpt=str(ckpt), store=str(tmp / "store.zarr")), progress=False)
             if summary["frames_per_s"] > e2e:
                 e2e, wall = summary["frames_per_s"], time.perf_counter() - start
 

@@ -47,14 +47,14 @@ def all_windows(offsets: np.ndarray, W: int, S: int) -> np.ndarray:
 
 
 def write_npz(folder: Path, features, labels, valid, windows, W: int) -> list[Path]:
-    """One uncompressed .npz per window: features (W, D) float32, labels (W, 2), mask (W,)."""
+    """One uncompressed .npz per window: features (W, D) float32, labels (W, 2), counted (W,)."""
     paths = []
     for i, (start, length) in enumerate(windows):
         rows, keep = window_index(np.array([[start, length]]), W)
         rows, keep = rows[0].numpy(), keep[0].numpy()
         path = folder / f"{i:06d}.npz"
         np.savez(path, features=features[rows].astype(np.float32) * keep[:, None], labels=labels[rows],
-                 mask=valid[rows] & keep, keep=keep)
+                 counted=valid[rows] & keep, keep=keep)
         paths.append(path)
     return paths
 
@@ -64,7 +64,7 @@ def npz_batch(paths: list[Path]) -> dict[str, torch.Tensor]:
     return {
         "x": torch.from_numpy(np.stack([f["features"] for f in loaded])),
         "labels": torch.from_numpy(np.stack([f["labels"] for f in loaded])),
-        "mask": torch.from_numpy(np.stack([f["mask"] for f in loaded])),
+        "counted": torch.from_numpy(np.stack([f["counted"] for f in loaded])),
         "keep": torch.from_numpy(np.stack([f["keep"] for f in loaded])),
     }
 
@@ -73,7 +73,7 @@ def train_steps(get_batch, order: np.ndarray, steps: int, batch_size: int, dim: 
                 sizes: dict) -> dict:
     """``steps`` training steps (after one untimed warm-up step): frames/s and data share."""
     torch.manual_seed(0)
-    model = build_model("tcn_transformer", in_dim=dim, out_dim=2, **sizes).train()
+    model = build_model("temporal_tcn_transformer", in_dim=dim, out_dim=2, **sizes).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-5, weight_decay=1e-5)
     loss_fn = TaskLoss("va")
     device = torch.device("cpu")
@@ -85,7 +85,7 @@ def train_steps(get_batch, order: np.ndarray, steps: int, batch_size: int, dim: 
         t1 = time.perf_counter()
         with autocast(device, bf16):
             out = model(b["x"], b["keep"])
-        loss = loss_fn(out, b["labels"], b["mask"])
+        loss = loss_fn(out, b["labels"], b["counted"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -132,7 +132,7 @@ def run(steps: int = 4, batch_size: int = 8, dim: int = 768, videos: int = 40, m
         result = {
             "config": {"steps": steps, "batch_size": batch_size, "dim": dim, "frames": int(offsets[-1]),
                        "windows": len(windows), "window": window, "stride": stride, "bf16": bf16,
-                       "model": "tcn_transformer" + (" (small)" if small else " (paper sizes)"),
+                       "model": "temporal_tcn_transformer" + (" (small)" if small else " (paper sizes)"),
                        "threads": torch.get_num_threads()},
             "memory_load_ms": time_loading(memory_batch, order, batch_size, load_batches),
             "npz_load_ms": time_loading(npz_batch_of, order, batch_size, load_batches),

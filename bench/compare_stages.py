@@ -16,7 +16,7 @@ stage adds: (b) - (c), (d) - (f) and (a) - (e) what pretraining adds, (b) - (a) 
 fine-tuning the encoder adds to the frozen one, and each setting against a uniform guess.
 
     python -m bench.compare_stages --data data/synth-demo --init runs/demo/pretrain/checkpoint-last.pt \
-        [--seeds 0 1 2] [--epochs 10] [--frames-per-video 100] [--bootstrap 2000] [--out DIR] [--json]
+        [--seeds 0 1 2] [--preset demo] [--set epochs=10] [--bootstrap 2000] [--out DIR] [--json]
 
 Runs already finished in ``--out`` are not trained again (fine-tuning resumes), so a comparison can be
 re-scored, for instance with another number of resamples, in the time inference takes.
@@ -31,18 +31,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline import config
+from pipeline.configs import FinetuneConfig
 from pipeline.data.affwild2 import AffWild2
 from pipeline.data.frames import FrameIndex, expr_frames
-from pipeline.demo import DemoConfig
 from pipeline.device import resolve_device
 from pipeline.errors import exit_on_input_error
-from pipeline.finetune import (
-    FinetuneConfig,
-    finetune,
-    load_classifier,
-    predict_expr,
-    validation_loader,
-)
+from pipeline.finetune import finetune
+from pipeline.finetune_eval import predict_expr, validation_loader
+from pipeline.finetune_model import load_classifier
 from pipeline.metrics import (
     expr_confusion,
     expr_f1_from_confusion,
@@ -89,18 +86,17 @@ def random_twin(info: EncoderInfo, seed: int, path: Path) -> Path:
     return path
 
 
-def stage_configs(base: FinetuneConfig, init: Path, info: EncoderInfo, probe_lr: float, out: Path,
+def stage_configs(base: FinetuneConfig, probe: FinetuneConfig, init: Path, info: EncoderInfo, out: Path,
                   seed: int) -> dict[str, FinetuneConfig]:
-    """The runs (a)-(f) of one seed; ``info`` describes the MAE encoder at ``init``; (d) and (f) read the
-    best.pt of their probes (a) and (e)."""
+    """The runs (a)-(f) of one seed: probes from ``probe``, fine-tunes from ``base``; ``info`` describes the
+    MAE encoder at ``init``; (d) and (f) read the best.pt of their probes (a) and (e)."""
     out.mkdir(parents=True, exist_ok=True)
     scratch = str(random_twin(info, seed, out / f"random-init-seed{seed}.pt"))
     starts = {"a": str(init), "b": str(init), "c": scratch, "d": str(init), "e": scratch, "f": scratch}
     configs = {}
     for key, start in starts.items():
-        run = replace(base, init=start, seed=seed, out=str(out / f"{key}-seed{seed}"))
-        if key in PROBE_OF.values():
-            run = replace(run, linear_probe=True, lr=probe_lr)
+        run = replace(probe if key in PROBE_OF.values() else base, init=start, seed=seed,
+                      out=str(out / f"{key}-seed{seed}"))
         if key in PROBE_OF:
             run = replace(run, head_init=str(out / f"{PROBE_OF[key]}-seed{seed}" / "best.pt"))
         configs[key] = run
@@ -165,14 +161,12 @@ def _compare(argv) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="Aff-Wild2-layout root (the synthetic demo set).")
     parser.add_argument("--init", required=True, help="MAE checkpoint for (a), (b) and (d).")
-    demo = DemoConfig()  # the demo's fine-tuning budget by default
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=demo.finetune_epochs)
-    parser.add_argument("--batch-size", type=int, default=demo.finetune_batch)
-    parser.add_argument("--lr", type=float, default=demo.finetune_lr, help="Fine-tuning lr of (b), (c), (d) and (f).")
-    parser.add_argument("--probe-lr", type=float, default=demo.probe_lr, help="Linear-probe lr of (a) and (e).")
-    parser.add_argument("--frames-per-video", type=int, default=demo.finetune_frames_per_video)
-    parser.add_argument("--warmup-epochs", type=float, default=0.5)
+    parser.add_argument("--preset", default="demo",
+                        help="FinetuneConfig preset of (b), (c), (d) and (f); PRESET-probe is that of (a) and (e) "
+                             "(default: the demo's budget).")
+    parser.add_argument("--set", dest="set_items", action="append", default=[], metavar="KEY=VALUE",
+                        help="A FinetuneConfig setting for every run, e.g. epochs=3 (repeatable).")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--settings", default="abc", help="Which of a-f to run (d needs a, f needs e).")
     parser.add_argument("--bootstrap", type=int, default=2000,
@@ -187,9 +181,9 @@ def _compare(argv) -> dict:
     if args.bootstrap < 0:
         parser.error("--bootstrap must be >= 0")
 
-    base = FinetuneConfig(data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                          frames_per_video=args.frames_per_video, warmup_epochs=args.warmup_epochs,
-                          workers=args.workers)
+    given = {**config.parse_settings(FinetuneConfig, args.set_items), "data": args.data, "workers": args.workers}
+    base, probe = (config.build(FinetuneConfig, {**config.preset_values(FinetuneConfig, name), **given})
+                   for name in (args.preset, f"{args.preset}-probe"))
     init = Path(args.init).resolve()
     info = load_encoder(init)[1]  # checked before anything is written
     val_index = expr_frames(AffWild2(Path(args.data)), "Validation_Set")
@@ -198,7 +192,7 @@ def _compare(argv) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp)
         for seed in args.seeds:
-            configs = stage_configs(base, init, info, args.probe_lr, out, seed)
+            configs = stage_configs(base, probe, init, info, out, seed)
             for key in sorted(args.settings):  # every probe before its LP-FT
                 summary = finetune(configs[key], progress=not args.json)
                 scores[key].append(round(float(summary["best_f1"]), 4))

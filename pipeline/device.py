@@ -6,6 +6,8 @@ import torch
 
 from pipeline.errors import InputError
 
+DEVICES = ("auto", "cpu", "cuda")
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` -> the local CUDA device when there is one, else the CPU.

@@ -15,7 +15,6 @@ import queue
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,8 @@ from tqdm import tqdm
 
 import features
 from pipeline import distributed, partition
+from pipeline.config import ConfigError
+from pipeline.configs.extract import ExtractConfig
 from pipeline.data.affwild2 import SPLITS, TASKS, AffWild2
 from pipeline.data.images import UnreadableImage, decode_image
 from pipeline.device import autocast, pin_memory, resolve_device
@@ -35,37 +36,8 @@ from pipeline.models.encoder import normalize, pool_tokens
 SELECTABLE_SPLITS = ("all", *SPLITS, "test")
 
 
-@dataclass(frozen=True)
-class ExtractConfig:
-    """Options of one extraction run.
-
-    Args:
-        batch_size: frames per forward pass (frames of several videos share a batch).
-        workers: DataLoader processes decoding JPEGs.
-        dtype: stored feature dtype, ``float16`` (default) or ``float32``.
-        pooling: ``cls`` or ``mean``; None takes the checkpoint's (the pooling fine-tuning trained).
-        splits: ``all`` (every video with images) or any of Train_Set, Validation_Set, test.
-        bf16: bf16 autocast (CUDA, and CPUs with native bf16).
-        format: ``zarr`` or ``hdf5``; None infers it from the store path's suffix.
-        overwrite: delete an existing store and start afresh.
-    """
-
-    batch_size: int = 256
-    workers: int = 2
-    dtype: str = "float16"
-    pooling: str | None = None
-    splits: tuple[str, ...] = ("all",)
-    bf16: bool = True
-    device: str = "auto"
-    format: str | None = None
-    overwrite: bool = False
-
-
 def select_videos(ds: AffWild2, splits: tuple[str, ...]) -> list[str]:
     """The videos of the chosen splits (any task), or every video with images for ``all``."""
-    unknown = [s for s in splits if s not in SELECTABLE_SPLITS]
-    if unknown:
-        raise InputError(f"unknown split {unknown[0]!r}; use {', '.join(SELECTABLE_SPLITS)}")
     if "all" in splits:
         return sorted(ds.videos)
     chosen: set[str] = set()
@@ -194,20 +166,20 @@ def store_attrs(info: EncoderInfo, pooling: str, feature_dim: int, dtype: str) -
     }
 
 
-def extract(data_root: Path, ckpt: Path, store_path: Path, config: ExtractConfig = ExtractConfig(),
-            progress: bool = True) -> dict:
+def extract(config: ExtractConfig, progress: bool = True) -> dict:
     """Run the encoder over every frame of the selected videos and write the feature store.
 
     Args:
-        data_root: an Aff-Wild2-layout root.
-        ckpt: an encoder checkpoint (any layout ``load_encoder`` takes).
-        store_path: ``.zarr`` directory (default) or ``.h5`` file.
-        config: extraction options.
+        config: the run (``data``, ``ckpt``, ``store`` and how).
         progress: show a tqdm bar with frames/s.
 
     Returns:
         a summary: videos done and skipped, frames, seconds, frames/s, unreadable files.
     """
+    for key in ("data", "ckpt", "store"):
+        if not getattr(config, key):
+            raise ConfigError(key, "is required; give it")
+    data_root, ckpt, store_path = Path(config.data), Path(config.ckpt), Path(config.store)
     dist = distributed.init_distributed()
     device = resolve_device(config.device)
     ds = AffWild2(data_root)

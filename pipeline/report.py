@@ -8,21 +8,17 @@ directories: a demo directory (``demo.json``), or any pretraining, fine-tuning a
 
 import base64
 import html
-import io
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-import features  # noqa: E402
-from pipeline.data.affwild2 import AU_NAMES, EXPR_CLASSES, TASKS, VA_NAMES  # noqa: E402
-from pipeline.errors import InputError  # noqa: E402
-from pipeline.runs import atomic_write_text, read_jsonl  # noqa: E402
+import features
+from pipeline.data.affwild2 import AU_NAMES, EXPR_CLASSES, TASKS, VA_NAMES
+from pipeline.errors import InputError
+from pipeline.plots import curves
+from pipeline.runs import atomic_write_text, read_jsonl
+from pipeline.table5 import ABLATIONS, PAPER_TABLE5, slug
 
 TASK_TITLES = {"va": "Valence-arousal (mean CCC)", "expr": "Expression (macro F1)", "au": "Action units (mean F1)"}
 PER_TASK = {"va": VA_NAMES, "expr": EXPR_CLASSES, "au": AU_NAMES}
@@ -50,7 +46,8 @@ def collect(paths: list[Path]) -> Sources:
             src.demo = json.loads((path / "demo.json").read_text())
             src.pretrain, src.finetune = path / "pretrain", path / "finetune"
             src.stores = [p for p in (path / "features.zarr", path / "features-pretrained.zarr") if p.exists()]
-            src.heads = {t: path / "heads" / t / "full-model" for t in TASKS if (path / "heads" / t / "full-model").is_dir()}
+            main = slug(ABLATIONS[0][0])
+            src.heads = {t: path / "heads" / t / main for t in TASKS if (path / "heads" / t / main).is_dir()}
         elif (path / "recon").is_dir():
             src.pretrain = path
         elif (path / "summary.json").exists() and "task" in (summary := json.loads((path / "summary.json").read_text())):
@@ -120,10 +117,7 @@ def _pretrain(src: Sources) -> str:
     log = read_jsonl(src.pretrain / "log.jsonl")
     steps = [r for r in log if "step" in r and "loss" in r]
     epochs = [r for r in log if "seconds" in r]
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="step")
-    ax.set(xlabel="optimizer step", ylabel="masked-patch loss", title="MAE pretraining")
-    curve = _figure(fig)
+    curve = _embed(curves.mae_loss(steps))
     recon = sorted((src.pretrain / "recon").glob("*.png"))
     pictures = "".join(f"<figure>{_png(recon[i])}<figcaption>{recon[i].stem}</figcaption></figure>"
                        for i in sorted({0, len(recon) - 1}) if recon)
@@ -139,23 +133,18 @@ def _finetune(src: Sources) -> str:
     epochs = [r for r in read_jsonl(src.finetune / "log.jsonl") if "val_f1" in r]
     if not epochs:
         return ""
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.plot([r["epoch"] for r in epochs], [r["val_f1"] for r in epochs], marker="o", label="validation macro F1")
-    ax.plot([r["epoch"] for r in epochs], [r["loss"] for r in epochs], marker="s", label="training loss")
     best = max(epochs, key=lambda r: r["val_f1"])
     text = (f'Best validation macro F1 {best["val_f1"]:.4f} at epoch {best["epoch"]} (frame level, before any '
             'temporal model).')
     head_init = json.loads((src.finetune / "config.json").read_text())["encoder"].get("head_init")
     probe_log = Path(head_init).parent / "log.jsonl" if head_init else None
+    probe = None
     if probe_log is not None and probe_log.exists():  # LP-FT: show the probe the fine-tune started from
         probe = [r for r in read_jsonl(probe_log) if "val_f1" in r]
-        ax.plot([r["epoch"] for r in probe], [r["val_f1"] for r in probe], marker="^", linestyle="--",
-                label="linear probe (its head starts the fine-tune)")
         text += (f' The fine-tune started from the head of a linear probe on the frozen encoder (LP-FT), whose best '
                  f'validation macro F1 was {max(r["val_f1"] for r in probe):.4f}.')
-    ax.set(xlabel="epoch", title="Expr fine-tuning")
-    ax.legend()
-    return f'<section id="finetune"><h2>Expr fine-tuning</h2><p>{text}</p>{_figure(fig)}</section>'
+    curve = _embed(curves.finetune_curves(epochs, probe))
+    return f'<section id="finetune"><h2>Expr fine-tuning</h2><p>{text}</p>{curve}</section>'
 
 
 def _task(task: str, run: Path) -> str:
@@ -174,8 +163,6 @@ def _task(task: str, run: Path) -> str:
 def _ablation(src: Sources) -> str:
     if not src.demo or not src.demo.get("table"):
         return ""
-    from pipeline.demo import ABLATIONS
-
     table = src.demo["table"]
     order = [r for r, _, _ in ABLATIONS if r in table] + sorted(set(table) - {r for r, _, _ in ABLATIONS})
     rows = []
@@ -202,8 +189,6 @@ def _submissions(src: Sources) -> str:
 
 
 def _paper_row(row: str) -> dict:
-    from pipeline.demo import PAPER_TABLE5
-
     return PAPER_TABLE5.get(row, {})
 
 
@@ -227,12 +212,8 @@ def _png(path: Path) -> str:
     return f'<img alt="{html.escape(Path(path).stem)}" src="data:image/png;base64,{data}">'
 
 
-def _figure(fig) -> str:
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    data = base64.b64encode(buf.getvalue()).decode()
+def _embed(png: bytes) -> str:
+    data = base64.b64encode(png).decode()
     return f'<figure><img alt="plot" src="data:image/png;base64,{data}"></figure>'
 
 

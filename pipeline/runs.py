@@ -12,8 +12,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 def to_jsonable(obj: Any) -> Any:
     """Dataclasses, paths and tuples as plain JSON values."""
@@ -51,6 +49,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    import torch  # here, so that the CLI's settings (which use this module) answer without loading torch
+
     _atomic_write(path, lambda f: torch.save(obj, f))
 
 

@@ -43,10 +43,12 @@ def mini_root(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory) -> Path:
     """The tiny synthetic mini-Aff-Wild2, generated once per test session."""
-    from pipeline.data.synth import PRESETS, generate
+    from pipeline.config import preset
+    from pipeline.configs import SynthConfig
+    from pipeline.data.synth import generate
 
     root = tmp_path_factory.mktemp("synth") / "tiny"
-    generate(root, PRESETS["tiny"], progress=False)
+    generate(root, preset(SynthConfig, "tiny"), progress=False)
     return root
 
 

@@ -1,6 +1,8 @@
 """Extraction: stored values equal the encoder's own output, resume equals an uninterrupted run,
 corrupt images are reported and marked absent, a store from another checkpoint is refused."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -44,7 +46,7 @@ def read_all(store_path):
 def test_store_holds_the_encoders_output(mini_root, ckpt, tmp_path):
     path, encoder = ckpt
     store_path = tmp_path / "f.zarr"
-    result = extract(mini_root, path, store_path, ExtractConfig(**CPU32, pooling="mean"), progress=False)
+    result = extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(store_path), **CPU32, pooling="mean"), progress=False)
     assert result["frames"] == 7 and result["videos"] == 2
     ds = AffWild2(mini_root)
     store = features.open_store(store_path)
@@ -67,9 +69,9 @@ def test_store_holds_the_encoders_output(mini_root, ckpt, tmp_path):
 
 def test_float16_and_hdf5_match_zarr(mini_root, ckpt, tmp_path):
     path, _ = ckpt
-    extract(mini_root, path, tmp_path / "a.zarr", ExtractConfig(**CPU32), progress=False)
+    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(tmp_path / "a.zarr"), **CPU32), progress=False)
     config = ExtractConfig(**{**CPU32, "dtype": "float16"})
-    extract(mini_root, path, tmp_path / "b.h5", config, progress=False)
+    extract(replace(config, data=str(mini_root), ckpt=str(path), store=str(tmp_path / "b.h5")), progress=False)
     a, b = read_all(tmp_path / "a.zarr"), read_all(tmp_path / "b.h5")
     for video in a:
         assert b[video][0].dtype == np.float16
@@ -79,7 +81,7 @@ def test_float16_and_hdf5_match_zarr(mini_root, ckpt, tmp_path):
 
 def test_resume_after_a_crash_equals_an_uninterrupted_run(mini_root, ckpt, tmp_path, monkeypatch):
     path, _ = ckpt
-    extract(mini_root, path, tmp_path / "whole.zarr", ExtractConfig(**CPU32), progress=False)
+    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(tmp_path / "whole.zarr"), **CPU32), progress=False)
 
     calls = {"n": 0}
     real_put = extract_mod.StoreFeeder.put
@@ -92,11 +94,11 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(mini_root, ckpt, tmp_p
 
     monkeypatch.setattr(extract_mod.StoreFeeder, "put", crashing_put)
     with pytest.raises(KeyboardInterrupt):
-        extract(mini_root, path, tmp_path / "resumed.zarr", ExtractConfig(**CPU32), progress=False)
+        extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(tmp_path / "resumed.zarr"), **CPU32), progress=False)
     monkeypatch.setattr(extract_mod.StoreFeeder, "put", real_put)
     assert features.create_store(tmp_path / "resumed.zarr", features.open_store(tmp_path / "whole.zarr").attrs,
                                  ).completed() == {"105"}
-    result = extract(mini_root, path, tmp_path / "resumed.zarr", ExtractConfig(**CPU32), progress=False)
+    result = extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(tmp_path / "resumed.zarr"), **CPU32), progress=False)
     assert result["skipped"] == 1 and result["extracted"] == 1
     whole, resumed = read_all(tmp_path / "whole.zarr"), read_all(tmp_path / "resumed.zarr")
     assert whole.keys() == resumed.keys()
@@ -109,7 +111,7 @@ def test_corrupt_image_is_reported_and_marked_absent(mini_root, ckpt, tmp_path):
     path, _ = ckpt
     bad = mini_root / "cropped_aligned" / "vid_left" / "00002.jpg"
     bad.write_bytes(b"not a jpeg")
-    result = extract(mini_root, path, tmp_path / "f.zarr", ExtractConfig(**CPU32), progress=False)
+    result = extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(tmp_path / "f.zarr"), **CPU32), progress=False)
     assert result["unreadable"] == [str(bad)]
     _, present = features.open_store(tmp_path / "f.zarr").read("vid_left")
     assert present.tolist() == [True, False, False, True, True, False]
@@ -118,7 +120,7 @@ def test_corrupt_image_is_reported_and_marked_absent(mini_root, ckpt, tmp_path):
 def test_refuses_a_store_of_another_checkpoint(mini_root, ckpt, tmp_path):
     path, _ = ckpt
     store_path = tmp_path / "f.zarr"
-    extract(mini_root, path, store_path, ExtractConfig(**CPU32), progress=False)
+    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(store_path), **CPU32), progress=False)
     other = tmp_path / "other.pt"
     make_ckpt(other, seed=1)
     args = ["extract", "--data", str(mini_root), "--ckpt", str(other), "--store", str(store_path),
@@ -144,7 +146,7 @@ def test_balance_splits_frames_evenly():
 def test_two_ranks_write_one_store(mini_root, ckpt, tmp_path, suffix):
     path, _ = ckpt
     single = tmp_path / f"single{suffix}"
-    extract(mini_root, path, single, ExtractConfig(**CPU32), progress=False)
+    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(single), **CPU32), progress=False)
     store_path = tmp_path / f"two{suffix}"
     summary, _ = run_two_ranks("extract", "--data", str(mini_root), "--ckpt", str(path), "--store", str(store_path),
                                "--device", "cpu", "--workers", "0", "--batch-size", "4", "--dtype", "float32",
@@ -164,7 +166,7 @@ def test_two_ranks_write_one_store(mini_root, ckpt, tmp_path, suffix):
 def test_video_folder_without_images_is_skipped(mini_root, ckpt, tmp_path):
     path, _ = ckpt
     (mini_root / "cropped_aligned" / "empty_video").mkdir()
-    result = extract(mini_root, path, tmp_path / "f.zarr", ExtractConfig(**CPU32), progress=False)
+    result = extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(tmp_path / "f.zarr"), **CPU32), progress=False)
     assert result["videos"] == 2
     assert features.open_store(tmp_path / "f.zarr").videos() == ["105", "vid_left"]
 
@@ -182,7 +184,7 @@ def test_a_failing_final_write_raises_instead_of_hanging(mini_root, ckpt, tmp_pa
 
     def run():
         try:
-            extract(mini_root, path, tmp_path / "f.zarr", ExtractConfig(**CPU32), progress=False)
+            extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(tmp_path / "f.zarr"), **CPU32), progress=False)
         except OSError as err:
             outcome["error"] = err
 

@@ -2,7 +2,7 @@
 the loss, resume equality, the best-by-F1 checkpoint, load_encoder on the result, learning, two gloo ranks."""
 
 import json
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import pipeline.finetune as ft
+import pipeline.finetune_eval as ft_eval
+import pipeline.finetune_loss as ft_loss
+import pipeline.finetune_model as ft_model
 from cli import cli
 from pipeline.data.affwild2 import AffWild2
 from pipeline.data.frames import (
@@ -160,7 +163,7 @@ def test_mixup_blends_images_and_targets_alike():
     torch.manual_seed(1)
     x, batch = torch.rand(8, 3, 16, 16), _batch()
     batch["ok"][1] = False
-    mixed_x, mixed = ft.mix_batch(x, batch, mixup=0.8, cutmix=0.0, num_classes=8)
+    mixed_x, mixed = ft_loss.mix_batch(x, batch, mixup=0.8, cutmix=0.0, num_classes=8)
     # x = lam * x + (1 - lam) * reversed x; recover lam from row 0 and check every row and target with it.
     lam = float(mixed["expr_soft"][0, batch["expr"][0]])
     assert torch.allclose(mixed_x, lam * x + (1 - lam) * x.flip(0), atol=1e-6)
@@ -176,7 +179,7 @@ def test_cutmix_pastes_a_box_and_weights_targets_by_its_area():
     torch.manual_seed(3)
     x = torch.arange(8.0)[:, None, None, None].expand(8, 3, 32, 32).contiguous()  # image i is all i
     for _ in range(5):
-        mixed_x, mixed = ft.mix_batch(x, _batch(), mixup=0.0, cutmix=1.0, num_classes=8)
+        mixed_x, mixed = ft_loss.mix_batch(x, _batch(), mixup=0.0, cutmix=1.0, num_classes=8)
         pasted = (mixed_x[0, 0] == 7).float().mean()  # image 0's partner is image 7
         assert ((mixed_x[0, 0] == 0) | (mixed_x[0, 0] == 7)).all()
         assert mixed["expr_soft"][0, 7] == pytest.approx(float(pasted)) and mixed["expr_soft"][0, 0] == pytest.approx(1 - float(pasted))
@@ -187,7 +190,7 @@ def test_soft_one_hot_targets_give_the_hard_label_loss():
     weight = torch.rand(8)
     onehot = torch.nn.functional.one_hot(labels, 8).float()
     for w in (weight, None):
-        assert torch.allclose(ft.expr_loss(logits, labels, w, 0.1), ft.expr_loss(logits, onehot, w, 0.1), atol=1e-6)
+        assert torch.allclose(ft_loss.expr_loss(logits, labels, w, 0.1), ft_loss.expr_loss(logits, onehot, w, 0.1), atol=1e-6)
 
 
 def test_augmented_run_resumes_like_an_uninterrupted_one(tiny_root, init_ckpt, tmp_path):
@@ -205,7 +208,7 @@ def test_augmented_run_resumes_like_an_uninterrupted_one(tiny_root, init_ckpt, t
 
 
 def test_layer_wise_lr_decay_groups():
-    model = ExprClassifier(build_encoder("mae_vit_tiny_patch16", **TINY_ENCODER), aux_au=True)
+    model = ExprClassifier(build_encoder("mae_vit_tiny_patch16", **TINY_ENCODER), 8, num_aus=12)
     groups = ft.layer_decay_groups(model, weight_decay=0.05, layer_decay=0.5)
     where = {id(p): g for g in groups for p in g["params"]}
     named = dict(model.named_parameters())
@@ -216,7 +219,7 @@ def test_layer_wise_lr_decay_groups():
     assert where[id(named["encoder.blocks.1.mlp.fc1.bias"])]["weight_decay"] == 0.0
     assert where[id(named["head.weight"])]["lr_scale"] == where[id(named["au_head.bias"])]["lr_scale"] == 1.0
     assert id(named["encoder.pos_embed"]) not in where  # fixed sin-cos table
-    probe = ExprClassifier(build_encoder("mae_vit_tiny_patch16", **TINY_ENCODER), linear_probe=True)
+    probe = ExprClassifier(build_encoder("mae_vit_tiny_patch16", **TINY_ENCODER), 8, linear_probe=True)
     assert sum(len(g["params"]) for g in ft.layer_decay_groups(probe, 0.05, 0.5)) == 2  # head weight, bias
 
 
@@ -228,13 +231,13 @@ def test_labels_minus_one_never_reach_the_loss(tiny_root, init_ckpt, tmp_path, m
     assert with_image_and_invalid > 0  # the test data has frames the loss must not see
 
     seen = []
-    real = ft.expr_loss
+    real = ft_loss.expr_loss
 
     def spy(logits, labels, weight, smoothing):
         seen.append(labels.clone())
         return real(logits, labels, weight, smoothing)
 
-    monkeypatch.setattr(ft, "expr_loss", spy)
+    monkeypatch.setattr(ft_loss, "expr_loss", spy)
     ft.finetune(run_config(tiny_root, tmp_path / "run", init_ckpt, epochs=1, frames_per_video=0, balance="weights",
                            aux_au=True, aux_va=True), progress=False)
     labels = torch.cat(seen)
@@ -269,7 +272,7 @@ def test_resumed_run_equals_uninterrupted_run(tiny_root, init_ckpt, tmp_path):
 
 def test_best_checkpoint_is_the_best_validation_epoch(tiny_root, init_ckpt, tmp_path, monkeypatch):
     scores = iter([0.2, 0.5, 0.3])
-    real = ft.validation_f1
+    real = ft_eval.validation_f1
 
     def scripted(result, index):
         return {**real(result, index), "score": next(scores)}
@@ -282,7 +285,8 @@ def test_best_checkpoint_is_the_best_validation_epoch(tiny_root, init_ckpt, tmp_
     assert best["epoch"] == 2 and best["val"]["score"] == 0.5 and last["epoch"] == 3
     assert "optimizer" not in best and last["best"] == {"f1": 0.5, "epoch": 2}
     assert not torch.equal(best["model"]["head.weight"], last["model"]["head.weight"])
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "checkpoint-last.pt", "config.json", "log.jsonl"]
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "checkpoint-last.pt", "config.json", "log.jsonl",
+                                                     "tensorboard"]
 
 
 def test_checkpoint_loads_with_load_encoder_and_gives_the_same_features(tiny_root, init_ckpt, tmp_path):
@@ -291,7 +295,7 @@ def test_checkpoint_loads_with_load_encoder_and_gives_the_same_features(tiny_roo
     encoder, info = load_encoder(run / "best.pt")
     assert info.kind == "finetune" and info.pooling == "mean" and info.img_size == 32
     assert info.model_config["embed_dim"] == 32 and not info.missing_keys and not info.unexpected_keys
-    classifier, _ = ft.load_classifier(run / "best.pt")
+    classifier, _ = ft_model.load_classifier(run / "best.pt")
     images = torch.stack([ExprFrames(expr_frames(AffWild2(tiny_root), "Validation_Set"), 32)[i]["image"]
                           for i in range(6)])
     x = normalize(images, info.pixel_mean, info.pixel_std)  # (B, C, H, W)
@@ -299,7 +303,7 @@ def test_checkpoint_loads_with_load_encoder_and_gives_the_same_features(tiny_roo
     with torch.no_grad():
         assert torch.equal(pool_tokens(encoder.forward_features(x), info.pooling), classifier.forward_features(x))
     with pytest.raises(InputError, match="not a fine-tuned classifier"):
-        ft.load_classifier(init_ckpt)
+        ft_model.load_classifier(init_ckpt)
 
 
 def test_linear_probe_trains_only_the_head(tiny_root, init_ckpt, tmp_path):
@@ -315,8 +319,8 @@ def test_lp_ft_starts_from_exactly_the_probes_predictions(tiny_root, init_ckpt, 
     probe = tmp_path / "probe"
     ft.finetune(run_config(tiny_root, probe, init_ckpt, epochs=1, linear_probe=True, aux_au=True), progress=False)
     cfg = run_config(tiny_root, tmp_path / "lpft", init_ckpt, head_init=str(probe / "best.pt"), aux_au=True)
-    model, source = ft.build_classifier(cfg)
-    probe_model, _ = ft.load_classifier(probe / "best.pt")
+    model, source = ft_model.build_classifier(cfg)
+    probe_model, _ = ft_model.load_classifier(probe / "best.pt")
     assert source["head_init_sha256"] and probe_model.probe_norm.running_var.std() > 0  # the fold is not trivial
     images = torch.stack([ExprFrames(expr_frames(AffWild2(tiny_root), "Validation_Set"), 32)[i]["image"]
                           for i in range(6)])
@@ -337,15 +341,15 @@ def test_lp_ft_refuses_a_head_that_does_not_fit(tiny_root, init_ckpt, tmp_path):
     other = make_init(tmp_path / "other.pt", seed=1)
     for init, head, message in ((init_ckpt, plain / "best.pt", "not a linear-probe run"),
                                 (other, probe / "best.pt", "was trained on the encoder"),
-                                (None, probe / "best.pt", "needs --init")):
+                                (None, probe / "best.pt", "needs init")):
         with pytest.raises(InputError, match=message):
             ft.finetune(run_config(tiny_root, tmp_path / "r", init, head_init=str(head)), progress=False)
     with pytest.raises(InputError, match="has no au_head"):
-        ft.build_classifier(run_config(tiny_root, tmp_path / "r", init_ckpt, head_init=str(probe / "best.pt"),
+        ft_model.build_classifier(run_config(tiny_root, tmp_path / "r", init_ckpt, head_init=str(probe / "best.pt"),
                                        aux_au=True))
     assert not (tmp_path / "r").exists()
     # --init may also be the probe's own checkpoint (its encoder is the frozen one).
-    ft.build_classifier(run_config(tiny_root, tmp_path / "r", probe / "best.pt", head_init=str(probe / "best.pt")))
+    ft_model.build_classifier(run_config(tiny_root, tmp_path / "r", probe / "best.pt", head_init=str(probe / "best.pt")))
 
 
 def test_random_init_is_recorded_and_warned(tiny_root, tmp_path, capsys):
@@ -359,23 +363,15 @@ def test_random_init_is_recorded_and_warned(tiny_root, tmp_path, capsys):
 def test_fine_tune_fits_the_training_frames(tiny_root, init_ckpt, tmp_path):
     """The loop learns: after a short run, training frames (no augmentation) score far above chance."""
     run = tmp_path / "fit"
-    ft.finetune(run_config(tiny_root, run, init_ckpt, epochs=6, frames_per_video=0, lr=2e-3, drop_path=0.0,
+    ft.finetune(run_config(tiny_root, run, init_ckpt, epochs=6, frames_per_video=0, lr=2e-3, drop_path_rate=0.0,
                            layer_decay=1.0, label_smoothing=0.0, crop_scale=(1.0, 1.0)), progress=False)
-    classifier, info = ft.load_classifier(run / "checkpoint-last.pt")
+    classifier, info = ft_model.load_classifier(run / "checkpoint-last.pt")
     index = expr_frames(AffWild2(tiny_root), "Train_Set")
     loader = DataLoader(ExprFrames(index, 32), batch_size=128, sampler=list(range(len(index))))
-    result = ft.predict_expr(classifier, loader, torch.device("cpu"), False)
+    result = ft_eval.predict_expr(classifier, loader, torch.device("cpu"), False)
     score = expr_f1(result["pred"], index.expr[result["row"]])["score"]
     chance = uniform_guess_expr_f1(index.expr)
     assert score > 4 * chance, (score, chance)
-
-
-def test_cli_defaults_are_the_config_defaults():
-    params = {p.name: p.default for p in cli.commands["finetune"].params}
-    for f in fields(ft.FinetuneConfig):
-        if f.name in params and f.name not in ("out",):
-            assert params[f.name] == f.default, f.name
-    assert {"data_root", "init", "out", "lr", "layer_decay", "balance", "linear_probe", "aux_au"} <= set(params)
 
 
 def test_cli_refuses_bad_input_with_one_line(tiny_root, tmp_path):
@@ -385,7 +381,7 @@ def test_cli_refuses_bad_input_with_one_line(tiny_root, tmp_path):
     result = CliRunner().invoke(cli, ["finetune", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "dataset folder not found" in result.output
     for option, value, message in (("--erase", "1.5", "--erase 1.5 is a probability"),
-                                   ("--mixup", "-1", "Beta alphas"), ("--color-jitter", "1.2", "[0, 1)")):
+                                   ("--mixup", "-1", "is a Beta alpha"), ("--color-jitter", "1.2", "[0, 1)")):
         result = CliRunner().invoke(cli, ["finetune", "--data", str(tiny_root), "--out", str(tmp_path / "r"),
                                           option, value])
         assert result.exit_code == 2 and message in result.output, result.output
@@ -430,7 +426,7 @@ def test_stage_comparison_runs_probe_fine_tune_and_scratch_alike(tiny_root, init
     from bench.compare_stages import main as compare_stages
 
     result = compare_stages(["--data", str(tiny_root), "--init", str(init_ckpt), "--seeds", "0", "1",
-                             "--epochs", "1", "--batch-size", "16", "--frames-per-video", "24", "--workers", "0",
+                             "--preset", "tiny", "--set", "batch_size=16", "--set", "frames_per_video=24", "--workers", "0",
                              "--settings", "fedcba", "--out", str(tmp_path), "--json"])
     assert json.loads(capsys.readouterr().out) == result
     assert set(result["settings"]) == set("abcdef") and all(len(s["best_f1"]) == 2 for s in result["settings"].values())
@@ -439,6 +435,7 @@ def test_stage_comparison_runs_probe_fine_tune_and_scratch_alike(tiny_root, init
     assert configs["f"]["encoder"]["head_init"] == str(tmp_path / "e-seed1" / "best.pt")
     assert configs["d"]["encoder"]["init_sha256"] == configs["b"]["encoder"]["init_sha256"]
     assert [k for k in "abcdef" if configs[k]["finetune"]["linear_probe"]] == ["a", "e"]
+    assert {configs[k]["finetune"]["lr"] for k in "ae"} == {5e-3} and configs["b"]["finetune"]["lr"] == 5e-4
     assert configs["a"]["encoder"]["init_sha256"] == configs["b"]["encoder"]["init_sha256"] is not None
     assert configs["c"]["encoder"]["init_sha256"] not in (None, configs["b"]["encoder"]["init_sha256"])
     assert configs["e"]["encoder"]["init_sha256"] == configs["f"]["encoder"]["init_sha256"] == configs["c"]["encoder"]["init_sha256"]

@@ -16,6 +16,7 @@ from PIL import Image
 
 from cli import cli
 from features import create_store
+from pipeline.config import parse_settings
 from pipeline.data.affwild2 import AffWild2, Annotation
 from pipeline.errors import InputError
 from pipeline.heads import postprocess
@@ -28,14 +29,7 @@ from pipeline.heads.sequences import (
     load_features,
     window_starts,
 )
-from pipeline.heads.train import (
-    TrainConfig,
-    learning_rate,
-    parse_settings,
-    parse_value,
-    prepare,
-    train_run,
-)
+from pipeline.heads.train import TrainConfig, learning_rate, prepare, train_run
 from pipeline.models import build_model
 
 FACE_BOX = (28, 36, 84, 92)  # eyes to chin in a 112-pixel crop
@@ -119,7 +113,7 @@ def test_batches_pad_and_mask_short_videos():
     assert b["keep"].tolist() == [[True] * 5 + [False] * 3, [True] * 8]
     assert (b["x"][0, 5:] == 0).all()  # padding is zero
     torch.testing.assert_close(b["x"][1, :, 0], torch.arange(10.0, 26.0, 2))
-    assert not b["mask"][0, 3] and not b["mask"][0, 5:].any()
+    assert not b["counted"][0, 3] and not b["counted"][0, 5:].any()
 
 
 def test_stores_side_by_side_and_refusals(tiny_rows, tmp_path):
@@ -172,7 +166,7 @@ def test_overlapping_windows_equal_a_whole_video_pass(tiny_store):
     """For a frame-wise model (no state across windows) the averaged windows equal one pass."""
     table = load_features([tiny_store])
     torch.manual_seed(0)
-    model = build_model("linear", in_dim=table.dim, out_dim=2, head_hidden=16).eval()
+    model = build_model("temporal_linear", in_dim=table.dim, out_dim=2, head_hidden=16).eval()
     videos = table.videos
     windowed = infer(model, "va", table, videos, window=50, stride=20, batch_size=4)
     for video in videos:
@@ -262,15 +256,15 @@ def test_schedule_warms_up_then_anneals_with_restarts():
 
 
 def test_settings_parse_by_field_type():
-    assert parse_settings(["tcn_channels=256-128-64", "causal=false", "lr=1e-3", "restart_epochs=none"]) == {
-        "tcn_channels": (256, 128, 64), "causal": False, "lr": 1e-3, "restart_epochs": None}
+    assert parse_settings(TrainConfig, ["tcn_channels=256-128-64", "causal=false", "lr=1e-3",
+                                        "restart_epochs=none", "model=temporal_tcn"]) == {
+        "tcn_channels": (256, 128, 64), "causal": False, "lr": 1e-3, "restart_epochs": None, "model": "temporal_tcn"}
     cfg = TrainConfig.create(task="va", d_model=64, window=100)
     assert cfg.head.d_model == 64 and (cfg.window, cfg.stride) == (100, 66)
-    assert parse_value("model", "tcn") == "tcn"
-    with pytest.raises(InputError, match="unknown setting 'dmodel'"):
-        parse_settings(["dmodel=3"])
-    with pytest.raises(InputError, match="not a valid"):
-        parse_value("window", "big")
+    with pytest.raises(InputError, match="dmodel is not a setting"):
+        parse_settings(TrainConfig, ["dmodel=3"])
+    with pytest.raises(InputError, match="window 'big' is not a valid int"):
+        parse_settings(TrainConfig, ["window=big"])
     with pytest.raises(InputError, match="skip frames"):
         TrainConfig("va", window=100, stride=150)
 
@@ -325,7 +319,7 @@ def test_expr_au_runs_ensemble_and_submit(task, tiny_root, tiny_store, tmp_path)
     for seed in (0, 1):
         runs.append(tmp_path / f"{task}{seed}")
         run_cli("train", task, "--store", tiny_store, "--data", tiny_root, "--out", runs[-1], "--epochs", 2,
-                "--seed", seed, "--model", "tcn", *FAST)
+                "--seed", seed, "--model", "temporal_tcn", *FAST)
     plot = {"expr": "expr_confusion.png", "au": "au_f1.png"}[task]
     assert (runs[0] / plot).is_file()
     ckpt = torch.load(runs[0] / "best.pt", weights_only=False)
@@ -342,7 +336,7 @@ def test_expr_au_runs_ensemble_and_submit(task, tiny_root, tiny_store, tmp_path)
 def test_predict_refuses_a_store_of_another_encoder(tiny_root, tiny_rows, tiny_store, tmp_path):
     run = tmp_path / "run"
     run_cli("train", "va", "--store", tiny_store, "--data", tiny_root, "--out", run, "--epochs", 1,
-            "--model", "linear", *FAST)
+            "--model", "temporal_linear", *FAST)
     other = write_store(tmp_path / "other.zarr", tiny_rows, sha="f" * 64)
     result = CliRunner().invoke(cli, ["predict", "--run", str(run), "--store", str(other), "--out", str(tmp_path / "x.csv")])
     assert result.exit_code == 2
@@ -350,9 +344,9 @@ def test_predict_refuses_a_store_of_another_encoder(tiny_root, tiny_rows, tiny_s
 
 
 def test_ablate_grid_by_seeds(tiny_root, tiny_store, tmp_path):
-    out = run_cli("ablate", "--task", "va", "--store", tiny_store, "--data", tiny_root, "--grid", "model=linear,tcn",
-                  "--grid", "window=50,100", "--seeds", 2, "--out", tmp_path / "abl", "--epochs", 1, *FAST[2:])
+    out = run_cli("ablate", "--task", "va", "--store", tiny_store, "--data", tiny_root,
+                  "--grid", "model=temporal_linear,temporal_tcn", "--grid", "window=50,100", "--seeds", 2, "--out", tmp_path / "abl", "--epochs", 1, *FAST[2:])
     assert "| model | window |" in out and out.count("±") == 1 + 2 * 4  # the header, then 2 per row
     rows = (tmp_path / "abl" / "ablation.csv").read_text().splitlines()
     assert len(rows) == 1 + 4 and len((tmp_path / "abl" / "runs.csv").read_text().splitlines()) == 1 + 8
-    assert (tmp_path / "abl" / "model-tcn_window-100" / "seed1" / "best.pt").is_file()
+    assert (tmp_path / "abl" / "model-temporal_tcn_window-100" / "seed1" / "best.pt").is_file()

@@ -9,6 +9,7 @@ from pipeline.errors import InputError
 from pipeline.models import build_model, list_models
 from pipeline.models.encoder import pool_tokens, sincos_pos_embed_2d
 from pipeline.models.mae import MAE_SIZES, MAEConfig, MaskedAutoencoderViT, build_encoder
+from pipeline.models.registry import FAMILIES
 
 SMALL = MAEConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
                   decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
@@ -17,13 +18,14 @@ SMALL = MAEConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_every_mae_size_is_registered():
-    assert set(MAE_SIZES) <= set(list_models("mae_"))
+def test_every_mae_size_is_registered_and_every_model_has_a_family():
+    assert set(MAE_SIZES) == set(list_models("mae_"))
+    assert set(list_models()) == {n for family in FAMILIES for n in list_models(family)}  # each family is tested
 
 
-# base and large take seconds just to allocate and touch their weights: slow-marked.
+# Every registered MAE, from the registry itself; base and large take seconds just to allocate: slow-marked.
 SIZES = [pytest.param(n, marks=pytest.mark.slow) if n in {"mae_vit_base_patch16", "mae_vit_large_patch16"} else n
-         for n in sorted(MAE_SIZES)]
+         for n in list_models("mae_")]
 
 
 @pytest.mark.parametrize("name", SIZES)

@@ -3,7 +3,6 @@ unreadable images reported once and skipped, the loss falls on synthetic faces, 
 
 import json
 import shutil
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -13,17 +12,19 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import cli
+from pipeline.configs import PretrainConfig
 from pipeline.data.images import PretrainImages, decode_image, find_images
+from pipeline.engine import lr_at
 from pipeline.errors import InputError
 from pipeline.models.checkpoint import load_encoder, read_checkpoint, save_checkpoint
 from pipeline.models.encoder import normalize
-from pipeline.pretrain import PretrainConfig, lr_at, pretrain
+from pipeline.pretrain import pretrain
 from pipeline.runs import read_jsonl
 from tests.conftest import run_two_ranks
 
 # Tiny encoder at 32 px with 8 px patches (16 patches, 4 visible) and a one-block decoder: seconds per run.
 FAST = dict(model="mae_vit_tiny_patch16", img_size=32, patch_size=8, epochs=2, batch_size=4, accum_iter=2,
-            warmup_epochs=1, decoder_dim=32, decoder_depth=1, decoder_heads=2, max_images=24, workers=0,
+            warmup_epochs=1, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2, max_images=24, workers=0,
             device="cpu", bf16=False, recon_images=3, log_every=1)
 
 
@@ -60,13 +61,6 @@ def test_cli_refuses_a_missing_folder_with_one_line(tmp_path):
     result = CliRunner().invoke(cli, ["pretrain", "--images", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
     assert result.exit_code == 2
     assert result.output.count("\n") == 1 and "nope does not exist" in result.output
-
-
-def test_cli_defaults_are_the_config_defaults():
-    params = {p.name: p.default for p in cli.commands["pretrain"].params}
-    for f in fields(PretrainConfig):
-        if f.name in params and f.name not in ("images", "out"):
-            assert params[f.name] == f.default, f.name
 
 
 def test_augmentation_is_seeded_per_sample_and_epoch(faces):
@@ -133,10 +127,55 @@ def test_resumed_run_equals_uninterrupted_run(faces, tmp_path):
     assert info.kind == "mae" and info.img_size == 32
     assert all(torch.equal(v, a["encoder"][k]) for k, v in encoder.state_dict().items())
 
-    # Finished: a rerun does nothing; other options refuse to resume.
+    # Finished: a rerun does nothing; options that change the result refuse to resume.
     assert pretrain(run_config(faces, cut), progress=False)["epochs_done"] == 2
-    with pytest.raises(InputError, match="epochs: 2 -> 3"):
-        pretrain(run_config(faces, cut, epochs=3), progress=False)
+    with pytest.raises(InputError, match="mask_ratio: 0.75 -> 0.5"):
+        pretrain(run_config(faces, cut, mask_ratio=0.5), progress=False)
+
+
+def test_a_finished_run_is_extended_over_a_longer_schedule(faces, tmp_path):
+    """MAE users train on (400 -> 800 -> 1600 epochs): a larger epochs continues a finished run, the cosine
+    is stretched over the new length, and the change is recorded; fewer epochs than done is refused."""
+    run = tmp_path / "run"
+    pretrain(run_config(faces, run, epochs=1), progress=False)
+    first = read_checkpoint(run / "checkpoint-last.pt")
+    steps = first["scheduler"]["step"]
+    assert first["scheduler"]["total_steps"] == steps  # one epoch's schedule, finished
+
+    summary = pretrain(run_config(faces, run, epochs=2), progress=False)
+    last = read_checkpoint(run / "checkpoint-last.pt")
+    assert summary["epochs_done"] == 2 and last["epoch"] == 2 and last["epochs"] == 2
+    assert last["scheduler"]["step"] == 2 * steps and last["scheduler"]["total_steps"] == 2 * steps
+    change = {"epochs": 1, "changed_to": 2, "at_epoch": 1}
+    assert last["epochs_history"] == [change]
+    assert json.loads((run / "config.json").read_text())["epochs_history"] == [change]
+    records = read_jsonl(run / "log.jsonl")
+    assert {"epoch": 1, "event": "epochs changed", **change} in records
+    # the second epoch's lr follows the 2-epoch cosine: above the floor the 1-epoch schedule had reached
+    second = [r for r in records if r.get("step", 0) > steps]
+    assert second and all(r["lr"] > 0 for r in second)
+    assert [r["epoch"] for r in records if "seconds" in r] == [1, 2]
+
+    with pytest.raises(InputError, match="has trained 2 epochs already; give epochs 2 or more"):
+        pretrain(run_config(faces, run, epochs=1), progress=False)
+
+
+def test_tensorboard_gets_the_logs_scalars_and_the_reconstruction(faces, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    pretrain(run_config(faces, run), progress=False)
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    records = read_jsonl(run / "log.jsonl")
+    steps = [r for r in records if "step" in r]
+    assert [e.step for e in events.Scalars("train/loss")] == [r["step"] for r in steps]
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx([r["loss"] for r in steps])
+    assert [e.step for e in events.Scalars("epoch/loss")] == [1, 2]
+    assert [e.step for e in events.Images("reconstruction")] == [1, 2]
+    assert not (tmp_path / "off" / "tensorboard").exists() and pretrain(
+        run_config(faces, tmp_path / "off", epochs=1, tensorboard=False), progress=False)["epochs_done"] == 1
+    assert not (tmp_path / "off" / "tensorboard").exists()
 
 
 def test_unreadable_images_are_reported_once_and_skipped(faces, tmp_path, capsys):
@@ -156,14 +195,14 @@ def test_unreadable_images_are_reported_once_and_skipped(faces, tmp_path, capsys
 
 
 def test_too_few_images_for_one_step(faces, tmp_path):
-    with pytest.raises(InputError, match="lower --batch-size or --accum-iter"):
+    with pytest.raises(InputError, match="lower batch_size or accum_iter"):
         pretrain(run_config(faces, tmp_path / "r", max_images=6, batch_size=4, accum_iter=2), progress=False)
 
 
 @pytest.mark.slow
 def test_loss_falls_on_synthetic_faces(faces, tmp_path):
     summary = pretrain(run_config(faces, tmp_path / "run", epochs=4, batch_size=16, accum_iter=1, lr=1.5e-3,
-                                  decoder_dim=64, decoder_heads=4, max_images=96), progress=False)
+                                  decoder_embed_dim=64, decoder_num_heads=4, max_images=96), progress=False)
     # Per-patch normalised targets: predicting each patch's mean scores 1.0.
     assert summary["loss_end"] < 0.95 and summary["loss_end"] < 0.75 * summary["loss_start"]
 
@@ -173,11 +212,12 @@ def test_two_gloo_processes(faces, tmp_path):
     out = tmp_path / "ddp"
     args = ["--images", str(faces), "--out", str(out), "--model", "mae_vit_tiny_patch16", "--img-size", "32",
             "--patch-size", "8", "--epochs", "1", "--batch-size", "4", "--accum-iter", "1", "--warmup-epochs", "1",
-            "--decoder-dim", "32", "--decoder-depth", "1", "--decoder-heads", "2", "--max-images", "32",
+            "--decoder-embed-dim", "32", "--decoder-depth", "1", "--decoder-num-heads", "2", "--max-images", "32",
             "--workers", "0", "--device", "cpu", "--no-bf16"]
     summary, stdout = run_two_ranks("pretrain", *args)
     assert summary["epochs_done"] == 1 and stdout.count('"epochs_done"') == 1  # rank 0 only
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-last.pt", "config.json", "log.jsonl", "recon"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-last.pt", "config.json", "log.jsonl", "recon",
+                                                     "tensorboard"]
     config = json.loads((out / "config.json").read_text())
     assert config["world_size"] == 2 and config["effective_batch"] == 8
     assert read_checkpoint(out / "checkpoint-last.pt")["scheduler"]["step"] == 4  # 32 images / 8 per step

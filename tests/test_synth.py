@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.config import preset
+from pipeline.configs import SynthConfig
 from pipeline.data.affwild2 import AU_NAMES, CHALLENGE_DIRS, HEADERS, TASKS, AffWild2
 from pipeline.data.faces import FaceRenderer, FrameParams, sample_identity, sample_scene
 from pipeline.data.synth import (
@@ -18,7 +20,6 @@ from pipeline.data.synth import (
     GROUND_TRUTH_DIR,
     IMAGE_ROOTS,
     MIN_VIDEOS,
-    PRESETS,
     SPLITS,
     TEST_LIST_DIR,
     TEST_LISTS,
@@ -29,7 +30,7 @@ from pipeline.data.synth import (
 )
 from pipeline.errors import InputError
 
-SMALL = replace(PRESETS["tiny"], videos=6, frames_per_video=60, img_size=32)
+SMALL = replace(preset(SynthConfig, "tiny"), videos=6, frames_per_video=60, img_size=32)
 
 
 def digest(root: Path) -> dict[str, str]:
@@ -77,7 +78,7 @@ def test_rerun_is_a_no_op_and_a_foreign_folder_is_refused(tmp_path):
                                  {"scenes": 0}])
 def test_unusable_configs_are_input_errors(bad):
     with pytest.raises(InputError):
-        plan_videos(replace(PRESETS["tiny"], **bad))
+        plan_videos(replace(preset(SynthConfig, "tiny"), **bad))
 
 
 def test_release_layout(tiny_root, meta):
@@ -160,10 +161,10 @@ def test_reader_loads_tiny_and_agrees_with_synth_json(tiny_root, meta):
                     assert ok.sum(axis=0).tolist() == want["positives"]
 
 
-@pytest.mark.parametrize("preset", ["tiny", "demo", "bench"])
-def test_every_split_of_every_task_is_populated(preset):
-    plans = plan_videos(PRESETS[preset])
-    assert len(plans) == PRESETS[preset].videos
+@pytest.mark.parametrize("name", ["tiny", "demo", "bench"])
+def test_every_split_of_every_task_is_populated(name):
+    plans = plan_videos(preset(SynthConfig, name))
+    assert len(plans) == preset(SynthConfig, name).videos
     for task in TASKS:
         for split, need in MIN_VIDEOS.items():
             assert sum(task in p.tasks and p.split == split for p in plans) >= need, (task, split)
@@ -174,12 +175,12 @@ def test_every_split_of_every_task_is_populated(preset):
 
 
 def test_people_and_scenes_limit_the_cast_and_the_sets_and_change_nothing_else():
-    default = plan_videos(PRESETS["tiny"])
+    default = plan_videos(preset(SynthConfig, "tiny"))
     assert len({p.identity for p in default}) == len(default)  # a new person per video
     assert len({p.scene for p in default}) == len({p.source for p in default})  # a scene per source
-    three = plan_videos(replace(PRESETS["tiny"], people=3))
+    three = plan_videos(replace(preset(SynthConfig, "tiny"), people=3))
     assert [p.identity for p in three] == [default[k % 3].identity for k in range(len(three))]
-    one = plan_videos(replace(PRESETS["tiny"], people=1, scenes=1))
+    one = plan_videos(replace(preset(SynthConfig, "tiny"), people=1, scenes=1))
     assert len({p.identity for p in one}) == 1 and len({p.scene for p in one}) == 1
     assert one[0].scene == default[0].scene
     rest = [(p.name, p.split, p.frames, p.tasks, p.image_root) for p in default]
@@ -199,7 +200,7 @@ def test_short_expression_runs_join_a_long_one():
 
 
 def test_hidden_state_runs_and_ranges():
-    cfg = PRESETS["demo"]
+    cfg = preset(SynthConfig, "demo")
     plans = plan_videos(cfg)
     train_classes = np.zeros(8, int)
     for p in plans[:12] + [p for p in plans if p.split == "Train_Set" and "expr" in p.tasks]:

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import pipeline.models.temporal as temporal
-from pipeline.models import build_model
+from pipeline.configs.heads import POS_ENCODINGS
+from pipeline.models import build_model, list_models
 
-HEADS = ("tcn_transformer", "tcn", "transformer", "linear")
 SMALL = dict(tcn_channels=(24, 16, 8), d_model=16, num_layers=2, num_heads=2, ff_dim=32, head_hidden=8)
 
 
@@ -17,7 +17,7 @@ def small(name: str, in_dim: int = 12, out_dim: int = 3, **sizes) -> temporal.Te
     return build_model(name, in_dim=in_dim, out_dim=out_dim, **{**SMALL, **sizes})
 
 
-@pytest.mark.parametrize("name", HEADS)
+@pytest.mark.parametrize("name", list_models("temporal_"))
 def test_every_head_builds_runs_forward_and_backward(name):
     model = small(name, dropout=0.3)
     x = torch.randn(2, 40, 12)  # (B, T, D)
@@ -32,7 +32,7 @@ def test_every_head_builds_runs_forward_and_backward(name):
 
 
 def test_paper_sizes_by_default():
-    model = build_model("tcn_transformer", in_dim=768, out_dim=2)
+    model = build_model("temporal_tcn_transformer", in_dim=768, out_dim=2)
     widths = [b.conv2.conv.out_channels for b in model.tcn.blocks]
     assert widths == [768, 256, 128]
     assert [b.conv1.conv.dilation[0] for b in model.tcn.blocks] == [1, 2, 4]
@@ -71,7 +71,7 @@ def test_centred_tcn_sees_a_bounded_future():
         assert torch.equal(net(far, None)[:, :, t], base)
 
 
-@pytest.mark.parametrize("name", HEADS)
+@pytest.mark.parametrize("name", list_models("temporal_"))
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("training", [False, True])
 def test_padding_is_invisible(name, causal, training):
@@ -87,9 +87,9 @@ def test_padding_is_invisible(name, causal, training):
     torch.testing.assert_close(inside, alone, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind", temporal.POS_ENCODINGS)
+@pytest.mark.parametrize("kind", POS_ENCODINGS)
 def test_position_encodings(kind):
-    model = small("transformer", pos_encoding=kind, max_len=50)
+    model = small("temporal_transformer", pos_encoding=kind, max_len=50)
     out = model(torch.randn(2, 50, 12))
     assert out.shape == (2, 50, 3) and torch.isfinite(out).all()
     if kind == "learned":
@@ -98,7 +98,7 @@ def test_position_encodings(kind):
 
 
 def test_head_config_refuses_bad_sizes():
-    with pytest.raises(ValueError, match="pos_encoding"):
+    with pytest.raises(ValueError, match="pos_encoding 'rotary' is not one of"):
         temporal.HeadConfig(pos_encoding="rotary")
     with pytest.raises(ValueError, match="divisible"):
         temporal.HeadConfig(d_model=30, num_heads=4)
@@ -108,7 +108,6 @@ def test_input_standardisation_is_part_of_the_head():
     import numpy as np
 
     from pipeline.heads.train import feature_stats
-    from pipeline.models import build_model
 
     rng = np.random.default_rng(0)
     feats = rng.normal(3.0, 2.0, (1000, 6)).astype(np.float16)
@@ -119,7 +118,7 @@ def test_input_standardisation_is_part_of_the_head():
     np.testing.assert_allclose(std, chosen.std(0), rtol=1e-4)
 
     torch.manual_seed(0)
-    head = build_model("tcn", in_dim=6, out_dim=2, tcn_channels=(8, 4), dropout=0.0).eval()
+    head = build_model("temporal_tcn", in_dim=6, out_dim=2, tcn_channels=(8, 4), dropout=0.0).eval()
     x = torch.randn(2, 20, 6) * 2 + 3
     plain = head((x - torch.from_numpy(mean)) / torch.from_numpy(std))
     head.set_input_stats(torch.from_numpy(mean), torch.from_numpy(std))

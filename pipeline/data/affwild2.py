@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.images import IMAGE_SUFFIXES
 from pipeline.errors import InputError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # the frame and image files every reader looks for
 
 TASKS = ("va", "expr", "au")
 SPLITS = ("Train_Set", "Validation_Set")

@@ -22,11 +22,10 @@ import torch
 from PIL import Image, ImageEnhance
 from torch.utils.data import Dataset, Sampler
 
+from pipeline.configs.finetune import BALANCE_MODES
 from pipeline.data.affwild2 import AU_NAMES, EXPR_CLASSES, AffWild2
 from pipeline.data.images import UnreadableImage, decode_image, random_resized_box
 from pipeline.errors import InputError
-
-BALANCE_MODES = ("sampler", "weights", "none")
 
 
 @dataclass(frozen=True)

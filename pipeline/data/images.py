@@ -18,9 +18,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from pipeline.data.affwild2 import IMAGE_SUFFIXES
 from pipeline.errors import InputError
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 class UnreadableImage(Exception):

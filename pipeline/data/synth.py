@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.config import ConfigError
+from pipeline.configs.synth import SynthConfig
 from pipeline.data.affwild2 import AU_NAMES, CHALLENGE_DIRS, EXPR_CLASSES, HEADERS, TASKS
 from pipeline.data.faces import (
     FaceRenderer,
@@ -79,53 +81,6 @@ AU_HYSTERESIS = 0.15
 
 
 @dataclass(frozen=True)
-class SynthConfig:
-    """A synthetic dataset (the presets below are the named ones: tiny, demo, bench).
-
-    Args:
-        videos: number of videos (a ``_left``/``_right`` pair counts two).
-        frames_per_video: mean annotated length; the total is about videos * frames_per_video
-            (no video is shorter than 40 frames).
-        img_size: side of the square face crops (112 in the release).
-        seed: everything is a function of the config and this seed.
-        pairs: number of ``_left``/``_right`` pairs.
-        val_fraction, test_fraction: shares of the source videos in Validation_Set and the test set.
-        task_prob: chance that a video is annotated for each task (at least one task each).
-        new_root_fraction: share of the source videos under ``cropped_aligned_new_50_vids``.
-        long_video_factor: the one long video is this many times the mean length of the others.
-        people: None draws a new person for every video (as in the release); N > 0 casts only N people,
-            video k showing person k mod N, in every split.
-        scenes: the same for backgrounds, light and camera: None draws one per source video, N > 0 only
-            N, source video s filmed in scene s mod N. With ``people=1, scenes=1`` nothing but the
-            affect state and the per-frame nuisances tells videos apart: a diagnostic that takes away
-            the shortcut of recognising a video instead of reading its expressions.
-    """
-
-    videos: int = 38
-    frames_per_video: int = 600
-    img_size: int = 112
-    seed: int = 0
-    pairs: int = 3
-    val_fraction: float = 0.2
-    test_fraction: float = 0.2
-    task_prob: float = 0.7
-    new_root_fraction: float = 0.12
-    long_video_factor: float = 5.0
-    people: int | None = None
-    scenes: int | None = None
-
-
-PRESETS: dict[str, SynthConfig] = {
-    "tiny": SynthConfig(videos=9, frames_per_video=220, pairs=1, long_video_factor=3.0),
-    # A cast of 4 people filmed in 2 scenes, each person in videos of every split: with a new person per
-    # video, a few dozen training videos let fine-tuning recognise the video instead of reading its
-    # expressions (README, "What each stage adds"). 114 short videos give 19 Expr validation videos.
-    "demo": SynthConfig(videos=114, frames_per_video=200, people=4, scenes=2),
-    "bench": SynthConfig(videos=100, frames_per_video=800, pairs=6, long_video_factor=8.0),
-}
-
-
-@dataclass(frozen=True)
 class VideoPlan:
     """Where one video goes and who is in it (drawn before any frame is rendered)."""
 
@@ -171,21 +126,18 @@ def check_config(cfg: SynthConfig) -> None:
     sources = cfg.videos - cfg.pairs
     n_val, n_test = _split_counts(cfg)
     if cfg.pairs < 0 or 2 * cfg.pairs > cfg.videos:
-        raise InputError(f"pairs={cfg.pairs}: need 0 <= pairs <= videos / 2 (videos={cfg.videos})")
+        raise ConfigError("pairs", f"{cfg.pairs}: need 0 <= pairs <= videos / 2 (videos={cfg.videos})")
     if sources - n_val - n_test < MIN_VIDEOS["Train_Set"]:
-        raise InputError(
-            f"videos={cfg.videos} is too few for a train, validation and test split of every task; "
-            f"use --videos {cfg.pairs + n_val + n_test + 2} or more"
-        )
+        raise ConfigError("videos", f"{cfg.videos} is too few for a train, validation and test split of every "
+                                    f"task; use {cfg.pairs + n_val + n_test + 2} or more")
     if cfg.img_size < 16:
-        raise InputError(
-            f"img_size={cfg.img_size} is too small to draw a face; use --img-size 16 or more")
+        raise ConfigError("img_size", f"{cfg.img_size} is too small to draw a face; use 16 or more")
     for key in ("people", "scenes"):
         value = getattr(cfg, key)
         if value is not None and value < 1:
-            raise InputError(f"{key}={value}: use 1 or more (or leave it unset for a new one per video)")
+            raise ConfigError(key, f"{value}: use 1 or more (or none for a new one per video)")
     if cfg.frames_per_video < 40:
-        raise InputError(f"frames_per_video={cfg.frames_per_video}: use 40 or more")
+        raise ConfigError("frames_per_video", f"{cfg.frames_per_video}: use 40 or more")
 
 
 def _split_counts(cfg: SynthConfig) -> tuple[int, int]:

@@ -1,7 +1,7 @@
 """Ablations: every combination of a grid of settings, for several seeds, on data loaded once.
 
 This is how a user repeats the paper's Table 5 on their own features:
-``--grid "model=tcn,transformer,tcn_transformer" --seeds 3``. Any TrainConfig or HeadConfig field
+``--grid "model=temporal_tcn,temporal_transformer,temporal_tcn_transformer" --seeds 3``. Any TrainConfig or HeadConfig field
 can be a grid key. The table reports the official validation score (whole videos, best epoch) before
 and after post-processing as mean ± std (sample std) over seeds.
 """
@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.config import coerce, settable
 from pipeline.data.affwild2 import AffWild2
 from pipeline.errors import InputError
 from pipeline.heads.sequences import FeatureTable, TaskData, load_features
-from pipeline.heads.train import TrainConfig, parse_value, prepare, train_run
+from pipeline.heads.train import TrainConfig, prepare, train_run
 from pipeline.runs import atomic_write_text
 
 FIXED = ("task", "stores", "data")  # what the loaded data is; one ablation, one dataset
@@ -32,12 +33,15 @@ def parse_grid(specs) -> dict[str, list]:
         key, sep, values = spec.partition("=")
         key = key.strip()
         if not sep or not values.strip():
-            raise InputError(f"--grid {spec!r}: use KEY=V1,V2,..., e.g. --grid \"model=tcn,tcn_transformer\"")
+            raise InputError(f"--grid {spec!r}: use KEY=V1,V2,..., e.g. --grid \"model=temporal_tcn,temporal_tcn_transformer\"")
         if key in FIXED:
             raise InputError(f"--grid {key}: the {key} is fixed for an ablation; run one ablation per {key}")
         if key in grid:
             raise InputError(f"--grid {key} given twice; list all its values in one option")
-        grid[key] = [parse_value(key, v) for v in values.split(",")]
+        known = settable(TrainConfig)
+        if key not in known:
+            raise InputError(f"--grid {key} is not a setting; settable: {', '.join(sorted(known))}")
+        grid[key] = [coerce(key, known[key][1], v) for v in values.split(",")]
     return grid
 
 

@@ -1,7 +1,7 @@
-"""Per-task losses over the masked frames of a batch (``shared/PAPER.md``, "Losses").
+"""Per-task losses over the counted frames of a batch (Zhou et al. 2024, ABAW6, "Losses").
 
 Only frames whose label is valid and that are not window padding enter a loss: they are selected
-before any arithmetic, so a masked label's value (even NaN) cannot reach the loss or its gradient.
+before any arithmetic, so an uncounted label's value (even NaN) cannot reach the loss or its gradient.
 
 - VA: 1 - CCC per dimension, summed over valence and arousal (optionally plus MSE).
 - Expr: cross-entropy, optionally class-weighted or focal.
@@ -13,9 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.data.affwild2 import EXPR_CLASSES
-
-VA_LOSSES = ("ccc", "ccc+mse")
-WEIGHTINGS = ("none", "balanced")
 
 
 def ccc_loss(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
@@ -42,15 +39,15 @@ class TaskLoss:
         self.task, self.va_loss = task, va_loss
         self.class_weight, self.focal_gamma, self.pos_weight = class_weight, focal_gamma, pos_weight
 
-    def __call__(self, out: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def __call__(self, out: torch.Tensor, labels: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
         """
         Args:
             out: model outputs (B, T, K).
             labels: (B, T, K) float (Expr: class index in column 0).
-            mask: (B, T) bool, true on frames that count.
+            counted: (B, T) bool, true on frames that count (valid label, real frame).
         """
-        out = out[mask].float()  # (M, K) counted frames only
-        labels = labels[mask]  # (M, K)
+        out = out[counted].float()  # (M, K) counted frames only
+        labels = labels[counted]  # (M, K)
         if len(out) == 0:
             return out.sum() * 0.0  # keeps the graph: no counted frame in this batch
         if self.task == "va":

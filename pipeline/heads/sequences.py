@@ -214,12 +214,12 @@ class Batcher:
 
     def batch(self, windows: np.ndarray, W: int) -> dict[str, torch.Tensor]:
         """x (B, W, D) float32 with zeros on padding, keep (B, W), rows (B, W); labels (B, W, K) and
-        mask (B, W) (valid label and real frame) when labels were given."""
+        counted (B, W) (valid label and real frame: the frames the loss counts) when labels were given."""
         W = min(W, int(windows[:, 1].max()))  # a batch of short videos needs no more than its longest
         rows, keep = window_index(windows, W)
         x = self.features[rows].float() * keep[..., None]  # (B, W, D)
         out = {"x": x, "keep": keep, "rows": rows}
         if self.labels is not None:
             out["labels"] = self.labels[rows]  # (B, W, K)
-            out["mask"] = self.valid[rows] & keep  # (B, W)
+            out["counted"] = self.valid[rows] & keep  # (B, W)
         return out

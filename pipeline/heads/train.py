@@ -1,4 +1,4 @@
-"""Training a temporal head on cached feature sequences (stage 3 of ``shared/PAPER.md``).
+"""Training a temporal head on cached feature sequences (stage 3 of Zhou et al. 2024, ABAW6).
 
 The loop: windows of the training videos, shuffled per epoch, gathered from the in-memory table;
 AdamW with a linear warm-up then cosine annealing with warm restarts (as the authors: restart period
@@ -14,8 +14,6 @@ import io
 import json
 import math
 import time
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +21,14 @@ import torch
 from tqdm import tqdm
 
 import pipeline.models.temporal  # noqa: F401  (registers the heads)
-from pipeline.data.affwild2 import AffWild2, check_task
+from pipeline.configs.heads import TrainConfig
+from pipeline.data.affwild2 import AffWild2
 from pipeline.device import autocast, resolve_device
 from pipeline.errors import InputError
-from pipeline.heads import plots, postprocess
+from pipeline.heads import postprocess
 from pipeline.heads.evaluate import CHECKPOINT_FORMAT, infer
 from pipeline.heads.folds import fold_split, pooled_annotations
-from pipeline.heads.losses import VA_LOSSES, WEIGHTINGS, make_loss
+from pipeline.heads.losses import make_loss
 from pipeline.heads.sequences import (
     OUT_DIMS,
     Batcher,
@@ -40,7 +39,7 @@ from pipeline.heads.sequences import (
     task_data,
 )
 from pipeline.models import build_model
-from pipeline.models.temporal import HeadConfig
+from pipeline.plots import heads as plots
 from pipeline.runs import (
     JsonlLogger,
     atomic_torch_save,
@@ -49,138 +48,6 @@ from pipeline.runs import (
     to_jsonable,
     write_config,
 )
-
-PAPER_EPOCHS = {"va": 40, "expr": 10, "au": 30}
-# Named starting points for TrainConfig.create(preset=...); settings given with them win.
-# "demo": a head small enough to train in well under a minute per task on two CPU cores (the synthetic
-# demo store, about 100 videos of 200 frames, D=192): the paper's lr 3e-5 and batch 32 assume ~3 million
-# frames (hundreds of steps an epoch), the demo has a few thousand; dropout 0 as in the authors' configs
-# (on the CPU, dropout's random masks cost a third of a small head's step).
-PRESETS = {
-    "paper": {},
-    "demo": dict(tcn_channels=(128, 64, 64), d_model=64, num_layers=2, ff_dim=128, head_hidden=64, dropout=0.0,
-                 batch_size=8, lr=1e-3, epochs=20),
-}
-HEAD_MODELS = ("tcn_transformer", "tcn", "transformer", "linear")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything a head run depends on; defaults reproduce the paper (epochs per task).
-
-    ``head`` holds the model sizes; ``create`` accepts its field names directly (``d_model=256``),
-    as do ``--set`` and ``ablate --grid``.
-    """
-
-    task: str
-    stores: tuple[str, ...] = ()
-    data: str = ""
-    fold: int = 0  # 0: the official split; 1..folds: folds grouped by source video
-    folds: int = 5
-    fill: str = "nearest"  # absent-face rows: nearest | linear | zeros, same in training and inference
-    absent_in_loss: bool = True  # frames without a face count in the loss (the metric counts them too)
-    model: str = "tcn_transformer"
-    head: HeadConfig = field(default_factory=HeadConfig)
-    window: int = 300
-    stride: int | None = None  # None: two thirds of the window (the paper's 200 for 300)
-    batch_size: int = 32
-    epochs: int | None = None  # None: the paper's for the task (VA 40, Expr 10, AU 30)
-    lr: float = 3e-5
-    weight_decay: float = 1e-5
-    warmup_epochs: float = 1.0
-    restart_epochs: float | None = None  # None: epochs - warmup + 1 (the authors' T_0)
-    restart_mult: int = 2
-    min_lr: float = 1e-8
-    va_loss: str = "ccc"  # ccc | ccc+mse
-    class_weights: str = "none"  # Expr: none | balanced
-    focal_gamma: float = 0.0  # Expr: 0 is plain cross-entropy
-    pos_weight: str = "none"  # AU: none | balanced
-    # z-score features with training-frame statistics (kept in the head's buffers). Off, as the paper: on
-    # the synthetic demo stores it lowered validation VA CCC (0.202 -> -0.187 on the pretrained store).
-    standardize: bool = False
-    seed: int = 0
-    device: str = "auto"
-    bf16: bool = False
-
-    def __post_init__(self):
-        check_task(self.task)
-        if self.epochs is None:
-            object.__setattr__(self, "epochs", PAPER_EPOCHS[self.task])  # resolved, so config.json says it
-        if self.stride is None:
-            object.__setattr__(self, "stride", max(1, self.window * 2 // 3))
-        if self.model not in HEAD_MODELS:
-            raise InputError(f"model {self.model!r} is not a temporal head; use one of {', '.join(HEAD_MODELS)}")
-        checks = [
-            (self.window >= 1 and self.stride >= 1, f"window {self.window} and stride {self.stride} must be >= 1"),
-            (self.stride <= self.window, f"stride {self.stride} > window {self.window} would skip frames"),
-            (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
-            (self.va_loss in VA_LOSSES, f"va_loss {self.va_loss!r}; use {' or '.join(VA_LOSSES)}"),
-            (self.class_weights in WEIGHTINGS, f"class_weights {self.class_weights!r}; use {' or '.join(WEIGHTINGS)}"),
-            (self.pos_weight in WEIGHTINGS, f"pos_weight {self.pos_weight!r}; use {' or '.join(WEIGHTINGS)}"),
-            (self.head.pos_encoding != "learned" or self.window <= self.head.max_len,
-             f"window {self.window} exceeds the learned position table (max_len {self.head.max_len})"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(message)
-
-    @classmethod
-    def create(cls, preset: str = "paper", **values) -> "TrainConfig":
-        """A config from flat settings over a preset (``PRESETS``): HeadConfig's field names
-        (``d_model=256``) go into ``head``; unset epochs and stride are resolved from the task and
-        window given with them."""
-        if preset not in PRESETS:
-            raise InputError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
-        values = {**PRESETS[preset], **values}
-        head_names = {f.name for f in dataclasses.fields(HeadConfig)}
-        head = {k: v for k, v in values.items() if k in head_names}
-        rest = {k: v for k, v in values.items() if k not in head_names}
-        try:
-            return cls(**rest, head=HeadConfig(**head))
-        except (TypeError, ValueError) as err:
-            raise InputError(f"invalid settings {values}: {err}") from None
-
-
-def config_fields() -> dict[str, typing.Any]:
-    """Every settable name (TrainConfig's and HeadConfig's fields but what the data is) and its type."""
-    hints = {**typing.get_type_hints(HeadConfig), **typing.get_type_hints(TrainConfig)}
-    for fixed in ("head", "task", "stores", "data"):
-        hints.pop(fixed)
-    return hints
-
-
-def parse_value(key: str, text: str):
-    """A config value from text, by the field's type: ``tcn_channels=768-256-128``, ``causal=false``."""
-    hints = config_fields()
-    if key not in hints:
-        raise InputError(f"unknown setting {key!r}; settable: {', '.join(sorted(hints))}")
-    kind = hints[key]
-    args = [a for a in typing.get_args(kind) if a is not type(None)]
-    text = text.strip()
-    try:
-        if text.lower() == "none" and type(None) in typing.get_args(kind):
-            return None
-        if typing.get_origin(kind) is tuple:
-            return tuple(typing.get_args(kind)[0](p) for p in text.replace("/", "-").split("-") if p)
-        base = args[0] if args else kind
-        if base is bool:
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(text)
-            return text.lower() in ("true", "1", "yes")
-        return base(text)
-    except ValueError:
-        raise InputError(f"{key}={text!r}: not a valid {getattr(kind, '__name__', kind)}") from None
-
-
-def parse_settings(items) -> dict:
-    """``["key=value", ...]`` (the CLI's ``--set``) as typed overrides."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise InputError(f"--set {item!r}: use KEY=VALUE, e.g. --set d_model=256")
-        out[key.strip()] = parse_value(key.strip(), value)
-    return out
 
 
 def feature_stats(features: np.ndarray, rows: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
@@ -340,7 +207,7 @@ def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = 
 def _train_step(model, optimizer, loss_fn, b: dict, device: torch.device, bf16: bool) -> float:
     with autocast(device, bf16):
         out = model(b["x"].to(device), b["keep"].to(device))  # (B, W, K)
-    loss = loss_fn(out, b["labels"].to(device), b["mask"].to(device))
+    loss = loss_fn(out, b["labels"].to(device), b["counted"].to(device))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

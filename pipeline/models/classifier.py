@@ -1,6 +1,6 @@
 """The fine-tuning model: the shared ViT encoder, one pooled embedding per frame, a linear Expr head.
 
-Stage 2 of ``shared/PAPER.md``: "decoder dropped, a fully connected head on the encoder". The embedding
+Stage 2 of Zhou et al. (2024, ABAW6): "decoder dropped, a fully connected head on the encoder". The embedding
 is exactly what extraction stores (:func:`pipeline.models.encoder.pool_tokens` of the encoder's own
 ``forward_features``), so the head is trained on the features the temporal heads will read. Optional
 frame-level heads for AU (12 logits) and VA (2 values in [-1, 1]) share that embedding.
@@ -13,7 +13,6 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from pipeline.data.affwild2 import AU_NAMES, EXPR_CLASSES
 from pipeline.models.encoder import pool_tokens
 
 PROBE_NORM_EPS = 1e-6
@@ -24,13 +23,15 @@ class ExprClassifier(nn.Module):
 
     Args:
         encoder: a timm ViT from :func:`pipeline.models.checkpoint.load_encoder` or ``build_encoder``.
+        num_classes: expression classes C of the main head (Aff-Wild2: 8).
         pooling: ``cls`` or ``mean`` (see ``pool_tokens``).
-        aux_au, aux_va: add the auxiliary AU / VA heads.
+        num_aus: action units of the auxiliary AU head (Aff-Wild2: 12); 0: no AU head.
+        aux_va: add the auxiliary valence-arousal head (2 values).
         linear_probe: freeze the encoder (no grad, always in eval mode: no drop-path) and put MAE's
             BatchNorm before the heads.
     """
 
-    def __init__(self, encoder: VisionTransformer, pooling: str = "mean", aux_au: bool = False,
+    def __init__(self, encoder: VisionTransformer, num_classes: int, pooling: str = "mean", num_aus: int = 0,
                  aux_va: bool = False, linear_probe: bool = False):
         super().__init__()
         self.encoder = encoder
@@ -40,8 +41,8 @@ class ExprClassifier(nn.Module):
         if linear_probe:
             encoder.requires_grad_(False)
         self.probe_norm = nn.BatchNorm1d(width, affine=False, eps=PROBE_NORM_EPS) if linear_probe else nn.Identity()
-        self.head = nn.Linear(width, len(EXPR_CLASSES))
-        self.au_head = nn.Linear(width, len(AU_NAMES)) if aux_au else None
+        self.head = nn.Linear(width, num_classes)
+        self.au_head = nn.Linear(width, num_aus) if num_aus else None
         self.va_head = nn.Linear(width, 2) if aux_va else None
         for head in (self.head, self.au_head, self.va_head):
             if head is not None:
@@ -62,7 +63,7 @@ class ExprClassifier(nn.Module):
             return pool_tokens(self.encoder.forward_features(images), self.pooling)
 
     def forward_heads(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        """features (B, D) -> {"expr": (B, 8) logits, "au": (B, 12) logits, "va": (B, 2) in [-1, 1]}."""
+        """features (B, D) -> {"expr": (B, C) logits, "au": (B, num_aus) logits, "va": (B, 2) in [-1, 1]}."""
         z = self.probe_norm(features)
         out = {"expr": self.head(z)}
         if self.au_head is not None:

@@ -16,11 +16,12 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from pipeline.configs.common import POOL_MODES
+
 # ImageNet statistics, as MAE and timm use; recorded in every checkpoint.
 PIXEL_MEAN = (0.485, 0.456, 0.406)
 PIXEL_STD = (0.229, 0.224, 0.225)
 
-POOL_MODES = ("cls", "mean")
 
 
 def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int, cls_token: bool = True) -> torch.Tensor:

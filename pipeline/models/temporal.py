@@ -1,7 +1,7 @@
 """Temporal heads on per-frame embeddings: TCN -> Transformer encoder -> frame-wise head.
 
 Zhou et al. (2024), "Boosting Continuous Emotion Recognition with Self-Pretraining using Masked
-Autoencoders, Temporal Convolutional Networks, and Transformers" (``shared/PAPER.md``); the TCN
+Autoencoders, Temporal Convolutional Networks, and Transformers" (ABAW6, CVPR 2024 workshops); the TCN
 follows Bai et al. (2018) and locuslab/TCN, with the non-deprecated
 ``torch.nn.utils.parametrizations.weight_norm``.
 
@@ -14,41 +14,14 @@ which is what lets training pad short videos and inference average overlapping w
 """
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from pipeline.configs.heads import HeadConfig
 from pipeline.models.registry import register_model
-
-POS_ENCODINGS = ("none", "sinusoidal", "learned")
-
-
-@dataclass(frozen=True)
-class HeadConfig:
-    """Sizes of a temporal head; the defaults are the paper's (``shared/PAPER.md``)."""
-
-    tcn_channels: tuple[int, ...] = (768, 256, 128)  # output width of each block; dilation 2**i
-    kernel_size: int = 5
-    causal: bool = True  # the authors' padding; False centres the receptive field
-    d_model: int = 512
-    num_layers: int = 8
-    num_heads: int = 4
-    ff_dim: int = 512
-    head_hidden: int = 256
-    dropout: float = 0.3  # the paper's text; the authors' configs use 0.0
-    pos_encoding: str = "none"  # the authors use none; sinusoidal | learned for ablations
-    max_len: int = 1024  # rows of the learned positional table
-
-    def __post_init__(self):
-        if self.pos_encoding not in POS_ENCODINGS:
-            raise ValueError(f"pos_encoding {self.pos_encoding!r}; use one of {', '.join(POS_ENCODINGS)}")
-        if not self.tcn_channels or min(self.tcn_channels) < 1:
-            raise ValueError(f"tcn_channels must be positive widths, got {self.tcn_channels}")
-        if self.d_model % self.num_heads:
-            raise ValueError(f"d_model {self.d_model} is not divisible by num_heads {self.num_heads}")
 
 
 def _masked(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
@@ -247,24 +220,24 @@ class TemporalModel(nn.Module):
 
 
 @register_model
-def tcn_transformer(in_dim: int, out_dim: int, **sizes) -> TemporalModel:
+def temporal_tcn_transformer(in_dim: int, out_dim: int, **sizes) -> TemporalModel:
     """The paper's head: TCN 768 -> 256 -> 128, Transformer 8 x 512, Linear-BN-Linear."""
     return TemporalModel(in_dim, out_dim, HeadConfig(**sizes), use_tcn=True, use_transformer=True)
 
 
 @register_model
-def tcn(in_dim: int, out_dim: int, **sizes) -> TemporalModel:
+def temporal_tcn(in_dim: int, out_dim: int, **sizes) -> TemporalModel:
     """Ablation "without Transformer": TCN then the frame head."""
     return TemporalModel(in_dim, out_dim, HeadConfig(**sizes), use_tcn=True, use_transformer=False)
 
 
 @register_model
-def transformer(in_dim: int, out_dim: int, **sizes) -> TemporalModel:
+def temporal_transformer(in_dim: int, out_dim: int, **sizes) -> TemporalModel:
     """Ablation "without TCN": Conv1d to d_model, Transformer, then the frame head."""
     return TemporalModel(in_dim, out_dim, HeadConfig(**sizes), use_tcn=False, use_transformer=True)
 
 
 @register_model
-def linear(in_dim: int, out_dim: int, **sizes) -> TemporalModel:
+def temporal_linear(in_dim: int, out_dim: int, **sizes) -> TemporalModel:
     """Frame-wise baseline without temporal context: the frame head on the features alone."""
     return TemporalModel(in_dim, out_dim, HeadConfig(**sizes), use_tcn=False, use_transformer=False)

@@ -1,0 +1,17 @@
+"""Every stage's settings, each a frozen dataclass: the one place a setting, its default and its help live.
+
+The stages (``pipeline.pretrain``, ``pipeline.finetune``, ``pipeline.extract``, ``pipeline.heads``,
+``pipeline.data.synth``, ``pipeline.demo``) run them; the command line, ``--config`` files, ``--set`` and the
+named presets derive from them (:mod:`pipeline.config`, :mod:`pipeline.cli_config`). Nothing here imports
+torch, so that ``mae-affect --help`` and a refused option answer at once.
+"""
+
+from pipeline.configs.demo import DemoConfig
+from pipeline.configs.extract import ExtractConfig
+from pipeline.configs.finetune import FinetuneConfig
+from pipeline.configs.heads import HeadConfig, TrainConfig
+from pipeline.configs.pretrain import PretrainConfig
+from pipeline.configs.synth import SynthConfig
+
+__all__ = ["DemoConfig", "ExtractConfig", "FinetuneConfig", "HeadConfig", "PretrainConfig", "SynthConfig",
+           "TrainConfig"]

@@ -1,0 +1,238 @@
+"""The one training engine behind every stage that trains the encoder (MAE pretraining, Expr fine-tuning).
+
+After facebookresearch/mae, where ``main_pretrain.py`` sets up, resumes, logs and saves while
+``engine_pretrain.train_one_epoch`` holds the step: :class:`Engine` is the shared first half, and each
+stage keeps only its step loop. What the engine does, once for every stage:
+
+- **resume**: ``RUN/checkpoint-last.pt`` (model, optimizer, step, epoch) is loaded when present; options
+  that would change the result are refused by name (``pipeline.runs.check_resumable``). ``epochs`` may
+  change: a finished run is extended (MAE's 400 -> 800 -> 1600 habit), the schedule continues over the
+  new length, and the change is recorded in ``log.jsonl``, the checkpoint and ``config.json``;
+- **seeding**: torch's global RNG (masking noise, drop-path, mixing) is re-seeded at the start of every
+  epoch from (seed, epoch, rank), so a resumed run ends with the weights an uninterrupted one has;
+- **schedule**: linear warm-up to the peak, then half a cosine to ``min_lr``, updated every optimizer
+  step (MAE's ``util/lr_sched.py``); parameter groups may carry an ``lr_scale`` (layer-wise decay);
+- **the step's surroundings**: DDP wrap under torchrun, ``no_sync`` between accumulated micro-batches,
+  the non-finite loss guard, the optimizer step, a tqdm bar with a rate, step and epoch lines in
+  ``log.jsonl`` and TensorBoard (:class:`pipeline.runlog.RunLog`);
+- **saving**: atomic checkpoint writes by rank 0, with the engine's state added, and a summary from the log.
+"""
+
+import contextlib
+import math
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from pipeline.distributed import DistInfo, barrier
+from pipeline.errors import InputError
+from pipeline.runlog import RunLog
+from pipeline.runs import atomic_torch_save, check_resumable, read_jsonl, to_jsonable, write_config
+
+LAST = "checkpoint-last.pt"
+
+
+def lr_at(step: int, peak: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up to ``peak`` over ``warmup_steps``, then half a cosine down to ``min_lr``."""
+    if step < warmup_steps:
+        return peak * step / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_lr + (peak - min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The global RNG seed of one epoch on one rank (masking noise, drop-path, mixing)."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+@dataclass
+class Engine:
+    """Resume, seeding, schedule, logging, DDP and saving of one training run (see the module docstring).
+
+    Args:
+        run_dir: the run directory (``config.json``, ``log.jsonl``, ``checkpoint-last.pt``, ...).
+        name: the stage, for the progress bar and messages ("pretrain", "finetune").
+        epochs: the epochs the run is to reach.
+        steps_per_epoch: optimizer steps per epoch.
+        peak_lr, min_lr, warmup_steps: the schedule (warm-up in optimizer steps).
+        seed: the run's seed.
+        dist: this process's place under torchrun.
+        resume_key: the options that must match for a resume (``epochs`` is left out: it may change).
+        lr_setting: the setting to lower when the loss becomes non-finite (named in the error).
+        log_every: optimizer steps between step lines.
+        tensorboard: also write TensorBoard event files (when TensorBoard is installed).
+        progress: show the bar (rank 0 only).
+    """
+
+    run_dir: Path
+    name: str
+    epochs: int
+    steps_per_epoch: int
+    peak_lr: float
+    min_lr: float
+    warmup_steps: int
+    seed: int
+    dist: DistInfo
+    resume_key: dict
+    lr_setting: str = "lr"
+    log_every: int = 10
+    tensorboard: bool = True
+    progress: bool = True
+    epoch_done: int = 0
+    step: int = 0
+    epochs_history: list = field(default_factory=list)
+    log: RunLog | None = None
+    _bar: tqdm | None = None
+    _epoch: int = 0
+    _lr: float = 0.0
+
+    @property
+    def last_path(self) -> Path:
+        return Path(self.run_dir) / LAST
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    def resume(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, checkpoint: dict | None) -> None:
+        """Continue from ``checkpoint`` (the run's ``checkpoint-last.pt`` as read, or None to start).
+
+        Raises:
+            InputError: the checkpoint was made with other options, or has trained more epochs than asked.
+        """
+        if checkpoint is None:
+            return
+        key = {k: v for k, v in to_jsonable(self.resume_key).items() if k != "epochs"}
+        saved = {k: v for k, v in checkpoint.get("resume_key", {}).items() if k != "epochs"}
+        check_resumable(saved, key, self.run_dir)
+        done, before = int(checkpoint["epoch"]), int(checkpoint.get("epochs", self.epochs))
+        if self.epochs < done:
+            raise InputError(f"{self.last_path} has trained {done} epochs already; give epochs {done} or more "
+                             "to go on, or a new out directory to start afresh")
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        self.epoch_done, self.step = done, int(checkpoint["scheduler"]["step"])
+        self.epochs_history = list(checkpoint.get("epochs_history", []))
+        if before != self.epochs:
+            self.epochs_history.append({"epochs": before, "changed_to": self.epochs, "at_epoch": done})
+
+    def start(self, resolved: dict) -> None:
+        """Write ``config.json`` (with the epochs history), open the log (dropping lines past the resumed
+        epoch) and record an epochs change; rank 0 writes, every rank waits."""
+        if self.dist.is_main:
+            write_config(self.run_dir, {**resolved, "epochs_history": self.epochs_history})
+            self.log = RunLog(self.run_dir, self.tensorboard, purge_step=self.step + 1 if self.step else None)
+            self.log.truncate_after("epoch", self.epoch_done)
+            if self.epochs_history and self.epochs_history[-1]["at_epoch"] == self.epoch_done:
+                change = self.epochs_history[-1]
+                self.log.log({"epoch": self.epoch_done, "event": "epochs changed", **change})
+        barrier()
+
+    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """``model`` in DistributedDataParallel under torchrun, else ``model`` itself."""
+        if not self.dist.enabled:
+            return model
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def run_epochs(self, stop_at_epoch: int | None = None) -> Iterator[int]:
+        """The epochs left (0-based), torch's global RNG re-seeded from (seed, epoch, rank) before each.
+
+        Args:
+            stop_at_epoch: stop (resumably) once this many epochs are done; for time-sliced jobs and tests.
+        """
+        for epoch in range(self.epoch_done, self.epochs):
+            if stop_at_epoch is not None and epoch >= stop_at_epoch:
+                return
+            torch.manual_seed(epoch_seed(self.seed, epoch, self.dist.rank))
+            self._epoch = epoch
+            yield epoch
+
+    def batches(self, loader: Iterable, total: int, unit: str = "img") -> Iterator:
+        """The loader's batches under a progress bar of ``total`` units (images) with a rate."""
+        self._bar = tqdm(total=total, unit=unit, desc=f"{self.name} {self._epoch + 1}/{self.epochs}",
+                         disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
+        try:
+            yield from loader
+        finally:
+            self._bar.close()
+
+    def set_lr(self, optimizer: torch.optim.Optimizer) -> float:
+        """Set every group's lr for the current optimizer step (times its ``lr_scale``); returns the lr."""
+        self._lr = lr_at(self.step, self.peak_lr, self.min_lr, self.warmup_steps, self.total_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = self._lr * group.get("lr_scale", 1.0)
+        return self._lr
+
+    def no_sync(self, model: torch.nn.Module, update: bool):
+        """DDP's ``no_sync`` for a micro-batch whose gradients are only accumulated (not ``update``)."""
+        if update or not isinstance(model, DistributedDataParallel):
+            return contextlib.nullcontext()
+        return model.no_sync()
+
+    def backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, *, images: int,
+                 accum_iter: int = 1, update: bool = True, parts: dict | None = None) -> float:
+        """Backward of ``loss / accum_iter``; with ``update``, the optimizer step. Returns the loss value.
+
+        Args:
+            loss: the micro-batch's mean loss (a scalar on the graph).
+            images: the micro-batch's size, for the bar.
+            accum_iter: micro-batches per optimizer step (gradient accumulation).
+            update: step the optimizer (the last micro-batch of an accumulation).
+            parts: the loss's named parts, for the step lines.
+        Raises:
+            InputError: the loss is NaN or infinite (the lr setting to lower is named).
+        """
+        value = loss.item()
+        if not math.isfinite(value):
+            raise InputError(f"{self.name}: the loss became {value} at epoch {self._epoch + 1}, step {self.step}; "
+                             f"lower {self.lr_setting} and start a new run (the last checkpoint is kept)")
+        (loss / accum_iter).backward()
+        if update:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            if self.log is not None and (self.step == 1 or self.step % self.log_every == 0):
+                record = {"epoch": self._epoch + 1, "step": self.step, "loss": value, "lr": self._lr,
+                          **{f"loss_{k}": v for k, v in (parts or {}).items()}}
+                self.log.log(record, tag="train", step=self.step)
+        if self._bar is not None:
+            self._bar.update(images)
+            self._bar.set_postfix(loss=f"{value:.4f}", lr=f"{self._lr:.2e}")
+        return value
+
+    def message(self, text: str) -> None:
+        """A line on stderr that does not break the bar (rank 0 only; stdout is left to ``--json``)."""
+        if self.progress and self.dist.is_main:
+            tqdm.write(text, file=sys.stderr)
+
+    def end_epoch(self, record: dict) -> None:
+        """Append the epoch's line (``epoch``, ``lr`` added) to the log and TensorBoard (rank 0)."""
+        if self.log is not None:
+            self.log.log({"epoch": self._epoch + 1, **record, "lr": self._lr}, tag="epoch", step=self._epoch + 1)
+
+    def save_last(self, checkpoint: dict, optimizer: torch.optim.Optimizer, **state) -> None:
+        """Write ``checkpoint-last.pt`` (rank 0, atomically) with the engine's state added to the stage's;
+        every rank waits for it."""
+        if self.dist.is_main:
+            atomic_torch_save({
+                **checkpoint, "optimizer": optimizer.state_dict(), "epoch": self._epoch + 1, "epochs": self.epochs,
+                "scheduler": {"step": self.step, "peak_lr": self.peak_lr, "min_lr": self.min_lr,
+                              "warmup_steps": self.warmup_steps, "total_steps": self.total_steps},
+                "rng": {"seed": self.seed, "scheme": "per-epoch reseed from (seed, epoch, rank)"},
+                "resume_key": to_jsonable(self.resume_key), "epochs_history": self.epochs_history, **state,
+            }, self.last_path)
+        barrier()
+
+    def finish(self) -> list[dict]:
+        """Close the log; every rank waits for rank 0. Returns the records of ``log.jsonl`` (rank 0)."""
+        if self.log is not None:
+            self.log.close()
+        barrier()
+        path = Path(self.run_dir) / "log.jsonl"
+        return read_jsonl(path) if self.dist.is_main and path.exists() else []

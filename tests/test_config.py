@@ -1,0 +1,153 @@
+"""Settings written once: every field of every stage config is reachable from its command, a run's own
+config.json is a valid --config, layers win in order, and a bad value is named where it was given."""
+
+import json
+import typing
+from dataclasses import MISSING
+
+import pytest
+from click.testing import CliRunner
+
+from cli import cli
+from pipeline import config
+from pipeline.cli_config import option_name
+from pipeline.configs import (
+    DemoConfig,
+    ExtractConfig,
+    FinetuneConfig,
+    PretrainConfig,
+    SynthConfig,
+    TrainConfig,
+)
+from pipeline.runs import to_jsonable
+
+# command -> (config class, arguments the command needs besides the settings, settings it takes another way)
+COMMANDS = {
+    "pretrain": (PretrainConfig, [], ()),
+    "finetune": (FinetuneConfig, ["--init", "probe-start.pt"], ()),
+    "extract": (ExtractConfig, [], ()),
+    "synth": (SynthConfig, ["--out", "unused"], ()),
+    "train": (TrainConfig, ["va", "--out", "unused"], ("task",)),
+    "ablate": (TrainConfig, ["--out", "unused", "--task", "expr"], ()),
+    "demo": (DemoConfig, [], ()),
+}
+# Values a field's type alone cannot suggest (a list of known names).
+SAMPLES = {"splits": ("Train_Set", "test"), "task": "au"}
+
+
+def sample(name: str, f, kind):
+    """A valid value of the field that differs from its default."""
+    if name in SAMPLES:
+        return SAMPLES[name]
+    base, _ = config._optional(kind)
+    default = config.default_of(f)
+    choices = f.metadata.get(config.CHOICES)
+    if choices:
+        return next(c for c in choices if c != default)
+    if base is bool:
+        return not default
+    if base is int:
+        return 3 if default in (None, MISSING) else max(1, default * 2)
+    if base is float:
+        return 0.5 if default != 0.5 else 0.25
+    if base is str:
+        return "somewhere"
+    if typing.get_origin(base) is tuple:
+        args = typing.get_args(base)
+        if args[0] is str:
+            return ("a", "b")
+        if args[1] is Ellipsis:
+            return (8, 4)
+        return (0.5, 0.9)
+    return None  # dicts: files and --set only
+
+
+def as_args(flag: str, value) -> list[str]:
+    if isinstance(value, bool):
+        return [flag if value else f"--no-{flag[2:]}"]
+    if isinstance(value, tuple) and value and isinstance(value[0], str):
+        return [a for v in value for a in (flag, v)]
+    if isinstance(value, tuple) and isinstance(value[0], int):
+        return [flag, "-".join(map(str, value))]
+    if isinstance(value, tuple):
+        return [flag, *map(str, value)]
+    return [flag, str(value)]
+
+
+def printed(command: str, args: list[str]) -> dict:
+    result = CliRunner().invoke(cli, [command, *args, "--print-config"])
+    assert result.exit_code == 0, result.output
+    return config.flatten(COMMANDS[command][0], json.loads(result.output))
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_setting_is_reachable_from_its_command(command):
+    cls, fixed, skip = COMMANDS[command]
+    reached = []
+    for name, (f, kind) in config.settable(cls).items():
+        if name in skip:
+            continue
+        value = sample(name, f, kind)
+        if value is None:  # a dict: --set takes JSON-free text only for scalars; the file layer covers it
+            continue
+        got = printed(command, [*fixed, *as_args(option_name(f), value)])
+        assert got[name] == (list(value) if isinstance(value, tuple) else value), (command, name, got[name])
+        reached.append(name)
+    assert reached, command
+
+
+def test_a_runs_config_json_is_a_valid_config_and_layers_win_in_order(tmp_path):
+    run_config = tmp_path / "config.json"  # as `pretrain` writes it: the settings under "pretrain"
+    settings = {**json.loads(json.dumps(to_jsonable(config.preset(PretrainConfig, "demo")))),
+                "images": ["faces"], "epochs": 5}
+    run_config.write_text(json.dumps({"pretrain": settings, "model_config": {"embed_dim": 192}, "peak_lr": 1e-3}))
+    got = printed("pretrain", ["--config", str(run_config)])
+    assert got == settings
+    got = printed("pretrain", ["--config", str(run_config), "--set", "epochs=7", "--set", "lr=none"])
+    assert (got["epochs"], got["lr"]) == (7, None)
+    got = printed("pretrain", ["--config", str(run_config), "--set", "epochs=7", "--epochs", "9"])
+    assert got["epochs"] == 9  # an option given wins over --set, --set over the file, the file over a preset
+    got = printed("pretrain", ["--preset", "demo", "--config", str(run_config)])
+    assert got["epochs"] == 5
+
+    heads = tmp_path / "heads.json"  # a head run's config.json: nested head sizes, set by their own names
+    heads.write_text(json.dumps(to_jsonable(TrainConfig.create(task="va", d_model=64, num_heads=2))))
+    got = printed("train", ["va", "--out", "x", "--config", str(heads)])
+    assert got["d_model"] == 64 and got["num_heads"] == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "0"], "error: --epochs 0: use 1 or more"),
+    (["--set", "epochs=0"], "error: --set epochs 0: use 1 or more"),
+    (["--set", "epoch=3"], "error: --set epoch is not a setting"),
+    (["--set", "epochs=many"], "error: --set epochs 'many' is not a valid int"),
+    (["--set", "epochs"], "error: --set 'epochs': use KEY=VALUE"),
+    (["--crop-scale", "0.9", "0.2"], "error: --crop-scale 0.9 0.2: need 0 < MIN <= MAX <= 1"),
+])
+def test_a_bad_setting_is_named_where_it_was_given(args, message, tmp_path):
+    result = CliRunner().invoke(cli, ["pretrain", "--images", str(tmp_path), "--out", str(tmp_path / "r"), *args])
+    assert result.exit_code == 2 and result.output.startswith(message), result.output
+    assert result.output.count("\n") == 1 and not (tmp_path / "r").exists()
+
+
+def test_a_bad_config_file_is_named_with_its_key(tmp_path):
+    path = tmp_path / "run.json"
+    for content, message in ((json.dumps({"pretrain": {"epochs": 0}}), f"error: {path}: epochs 0: use 1 or more"),
+                             (json.dumps({"epoch": 3}), f"error: {path}: epoch is not a setting"),
+                             ("{not json", f"error: {path}: not a JSON config file"),
+                             ("[1, 2]", f"error: {path}: holds a JSON list")):
+        path.write_text(content)
+        result = CliRunner().invoke(cli, ["pretrain", "--config", str(path), "--out", str(tmp_path / "r")])
+        assert result.exit_code == 2 and result.output.startswith(message), result.output
+    result = CliRunner().invoke(cli, ["pretrain", "--config", str(tmp_path / "none.json")])
+    assert result.exit_code == 2 and "config file" in result.output and "does not exist" in result.output
+
+
+def test_library_errors_speak_in_field_names():
+    with pytest.raises(config.ConfigError, match="^mask_ratio 1.5 must lie strictly between 0 and 1$"):
+        PretrainConfig(mask_ratio=1.5)
+    with pytest.raises(config.ConfigError, match="^pooling 'max' is not one of cls, mean$"):
+        FinetuneConfig(pooling="max")
+    with pytest.raises(config.ConfigError, match="^task is required"):
+        config.build(TrainConfig, {})
+    assert config.preset(PretrainConfig, "paper") == PretrainConfig()  # the paper's preset is the defaults
