@@ -354,7 +354,7 @@ def features_verify(ctx, store, data_root, as_json):
         from pipeline.data.affwild2 import AffWild2
 
         ds = AffWild2(data_root)
-        expected = {v: ds.num_frames(v) for v in ds.videos}
+        expected = {v: ds.num_frames(v) for v in ds.listed_videos()}
     problems = features.verify_store(store, expected, progress=not as_json)
     result = {"store": str(store), "ok": not problems, "problems": problems}
     emit(result, as_json, "\n".join(problems) if problems else f"{store}: OK")

@@ -191,3 +191,76 @@ def test_a_failing_final_write_raises_instead_of_hanging(mini_root, ckpt, tmp_pa
     worker.join(timeout=120)
     assert not worker.is_alive(), "extraction hung after a failed write"
     assert "No space left" in str(outcome["error"])
+
+
+def test_frames_named_with_another_width_are_read(mini_root, ckpt, tmp_path):
+    path, _ = ckpt
+    extract(mini_root, path, tmp_path / "five.zarr", ExtractConfig(**CPU32), progress=False)
+    for folder in (mini_root / "cropped_aligned" / "vid_left", mini_root / "cropped_aligned_new_50_vids" / "105"):
+        for image in folder.iterdir():
+            image.rename(folder / f"{int(image.stem):06d}.jpg")  # ffmpeg's %06d
+    result = extract(mini_root, path, tmp_path / "six.zarr", ExtractConfig(**CPU32), progress=False)
+    assert result["unreadable"] == [] and result["frames"] == 7
+    five, six = read_all(tmp_path / "five.zarr"), read_all(tmp_path / "six.zarr")
+    for video in five:
+        np.testing.assert_array_equal(six[video][0], five[video][0])
+        np.testing.assert_array_equal(six[video][1], five[video][1])
+
+
+def add_imageless_test_video(root, name="noface", frames=7):
+    """A VA test list and example file naming ``105`` and ``name``, a video without any image."""
+    lists = root / "names_of_videos_in_each_test_set"
+    lists.mkdir(exist_ok=True)
+    (lists / "Valence_Arousal_Estimation_Challenge_test_set_release.txt").write_text(f"105\n{name}\n")
+    rows = [f"105/{k:05d}.jpg,0,0" for k in (1, 2, 3)] + [f"{name}/{k:05d}.jpg,0,0" for k in range(1, frames + 1)]
+    example = root / "CVPR_6th_ABAW_VA_test_set_example.txt"
+    example.write_text("image_location,valence,arousal\n" + "\n".join(rows) + "\n")
+    return example
+
+
+@pytest.mark.parametrize("splits", [("all",), ("test",)])
+def test_listed_video_without_images_is_stored_all_absent(mini_root, ckpt, tmp_path, capsys, splits):
+    path, _ = ckpt
+    add_imageless_test_video(mini_root)
+    store_path = tmp_path / "f.zarr"
+    extract(mini_root, path, store_path, ExtractConfig(**CPU32, splits=splits), progress=False)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "noface" in line]
+    assert len(warnings) == 1 and "noface (7 frames)" in warnings[0] and "all-absent" in warnings[0]
+    store = features.open_store(store_path)
+    feats, present = store.read("noface", fill="nearest")
+    assert feats.shape == (7, 32) and not present.any() and not feats.any()
+    ds = AffWild2(mini_root)
+    expected = {v: ds.num_frames(v) for v in ds.listed_videos()}
+    if splits == ("all",):
+        assert expected == {"105": 3, "noface": 7, "vid_left": 6}
+        assert features.verify_store(store_path, expected) == []
+
+
+def test_verify_with_data_misses_a_listed_video_without_images(mini_root, ckpt, tmp_path):
+    path, _ = ckpt
+    store_path = tmp_path / "f.zarr"
+    extract(mini_root, path, store_path, ExtractConfig(**CPU32), progress=False)
+    add_imageless_test_video(mini_root)  # listed after the extraction: the store lacks it
+    result = CliRunner().invoke(cli, ["features", "verify", str(store_path), "--data", str(mini_root), "--json"])
+    assert result.exit_code == 1 and "video noface: missing (the dataset has it with 7 frames)" in result.output
+    extract(mini_root, path, store_path, ExtractConfig(**CPU32), progress=False)  # the rerun adds it
+    result = CliRunner().invoke(cli, ["features", "verify", str(store_path), "--data", str(mini_root), "--json"])
+    assert result.exit_code == 0, result.output
+
+
+def test_test_video_without_images_gets_its_rows_in_a_submission(mini_root, ckpt, tmp_path):
+    path, _ = ckpt
+    example = add_imageless_test_video(mini_root)
+    store_path = tmp_path / "f.zarr"
+    extract(mini_root, path, store_path, ExtractConfig(**CPU32), progress=False)
+    run = tmp_path / "va"
+    train = CliRunner().invoke(cli, ["train", "va", "--store", str(store_path), "--data", str(mini_root), "--out",
+                                     str(run), "--preset", "demo", "--epochs", "1", "--window", "4", "--device",
+                                     "cpu", "--json"])
+    assert train.exit_code == 0, train.output
+    out = tmp_path / "va_test.csv"
+    result = CliRunner().invoke(cli, ["predict", "--run", str(run), "--out", str(out), "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    check = CliRunner().invoke(cli, ["check-submission", str(out), "--task", "va", "--example", str(example)])
+    assert check.exit_code == 0, check.output
+    assert sum(line.startswith("noface/") for line in out.read_text().splitlines()) == 7

@@ -42,7 +42,7 @@ def _rows_of_example(ds: AffWild2, task: str) -> tuple[list[str], list[tuple[str
 def _rows_of_split(ds: AffWild2, task: str, split: str, lengths: dict[str, int]) -> tuple[list[str], list[tuple[str, int]]]:
     locations, frames = [], []
     for video, ann in sorted(ds.annotations(task, split).items()):
-        suffix = ds.videos[video].suffix
+        suffix = ds.videos[video].suffix if video in ds.videos else ".jpg"
         for k in range(1, max(lengths.get(video, 0), ann.num_frames) + 1):
             locations.append(f"{video}/{k:05d}{suffix}")
             frames.append((video, k))
