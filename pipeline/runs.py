@@ -12,11 +12,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 
 def to_jsonable(obj: Any) -> Any:
-    """Dataclasses, paths and tuples as plain JSON values."""
+    """Dataclasses, paths, tuples and numpy scalars as plain JSON values."""
+    if isinstance(obj, np.generic):
+        return obj.item()
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):

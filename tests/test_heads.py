@@ -286,8 +286,8 @@ def test_training_is_deterministic(tiny_root, tiny_store, tmp_path):
     a = train_run(data, cfg, tmp_path / "a", progress=False, make_plots=False)
     b = train_run(data, cfg, tmp_path / "b", progress=False, make_plots=False)
     assert a["before"] == b["before"]
-    sa = torch.load(tmp_path / "a" / "best.pt", weights_only=False)["state_dict"]
-    sb = torch.load(tmp_path / "b" / "best.pt", weights_only=False)["state_dict"]
+    sa = torch.load(tmp_path / "a" / "best.pt", weights_only=True)["state_dict"]
+    sb = torch.load(tmp_path / "b" / "best.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
@@ -328,7 +328,7 @@ def test_expr_au_runs_ensemble_and_submit(task, tiny_root, tiny_store, tmp_path)
                 "--seed", seed, "--model", "tcn", *FAST)
     plot = {"expr": "expr_confusion.png", "au": "au_f1.png"}[task]
     assert (runs[0] / plot).is_file()
-    ckpt = torch.load(runs[0] / "best.pt", weights_only=False)
+    ckpt = torch.load(runs[0] / "best.pt", weights_only=True)
     assert ckpt["postprocess"]["task"] == task and ckpt["stores"][0]["checkpoint_sha256"] == "0" * 64
 
     ds = AffWild2(tiny_root)

@@ -21,6 +21,7 @@ from pipeline.heads import postprocess
 from pipeline.heads.folds import pooled_annotations
 from pipeline.heads.sequences import Batcher, FeatureTable, load_features, make_windows
 from pipeline.models import build_model
+from pipeline.models.checkpoint import read_checkpoint
 
 CHECKPOINT_FORMAT = "mae-affect-head"
 
@@ -115,8 +116,8 @@ def load_run(run_dir: Path) -> Run:
     path = run_dir / "best.pt"
     if not path.is_file():
         raise InputError(f"{path}: no checkpoint; is {run_dir} a run directory of `mae-affect train`?")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+    ckpt = read_checkpoint(path, "head checkpoint", "--run")  # plain data only, as every checkpoint
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path} is not a temporal-head checkpoint (written by `mae-affect train`)")
     model = build_model(ckpt["model"], in_dim=ckpt["in_dim"], out_dim=ckpt["out_dim"], **ckpt["head"])
     model.load_state_dict(ckpt["state_dict"])

@@ -232,8 +232,10 @@ def _checkpoint(cfg: TrainConfig, model, data: TaskData, epoch: int, val: dict, 
         "format": CHECKPOINT_FORMAT, "version": 1, "task": cfg.task, "model": cfg.model,
         "head": dataclasses.asdict(cfg.head), "in_dim": data.table.dim, "out_dim": OUT_DIMS[cfg.task],
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "config": to_jsonable(cfg), "stores": data.table.identities, "epoch": epoch,
-        "val_before": val, "val_after": after, "postprocess": None if pp is None else pp.to_dict(),
+        "config": to_jsonable(cfg), "stores": to_jsonable(data.table.identities), "epoch": epoch,
+        # plain Python numbers: the checkpoint loads with torch.load(..., weights_only=True)
+        "val_before": to_jsonable(val), "val_after": to_jsonable(after),
+        "postprocess": None if pp is None else to_jsonable(pp.to_dict()),
         "train_videos": data.train_videos, "val_videos": data.val_videos,
     }
 
