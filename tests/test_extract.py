@@ -264,3 +264,22 @@ def test_test_video_without_images_gets_its_rows_in_a_submission(mini_root, ckpt
     check = CliRunner().invoke(cli, ["check-submission", str(out), "--task", "va", "--example", str(example)])
     assert check.exit_code == 0, check.output
     assert sum(line.startswith("noface/") for line in out.read_text().splitlines()) == 7
+
+
+def test_extract_takes_a_checkpoint_of_facebookresearch_mae(mini_root, tmp_path):
+    from pipeline.models.mae import MAEConfig, MaskedAutoencoderViT
+    from tests.test_checkpoint import save_like_facebookresearch_mae
+
+    torch.manual_seed(0)
+    mae = MaskedAutoencoderViT(MAEConfig(img_size=32, embed_dim=192, depth=12, num_heads=3, decoder_embed_dim=32,
+                                         decoder_depth=1, decoder_num_heads=2))
+    path = tmp_path / "checkpoint-799.pth"
+    save_like_facebookresearch_mae(path, mae)
+    raw = torch.load(path, weights_only=False)
+    raw["model"] = {k.removeprefix("encoder."): v for k, v in raw["model"].items()}  # MAE's own key names
+    torch.save(raw, path)
+    store_path = tmp_path / "f.zarr"
+    result = CliRunner().invoke(cli, ["extract", "--data", str(mini_root), "--ckpt", str(path), "--store",
+                                      str(store_path), "--device", "cpu", "--workers", "0", "--no-bf16", "--json"])
+    assert result.exit_code == 0, result.output
+    assert features.open_store(store_path).attrs["encoder"] == "mae_vit_tiny_patch16"
