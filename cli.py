@@ -335,6 +335,9 @@ def features_info(store, data_root, as_json):
         f"videos      {result['videos']} complete, {result['incomplete_videos']} incomplete",
         f"frames      {result['frames']} ({result['present_frames']} with a face)",
     ]
+    if result["listing_stale"]:
+        lines.append("listing     stale: the consolidated listing plain zarr reads differs from the groups "
+                     "(changed after consolidation); rerun extract to repair it")
     lines += [f"{k:<24}{c['videos']}/{c['annotated']} videos, {c['frames']} frames"
               for k, c in result.get("splits", {}).items()]
     emit(result, as_json, "\n".join(lines))

@@ -1,6 +1,8 @@
 """Extraction: stored values equal the encoder's own output, resume equals an uninterrupted run,
 corrupt images are reported and marked absent, a store from another checkpoint is refused."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -283,3 +285,45 @@ def test_extract_takes_a_checkpoint_of_facebookresearch_mae(mini_root, tmp_path)
                                       str(store_path), "--device", "cpu", "--workers", "0", "--no-bf16", "--json"])
     assert result.exit_code == 0, result.output
     assert features.open_store(store_path).attrs["encoder"] == "mae_vit_tiny_patch16"
+
+
+def cli_extract(root, ckpt_path, store_path, *extra):
+    return CliRunner().invoke(cli, ["extract", "--data", str(root), "--ckpt", str(ckpt_path), "--store",
+                                    str(store_path), "--device", "cpu", "--workers", "0", "--dtype", "float32",
+                                    "--no-bf16", "--json", *extra])
+
+
+def test_a_truncated_hdf5_store_is_replaced_by_extract_overwrite(mini_root, ckpt, tmp_path):
+    path, _ = ckpt
+    store_path = tmp_path / "f.h5"
+    assert cli_extract(mini_root, path, store_path).exit_code == 0
+    data = store_path.read_bytes()
+    store_path.write_bytes(data[: len(data) // 2])  # killed mid-write, or a full disk
+    info = CliRunner().invoke(cli, ["features", "info", str(store_path), "--json"])
+    assert info.exit_code == 2 and "--overwrite" in info.stderr
+    assert cli_extract(mini_root, path, store_path).exit_code == 2  # not without --overwrite
+    result = cli_extract(mini_root, path, store_path, "--overwrite")
+    assert result.exit_code == 0, result.output
+    verify = CliRunner().invoke(cli, ["features", "verify", str(store_path), "--data", str(mini_root), "--json"])
+    assert verify.exit_code == 0, verify.output
+
+
+def test_a_video_deleted_by_hand_is_missing_for_every_reader_and_extract_repairs_it(mini_root, ckpt, tmp_path):
+    path, _ = ckpt
+    store_path = tmp_path / "f.zarr"
+    assert cli_extract(mini_root, path, store_path).exit_code == 0
+    del zarr.open_group(str(store_path), mode="r+")["videos/vid_left"]  # a collaborator, with plain zarr
+    info = CliRunner().invoke(cli, ["features", "info", str(store_path), "--data", str(mini_root), "--json"])
+    summary = json.loads(info.output)
+    assert summary["videos"] == 1 and summary["listing_stale"]
+    assert summary["splits"]["va/Train_Set"] == {"videos": 0, "annotated": 1, "frames": 0}
+    train = CliRunner().invoke(cli, ["train", "va", "--store", str(store_path), "--data", str(mini_root), "--out",
+                                     str(tmp_path / "run"), "--preset", "demo", "--epochs", "1", "--window", "4",
+                                     "--device", "cpu", "--json"])
+    assert train.exit_code == 2 and "'vid_left'" in train.stderr
+    assert features.open_store(store_path).videos() == ["105"]
+    result = cli_extract(mini_root, path, store_path)  # the rerun redoes it and consolidates again
+    assert result.exit_code == 0 and json.loads(result.output)["extracted"] == 1
+    verify = CliRunner().invoke(cli, ["features", "verify", str(store_path), "--data", str(mini_root), "--json"])
+    assert verify.exit_code == 0, verify.output
+    assert not features.open_store(store_path).listing_stale
