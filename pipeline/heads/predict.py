@@ -67,7 +67,7 @@ def predict(run_dirs, out: Path, split: str = TEST, data_root: Path | None = Non
     other = [r for r in runs if r.task != task]
     if other:
         raise InputError(f"{other[0].path} is a {other[0].task} run but {runs[0].path} is {task}: ensemble one task")
-    ds = AffWild2(Path(data_root or runs[0].config["data"]))
+    ds = AffWild2(Path(data_root) if data_root else runs[0].data)
     tables = tables_for(runs, stores)
     first = next(iter(tables.values()))
     if split == TEST:
