@@ -231,6 +231,9 @@ def features_info(store, data_root, as_json):
         f"videos      {result['videos']} complete, {result['incomplete_videos']} incomplete",
         f"frames      {result['frames']} ({result['present_frames']} with a face)",
     ]
+    if result["listing_stale"]:
+        lines.append("listing     stale: the consolidated listing plain zarr reads differs from the groups "
+                     "(changed after consolidation); rerun extract to repair it")
     lines += [f"{k:<24}{c['videos']}/{c['annotated']} videos, {c['frames']} frames"
               for k, c in result.get("splits", {}).items()]
     emit(result, as_json, "\n".join(lines))
@@ -250,7 +253,7 @@ def features_verify(ctx, store, data_root, as_json):
         from pipeline.data.affwild2 import AffWild2
 
         ds = AffWild2(data_root)
-        expected = {v: ds.num_frames(v) for v in ds.videos}
+        expected = {v: ds.num_frames(v) for v in ds.listed_videos()}
     problems = features.verify_store(store, expected, progress=not as_json)
     result = {"store": str(store), "ok": not problems, "problems": problems}
     emit(result, as_json, "\n".join(problems) if problems else f"{store}: OK")

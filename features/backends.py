@@ -80,6 +80,11 @@ class ZarrBackend:
     def video_attrs(self, name: str) -> dict:
         return dict(self.videos[name].attrs)
 
+    def has_arrays(self, name: str) -> bool:
+        """Both arrays of a video are there (a hand edit can delete one from a complete group)."""
+        g = self.videos[name]
+        return FEATURES in g and PRESENT in g
+
     def arrays(self, name: str):
         g = self.videos[name]
         return g[FEATURES], g[PRESENT]
@@ -117,6 +122,19 @@ class ZarrBackend:
 
     def is_consolidated(self) -> bool:
         return self.root.metadata.consolidated_metadata is not None
+
+    def listed_complete(self) -> set[str] | None:
+        """The complete videos of the consolidated listing in the root's ``zarr.json`` (None: no listing),
+        read apart from the groups themselves so the two can be compared."""
+        root = self.root if self.is_consolidated() else zarr.open_group(
+            store=self._zip or self.path, mode="r", use_consolidated=None)
+        listing = root.metadata.consolidated_metadata
+        if listing is None:
+            return None
+        prefix = f"{VIDEOS}/"
+        return {key[len(prefix):] for key, meta in listing.flattened_metadata.items()
+                if key.startswith(prefix) and "/" not in key[len(prefix):]
+                and meta.attributes.get("complete") is True}
 
     def nbytes(self) -> int:
         return _tree_bytes(self.path)
@@ -175,6 +193,10 @@ class H5Backend:
         for k, v in self.videos[name].attrs.items():
             out[k] = v.item() if isinstance(v, np.generic) else v
         return out
+
+    def has_arrays(self, name: str) -> bool:
+        g = self.videos[name]
+        return FEATURES in g and PRESENT in g
 
     def arrays(self, name: str):
         g = self.videos[name]

@@ -137,11 +137,41 @@ def sniff_format(path: Path) -> str:
         return "zarr"
     with open(path, "rb") as f:
         head = f.read(8)
-    if head == b"\x89HDF\r\n\x1a\n":
+    if head == HDF5_SIGNATURE:
         return "hdf5"
-    if head[:4] == b"PK\x03\x04":
+    if head[:4] == ZIP_SIGNATURE:
         return "zip"
     raise StoreError(f"{path} is neither a Zarr directory, a .zarr.zip nor an HDF5 file: check the path")
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+ZIP_SIGNATURE = b"PK\x03\x04"
+# How far into a file its root attributes lie: an HDF5 store gets them (the whole attribute dict as JSON,
+# and a native mirror) in the root group's header when it is created, before any video, and a .zarr.zip
+# holds the root zarr.json as its first member.
+HEAD_BYTES = 1 << 20
+
+
+def damaged_store_of_ours(path: Path) -> bool:
+    """Whether ``path``, which does not open as a store, is a store of ours that was damaged (an HDF5 file
+    truncated by a kill or a full disk, a root ``zarr.json`` broken by hand): the only thing besides a
+    sound store that ``--overwrite`` may delete.
+
+    The rule: an HDF5 file (its 8-byte signature) or a zip whose first MiB holds our format name
+    ``mae-affect-features``, or a directory whose root ``zarr.json`` holds it. Every store of ours writes
+    that name at creation, at the start of the file; another tool's HDF5 file, zip or Zarr directory does
+    not carry it, so it is never taken for ours.
+    """
+    path = Path(path)
+    marker = FORMAT_NAME.encode()
+    try:
+        if path.is_dir():
+            return marker in (path / "zarr.json").read_bytes()
+        with open(path, "rb") as f:
+            head = f.read(HEAD_BYTES)
+    except OSError:
+        return False
+    return head.startswith((HDF5_SIGNATURE, ZIP_SIGNATURE)) and marker in head
 
 
 def h5_encode_attrs(attrs: dict) -> dict:

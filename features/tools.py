@@ -78,17 +78,22 @@ def verify_store(path, expected: dict[str, int] | None = None, progress: bool = 
         missing_attrs = [k for k in IDENTITY_KEYS if k not in store.attrs]
         if missing_attrs:
             problems.append(f"root attributes lack {', '.join(missing_attrs)}")
-        problems += [f"video {v}: incomplete (an interrupted run; rerun extraction to redo it)"
-                     for v in store.incomplete_videos()]
+        problems += [f"video {v}: incomplete (an interrupted run, or a group changed by hand; rerun "
+                     "extraction to redo it)" for v in store.incomplete_videos()]
         for v in tqdm(store.videos(), desc="verify", unit="video", disable=not progress):
             problems += _check_video(store, v)
-        if store.format == "zarr":
-            with open_store(path) as listed:
-                if listed.consolidated and listed.videos() != store.videos():
-                    problems.append(
-                        f"consolidated metadata lists {len(listed.videos())} complete videos, the "
-                        f"groups say {len(store.videos())} (a writer finished after the store was "
-                        "consolidated): run features.consolidate_store(path), or rerun extraction")
+        if store.listing_stale:
+            with open_store(path, use_consolidated=True) as listed:
+                only_listed = sorted(set(listed.videos()) - set(store.videos()))
+                only_groups = sorted(set(store.videos()) - set(listed.videos()))
+                differ = "; ".join(f"{what}: {', '.join(names[:5])}" for what, names in
+                                   (("only in the listing", only_listed), ("only in the groups", only_groups))
+                                   if names)
+                problems.append(
+                    f"consolidated metadata lists {len(listed.videos())} complete videos, the "
+                    f"groups say {len(store.videos())} ({differ}; the store changed after it was "
+                    "consolidated, by hand or by an unfinished writer): rerun extraction, or run "
+                    "features.consolidate_store(path)")
         if expected is not None:
             have = set(store.videos())
             for v in sorted(set(expected) - have):
@@ -113,9 +118,10 @@ def consolidate_store(path) -> None:
 
 
 def _zip_directory(src: Path, dst: Path) -> None:
-    # Stored, not deflated: Zarr chunks are already compressed, and ZipStore reads members in place.
+    # Stored, not deflated: Zarr chunks are already compressed, and ZipStore reads members in place. The
+    # root zarr.json goes first, so a damaged zip is still recognisably ours (format.damaged_store_of_ours).
     with zipfile.ZipFile(dst, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for p in sorted(src.rglob("*")):
+        for p in sorted(src.rglob("*"), key=lambda p: (p != src / "zarr.json", p)):
             if p.is_file():
                 zf.write(p, p.relative_to(src).as_posix())
 

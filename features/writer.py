@@ -24,6 +24,7 @@ from .format import (
     CHUNK_ROWS,
     WRITE_FORMATS,
     check_video_name,
+    damaged_store_of_ours,
     identity_differences,
     infer_format,
     normalise_attrs,
@@ -148,7 +149,7 @@ class StoreWriter:
     def completed(self) -> set[str]:
         """Videos already complete in the store (to skip on resume)."""
         return {v for v in self._backend.video_names()
-                if self._backend.video_attrs(v).get("complete") is True}
+                if self._backend.video_attrs(v).get("complete") is True and self._backend.has_arrays(v)}
 
     def begin_video(self, name: str, num_frames: int) -> VideoWriter:
         """(Re)create the group of ``name`` with ``num_frames`` zero rows, replacing any earlier one."""
@@ -175,15 +176,20 @@ class StoreWriter:
 
 
 def check_replaceable(path: Path) -> None:
-    """Refuse to replace ``path`` unless it is a feature store or an empty folder (a typo must not
-    cost a folder)."""
+    """Refuse to replace ``path`` unless it is one of our stores, sound or damaged, or an empty folder (a
+    typo must not cost a folder).
+
+    A damaged store is recognised by ``damaged_store_of_ours``: what could not be opened is replaced only
+    when it still carries our format name where every store of ours writes it first.
+    """
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return
     try:
         kind = sniff_format(path)
         open_backend(path, kind).close()
     except StoreError as e:
-        raise StoreError(f"refusing to overwrite {path}, which is not a feature store: {e}") from e
+        if not damaged_store_of_ours(path):
+            raise StoreError(f"refusing to overwrite {path}, which is not a feature store: {e}") from e
 
 
 def _remove_store(path: Path) -> None:

@@ -26,27 +26,34 @@ import features
 from pipeline import distributed, partition
 from pipeline.config import ConfigError
 from pipeline.configs.extract import ExtractConfig
-from pipeline.data.affwild2 import SPLITS, TASKS, AffWild2
+from pipeline.data.affwild2 import TASKS, AffWild2
 from pipeline.data.images import UnreadableImage, decode_image
 from pipeline.device import autocast, pin_memory, resolve_device
 from pipeline.errors import InputError
 from pipeline.models.checkpoint import EncoderInfo, load_encoder
 from pipeline.models.encoder import normalize, pool_tokens
 
-SELECTABLE_SPLITS = ("all", *SPLITS, "test")
-
 
 def select_videos(ds: AffWild2, splits: tuple[str, ...]) -> list[str]:
-    """The videos of the chosen splits (any task), or every video with images for ``all``."""
+    """The videos of the chosen splits (any task), or every listed video for ``all`` (image folders,
+    annotations, example files: :meth:`AffWild2.listed_videos`); ``ExtractConfig`` checks the names."""
     if "all" in splits:
-        return sorted(ds.videos)
+        return ds.listed_videos()
     chosen: set[str] = set()
+    lists = 0
     for task in TASKS:
         for split in splits:
             if split == "test":
-                chosen.update(ds.test_videos(task))
+                try:
+                    chosen.update(ds.test_videos(task))
+                    lists += 1
+                except InputError:
+                    continue  # this copy has no test list for the task
             elif ds.available(task, split):
                 chosen.update(ds.annotations(task, split))
+    if "test" in splits and not lists:
+        raise InputError(f"{ds.root}: no test-set video list (*test_set_release*.txt) for any task; "
+                         "--splits test needs names_of_videos_in_each_test_set/")
     return sorted(chosen)
 
 
@@ -189,9 +196,15 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
     lengths = {v: ds.num_frames(v) for v in videos}
     empty = [v for v in videos if lengths[v] == 0]
     if empty and dist.is_main:
-        tqdm.write(f"warning: skipped {len(empty)} video folder(s) without images or annotations: "
-                   f"{', '.join(empty[:5])}", file=sys.stderr)
+        tqdm.write(f"warning: skipped {len(empty)} listed video(s) of unknown length (no images, annotation "
+                   f"or example-file rows): {', '.join(empty[:5])}", file=sys.stderr)
     videos = [v for v in videos if lengths[v] > 0]
+    imageless = [v for v in videos if v not in ds.videos]
+    if imageless and dist.is_main:
+        named = ", ".join(f"{v} ({lengths[v]} frames)" for v in imageless[:5])
+        tqdm.write(f"warning: {len(imageless)} listed video(s) have no images and are stored as all-absent "
+                   f"(every frame without a face, filled like one): {named}"
+                   f"{', ...' if len(imageless) > 5 else ''}", file=sys.stderr)
 
     encoder, info = load_encoder(ckpt)
     pooling = config.pooling or info.pooling or "cls"
@@ -205,7 +218,7 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
     todo = [v for v in videos if v not in done]
     mine = balance(todo, lengths, dist.world_size)[dist.rank]
 
-    frames = [(v, int(k)) for v in mine for k in ds.videos[v].frames]
+    frames = [(v, int(k)) for v in mine if v in ds.videos for k in ds.videos[v].frames]
     paths = [ds.videos[v].image_path(k) for v, k in frames]
     loader = DataLoader(
         FrameStream(paths, info.img_size),

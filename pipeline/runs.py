@@ -12,9 +12,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def to_jsonable(obj: Any) -> Any:
-    """Dataclasses, paths and tuples as plain JSON values."""
+    """Dataclasses, paths, tuples and numpy scalars as plain JSON values."""
+    if isinstance(obj, np.generic):
+        return obj.item()
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
@@ -61,30 +65,8 @@ def write_config(run_dir: Path, config: Any, name: str = "config.json") -> Path:
     return path
 
 
-class JsonlLogger:
-    """Appends one JSON object per line; each line is flushed so a killed run keeps its history."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-
-    def log(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(to_jsonable(record)) + "\n")
-
-    def truncate_after(self, key: str, value: int) -> None:
-        """On resume: drop lines written after the checkpoint being resumed (``record[key] > value``)."""
-        if not self.path.exists():
-            return
-        kept = [
-            line for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line).get(key, -1) <= value
-        ]
-        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
-
-
 # Options that may change between a run and its resume without changing the result.
-RESUME_FREE = frozenset({"out", "workers", "device", "log_every"})
+RESUME_FREE = frozenset({"out", "workers", "device", "log_every", "tensorboard"})
 
 
 def check_resumable(saved: dict, current: dict, run_dir: Path) -> None:

@@ -92,9 +92,24 @@ def check_submission(path: Path, task: str, example: Path) -> list[str]:
         if got != want:
             problems.append(f"{path}:{i + 2}: row for {got!r}, the example has {want!r} there (order must match)")
             break
+    problems += row_problems(path, task, locations, values)
+    return problems
+
+
+def row_problems(path: Path, task: str, locations: list[str], values: np.ndarray) -> list[str]:
+    """What ``check-submission`` and ``score`` both refuse in a file's rows, the first of each kind with
+    its line: a value outside the task's range (VA: finite, in [-1, 1]; Expr: a class index 0..7; AU: 0 or
+    1) and a second row for an image location."""
+    problems = []
     bad = _out_of_range(task, values)
     if len(bad):
         problems.append(f"{path}:{int(bad[0]) + 2}: value out of range for {task}: {values[bad[0]].tolist()}")
+    first: dict[str, int] = {}
+    for i, location in enumerate(locations):
+        if location in first:
+            problems.append(f"{path}:{i + 2}: a second row for {location!r} (the first is line {first[location] + 2})")
+            break
+        first[location] = i
     return problems
 
 
@@ -112,10 +127,15 @@ def score_submission(path: Path, task: str, data: AffWild2, split: str = "Valida
     """Score a submission-format file against the annotations of ``split``.
 
     Every valid annotated frame of every video of the split needs a row; rows for other frames are
-    ignored. Returns the task's metric dict (``score`` plus per-dimension/class/AU figures).
+    ignored. Rows ``check_submission`` refuses (:func:`row_problems`: a value out of range, NaN
+    included, or a second row for a frame) are refused here too, naming the file and line.
+    Returns the task's metric dict (``score`` plus per-dimension/class/AU figures).
     """
     task = check_task(task)
     locations, values = read_submission(path, task)
+    problems = row_problems(path, task, locations, values)
+    if problems:
+        raise InputError(problems[0])
     annotations = data.annotations(task, split)
     rows: dict[tuple[str, int], int] = {}
     for i, loc in enumerate(locations):

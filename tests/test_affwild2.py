@@ -81,10 +81,62 @@ def test_malformed_annotation_names_file_and_line(tmp_path, task, content, expec
     assert expected in str(err.value)
 
 
-def test_annotation_for_video_without_images(mini_root):
-    write_annotation(mini_root, "VA_Estimation_Challenge", "Train_Set", "ghost", "va", ["0.1,0.1"])
-    with pytest.raises(InputError, match="ghost.*no images"):
-        AffWild2(mini_root).annotations("va", "Train_Set")
+def test_annotated_video_without_images_is_listed_with_its_length(mini_root):
+    write_annotation(mini_root, "VA_Estimation_Challenge", "Train_Set", "ghost", "va", ["0.1,0.1", "0.2,0.2"])
+    ds = AffWild2(mini_root)
+    assert "ghost" in ds.annotations("va", "Train_Set") and "ghost" not in ds.videos
+    assert ds.num_frames("ghost") == 2
+    assert ds.listed_videos() == ["105", "ghost", "vid_left"]
+    assert ds.imageless_videos() == {"ghost": 2}
+
+
+def test_annotations_of_other_images_are_refused(tmp_path):
+    root = tmp_path / "r"
+    write_images(root, "a", [1])
+    write_annotation(root, "VA_Estimation_Challenge", "Train_Set", "b", "va", ["0.1,0.1"])
+    with pytest.raises(InputError, match="Train_Set: none of its 1 annotated videos .*'b'.* has images"):
+        AffWild2(root).annotations("va", "Train_Set")
+
+
+def test_test_video_without_images_takes_its_length_from_the_example_file(mini_root):
+    lists = mini_root / "names_of_videos_in_each_test_set"
+    lists.mkdir()
+    (lists / "Valence_Arousal_Estimation_Challenge_test_set_release.txt").write_text("105\nnoface\n")
+    rows = [f"105/{k:05d}.jpg,0,0" for k in (1, 2, 3)] + [f"noface/{k:05d}.jpg,0,0" for k in range(1, 8)]
+    (mini_root / "CVPR_6th_ABAW_VA_test_set_example.txt").write_text(
+        "image_location,valence,arousal\n" + "\n".join(rows) + "\n")
+    ds = AffWild2(mini_root)
+    assert ds.test_videos("va") == ["105", "noface"]  # no error: a listed video like any other
+    assert ds.num_frames("noface") == 7
+    assert ds.num_frames("105") == 3  # images and annotations give the length when there are any
+    assert ds.imageless_videos() == {"noface": 7}
+
+
+@pytest.mark.parametrize("width", [4, 5, 6, 7])
+def test_frames_keep_their_real_file_names(tmp_path, width):
+    d = tmp_path / "r" / "cropped_aligned" / "v"
+    d.mkdir(parents=True)
+    for k in (1, 2, 10):
+        (d / f"{k:0{width}d}.jpg").write_bytes(b"")
+    video = AffWild2(tmp_path / "r").videos["v"]
+    assert video.frames.tolist() == [1, 2, 10]
+    assert video.image_path(10).name == f"{10:0{width}d}.jpg" and video.image_path(10).exists()
+    with pytest.raises(KeyError, match="no image for frame 3"):
+        video.image_path(3)
+
+
+@pytest.mark.parametrize(("names", "expected"), [
+    (["1.jpg", "00001.jpg"], "00001.jpg and 1.jpg are both frame 1"),
+    (["00000.jpg", "00001.jpg"], "frame number 0; frames are numbered from 1"),
+    (["00001.jpg", "00002.png"], "mixed image suffixes"),
+])
+def test_ambiguous_frame_names_are_refused(tmp_path, names, expected):
+    d = tmp_path / "r" / "cropped_aligned" / "v"
+    d.mkdir(parents=True)
+    for name in names:
+        (d / name).write_bytes(b"")
+    with pytest.raises(InputError, match=expected):
+        AffWild2(tmp_path / "r").videos  # noqa: B018
 
 
 def test_duplicate_video_across_roots(mini_root):

@@ -1,6 +1,9 @@
 """The one encoder loader: project checkpoints, the official MAE layout, timm and raw state dicts,
 position-embedding resampling, and refusals that name the key, the file and the fix."""
 
+import argparse
+import pickle
+
 import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
@@ -8,6 +11,7 @@ from timm.models.vision_transformer import VisionTransformer
 from pipeline.errors import InputError
 from pipeline.models.checkpoint import (
     encoder_checkpoint,
+    interpolate_pos_embed,
     load_encoder,
     read_checkpoint,
     save_checkpoint,
@@ -111,7 +115,7 @@ def test_pos_embed_is_resampled_for_another_input_size(mae, tmp_path):
 
 @pytest.mark.parametrize("case, pattern", [
     ("width", r"key 'cls_token' has shape \(1, 1, 192\) in the file but mae_vit_small_patch16 .* needs \(1, 1, 384\)"),
-    ("depth", r"the file's encoder has 6 blocks .* mae_vit_tiny_patch16 has 12"),
+    ("depth", r"the file's encoder has 6 blocks .* mae_vit_tiny_patch16 \(--model\) has 12"),
     ("patch", r"key 'patch_embed.proj.weight' has shape \(192, 3, 8, 8\)"),
 ])
 def test_shapes_that_cannot_fit_are_refused(mae, tmp_path, case, pattern):
@@ -149,12 +153,127 @@ def test_unloadable_files_are_refused(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         load_encoder(tmp_path / "nope.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(InputError, match="weights_only"):
+    with pytest.raises(InputError, match="junk.pt is not a readable checkpoint"):
         read_checkpoint(tmp_path / "junk.pt")
-    with open(tmp_path / "obj.pt", "wb") as f:
-        torch.save({"model": NotWeights()}, f)
-    with pytest.raises(InputError, match="weights_only=True"):
-        load_encoder(tmp_path / "obj.pt")
     torch.save({"optimizer": {"lr": 1.0}}, tmp_path / "noenc.pt")
     with pytest.raises(InputError, match="holds no encoder weights"):
         load_encoder(tmp_path / "noenc.pt")
+    torch.save({"model": {}}, tmp_path / "whole.pt")
+    data = (tmp_path / "whole.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="cut.pt is not a readable checkpoint .truncated"):
+        read_checkpoint(tmp_path / "cut.pt")
+
+
+def save_like_facebookresearch_mae(path, model: torch.nn.Module, epoch: int = 799) -> None:
+    """What facebookresearch/mae's util/misc.py save_model writes (RETFound and others inherit it)."""
+    args = argparse.Namespace(batch_size=64, epochs=800, accum_iter=1, model="mae_vit_tiny_patch16", input_size=32,
+                              mask_ratio=0.75, norm_pix_loss=True, weight_decay=0.05, lr=None, blr=1.5e-4,
+                              min_lr=0.0, warmup_epochs=40, data_path="/datasets01/imagenet_full_size/061417/",
+                              output_dir="./output_dir", log_dir="./output_dir", device="cuda", seed=0,
+                              resume="", start_epoch=0, num_workers=10, pin_mem=True, world_size=8, local_rank=-1,
+                              dist_on_itp=False, dist_url="env://", distributed=True, rank=0, gpu=0,
+                              dist_backend="nccl")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
+    scaler = torch.amp.GradScaler("cpu")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                "scaler": scaler.state_dict(), "args": args}, path)
+
+
+def test_a_checkpoint_of_facebookresearch_mae_save_model_loads(mae, imgs, tmp_path, capsys):
+    state = {k.removeprefix("encoder."): v for k, v in mae.state_dict().items()}
+    holder = torch.nn.Module()
+    for k, v in state.items():
+        holder.register_buffer(k.replace(".", "__"), v)
+    path = tmp_path / "checkpoint-799.pth"
+    save_like_facebookresearch_mae(path, MaskedAutoencoderViT(TINY32))
+    raw = torch.load(path, weights_only=False)
+    raw["model"] = state  # the MAE's own key names, as facebookresearch/mae's model has them
+    torch.save(raw, path)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)  # what a plain weights_only load says
+    assert read_checkpoint(path)["args"].model == "mae_vit_tiny_patch16"
+    encoder, info = load_encoder(path)
+    assert info.kind == "official-mae" and info.model_name == "mae_vit_tiny_patch16"
+    assert torch.equal(features(encoder, imgs), features(mae.encoder, imgs))
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_pickled_class_is_refused_naming_it_and_how_to_extract_the_weights(mae, tmp_path):
+    path = tmp_path / "obj.pt"
+    torch.save({"model": mae.encoder.state_dict(), "extra": NotWeights()}, path)
+    with pytest.raises(InputError) as err:
+        load_encoder(path)
+    message = str(err.value)
+    assert "\n" not in message and "two options" not in message
+    assert f"{path} holds a {NotWeights.__module__}.NotWeights object" in message
+    # the snippet, run where the file is trusted, writes weights the loader takes
+    snippet = message.split('python -c "', 1)[1].rstrip('"')
+    exec(snippet, {})  # noqa: S102  (the test's own file)
+    encoder, _ = load_encoder(tmp_path / "obj-weights.pt")
+    assert torch.equal(encoder.pos_embed, mae.encoder.pos_embed)
+
+
+def test_a_position_table_with_an_extra_token_says_what_the_file_holds(mae, tmp_path):
+    sd = dict(mae.encoder.state_dict())  # tiny at 32 px, patch 16: a 2 x 2 grid, 5 rows
+    sd["pos_embed"] = torch.zeros(1, 6, 192)  # cls + dist + 2 x 2
+    sd["dist_token"] = torch.zeros(1, 1, 192)
+    torch.save(sd, tmp_path / "deit.pt")
+    with pytest.raises(InputError) as err:
+        load_encoder(tmp_path / "deit.pt")
+    message = str(err.value)
+    assert "'pos_embed' has 6 rows, 2 token row(s) before a 2 x 2 patch grid" in message
+    assert "cls_token, dist_token" in message and "has 1 token row (the class token)" in message
+    assert "--model" not in message and " img" not in message and "224" not in message
+    # 18 rows, no token key but cls_token: a 4 x 4 grid after 2 token rows (a register token)
+    sd = build_encoder("mae_vit_tiny_patch16", img_size=64).state_dict()
+    sd["pos_embed"] = torch.zeros(1, 18, 192)
+    torch.save(sd, tmp_path / "reg.pt")
+    with pytest.raises(InputError, match=r"18 rows, 2 token row\(s\) before a 4 x 4 patch grid") as err:
+        load_encoder(tmp_path / "reg.pt")
+    assert "--model" not in str(err.value)
+
+
+def test_a_shape_that_does_not_fit_blames_the_model_only_when_one_was_given(mae, tmp_path):
+    sd = dict(mae.encoder.state_dict())
+    sd["blocks.0.attn.qkv.weight"] = torch.zeros(3 * 192 + 3, 192)  # inferred as tiny, but this key differs
+    torch.save(sd, tmp_path / "odd.pt")
+    with pytest.raises(InputError, match="inferred from the file's shapes.*not a registered ViT layout") as err:
+        load_encoder(tmp_path / "odd.pt")
+    assert "--model" not in str(err.value)
+
+
+def mae_interpolate_pos_embed(pos_embed_checkpoint, num_patches, num_extra_tokens):
+    """facebookresearch/mae util/pos_embed.py interpolate_pos_embed, on a tensor (the reference)."""
+    embedding_size = pos_embed_checkpoint.shape[-1]
+    orig_size = int((pos_embed_checkpoint.shape[-2] - num_extra_tokens) ** 0.5)
+    new_size = int(num_patches ** 0.5)
+    extra_tokens = pos_embed_checkpoint[:, :num_extra_tokens]
+    pos_tokens = pos_embed_checkpoint[:, num_extra_tokens:]
+    pos_tokens = pos_tokens.reshape(-1, orig_size, orig_size, embedding_size).permute(0, 3, 1, 2)
+    pos_tokens = torch.nn.functional.interpolate(
+        pos_tokens, size=(new_size, new_size), mode="bicubic", align_corners=False)
+    pos_tokens = pos_tokens.permute(0, 2, 3, 1).flatten(1, 2)
+    return torch.cat((extra_tokens, pos_tokens), dim=1)
+
+
+@pytest.mark.parametrize("old, new", [(14, 7), (7, 14), (4, 6)])
+def test_position_tables_resample_as_mae_interpolate_pos_embed(old, new):
+    from timm.layers import resample_abs_pos_embed
+
+    table = torch.randn(1, 1 + old * old, 16, generator=torch.Generator().manual_seed(old))
+    ours = interpolate_pos_embed(table, (new, new), (old, old), 1)
+    assert torch.equal(ours, mae_interpolate_pos_embed(table, new * new, 1))
+    if new < old:  # timm antialiases a downsampling: a different table
+        timm = resample_abs_pos_embed(table, [new, new], [old, old], num_prefix_tokens=1)
+        assert (timm - ours).abs().max() > 1e-3
+
+
+def test_load_encoder_resamples_as_mae_does(mae, tmp_path):
+    path = tmp_path / "mae.pt"
+    big = build_encoder("mae_vit_tiny_patch16", img_size=224)
+    torch.nn.init.normal_(big.pos_embed)  # a learned-looking table, not the smooth sin-cos one
+    torch.save(big.state_dict(), path)
+    encoder, info = load_encoder(path, img_size=112)  # 14 x 14 -> 7 x 7
+    assert info.pos_embed_grid == (14, 14)
+    assert torch.equal(encoder.pos_embed.detach(), mae_interpolate_pos_embed(big.pos_embed.detach(), 49, 1))

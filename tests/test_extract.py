@@ -1,6 +1,7 @@
 """Extraction: stored values equal the encoder's own output, resume equals an uninterrupted run,
 corrupt images are reported and marked absent, a store from another checkpoint is refused."""
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -193,3 +194,137 @@ def test_a_failing_final_write_raises_instead_of_hanging(mini_root, ckpt, tmp_pa
     worker.join(timeout=120)
     assert not worker.is_alive(), "extraction hung after a failed write"
     assert "No space left" in str(outcome["error"])
+
+
+def test_frames_named_with_another_width_are_read(mini_root, ckpt, tmp_path):
+    path, _ = ckpt
+    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(tmp_path / "five.zarr"), **CPU32), progress=False)
+    for folder in (mini_root / "cropped_aligned" / "vid_left", mini_root / "cropped_aligned_new_50_vids" / "105"):
+        for image in folder.iterdir():
+            image.rename(folder / f"{int(image.stem):06d}.jpg")  # ffmpeg's %06d
+    result = extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(tmp_path / "six.zarr"), **CPU32), progress=False)
+    assert result["unreadable"] == [] and result["frames"] == 7
+    five, six = read_all(tmp_path / "five.zarr"), read_all(tmp_path / "six.zarr")
+    for video in five:
+        np.testing.assert_array_equal(six[video][0], five[video][0])
+        np.testing.assert_array_equal(six[video][1], five[video][1])
+
+
+def add_imageless_test_video(root, name="noface", frames=7):
+    """A VA test list and example file naming ``105`` and ``name``, a video without any image."""
+    lists = root / "names_of_videos_in_each_test_set"
+    lists.mkdir(exist_ok=True)
+    (lists / "Valence_Arousal_Estimation_Challenge_test_set_release.txt").write_text(f"105\n{name}\n")
+    rows = [f"105/{k:05d}.jpg,0,0" for k in (1, 2, 3)] + [f"{name}/{k:05d}.jpg,0,0" for k in range(1, frames + 1)]
+    example = root / "CVPR_6th_ABAW_VA_test_set_example.txt"
+    example.write_text("image_location,valence,arousal\n" + "\n".join(rows) + "\n")
+    return example
+
+
+@pytest.mark.parametrize("splits", [("all",), ("test",)])
+def test_listed_video_without_images_is_stored_all_absent(mini_root, ckpt, tmp_path, capsys, splits):
+    path, _ = ckpt
+    add_imageless_test_video(mini_root)
+    store_path = tmp_path / "f.zarr"
+    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(store_path), **CPU32, splits=splits), progress=False)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "noface" in line]
+    assert len(warnings) == 1 and "noface (7 frames)" in warnings[0] and "all-absent" in warnings[0]
+    store = features.open_store(store_path)
+    feats, present = store.read("noface", fill="nearest")
+    assert feats.shape == (7, 32) and not present.any() and not feats.any()
+    ds = AffWild2(mini_root)
+    expected = {v: ds.num_frames(v) for v in ds.listed_videos()}
+    if splits == ("all",):
+        assert expected == {"105": 3, "noface": 7, "vid_left": 6}
+        assert features.verify_store(store_path, expected) == []
+
+
+def test_verify_with_data_misses_a_listed_video_without_images(mini_root, ckpt, tmp_path):
+    path, _ = ckpt
+    store_path = tmp_path / "f.zarr"
+    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(store_path), **CPU32), progress=False)
+    add_imageless_test_video(mini_root)  # listed after the extraction: the store lacks it
+    result = CliRunner().invoke(cli, ["features", "verify", str(store_path), "--data", str(mini_root), "--json"])
+    assert result.exit_code == 1 and "video noface: missing (the dataset has it with 7 frames)" in result.output
+    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(store_path), **CPU32), progress=False)  # the rerun adds it
+    result = CliRunner().invoke(cli, ["features", "verify", str(store_path), "--data", str(mini_root), "--json"])
+    assert result.exit_code == 0, result.output
+
+
+def test_test_video_without_images_gets_its_rows_in_a_submission(mini_root, ckpt, tmp_path):
+    path, _ = ckpt
+    example = add_imageless_test_video(mini_root)
+    store_path = tmp_path / "f.zarr"
+    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(store_path), **CPU32), progress=False)
+    run = tmp_path / "va"
+    train = CliRunner().invoke(cli, ["train", "va", "--store", str(store_path), "--data", str(mini_root), "--out",
+                                     str(run), "--preset", "demo", "--epochs", "1", "--window", "4", "--device",
+                                     "cpu", "--json"])
+    assert train.exit_code == 0, train.output
+    out = tmp_path / "va_test.csv"
+    result = CliRunner().invoke(cli, ["predict", "--run", str(run), "--out", str(out), "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    check = CliRunner().invoke(cli, ["check-submission", str(out), "--task", "va", "--example", str(example)])
+    assert check.exit_code == 0, check.output
+    assert sum(line.startswith("noface/") for line in out.read_text().splitlines()) == 7
+
+
+def test_extract_takes_a_checkpoint_of_facebookresearch_mae(mini_root, tmp_path):
+    from pipeline.models.mae import MAEConfig, MaskedAutoencoderViT
+    from tests.test_checkpoint import save_like_facebookresearch_mae
+
+    torch.manual_seed(0)
+    mae = MaskedAutoencoderViT(MAEConfig(img_size=32, embed_dim=192, depth=12, num_heads=3, decoder_embed_dim=32,
+                                         decoder_depth=1, decoder_num_heads=2))
+    path = tmp_path / "checkpoint-799.pth"
+    save_like_facebookresearch_mae(path, mae)
+    raw = torch.load(path, weights_only=False)
+    raw["model"] = {k.removeprefix("encoder."): v for k, v in raw["model"].items()}  # MAE's own key names
+    torch.save(raw, path)
+    store_path = tmp_path / "f.zarr"
+    result = CliRunner().invoke(cli, ["extract", "--data", str(mini_root), "--ckpt", str(path), "--store",
+                                      str(store_path), "--device", "cpu", "--workers", "0", "--no-bf16", "--json"])
+    assert result.exit_code == 0, result.output
+    assert features.open_store(store_path).attrs["encoder"] == "mae_vit_tiny_patch16"
+
+
+def cli_extract(root, ckpt_path, store_path, *extra):
+    return CliRunner().invoke(cli, ["extract", "--data", str(root), "--ckpt", str(ckpt_path), "--store",
+                                    str(store_path), "--device", "cpu", "--workers", "0", "--dtype", "float32",
+                                    "--no-bf16", "--json", *extra])
+
+
+def test_a_truncated_hdf5_store_is_replaced_by_extract_overwrite(mini_root, ckpt, tmp_path):
+    path, _ = ckpt
+    store_path = tmp_path / "f.h5"
+    assert cli_extract(mini_root, path, store_path).exit_code == 0
+    data = store_path.read_bytes()
+    store_path.write_bytes(data[: len(data) // 2])  # killed mid-write, or a full disk
+    info = CliRunner().invoke(cli, ["features", "info", str(store_path), "--json"])
+    assert info.exit_code == 2 and "--overwrite" in info.stderr
+    assert cli_extract(mini_root, path, store_path).exit_code == 2  # not without --overwrite
+    result = cli_extract(mini_root, path, store_path, "--overwrite")
+    assert result.exit_code == 0, result.output
+    verify = CliRunner().invoke(cli, ["features", "verify", str(store_path), "--data", str(mini_root), "--json"])
+    assert verify.exit_code == 0, verify.output
+
+
+def test_a_video_deleted_by_hand_is_missing_for_every_reader_and_extract_repairs_it(mini_root, ckpt, tmp_path):
+    path, _ = ckpt
+    store_path = tmp_path / "f.zarr"
+    assert cli_extract(mini_root, path, store_path).exit_code == 0
+    del zarr.open_group(str(store_path), mode="r+")["videos/vid_left"]  # a collaborator, with plain zarr
+    info = CliRunner().invoke(cli, ["features", "info", str(store_path), "--data", str(mini_root), "--json"])
+    summary = json.loads(info.output)
+    assert summary["videos"] == 1 and summary["listing_stale"]
+    assert summary["splits"]["va/Train_Set"] == {"videos": 0, "annotated": 1, "frames": 0}
+    train = CliRunner().invoke(cli, ["train", "va", "--store", str(store_path), "--data", str(mini_root), "--out",
+                                     str(tmp_path / "run"), "--preset", "demo", "--epochs", "1", "--window", "4",
+                                     "--device", "cpu", "--json"])
+    assert train.exit_code == 2 and "'vid_left'" in train.stderr
+    assert features.open_store(store_path).videos() == ["105"]
+    result = cli_extract(mini_root, path, store_path)  # the rerun redoes it and consolidates again
+    assert result.exit_code == 0 and json.loads(result.output)["extracted"] == 1
+    verify = CliRunner().invoke(cli, ["features", "verify", str(store_path), "--data", str(mini_root), "--json"])
+    assert verify.exit_code == 0, verify.output
+    assert not features.open_store(store_path).listing_stale

@@ -94,6 +94,20 @@ def test_frames_keep_only_valid_labels_with_images(tmp_path):
         expr_frames(AffWild2(root), "Validation_Set")
 
 
+def test_frames_named_with_another_width_are_read_for_training(tmp_path):
+    root = tmp_path / "aw2"
+    write_images(root, "a", [1, 2, 3])
+    write_annotation(root, "EXPR_Recognition_Challenge", "Train_Set", "a", "expr", ["0", "7", "4"])
+    folder = root / "cropped_aligned" / "a"
+    for image in folder.iterdir():
+        image.rename(folder / f"{int(image.stem):06d}.jpg")  # ffmpeg's %06d
+    index = expr_frames(AffWild2(root), "Train_Set")
+    assert [p.name for p in index.image_paths] == ["000001.jpg", "000002.jpg", "000003.jpg"]
+    frames = ExprFrames(index, img_size=16)
+    assert all(bool(frames[row]["ok"]) for row in range(3))
+    assert all(bool(frames[(row, 0, row)]["ok"]) for row in range(3))  # training items too
+
+
 def test_epoch_plan_caps_videos_balances_classes_and_is_seeded(tiny_root):
     index = expr_frames(AffWild2(tiny_root), "Train_Set")
     rows = epoch_rows(index, epoch=0, seed=1, frames_per_video=30, balance="none")

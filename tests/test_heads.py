@@ -29,8 +29,16 @@ from pipeline.heads.sequences import (
     load_features,
     window_starts,
 )
-from pipeline.heads.train import TrainConfig, learning_rate, prepare, train_run
+from pipeline.heads.train import (
+    TrainConfig,
+    build_head,
+    learning_rate,
+    prepare,
+    train_run,
+    warmup_epochs,
+)
 from pipeline.models import build_model
+from pipeline.models.checkpoint import read_checkpoint
 
 FACE_BOX = (28, 36, 84, 92)  # eyes to chin in a 112-pixel crop
 SMALL = ["--set", "tcn_channels=64-32-32", "--set", "d_model=32", "--set", "num_layers=2",
@@ -255,6 +263,28 @@ def test_schedule_warms_up_then_anneals_with_restarts():
     assert (TrainConfig("expr").epochs, TrainConfig("au").epochs) == (10, 30)
 
 
+def test_warm_up_never_fills_a_short_run():
+    cfg = TrainConfig("va", epochs=1, lr=1.0, warmup_epochs=1, min_lr=0.0)
+    assert warmup_epochs(cfg) == 0.5
+    assert learning_rate(cfg, 0.25) == pytest.approx(0.5) and learning_rate(cfg, 0.5) == pytest.approx(1.0)
+    assert learning_rate(cfg, 1.0) > 0.5  # half the run at a high rate, annealing over a period of 1.5
+    assert warmup_epochs(TrainConfig("va", epochs=40)) == 1.0  # the paper's runs: unchanged
+
+
+def test_a_one_epoch_run_of_one_step_trains_its_head(tiny_root, tiny_store, tmp_path, capsys):
+    cfg = TrainConfig.create(task="va", stores=(str(tiny_store),), data=str(tiny_root), epochs=1, window=400,
+                             stride=400, batch_size=64, device="cpu", tcn_channels=(8, 8, 8), d_model=8,
+                             num_layers=1, num_heads=2, ff_dim=8, head_hidden=8)
+    data = prepare(cfg)
+    summary = train_run(data, cfg, tmp_path / "one", progress=False, make_plots=False)
+    assert "warm-up of 1 epoch(s) would fill" in capsys.readouterr().err
+    assert summary["warmup_epochs"] == 0.5
+    torch.manual_seed(cfg.seed)
+    untrained = build_head(cfg, data.table.dim).state_dict()
+    trained = read_checkpoint(tmp_path / "one" / "best.pt")["state_dict"]
+    assert any(not torch.equal(trained[k], v) for k, v in untrained.items() if v.is_floating_point())
+
+
 def test_settings_parse_by_field_type():
     assert parse_settings(TrainConfig, ["tcn_channels=256-128-64", "causal=false", "lr=1e-3",
                                         "restart_epochs=none", "model=temporal_tcn"]) == {
@@ -280,8 +310,8 @@ def test_training_is_deterministic(tiny_root, tiny_store, tmp_path):
     a = train_run(data, cfg, tmp_path / "a", progress=False, make_plots=False)
     b = train_run(data, cfg, tmp_path / "b", progress=False, make_plots=False)
     assert a["before"] == b["before"]
-    sa = torch.load(tmp_path / "a" / "best.pt", weights_only=False)["state_dict"]
-    sb = torch.load(tmp_path / "b" / "best.pt", weights_only=False)["state_dict"]
+    sa = torch.load(tmp_path / "a" / "best.pt", weights_only=True)["state_dict"]
+    sb = torch.load(tmp_path / "b" / "best.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
@@ -322,7 +352,7 @@ def test_expr_au_runs_ensemble_and_submit(task, tiny_root, tiny_store, tmp_path)
                 "--seed", seed, "--model", "temporal_tcn", *FAST)
     plot = {"expr": "expr_confusion.png", "au": "au_f1.png"}[task]
     assert (runs[0] / plot).is_file()
-    ckpt = torch.load(runs[0] / "best.pt", weights_only=False)
+    ckpt = torch.load(runs[0] / "best.pt", weights_only=True)
     assert ckpt["postprocess"]["task"] == task and ckpt["stores"][0]["checkpoint_sha256"] == "0" * 64
 
     ds = AffWild2(tiny_root)
@@ -350,3 +380,32 @@ def test_ablate_grid_by_seeds(tiny_root, tiny_store, tmp_path):
     rows = (tmp_path / "abl" / "ablation.csv").read_text().splitlines()
     assert len(rows) == 1 + 4 and len((tmp_path / "abl" / "runs.csv").read_text().splitlines()) == 1 + 8
     assert (tmp_path / "abl" / "model-temporal_tcn_window-100" / "seed1" / "best.pt").is_file()
+
+
+def test_a_run_directory_works_from_anywhere_and_after_a_move(mini_root, tmp_path, monkeypatch):
+    """Trained with relative --store/--data, a run finds them from any working directory (by the absolute
+    paths it recorded) and after the whole folder moved (by their places relative to the run)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    mini_root.rename(project / "aw2")
+    rng = np.random.default_rng(0)
+    write_store(project / "f.zarr", {v: (rng.standard_normal((t, 4)).astype(np.float32), np.ones(t, bool))
+                                     for v, t in (("vid_left", 6), ("105", 3))})
+    monkeypatch.chdir(project)
+    run_cli("train", "va", "--store", "f.zarr", "--data", "aw2", "--out", "runs/va", "--preset", "demo",
+            "--epochs", 1, "--window", 4, "--device", "cpu", "--json")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    args = ["--split", "Validation_Set", "--device", "cpu", "--json"]
+    run_cli("predict", "--run", "../project/runs/va", "--out", "a.csv", *args)
+    run_cli("evaluate", "--run", "../project/runs/va", "--json")
+    project.rename(tmp_path / "moved")  # the run, its store and its dataset, moved together
+    run_cli("predict", "--run", "../moved/runs/va", "--out", "b.csv", *args)
+    assert (elsewhere / "a.csv").read_text() == (elsewhere / "b.csv").read_text()
+    (tmp_path / "moved" / "f.zarr").rename(tmp_path / "moved" / "g.zarr")  # its store gone from both places
+    result = CliRunner().invoke(cli, ["predict", "--run", "../moved/runs/va", "--out", "c.csv", *args])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert f"{project / 'f.zarr'}" in result.stderr and f"{tmp_path / 'moved' / 'f.zarr'}" in result.stderr
+    assert "--store" in result.stderr and not (elsewhere / "c.csv").exists()
+    run_cli("predict", "--run", "../moved/runs/va", "--out", "c.csv", "--store", "../moved/g.zarr", *args)

@@ -49,7 +49,7 @@ def test_masking_keeps_exact_count_and_unshuffle_restores_order(ratio):
     b, n, d = 4, 49, 3
     x = torch.arange(b * n * d, dtype=torch.float32).reshape(b, n, d)  # (B, N, D), every token distinct
     kept, mask, ids_restore = MaskedAutoencoderViT.random_masking(x, ratio)
-    keep = round(n * (1 - ratio))
+    keep = int(n * (1 - ratio))
     assert kept.shape == (b, keep, d)
     assert torch.equal(mask.sum(dim=1), torch.full((b,), float(n - keep)))
     # Un-shuffling kept tokens + placeholders puts each kept token back at its own position.
@@ -59,6 +59,19 @@ def test_masking_keeps_exact_count_and_unshuffle_restores_order(ratio):
     assert torch.equal(restored[visible], x[visible])
     assert (restored[~visible] == -1).all()
     assert not all(torch.equal(mask[0], mask[i]) for i in range(1, b))  # per-sample masks
+
+
+@pytest.mark.parametrize("n, ratio, kept", [(196, 0.9, 19), (196, 0.75, 49), (49, 0.9, 4), (49, 0.5, 24),
+                                           (196, 0.6, 78), (64, 0.85, 9)])
+def test_masking_keeps_mae_len_keep(n, ratio, kept):
+    # facebookresearch/mae: len_keep = int(L * (1 - mask_ratio)); rounding would keep 20 of 196 at 0.9
+    assert kept == int(n * (1 - ratio))
+    x = torch.zeros(2, n, 4)
+    x_kept, mask, _ = MaskedAutoencoderViT.random_masking(x, ratio)
+    assert x_kept.shape[1] == kept and (mask.sum(dim=1) == n - kept).all()
+    model = MaskedAutoencoderViT(SMALL)  # 16 patches: 0.9 keeps int(1.6) = 1, not 2
+    latent, mask, _ = model.forward_encoder(torch.randn(1, 3, 32, 32), mask_ratio=0.9)
+    assert latent.shape[1] == 1 + 1 and mask.sum() == 15
 
 
 def test_patchify_unpatchify_round_trip_and_layout():

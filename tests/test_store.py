@@ -366,3 +366,141 @@ def test_cli_info_verify_export(mini_root, tmp_path):
     assert again.exit_code == 2 and "exists" in again.output
     missing = run(cli, ["features", "info", str(tmp_path / "none.zarr")])
     assert missing.exit_code == 2 and "no feature store" in missing.output
+
+
+def tree(path) -> dict:
+    """Every file under ``path`` (or the file itself) with its bytes: a snapshot to compare."""
+    from pathlib import Path
+
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(p): p.read_bytes() for p in files}
+
+
+def big_store(path, videos: int = 6, frames: int = 700) -> None:
+    with features.create_store(path, make_attrs()) as w:
+        for i in range(videos):
+            write_video(w, f"v{i}", *make_video(frames, i), block=256)
+
+
+@pytest.mark.parametrize("keep", [0.05, 0.5, 0.95])
+def test_a_truncated_hdf5_store_of_ours_is_replaced_by_overwrite(tmp_path, keep):
+    path = tmp_path / "feats.h5"
+    big_store(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])  # a kill or a full disk mid-write
+    with pytest.raises(features.StoreError, match="--overwrite"):
+        features.open_store(path)
+    with pytest.raises(features.StoreError, match="--overwrite"):
+        features.create_store(path, make_attrs())  # without overwrite: refused, untouched
+    assert features.format.damaged_store_of_ours(path)
+    with features.create_store(path, make_attrs(), overwrite=True) as w:
+        write_video(w, "105", *VIDEOS["105"])
+    assert features.verify_store(path) == [] and features.open_store(path).videos() == ["105"]
+
+
+def test_damaged_zarr_and_zip_stores_of_ours_are_replaced(tmp_path):
+    zarr_path = tmp_path / "feats.zarr"
+    big_store(zarr_path, videos=2, frames=10)
+    root_json = zarr_path / "zarr.json"
+    root_json.write_bytes(root_json.read_bytes()[:-40])  # broken JSON, still naming our format
+    with pytest.raises(features.StoreError):
+        features.open_store(zarr_path)
+    features.create_store(zarr_path, make_attrs(), overwrite=True).close()
+    assert features.open_store(zarr_path).videos() == []
+    big_store(tmp_path / "src.zarr", videos=2, frames=10)
+    zipped = tmp_path / "feats.zarr.zip"
+    features.export_store(tmp_path / "src.zarr", zipped)
+    zipped.write_bytes(zipped.read_bytes()[:-100])  # its end (the zip's directory) lost
+    with pytest.raises(features.StoreError):
+        features.open_store(zipped)
+    features.export_store(tmp_path / "src.zarr", zipped, overwrite=True)
+    assert features.open_store(zipped).videos() == ["v0", "v1"]
+
+
+def _foreign_hdf5(path) -> None:
+    with h5py.File(path, "w") as f:
+        f.create_dataset("weights", data=np.arange(100000, dtype=np.float32))
+        f.attrs["note"] = "a model of someone else's"
+
+
+def _foreign_truncated_hdf5(path) -> None:
+    _foreign_hdf5(path)
+    path.write_bytes(path.read_bytes()[:5000])
+
+
+def _foreign_zarr(path) -> None:
+    zarr.open_group(path, mode="w", attributes={"format": "someone-else"}).create_group("videos")
+
+
+def _foreign_folder(path) -> None:
+    path.mkdir()
+    (path / "thesis.tex").write_text("keep")
+
+
+def _text_file(path) -> None:
+    path.write_text("a results table\n")
+
+
+def _foreign_zip(path) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("zarr.json", '{"zarr_format": 3, "node_type": "group"}')
+
+
+@pytest.mark.parametrize("make, name", [
+    (_foreign_hdf5, "model.h5"), (_foreign_truncated_hdf5, "feats.h5"), (_foreign_zarr, "feats.zarr"),
+    (_foreign_folder, "feats.zarr"), (_text_file, "feats.h5"), (_foreign_zip, "feats.zarr.zip"),
+])
+def test_overwrite_never_deletes_what_is_not_a_store_of_ours(tmp_path, make, name):
+    path = tmp_path / name
+    make(path)
+    before = tree(path)
+    with pytest.raises(features.StoreError, match="not a feature store"):
+        features.create_store(path, make_attrs(), format="zarr" if name.endswith(".zip") else None,
+                              overwrite=True)
+    with pytest.raises(features.StoreError, match="not a feature store"):
+        features.export_store(_a_store(tmp_path), path, overwrite=True)
+    assert tree(path) == before
+
+
+def _a_store(tmp_path):
+    path = tmp_path / "source.zarr"
+    if not path.exists():
+        big_store(path, videos=1, frames=4)
+    return path
+
+
+@pytest.mark.parametrize("change", ["delete", "incomplete", "delete_array"])
+def test_a_store_changed_by_hand_reads_as_verify_sees_it(tmp_path, change):
+    path = tmp_path / "feats.zarr"
+    with features.create_store(path, make_attrs(), chunk_rows=4) as w:
+        for name, (f, p) in VIDEOS.items():
+            write_video(w, name, f, p)
+    root = zarr.open_group(path, mode="r+")  # a collaborator, with plain zarr
+    if change == "delete":
+        del root["videos/105"]
+    elif change == "incomplete":
+        root["videos/105"].attrs["complete"] = False
+    else:
+        del root["videos/105/features"]
+    listing = zarr.open_group(path, mode="r").metadata.consolidated_metadata.flattened_metadata
+    assert listing["videos/105"].attributes["complete"] is True  # zarr left the listing as it was
+    problems = features.verify_store(path)
+    assert problems
+    assert any("105" in p for p in problems)
+    with features.open_store(path) as s:
+        assert s.videos() == ["4-30-1920x1080", "vid_left"]  # what verify sees: not a video of zeros
+        assert s.info()["videos"] == 2 and s.info()["listing_stale"]
+        with pytest.raises(features.StoreError, match="105"):
+            s.read("105")
+        with pytest.raises(features.StoreError, match="105"):
+            s.load_all(["105"])
+    # a writer (extraction's) redoes it, and the listing is consolidated again
+    with features.create_store(path, make_attrs(), chunk_rows=4) as w:
+        assert w.completed() == {"4-30-1920x1080", "vid_left"}
+        write_video(w, "105", *VIDEOS["105"])
+    assert features.verify_store(path) == []
+    with features.open_store(path, use_consolidated=True) as s:
+        np.testing.assert_array_equal(s.read("105")[0], stored(*VIDEOS["105"]))

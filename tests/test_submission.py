@@ -66,6 +66,37 @@ def test_score_refuses_missing_rows(mini_root, tmp_path):
         score_submission(tmp_path / "va.csv", "va", ds)
 
 
+@pytest.mark.parametrize(("task", "row", "bad", "expected"), [
+    ("va", 0, "nan,0.1", ":2: value out of range for va: [nan, 0.1]"),
+    ("va", 2, "0.1,inf", ":4: value out of range"),
+    ("va", 1, "1.5,0.0", ":3: value out of range"),
+    ("expr", 0, "8", ":2: value out of range for expr"),
+    ("expr", 1, "2.5", ":3: value out of range"),
+    ("au", 2, "0,1,0,0,0,0,0,0,0,0,0,nan", ":4: value out of range for au"),
+    ("va", 2, None, ":4: a second row for"),
+])
+def test_score_refuses_what_check_submission_refuses(mini_root, tmp_path, task, row, bad, expected):
+    ds = AffWild2(mini_root)
+    split = "Train_Set" if task == "expr" else "Validation_Set"
+    locs = [f"{v}/{k:05d}.jpg" for v, ann in sorted(ds.annotations(task, split).items())
+            for k in range(1, ann.num_frames + 1)]
+    path = tmp_path / f"{task}.csv"
+    write_submission(path, task, locs, np.zeros((len(locs), {"va": 2, "expr": 1, "au": 12}[task])))
+    lines = path.read_text().splitlines()
+    if bad is None:
+        lines.insert(row + 1, lines[1])  # frame 1 again, after the first two rows
+    else:
+        lines[row + 1] = f"{locs[row]},{bad}"
+    path.write_text("\n".join(lines) + "\n")
+    example = tmp_path / "example.txt"
+    write_submission(example, task, locs, np.zeros((len(locs), {"va": 2, "expr": 1, "au": 12}[task])))
+    assert any(expected in p for p in check_submission(path, task, example))
+    result = CliRunner().invoke(cli, ["score", "--task", task, "--pred", str(path), "--data", str(mini_root),
+                                      "--split", split, "--json"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and f"{path}{expected}" in result.stderr and not result.stdout
+
+
 def test_check_submission_names_the_first_problem(tmp_path):
     example = tmp_path / "example.txt"
     locs = ["v/00001.jpg", "v/00002.jpg", "v/00003.jpg"]

@@ -6,6 +6,14 @@ The challenge folders may sit at the root or one level down (``6th ABAW Annotati
 markers (-5 for VA, -1 for Expr and AU) become a ``valid`` mask; rows are never dropped, so row i is
 always frame i + 1.
 
+A video is *listed* when the dataset names it anywhere: an image folder, an annotation file, or a test
+list and the organisers' example file. A listed video of known length without any image (no face was
+ever found, or its folder is missing from the copy) is a video whose every frame has no face: the
+stages store it as all-absent and fill it like any frame without a face, with one warning naming it.
+
+Every frame keeps its real file name from discovery to decoding (``00001.jpg`` as released, ``000001.jpg``
+from ffmpeg's ``%06d``, ``1.jpg``...): the frame number is the name's integer value.
+
 Every malformed file raises :class:`InputError` naming the file and line and saying what is wrong.
 """
 
@@ -52,15 +60,24 @@ class Video:
         image_dir: its folder of crops.
         frames: sorted 1-based frame numbers that have an image.
         suffix: the image file suffix (``.jpg``).
+        files: the real file name of each frame, in the order of ``frames`` (``000001.jpg`` when the
+            frames were written as ``%06d``); None means the release's five digits (``00001.jpg``).
     """
 
     name: str
     image_dir: Path
     frames: np.ndarray
     suffix: str = ".jpg"
+    files: tuple[str, ...] | None = None
 
     def image_path(self, frame: int) -> Path:
-        return self.image_dir / f"{frame:05d}{self.suffix}"
+        """The image file of a frame that has one (``frame`` in ``frames``), under its real name."""
+        if self.files is None:
+            return self.image_dir / f"{frame:05d}{self.suffix}"
+        i = int(np.searchsorted(self.frames, frame))
+        if i == len(self.frames) or self.frames[i] != frame:
+            raise KeyError(f"video {self.name!r} has no image for frame {frame}")
+        return self.image_dir / self.files[i]
 
     @property
     def last_frame(self) -> int:
@@ -198,8 +215,8 @@ class AffWild2:
                         f"video {folder.name!r} is in two image roots: {videos[folder.name].image_dir} and "
                         f"{folder}; remove one copy"
                     )
-                frames, suffix = _scan_frames(folder)
-                videos[folder.name] = Video(folder.name, folder, frames, suffix)
+                frames, suffix, files = _scan_frames(folder)
+                videos[folder.name] = Video(folder.name, folder, frames, suffix, files)
         return videos
 
     def annotation_dir(self, task: str, split: str) -> Path | None:
@@ -211,7 +228,10 @@ class AffWild2:
         return None
 
     def annotations(self, task: str, split: str) -> dict[str, Annotation]:
-        """Every annotation of ``task`` in ``split`` (``Train_Set`` or ``Validation_Set``), by video."""
+        """Every annotation of ``task`` in ``split`` (``Train_Set`` or ``Validation_Set``), by video.
+
+        A video may be annotated and have no images (see :meth:`imageless_videos`).
+        """
         key = (check_task(task), split)
         if key not in self._annotations:
             folder = self.annotation_dir(task, split)
@@ -220,34 +240,61 @@ class AffWild2:
                     f"{self.root}: no {CHALLENGE_DIRS[task][0]}/{split}/ folder (looked at the root and one "
                     "level down); is this an Aff-Wild2 root with its annotations?"
                 )
-            found = {}
-            for path in sorted(folder.glob("*.txt")):
-                if path.stem not in self.videos:
-                    raise InputError(
-                        f"{path}: annotation for video {path.stem!r}, which has no images under "
-                        f"{', '.join(map(str, self.image_dirs))}"
-                    )
-                found[path.stem] = parse_annotation(path, task, split)
+            found = {path.stem: parse_annotation(path, task, split) for path in sorted(folder.glob("*.txt"))}
+            if found and not set(found) & set(self.videos):
+                raise InputError(
+                    f"{folder}: none of its {len(found)} annotated videos (e.g. {next(iter(found))!r}) has images "
+                    f"under {', '.join(map(str, self.image_dirs))}; do the annotations belong to these images?"
+                )
             self._annotations[key] = found
         return self._annotations[key]
 
     def available(self, task: str, split: str) -> bool:
         return self.annotation_dir(task, split) is not None
 
+    def _all_annotations(self, video: str):
+        for task in TASKS:
+            for split in SPLITS:
+                if self.available(task, split):
+                    ann = self.annotations(task, split).get(video)
+                    if ann is not None:
+                        yield ann
+
     def num_frames(self, video: str) -> int:
-        """Frames of a video: the larger of its last image number and its longest annotation."""
-        longest = max(
-            (
-                anns[video].num_frames
-                for task in TASKS
-                for split in SPLITS
-                if self.available(task, split)
-                for anns in [self.annotations(task, split)]
-                if video in anns
-            ),
-            default=0,
-        )
-        return max(self.videos[video].last_frame, longest)
+        """Frames of a video: the larger of its last image number and its longest annotation; a test
+        video with neither takes the number of rows the organisers' example file has for it (0 when
+        nothing gives its length)."""
+        image = self.videos[video].last_frame if video in self.videos else 0
+        longest = max((ann.num_frames for ann in self._all_annotations(video)), default=0)
+        return max(image, longest) or self.example_lengths.get(video, 0)
+
+    def listed_videos(self) -> list[str]:
+        """Every video the dataset lists, sorted: image folders, annotation files of every task and split,
+        and the test videos of the example files (those of the test lists alone have no known length)."""
+        names = set(self.videos) | set(self.example_lengths)
+        for task in TASKS:
+            for split in SPLITS:
+                if self.available(task, split):
+                    names.update(self.annotations(task, split))
+        return sorted(names)
+
+    def imageless_videos(self) -> dict[str, int]:
+        """Listed videos of known length without a single image, with their lengths: every frame of
+        them is a frame without a face."""
+        return {v: self.num_frames(v) for v in self.listed_videos() if v not in self.videos and self.num_frames(v)}
+
+    @cached_property
+    def example_lengths(self) -> dict[str, int]:
+        """Video -> the last frame number the organisers' example files (any task) have a row for."""
+        lengths: dict[str, int] = {}
+        for task in TASKS:
+            try:
+                path = self.example_submission(task)
+            except InputError:
+                continue  # no example file for this task in this copy
+            for video, frame in _example_rows(path):
+                lengths[video] = max(lengths.get(video, 0), frame)
+        return lengths
 
     def _find_test_file(self, task: str, pattern: str, what: str) -> Path:
         keys = _TEST_FILE_KEYS[check_task(task)]
@@ -264,17 +311,28 @@ class AffWild2:
         return self._find_test_file(task, "*test_set_release*.txt", "test-set video list")
 
     def test_videos(self, task: str) -> list[str]:
-        """The test-set videos of a task, as listed in ``names_of_videos_in_each_test_set``."""
+        """The test-set videos of a task, as listed in ``names_of_videos_in_each_test_set`` (a video
+        without images is a listed video like any other: see :meth:`imageless_videos`)."""
         path = self.test_list(task)
-        names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-        missing = [n for n in names if n not in self.videos]
-        if missing:
-            raise InputError(f"{path}: test videos without images: {', '.join(missing[:5])}")
-        return names
+        return [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
 
     def example_submission(self, task: str) -> Path:
         """The organisers' example submission file of a task (one row per test frame)."""
         return self._find_test_file(task, "*test_set_example*.txt", "example submission file")
+
+
+def _example_rows(path: Path):
+    """(video, frame) of every row of an example submission file (``video/00001.jpg,...``)."""
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    for lineno, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        location = line.split(",", 1)[0].strip()
+        video, _, image = location.rpartition("/")
+        stem = image.rsplit(".", 1)[0]
+        if not video or not stem.isdigit():
+            raise InputError(f"{path}:{lineno}: {location!r} is not a <video>/<NNNNN>.jpg image location")
+        yield video, int(stem)
 
 
 def _folders_near(root: Path, depth: int) -> list[Path]:
@@ -289,13 +347,25 @@ def _folders_near(root: Path, depth: int) -> list[Path]:
     return found
 
 
-def _scan_frames(folder: Path) -> tuple[np.ndarray, str]:
-    """Frame numbers that have an image in a video folder, and the image suffix."""
-    frames, suffixes = [], set()
+def _scan_frames(folder: Path) -> tuple[np.ndarray, str, tuple[str, ...]]:
+    """Frame numbers that have an image in a video folder (sorted), the image suffix, and each frame's
+    real file name (the number is the name's integer value, whatever its zero padding)."""
+    found: dict[int, str] = {}
+    suffixes = set()
     for path in folder.iterdir():
         if path.suffix.lower() in IMAGE_SUFFIXES and _FRAME_NAME.match(path.stem):
-            frames.append(int(path.stem))
+            frame = int(path.stem)
+            if frame < 1:
+                raise InputError(f"{path}: frame number {frame}; frames are numbered from 1 (00001.jpg)")
+            if frame in found:
+                first, second = sorted((found[frame], path.name))
+                raise InputError(
+                    f"{folder}: {first} and {second} are both frame {frame}; keep one numbering per video"
+                )
+            found[frame] = path.name
             suffixes.add(path.suffix)
     if len(suffixes) > 1:
         raise InputError(f"{folder}: mixed image suffixes {sorted(suffixes)}; use one format per video")
-    return np.array(sorted(frames), dtype=np.int64), (suffixes.pop() if suffixes else ".jpg")
+    frames = sorted(found)
+    return (np.array(frames, dtype=np.int64), (suffixes.pop() if suffixes else ".jpg"),
+            tuple(found[k] for k in frames))

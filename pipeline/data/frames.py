@@ -106,7 +106,9 @@ def expr_frames(ds: AffWild2, split: str) -> FrameIndex:
     va = ds.annotations("va", split) if ds.available("va", split) else {}
     names, paths, parts = [], [], {k: [] for k in ("vid", "frame", "expr", "au", "au_ok", "va", "va_ok")}
     for name, ann in expr.items():
-        video = ds.videos[name]
+        video = ds.videos.get(name)
+        if video is None:
+            continue  # an annotated video without images: no frame of it has a face
         frames = video.frames[video.frames <= ann.num_frames]  # (F_v,) 1-based, with an image
         frames = frames[ann.valid[frames - 1]]  # -1 rows dropped here, before any loss can see them
         if not len(frames):

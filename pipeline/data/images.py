@@ -9,13 +9,14 @@ The augmentation of sample ``i`` in epoch ``e`` draws from its own generator see
 ``(seed, e, i)``: the pictures a run sees do not depend on the number of workers or on a resume.
 """
 
+import io
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageCms, ImageOps
 from torch.utils.data import Dataset
 
 from pipeline.data.affwild2 import IMAGE_SUFFIXES
@@ -42,26 +43,85 @@ def find_images(folders: Iterable[Path]) -> list[Path]:
     return found
 
 
-def _rgb(path: Path) -> Image.Image:
+# Modes that carry 16 significant bits per sample (PNG's 16-bit grey opens as I;16, or I in older Pillow).
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_ALPHA = ("RGBA", "RGBa", "LA", "La", "PA")
+# What transparent pixels show: white, as a browser or an image viewer shows them on a page.
+BACKGROUND = (255, 255, 255)
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """An image file as an 8-bit RGB PIL image, as a viewer shows it.
+
+    - EXIF orientation is applied (a phone photo stored sideways comes out upright);
+    - 16-bit grey (PNG ``I;16``) is scaled to 8 bits (v / 257), not clipped at 255 (which turns it white);
+    - transparency (an alpha channel, or a palette or colour key with a transparent entry) is composited
+      onto a white background instead of dropped;
+    - palette, grey, bilevel and CMYK images are converted to RGB (CMYK with its embedded ICC profile
+      when it has one, through LittleCMS, else by Pillow's formula).
+
+    Raises UnreadableImage (naming the file) when PIL cannot decode it.
+    """
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")  # forces the full decode inside the try
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
+            img.load()  # the full decode, inside the try
+            ImageOps.exif_transpose(img, in_place=True)
+            return _as_rgb(img)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise UnreadableImage(f"{path}: {err}") from err
+
+
+def _as_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in _SIXTEEN_BIT:
+        values = np.asarray(img, dtype=np.float64)  # (H, W), 0..65535
+        grey = Image.fromarray(np.clip(np.rint(values / 257), 0, 255).astype(np.uint8), "L")
+        if "transparency" in img.info:  # a 16-bit colour key: the pixels equal to it are transparent
+            alpha = np.where(values == img.info["transparency"], 0, 255).astype(np.uint8)
+            grey = Image.merge("LA", (grey, Image.fromarray(alpha, "L")))
+        img = grey
+    if img.mode == "CMYK" and img.info.get("icc_profile"):
+        try:
+            profile = ImageCms.ImageCmsProfile(io.BytesIO(img.info["icc_profile"]))
+            return ImageCms.profileToProfile(img, profile, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        except (ImageCms.PyCMSError, OSError):
+            pass  # an unusable profile: Pillow's formula below
+    if img.mode in _ALPHA or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def _to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)  # (C, H, W)
 
 
+def square_resize(img: Image.Image, img_size: int) -> Image.Image:
+    """Resize so the short side is ``img_size`` pixels, then keep the centre square (bicubic, one resample).
+
+    Face pipelines evaluate this way (DeiT's and MAE's evaluation transform: resize the short side, centre
+    crop); stretching a non-square image to a square would distort the face the encoder has only seen
+    undistorted or within the training crop's 3/4-4/3 aspect range. A square image is simply resized.
+    """
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) / 2, (h - side) / 2
+    return img.resize((img_size, img_size), Image.BICUBIC, box=(left, top, left + side, top + side))
+
+
 def decode_image(path: Path, img_size: int | None = None) -> torch.Tensor:
-    """An image file as uint8 (3, H, W), resized (bicubic) to ``img_size`` x ``img_size`` if given.
+    """An image file as uint8 (3, H, W), as a viewer shows it (see :func:`load_rgb`).
+
+    Args:
+        path: a jpg/png (any mode Pillow reads).
+        img_size: if given, the output is (3, img_size, img_size): the short side resized to ``img_size``
+            pixels and the centre square kept (:func:`square_resize`); else the image at its own size.
 
     Raises UnreadableImage (naming the file) when PIL cannot decode it.
     """
-    img = _rgb(path)
+    img = load_rgb(path)
     if img_size is not None and img.size != (img_size, img_size):
-        img = img.resize((img_size, img_size), Image.BICUBIC)
+        img = square_resize(img, img_size)
     return _to_tensor(img)
 
 
@@ -137,7 +197,7 @@ class PretrainImages(Dataset):
             if j in self.skip:
                 continue
             try:
-                img = _rgb(self.paths[j])
+                img = load_rgb(self.paths[j])
             except UnreadableImage:
                 continue
             # Moving past step 0 means file ``index`` itself could not be used.

@@ -7,6 +7,7 @@ windows that cover it. Outputs are averaged as VA values, Expr and AU probabilit
 post-processing. The metric is the official one over every valid frame of the whole set.
 """
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from pipeline.heads import postprocess
 from pipeline.heads.folds import pooled_annotations
 from pipeline.heads.sequences import Batcher, FeatureTable, load_features, make_windows
 from pipeline.models import build_model
+from pipeline.models.checkpoint import read_checkpoint
 
 CHECKPOINT_FORMAT = "mae-affect-head"
 
@@ -83,6 +85,36 @@ class Run:
         pp = self.checkpoint.get("postprocess")
         return postprocess.PostProcess(self.task) if pp is None else postprocess.PostProcess.from_dict(pp)
 
+    def resolve_input(self, key: str, index: int | None = None) -> Path:
+        """A store (``key="stores"``, ``index``) or the dataset (``key="data"``) of the run, found by one rule:
+        the absolute path recorded at training if it exists, else the path recorded relative to the run
+        directory, taken from where the run directory is now (a run moved or copied together with its
+        inputs, their relative place kept); else InputError naming both. Runs written before inputs were
+        recorded give the path as it was passed."""
+        inputs = self.checkpoint.get("inputs")
+        if inputs is None:
+            given = self.config[key]
+            return Path(given[index] if index is not None else given)
+        entry = inputs[key][index] if index is not None else inputs[key]
+        candidates = [Path(entry["absolute"]), self.path / entry["from_run"]]
+        for path in candidates:
+            if path.exists():
+                return path
+        what = "feature store" if key == "stores" else "dataset"
+        option = "--store" if key == "stores" else "--data"
+        raise InputError(
+            f"{self.path}: the {what} it was trained on is at neither {candidates[0]} nor "
+            f"{os.path.abspath(candidates[1])} (its place relative to the run); pass {option}"
+        )
+
+    @property
+    def stores(self) -> list[Path]:
+        return [self.resolve_input("stores", i) for i in range(len(self.config["stores"]))]
+
+    @property
+    def data(self) -> Path:
+        return self.resolve_input("data")
+
     def check_stores(self, table: FeatureTable) -> None:
         """Refuse a table whose stores were made by another encoder than the run's."""
         trained = self.checkpoint["stores"]
@@ -115,8 +147,8 @@ def load_run(run_dir: Path) -> Run:
     path = run_dir / "best.pt"
     if not path.is_file():
         raise InputError(f"{path}: no checkpoint; is {run_dir} a run directory of `mae-affect train`?")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+    ckpt = read_checkpoint(path, "head checkpoint", "--run")  # plain data only, as every checkpoint
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path} is not a temporal-head checkpoint (written by `mae-affect train`)")
     model = build_model(ckpt["model"], in_dim=ckpt["in_dim"], out_dim=ckpt["out_dim"], **ckpt["head"])
     model.load_state_dict(ckpt["state_dict"])
@@ -125,7 +157,7 @@ def load_run(run_dir: Path) -> Run:
 
 def tables_for(runs: list[Run], stores=None) -> dict[str, FeatureTable]:
     """One feature table per fill rule the runs use, from the given stores (else the first run's)."""
-    stores = list(stores) if stores else runs[0].config["stores"]
+    stores = list(stores) if stores else runs[0].stores
     tables: dict[str, FeatureTable] = {}
     for run in runs:
         fill = run.config["fill"]
@@ -146,7 +178,7 @@ def evaluate_run(run_dir: Path, split: str | None = None, data_root: Path | None
         data_root, stores: default to those the run was trained with.
     """
     run = load_run(run_dir)
-    ds = AffWild2(Path(data_root or run.config["data"]))
+    ds = AffWild2(Path(data_root) if data_root else run.data)
     table = tables_for([run], stores)[run.config["fill"]]
     if split is None:
         videos = list(run.checkpoint["val_videos"])

@@ -42,7 +42,7 @@ def _rows_of_example(ds: AffWild2, task: str) -> tuple[list[str], list[tuple[str
 def _rows_of_split(ds: AffWild2, task: str, split: str, lengths: dict[str, int]) -> tuple[list[str], list[tuple[str, int]]]:
     locations, frames = [], []
     for video, ann in sorted(ds.annotations(task, split).items()):
-        suffix = ds.videos[video].suffix
+        suffix = ds.videos[video].suffix if video in ds.videos else ".jpg"
         for k in range(1, max(lengths.get(video, 0), ann.num_frames) + 1):
             locations.append(f"{video}/{k:05d}{suffix}")
             frames.append((video, k))
@@ -67,7 +67,7 @@ def predict(run_dirs, out: Path, split: str = TEST, data_root: Path | None = Non
     other = [r for r in runs if r.task != task]
     if other:
         raise InputError(f"{other[0].path} is a {other[0].task} run but {runs[0].path} is {task}: ensemble one task")
-    ds = AffWild2(Path(data_root or runs[0].config["data"]))
+    ds = AffWild2(Path(data_root) if data_root else runs[0].data)
     tables = tables_for(runs, stores)
     first = next(iter(tables.values()))
     if split == TEST:

@@ -13,6 +13,9 @@ import dataclasses
 import io
 import json
 import math
+import os
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -40,8 +43,8 @@ from pipeline.heads.sequences import (
 )
 from pipeline.models import build_model
 from pipeline.plots import heads as plots
+from pipeline.runlog import RunLog
 from pipeline.runs import (
-    JsonlLogger,
     atomic_torch_save,
     atomic_write_bytes,
     atomic_write_text,
@@ -67,12 +70,22 @@ def feature_stats(features: np.ndarray, rows: np.ndarray, chunk: int = 65536) ->
     return mean.astype(np.float32), np.sqrt(np.maximum(squares / n - mean**2, 0)).astype(np.float32)
 
 
+def warmup_epochs(cfg: TrainConfig) -> float:
+    """The warm-up a run uses: ``cfg.warmup_epochs``, but at most half the run, so that a short run (one
+    epoch, as often in an ablation or a smoke test) is not all warm-up."""
+    return min(cfg.warmup_epochs, cfg.epochs / 2)
+
+
 def learning_rate(cfg: TrainConfig, epoch: float) -> float:
-    """The rate at a fractional epoch: linear warm-up, then cosine annealing with warm restarts."""
-    if epoch < cfg.warmup_epochs:
-        return cfg.lr * epoch / cfg.warmup_epochs
-    t = epoch - cfg.warmup_epochs
-    period = cfg.restart_epochs or (cfg.epochs - cfg.warmup_epochs + 1)
+    """The rate at a fractional epoch: linear warm-up (:func:`warmup_epochs`), then cosine annealing with
+    warm restarts. The loop gives each step the rate at the point of training the step completes, so the
+    first step of a warm-up of n steps runs at lr / n, never at 0 (a step at lr 0 learns nothing: a
+    one-epoch run of one step kept its untrained head)."""
+    warmup = warmup_epochs(cfg)
+    if epoch < warmup:
+        return cfg.lr * epoch / warmup
+    t = epoch - warmup
+    period = cfg.restart_epochs or (cfg.epochs - warmup + 1)
     while t >= period:
         t -= period
         period *= cfg.restart_mult
@@ -94,15 +107,32 @@ def prepare(cfg: TrainConfig, table: FeatureTable | None = None, ds: AffWild2 | 
     return task_data(cfg.task, table, train, val, pooled_annotations(ds, cfg.task, train + val))
 
 
-def _checkpoint(cfg: TrainConfig, model, data: TaskData, epoch: int, val: dict, pp=None, after=None) -> dict:
+def _checkpoint(cfg: TrainConfig, model, data: TaskData, epoch: int, val: dict, out_dir: Path, pp=None,
+                after=None) -> dict:
     return {
         "format": CHECKPOINT_FORMAT, "version": 1, "task": cfg.task, "model": cfg.model,
         "head": dataclasses.asdict(cfg.head), "in_dim": data.table.dim, "out_dim": OUT_DIMS[cfg.task],
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "config": to_jsonable(cfg), "stores": data.table.identities, "epoch": epoch,
-        "val_before": val, "val_after": after, "postprocess": None if pp is None else pp.to_dict(),
+        "config": to_jsonable(cfg), "stores": to_jsonable(data.table.identities), "epoch": epoch,
+        # plain Python numbers: the checkpoint loads with torch.load(..., weights_only=True)
+        "val_before": to_jsonable(val), "val_after": to_jsonable(after),
+        "postprocess": None if pp is None else to_jsonable(pp.to_dict()),
         "train_videos": data.train_videos, "val_videos": data.val_videos,
+        "inputs": run_inputs(cfg, out_dir),
     }
+
+
+def run_inputs(cfg: TrainConfig, out_dir: Path) -> dict:
+    """Where a run's stores and dataset are: each as an absolute path and as a path relative to the run
+    directory, so that ``evaluate`` and ``predict`` find them from any working directory, and after the
+    run directory moved together with them (``heads.evaluate.Run.resolve_input`` has the rule)."""
+    run = os.path.abspath(out_dir)
+
+    def where(path: str) -> dict:
+        absolute = os.path.abspath(path)
+        return {"absolute": absolute, "from_run": os.path.relpath(absolute, run)}
+
+    return {"stores": [where(s) for s in cfg.stores], "data": where(cfg.data)}
 
 
 def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = True, make_plots: bool = True) -> dict:
@@ -125,8 +155,12 @@ def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = 
     # An earlier run's outputs go first, so a crash never leaves its head beside this run's config.
     for stale in ["log.jsonl", "best.pt", "summary.json", "val_predictions.npz", *(p.name for p in out_dir.glob("*.png"))]:
         (out_dir / stale).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / "tensorboard", ignore_errors=True)
     write_config(out_dir, cfg)
-    log = JsonlLogger(out_dir / "log.jsonl")
+    if warmup_epochs(cfg) < cfg.warmup_epochs:
+        tqdm.write(f"warning: a warm-up of {cfg.warmup_epochs:g} epoch(s) would fill most of this {cfg.epochs}-epoch "
+                   f"run; it warms up for {warmup_epochs(cfg):g}", file=sys.stderr)
+    log = RunLog(out_dir, cfg.tensorboard)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -155,7 +189,7 @@ def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = 
         model.train()
         for step, batch in enumerate(batches):
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, epoch - 1 + step / steps)
+                group["lr"] = learning_rate(cfg, epoch - 1 + (step + 1) / steps)  # where this step ends
             t0 = time.perf_counter()
             b = batcher.batch(windows[batch], cfg.window)
             t_data += time.perf_counter() - t0
@@ -173,14 +207,15 @@ def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = 
             "frames_per_s": frames / seconds, "data_share": t_data / seconds,
             "eval_seconds": time.perf_counter() - t_epoch - seconds,
         }
-        log.log(record)
+        log.log(record, tag="epoch", step=epoch)
         history.append(record)
         if val["score"] > best:
             best = val["score"]
-            ckpt = _checkpoint(cfg, model, data, epoch, val)
+            ckpt = _checkpoint(cfg, model, data, epoch, val, out_dir)
             best_state = ckpt["state_dict"]
             atomic_torch_save(ckpt, out_dir / "best.pt")
     bar.close()
+    log.close()
     model.load_state_dict(best_state)
     raw = infer(model, cfg.task, data.table, data.val_videos, cfg.window, cfg.stride, cfg.batch_size, device, cfg.bf16)
     pp = postprocess.choose(cfg.task, raw, val_annotations)
@@ -188,7 +223,7 @@ def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = 
     before = postprocess.score(cfg.task, postprocess.apply_all(postprocess.PostProcess(cfg.task), raw), val_annotations)
     after = postprocess.score(cfg.task, final, val_annotations)
     best_epoch = max(history, key=lambda r: r["val_score"])["epoch"]
-    atomic_torch_save(_checkpoint(cfg, model, data, best_epoch, before, pp, after), out_dir / "best.pt")
+    atomic_torch_save(_checkpoint(cfg, model, data, best_epoch, before, out_dir, pp, after), out_dir / "best.pt")
     _save_predictions(out_dir / "val_predictions.npz", raw, final, val_annotations)
     if make_plots:
         _write_plots(out_dir, cfg.task, history, final, val_annotations, before, after)
@@ -196,7 +231,8 @@ def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = 
         "run": str(out_dir), "task": cfg.task, "model": cfg.model, "best_epoch": best_epoch,
         "score": after["score"], "before": before, "after": after, "postprocess": pp.to_dict(),
         "train_videos": len(data.train_videos), "val_videos": len(data.val_videos),
-        "train_frames": data.frames(data.train_videos), "seconds": time.perf_counter() - t_start,
+        "train_frames": data.frames(data.train_videos), "warmup_epochs": warmup_epochs(cfg),
+        "seconds": time.perf_counter() - t_start,
         "frames_per_s": float(np.mean([r["frames_per_s"] for r in history])),
         "data_share": float(np.mean([r["data_share"] for r in history])),
     }

@@ -141,11 +141,12 @@ class MaskedAutoencoderViT(nn.Module):
             mask_ratio: fraction of patches to hide.
 
         Returns:
-            x_kept (B, K, D) with K = round(N * (1 - mask_ratio)) ; mask (B, N), 1 = hidden, in the
-            original patch order ; ids_restore (B, N), the permutation that un-shuffles.
+            x_kept (B, K, D) with K = int(N * (1 - mask_ratio)), MAE's ``len_keep`` (rounded down: 19 of
+            196 patches at 0.9) ; mask (B, N), 1 = hidden, in the original patch order ; ids_restore (B, N),
+            the permutation that un-shuffles.
         """
         b, n, d = x.shape
-        keep = round(n * (1 - mask_ratio))
+        keep = int(n * (1 - mask_ratio))
         noise = torch.rand(b, n, device=x.device)  # (B, N)
         ids_shuffle = torch.argsort(noise, dim=1)  # ascending: the first K are kept
         ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, N)
