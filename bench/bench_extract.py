@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.checkpoint import encoder_checkpoint, save_checkpoint
 from pipeline.data.affwild2 import AffWild2
 from pipeline.data.images import decode_image
 from pipeline.data.synth import SynthConfig, generate
 from pipeline.device import autocast
 from pipeline.extract import ExtractConfig, extract
-from pipeline.models.checkpoint import encoder_checkpoint, save_checkpoint
 from pipeline.models.encoder import normalize, pool_tokens
 from pipeline.models.mae import build_encoder
 

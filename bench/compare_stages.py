@@ -32,6 +32,12 @@ import numpy as np
 import torch
 
 from pipeline import config
+from pipeline.checkpoint import (
+    EncoderInfo,
+    encoder_checkpoint,
+    load_encoder,
+    save_checkpoint,
+)
 from pipeline.configs import FinetuneConfig
 from pipeline.data.affwild2 import AffWild2
 from pipeline.data.frames import FrameIndex, expr_frames
@@ -46,12 +52,6 @@ from pipeline.metrics import (
     uniform_guess_expr_f1,
     uniform_guess_f1_from_counts,
     video_bootstrap,
-)
-from pipeline.models.checkpoint import (
-    EncoderInfo,
-    encoder_checkpoint,
-    load_encoder,
-    save_checkpoint,
 )
 from pipeline.models.mae import build_encoder
 

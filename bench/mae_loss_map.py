@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline.checkpoint import read_checkpoint
 from pipeline.data.images import UnreadableImage, decode_image, find_images
 from pipeline.errors import InputError, exit_on_input_error
-from pipeline.models.checkpoint import read_checkpoint
 from pipeline.models.encoder import normalize
 from pipeline.models.mae import MAEConfig, MaskedAutoencoderViT
 

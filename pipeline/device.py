@@ -6,7 +6,6 @@ import torch
 
 from pipeline.errors import InputError
 
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(name: str = "auto") -> torch.device:

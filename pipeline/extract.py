@@ -24,13 +24,13 @@ from tqdm import tqdm
 
 import features
 from pipeline import distributed, partition
+from pipeline.checkpoint import EncoderInfo, load_encoder
 from pipeline.config import ConfigError
 from pipeline.configs.extract import ExtractConfig
 from pipeline.data.affwild2 import TASKS, AffWild2
 from pipeline.data.images import UnreadableImage, decode_image
 from pipeline.device import autocast, pin_memory, resolve_device
 from pipeline.errors import InputError
-from pipeline.models.checkpoint import EncoderInfo, load_encoder
 from pipeline.models.encoder import normalize, pool_tokens
 
 

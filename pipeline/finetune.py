@@ -12,7 +12,7 @@ faces). MAE's stronger regularisers are options: random erasing, mixup and CutMi
 A run directory holds ``config.json`` (resolved), ``log.jsonl`` (and ``tensorboard/``),
 ``checkpoint-last.pt`` (every epoch) and ``best.pt`` (the epoch with the best validation macro F1,
 computed officially over every valid Validation_Set frame with an image; :mod:`pipeline.finetune_eval`).
-Both are project checkpoints of kind ``finetune`` that :func:`pipeline.models.checkpoint.load_encoder`
+Both are project checkpoints of kind ``finetune`` that :func:`pipeline.checkpoint.load_encoder`
 reads, with the ``pooling`` the head was trained on. Resume, seeding, logging and saving are the shared
 :class:`pipeline.engine.Engine`'s; :func:`train_one_epoch` is the step.
 """
@@ -25,6 +25,7 @@ import timm
 import torch
 from torch.utils.data import DataLoader
 
+from pipeline.checkpoint import encoder_checkpoint, read_checkpoint, save_checkpoint, warn
 from pipeline.config import ConfigError
 from pipeline.configs.finetune import FinetuneConfig
 from pipeline.data.affwild2 import EXPR_CLASSES, AffWild2
@@ -35,7 +36,6 @@ from pipeline.engine import Engine
 from pipeline.finetune_eval import gather, predict_expr, validation_f1, validation_loader
 from pipeline.finetune_loss import finetune_loss, mix_batch
 from pipeline.finetune_model import build_classifier
-from pipeline.models.checkpoint import encoder_checkpoint, read_checkpoint, save_checkpoint, warn
 from pipeline.models.classifier import ExprClassifier
 from pipeline.models.encoder import normalize
 from pipeline.runs import to_jsonable

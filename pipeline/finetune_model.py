@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
+from pipeline.checkpoint import EncoderInfo, load_encoder, read_checkpoint, warn
 from pipeline.config import ConfigError
 from pipeline.data.affwild2 import AU_NAMES, EXPR_CLASSES
 from pipeline.errors import InputError
-from pipeline.models.checkpoint import EncoderInfo, load_encoder, read_checkpoint, warn
 from pipeline.models.classifier import PROBE_NORM_EPS, ExprClassifier
 from pipeline.models.encoder import PIXEL_MEAN, PIXEL_STD
 from pipeline.models.mae import build_encoder, mae_config

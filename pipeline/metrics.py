@@ -1,4 +1,4 @@
-"""The ABAW challenge metrics, exactly as ``shared/AFFWILD2.md`` defines them.
+"""The ABAW challenge metrics, exactly as the challenge defines them (Kollias et al., ABAW6, 2024).
 
 All are computed over every valid frame of a whole set (videos concatenated), never per window.
 

@@ -22,13 +22,13 @@ import timm
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from pipeline.checkpoint import encoder_checkpoint, read_checkpoint, warn
 from pipeline.config import ConfigError
 from pipeline.configs.pretrain import PretrainConfig
 from pipeline.data.images import PretrainImages, find_images
 from pipeline.device import autocast, pin_memory, resolve_device
 from pipeline.distributed import init_distributed
 from pipeline.engine import Engine
-from pipeline.models.checkpoint import encoder_checkpoint, read_checkpoint, warn
 from pipeline.models.encoder import PIXEL_MEAN, PIXEL_STD, normalize
 from pipeline.models.mae import MAEConfig, MaskedAutoencoderViT, mae_config
 from pipeline.plots.reconstruction import fixed_images, reconstruction_grid, save_png

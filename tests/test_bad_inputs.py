@@ -20,7 +20,7 @@ from PIL import Image
 
 import features
 from cli import cli
-from pipeline.models.checkpoint import encoder_checkpoint, save_checkpoint
+from pipeline.checkpoint import encoder_checkpoint, save_checkpoint
 from pipeline.models.mae import build_encoder
 from tests.conftest import write_annotation, write_images
 

@@ -8,14 +8,14 @@ import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from pipeline.errors import InputError
-from pipeline.models.checkpoint import (
+from pipeline.checkpoint import (
     encoder_checkpoint,
     interpolate_pos_embed,
     load_encoder,
     read_checkpoint,
     save_checkpoint,
 )
+from pipeline.errors import InputError
 from pipeline.models.encoder import PIXEL_MEAN
 from pipeline.models.mae import MAEConfig, MaskedAutoencoderViT, build_encoder
 from pipeline.runs import sha256_file

@@ -6,9 +6,9 @@ import re
 
 import pytest
 
+from pipeline.checkpoint import read_checkpoint
 from pipeline.configs import DemoConfig
 from pipeline.demo import run_demo
-from pipeline.models.checkpoint import read_checkpoint
 from pipeline.table5 import ABLATIONS
 
 

@@ -13,10 +13,10 @@ from click.testing import CliRunner
 import features
 from cli import cli
 from pipeline import extract as extract_mod
+from pipeline.checkpoint import encoder_checkpoint, save_checkpoint
 from pipeline.data.affwild2 import AffWild2
 from pipeline.data.images import decode_image
 from pipeline.extract import ExtractConfig, balance, extract
-from pipeline.models.checkpoint import encoder_checkpoint, save_checkpoint
 from pipeline.models.encoder import normalize, pool_tokens
 from pipeline.models.mae import build_encoder
 from pipeline.runs import sha256_file

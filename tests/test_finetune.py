@@ -17,6 +17,12 @@ import pipeline.finetune_eval as ft_eval
 import pipeline.finetune_loss as ft_loss
 import pipeline.finetune_model as ft_model
 from cli import cli
+from pipeline.checkpoint import (
+    encoder_checkpoint,
+    load_encoder,
+    read_checkpoint,
+    save_checkpoint,
+)
 from pipeline.data.affwild2 import AffWild2
 from pipeline.data.frames import (
     EpochSampler,
@@ -30,12 +36,6 @@ from pipeline.data.frames import (
 from pipeline.data.synth import SynthConfig, generate
 from pipeline.errors import InputError
 from pipeline.metrics import expr_f1, uniform_guess_expr_f1
-from pipeline.models.checkpoint import (
-    encoder_checkpoint,
-    load_encoder,
-    read_checkpoint,
-    save_checkpoint,
-)
 from pipeline.models.classifier import ExprClassifier
 from pipeline.models.encoder import normalize, pool_tokens
 from pipeline.models.mae import build_encoder, mae_config

@@ -16,6 +16,7 @@ from PIL import Image
 
 from cli import cli
 from features import create_store
+from pipeline.checkpoint import read_checkpoint
 from pipeline.config import parse_settings
 from pipeline.data.affwild2 import AffWild2, Annotation
 from pipeline.errors import InputError
@@ -38,7 +39,6 @@ from pipeline.heads.train import (
     warmup_epochs,
 )
 from pipeline.models import build_model
-from pipeline.models.checkpoint import read_checkpoint
 
 FACE_BOX = (28, 36, 84, 92)  # eyes to chin in a 112-pixel crop
 SMALL = ["--set", "tcn_channels=64-32-32", "--set", "d_model=32", "--set", "num_layers=2",

@@ -12,11 +12,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import cli
+from pipeline.checkpoint import load_encoder, read_checkpoint, save_checkpoint
 from pipeline.configs import PretrainConfig
 from pipeline.data.images import PretrainImages, decode_image, find_images
 from pipeline.engine import lr_at
 from pipeline.errors import InputError
-from pipeline.models.checkpoint import load_encoder, read_checkpoint, save_checkpoint
 from pipeline.models.encoder import normalize
 from pipeline.pretrain import pretrain
 from pipeline.runs import read_jsonl

@@ -1,4 +1,4 @@
-"""Labelled Aff-Wild2 frames for expression fine-tuning (stage 2 of ``shared/PAPER.md``).
+"""Labelled Aff-Wild2 frames for expression fine-tuning (stage 2 of Zhou et al. 2024, ABAW6).
 
 A frame enters when it has an image and a valid Expr label (-1 rows and frames without a face are left
 out here, so they never reach a loss). Where the same video of the same split also has AU or VA labels,

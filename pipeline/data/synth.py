@@ -5,7 +5,7 @@ events), 12 action units (each driven by valence/arousal and its own slow latent
 hysteresis so runs last many frames) and an expression class derived from both (smoothed, minimum
 run length). ``faces.py`` draws the state; the labels are the state itself. Per-person baselines,
 head motion, blinks, speech, noise, blur, occluders and missing faces make one frame ambiguous, so
-temporal context helps. The files follow ``shared/AFFWILD2.md`` (and its quirks: gaps, invalid runs,
+temporal context helps. The files follow the Aff-Wild2 release layout (and its quirks: gaps, invalid runs,
 CRLF, trailing blank lines, ``_left``/``_right`` pairs, a second image root), plus
 ``synthetic_ground_truth/`` with the test labels, which real Aff-Wild2 does not ship.
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline.checkpoint import read_checkpoint
 from pipeline.data.affwild2 import AffWild2
 from pipeline.device import autocast, resolve_device
 from pipeline.errors import InputError
@@ -22,7 +23,6 @@ from pipeline.heads import postprocess
 from pipeline.heads.folds import pooled_annotations
 from pipeline.heads.sequences import Batcher, FeatureTable, load_features, make_windows
 from pipeline.models import build_model
-from pipeline.models.checkpoint import read_checkpoint
 
 CHECKPOINT_FORMAT = "mae-affect-head"
 

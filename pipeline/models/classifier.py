@@ -22,7 +22,7 @@ class ExprClassifier(nn.Module):
     """encoder -> pooled (B, D) -> heads.
 
     Args:
-        encoder: a timm ViT from :func:`pipeline.models.checkpoint.load_encoder` or ``build_encoder``.
+        encoder: a timm ViT from :func:`pipeline.checkpoint.load_encoder` or ``build_encoder``.
         num_classes: expression classes C of the main head (Aff-Wild2: 8).
         pooling: ``cls`` or ``mean`` (see ``pool_tokens``).
         num_aus: action units of the auxiliary AU head (Aff-Wild2: 12); 0: no AU head.

@@ -4,7 +4,7 @@ Learners"; follows facebookresearch/mae ``models_mae.py``).
 The encoder is a plain timm ``VisionTransformer`` (``self.encoder``, see :mod:`pipeline.models.encoder`):
 the masked path below uses only its public parts (``patch_embed``, ``cls_token``, ``pos_embed``,
 ``blocks``, ``norm``), and after pretraining the same object runs standalone through its own
-``forward_features``. Stage 1 of the method in ``shared/PAPER.md`` (ViT-Base/16, 75 % masking).
+``forward_features``. Stage 1 of Zhou et al. (2024, ABAW6) (ViT-Base/16, 75 % masking).
 
 Shapes: B images, N patches per image, D encoder width, Dd decoder width, P = patch_size**2 * C.
 """
