@@ -7,7 +7,6 @@ import torch
 from pipeline.errors import InputError
 
 
-
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` -> the local CUDA device when there is one, else the CPU.
 
