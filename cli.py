@@ -375,14 +375,28 @@ def demo(settings, as_json):
 
 
 def demo_table(figures: dict, out: Path) -> str:
-    """The demo's closing table: the ablation rows by task, test scores, where the report is."""
+    """The demo's closing table: the ablation rows by task with 95 % intervals over validation videos, the
+    differences from the full model that the validation set resolves, test scores, where the report is."""
     tasks = ("va", "expr", "au")
-    lines = [f"{'setting':<28}" + "".join(f"{t:>10}" for t in tasks)]
-    for row, scores in figures["table"].items():
-        lines.append(f"{row:<28}" + "".join(f"{scores.get(t, float('nan')):>10.4f}" for t in tasks))
-    lines.append(f"{'test (synthetic labels)':<28}"
-                 + "".join(f"{figures['submissions'][t]['test_score']:>10.4f}" for t in tasks))
-    lines.append(f"validation scores: VA mean CCC, Expr macro F1, AU mean F1; report: {out / 'report.html'}")
+    spread = figures.get("intervals", {})
+
+    def cell(row: str, task: str) -> str:
+        score = figures["table"][row].get(task, float("nan"))
+        ci = spread.get(task, {}).get("runs", {}).get(row, {}).get("ci95")
+        return f"{score:7.3f} [{ci[0]:6.3f},{ci[1]:6.3f}]" if ci else f"{score:7.3f}"
+
+    lines = [f"{'setting':<26}" + "".join(f"{t:>24}" for t in tasks)]
+    lines += [f"{row:<26}" + "".join(f"{cell(row, t):>24}" for t in tasks) for row in figures["table"]]
+    lines.append(f"{'test (synthetic labels)':<26}"
+                 + "".join(f"{figures['submissions'][t]['test_score']:>24.3f}" for t in tasks))
+    resolved = [f"{row} {t} {d['diff']:+.3f} [{d['ci95'][0]:+.3f},{d['ci95'][1]:+.3f}]"
+                for t in tasks for row, d in spread.get(t, {}).get("differences", {}).items()
+                if d["ci95"][0] > 0 or d["ci95"][1] < 0]
+    videos = {t: spread[t]["videos"] for t in spread}
+    lines.append(f"validation: VA mean CCC, Expr macro F1, AU mean F1, [95 % interval over {videos} videos]; "
+                 f"report: {out / 'report.html'}")
+    lines.append("differences from the full model that these videos resolve: "
+                 + ("; ".join(resolved) if resolved else "none (every interval includes 0)"))
     frame_level = [f"{name} {figures[key]['best_f1']:.4f}" for key, name in
                    (("probe", "linear probe"), ("finetune", "fine-tuned encoder")) if figures.get(key)]
     lines.append(f"frame-level Expr macro F1 before the temporal heads: {', '.join(frame_level)}")

@@ -24,6 +24,7 @@ from pipeline.data.affwild2 import TASKS
 from pipeline.data.synth import SynthConfig, generate
 from pipeline.extract import ExtractConfig, extract
 from pipeline.finetune import FinetuneConfig, finetune
+from pipeline.heads.intervals import intervals
 from pipeline.heads.predict import predict
 from pipeline.heads.train import TrainConfig, prepare, train_run
 from pipeline.pretrain import PretrainConfig, pretrain
@@ -85,7 +86,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
 
     made_by = {kind: _checkpoint_of(path) for kind, path in stores.items()}
     table: dict[str, dict[str, dict]] = {row: {} for row, _, _ in ABLATIONS}
-    submissions = {}
+    submissions, spreads = {}, {}
     for task in TASKS:
         def heads(task=task):
             prepared = {}
@@ -102,13 +103,15 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
                     atomic_write_text(run_dir / "demo-stamp.json", json.dumps(stamp, sort_keys=True))
                 table[row][task] = summary
         stage(f"temporal heads: {task}", heads)
+        spreads[task] = intervals({row: out / "heads" / task / slug(row) for row, _, _ in ABLATIONS}, task,
+                                  reference=ABLATIONS[0][0], seed=cfg.seed)
         submissions[task] = stage(f"test submission: {task}", lambda task=task: _submit(
             out / "heads" / task / slug(ABLATIONS[0][0]), out / "submissions" / f"{task}.csv", data, cfg))
 
     figures = {
         "pretrain": pre, "probe": probe, "finetune": fine, "extraction": extraction,
         "table": {row: {t: s["score"] for t, s in tasks.items()} for row, tasks in table.items()},
-        "validation": {t: table[ABLATIONS[0][0]][t] for t in TASKS},
+        "validation": {t: table[ABLATIONS[0][0]][t] for t in TASKS}, "intervals": spreads,
         "submissions": submissions, "seconds": timings,
     }
     atomic_write_text(out / "demo.json", json.dumps(to_jsonable(figures), indent=2, sort_keys=True) + "\n")

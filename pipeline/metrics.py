@@ -120,3 +120,45 @@ def au_f1(pred: np.ndarray, true: np.ndarray) -> dict:
 
 
 TASK_METRICS = {"va": va_score, "expr": expr_f1, "au": au_f1}
+
+
+def video_statistics(task: str, pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """The sums a video adds to its task's official metric, so that a set's score is a function of the
+    summed statistics of its videos (:func:`score_from_statistics`) and resampling whole videos costs one
+    matrix product (:func:`video_bootstrap`).
+
+    Args:
+        task: ``va``, ``expr`` or ``au``.
+        pred, true: the video's valid frames, as the task's metric takes them ((N, 2), (N,), (N, 12)).
+    Returns:
+        (K,) float64: VA, per dimension n, sum x, sum y, sum x^2, sum y^2, sum xy (K = 12); Expr, the 8 x 8
+        confusion counts (K = 64); AU, per AU true positives, predicted and true positives (K = 36).
+    """
+    pred, true = np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64)
+    if task == "va":
+        return np.concatenate([[len(x), x.sum(), y.sum(), (x * x).sum(), (y * y).sum(), (x * y).sum()]
+                               for x, y in zip(pred.T, true.T, strict=True)])
+    if task == "expr":
+        return expr_confusion(pred.astype(np.int64), true.astype(np.int64)).ravel().astype(np.float64)
+    p, t = pred.astype(bool), true.astype(bool)
+    return np.stack([(p & t).sum(0), p.sum(0), t.sum(0)], axis=1).ravel().astype(np.float64)
+
+
+def score_from_statistics(task: str, stats: np.ndarray) -> np.ndarray:
+    """The official score from summed :func:`video_statistics` (..., K) -> (...); equal to the task's
+    metric on the concatenated frames (up to float rounding in CCC's moments)."""
+    stats = np.asarray(stats, dtype=np.float64)
+    if task == "expr":
+        return expr_f1_from_confusion(stats.reshape(*stats.shape[:-1], len(EXPR_CLASSES), len(EXPR_CLASSES)))
+    if task == "au":
+        tp, predicted, actual = np.moveaxis(stats.reshape(*stats.shape[:-1], len(AU_NAMES), 3), -1, 0)
+        denom = predicted + actual
+        return np.divide(2 * tp, denom, out=np.zeros_like(denom), where=denom > 0).mean(-1)
+    n, sx, sy, sxx, syy, sxy = np.moveaxis(stats.reshape(*stats.shape[:-1], len(VA_NAMES), 6), -1, 0)
+    safe = np.maximum(n, 1)
+    mx, my = sx / safe, sy / safe
+    cov = sxy / safe - mx * my
+    denom = (sxx / safe - mx * mx) + (syy / safe - my * my) + (mx - my) ** 2
+    # a denominator at rounding level means both series constant and equal: CCC 0, as ccc() defines it
+    per_dim = np.divide(2 * cov, denom, out=np.zeros_like(denom), where=(denom > 1e-12) & (n > 0))
+    return per_dim.mean(-1)

@@ -41,7 +41,13 @@ def test_demo_writes_every_stage_and_a_complete_report(tmp_path):
     for name in ("va_traces", "expr_confusion", "au_f1", "training_curves"):
         assert name in images
     ablation = page.split('id="ablation"')[1].split("</section>")[0]
-    assert ablation.count("<tr>") == 1 + len(ABLATIONS)
+    assert ablation.count("<tr>") == (1 + len(ABLATIONS)) + len(ABLATIONS)  # scores; differences from the full model
+    for task in ("va", "expr", "au"):  # every row has its interval over the validation videos
+        spread = figures["intervals"][task]
+        assert set(spread["runs"]) == set(figures["table"]) and len(spread["differences"]) == len(ABLATIONS) - 1
+        for row, run in spread["runs"].items():
+            assert run["score"] == pytest.approx(figures["table"][row][task], abs=1e-6)
+            assert run["ci95"][0] <= run["score"] <= run["ci95"][1]
 
     # a second run finds every output complete and current: nothing is trained again
     stamps = {p: p.stat().st_mtime_ns for p in (run / "heads").rglob("best.pt")}

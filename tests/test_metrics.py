@@ -13,8 +13,10 @@ from pipeline.metrics import (
     expr_f1_from_confusion,
     uniform_guess_expr_f1,
     uniform_guess_f1_from_counts,
+    score_from_statistics,
     va_score,
     video_bootstrap,
+    video_statistics,
 )
 
 
@@ -115,3 +117,27 @@ def test_va_score_is_mean_of_the_two_cccs():
     result = va_score(pred, true)
     assert result["score"] == pytest.approx((ccc(pred[:, 0], true[:, 0]) + ccc(pred[:, 1], true[:, 1])) / 2)
     assert set(result) >= {"score", "valence", "arousal"}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_scores_from_summed_video_statistics_are_the_official_ones(seed):
+    """A set's score from its videos' summed statistics equals the metric on the concatenated frames, and a
+    bootstrap draw is the metric on the videos drawn, repeated as often as drawn."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(5, 60, 6)
+    videos = {
+        "va": [(rng.uniform(-1, 1, (n, 2)), np.clip(rng.normal(0.2, 0.4, (n, 2)), -1, 1)) for n in lengths],
+        "expr": [(rng.integers(0, 8, n), rng.integers(0, 6, n)) for n in lengths],
+        "au": [(rng.integers(0, 2, (n, 12)), (rng.random((n, 12)) < 0.2).astype(int)) for n in lengths],
+    }
+    metric = {"va": va_score, "expr": expr_f1, "au": au_f1}
+    for task, pairs in videos.items():
+        stats = np.stack([video_statistics(task, p, t) for p, t in pairs])
+        whole = metric[task](np.concatenate([p for p, _ in pairs]), np.concatenate([t for _, t in pairs]))
+        assert score_from_statistics(task, stats.sum(0)) == pytest.approx(whole["score"], abs=1e-9), task
+        draw = np.array([2, 0, 1, 0, 3, 0])
+        picked = [pairs[i] for i, k in enumerate(draw) for _ in range(k)]
+        again = metric[task](np.concatenate([p for p, _ in picked]), np.concatenate([t for _, t in picked]))
+        assert score_from_statistics(task, draw @ stats) == pytest.approx(again["score"], abs=1e-9), task
+    constant = video_statistics("va", np.full((5, 2), 0.3), np.full((5, 2), 0.3))
+    assert score_from_statistics("va", constant) == 0.0  # both constant and equal: 0, as ccc() says
