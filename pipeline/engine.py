@@ -84,13 +84,14 @@ class Engine:
     log_every: int = 10
     tensorboard: bool = True
     progress: bool = True
-    epoch_done: int = 0
-    step: int = 0
-    epochs_history: list = field(default_factory=list)
-    log: RunLog | None = None
-    _bar: tqdm | None = None
-    _epoch: int = 0
-    _lr: float = 0.0
+    # State: where the run is (set by resume, advanced by the loop), not settings.
+    epoch_done: int = field(default=0, init=False)
+    step: int = field(default=0, init=False)
+    epochs_history: list = field(default_factory=list, init=False)
+    log: RunLog | None = field(default=None, init=False)
+    _bar: tqdm | None = field(default=None, init=False, repr=False)
+    _epoch: int = field(default=0, init=False)
+    _lr: float = field(default=0.0, init=False)
 
     @property
     def last_path(self) -> Path:
