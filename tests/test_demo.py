@@ -45,9 +45,9 @@ def test_demo_writes_every_stage_and_a_complete_report(tmp_path):
     for task in ("va", "expr", "au"):  # every row has its interval over the validation videos
         spread = figures["intervals"][task]
         assert set(spread["runs"]) == set(figures["table"]) and len(spread["differences"]) == len(ABLATIONS) - 1
-        for row, run in spread["runs"].items():
-            assert run["score"] == pytest.approx(figures["table"][row][task], abs=1e-6)
-            assert run["ci95"][0] <= run["score"] <= run["ci95"][1]
+        for row, scored in spread["runs"].items():
+            assert scored["score"] == pytest.approx(figures["table"][row][task], abs=1e-6)
+            assert scored["ci95"][0] <= scored["score"] <= scored["ci95"][1]
 
     # a second run finds every output complete and current: nothing is trained again
     stamps = {p: p.stat().st_mtime_ns for p in (run / "heads").rglob("best.pt")}
