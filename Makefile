@@ -12,7 +12,7 @@ CLI      := $(BIN)/mae-affect
 # PRESET names the synthetic dataset and every stage's preset (the stage configs' PRESETS in pipeline/configs):
 # demo (the CPU demo) or tiny (a smoke test). The stages' budgets live there only, so `make extract` after
 # `make demo` resumes and reuses what the demo made. On real Aff-Wild2 and a GPU: PRESET=paper (the
-# defaults) with DATA=/path/to/affwild2, and the heads' HEAD_PRESET=paper.
+# defaults) with DATA=/path/to/affwild2 (used as it is: synth skips a root that is not a synthetic set).
 PRESET   ?= demo
 DATA     ?= data/synth-$(PRESET)
 RUNS     ?= runs/$(PRESET)
@@ -53,8 +53,10 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# A DATA that exists and is not a synthetic set (no synth.json) is a real copy: used as it is.
 synth: setup
-	$(CLI) synth --out $(DATA) --preset $(PRESET)
+	@if [ -e "$(DATA)" ] && [ ! -e "$(DATA)/synth.json" ]; then echo "$(DATA): not a synthetic set, used as it is"; \
+	else $(CLI) synth --out $(DATA) --preset $(PRESET); fi
 
 pretrain: synth
 	$(CLI) pretrain --preset $(PRESET) --images $(DATA) --out $(PRETRAIN) $(STAGE) $(PRETRAIN_ARGS)

@@ -1,7 +1,7 @@
 """The mae-affect feature store: per-frame embeddings of Aff-Wild2 videos, format version 1.
 
 The contract between the extraction stage and the temporal heads, readable without this package by
-plain ``zarr`` or ``h5py`` (layout in ``features.format`` and the README). It imports nothing from
+plain ``zarr`` or ``h5py`` (layout in ``features.format`` and ``docs/feature-store.md``). It imports nothing from
 ``pipeline``.
 """
 

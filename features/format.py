@@ -1,6 +1,6 @@
 """Format version 1 of the mae-affect feature store: names, attributes and their checks.
 
-The logical layout is the same in Zarr 3 and HDF5 (README, "Feature store format"):
+The logical layout is the same in Zarr 3 and HDF5 (``docs/feature-store.md``):
 
     /                           attrs: format, format_version, encoder, encoder_config, ...
     /videos/<video>/features    (T, D) float16 | float32; row i = frame i+1; absent frames are zero rows

@@ -34,7 +34,7 @@ def _click_option(name: str, f, kind) -> click.Option | None:
     """A click option for one setting (None for settings only ``--set`` and files reach, such as dicts)."""
     base, _ = config._optional(kind)
     default = default_of(f)
-    shown = "none" if default is None else ("" if default is config.MISSING else default)
+    shown = "none" if default is None else ("" if default in (config.MISSING, "", ()) else default)
     help_text = f.metadata.get(HELP, "")
     if shown != "" and not isinstance(shown, dict):
         shown = " ".join(map(str, shown)) if isinstance(shown, tuple) else shown
@@ -151,7 +151,8 @@ def config_options(cls: type, section: str, *, skip: tuple[str, ...] = (), defau
             click.Option(["--config", "config_file"], type=click.Path(path_type=Path), default=None,
                          help=f"A JSON file of settings; a run's own config.json works (its \"{section}\" part)."),
             click.Option(["--set", "set_items"], multiple=True, metavar="KEY=VALUE",
-                         help="Any setting by its name, e.g. --set epochs=3 (repeatable; wins over --config)."),
+                         help="Any setting by its field name, e.g. --set "
+                              f"{next(iter(fields))}=... (repeatable; wins over --config)."),
             click.Option(["--print-config"], is_flag=True, help="Print the resolved settings as JSON and exit."),
         ]
         if presets:

@@ -30,6 +30,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from pipeline.config import ConfigError
 from pipeline.distributed import DistInfo, barrier
 from pipeline.errors import InputError
 from pipeline.runlog import RunLog
@@ -114,8 +115,8 @@ class Engine:
         check_resumable(saved, key, self.run_dir)
         done, before = int(checkpoint["epoch"]), int(checkpoint.get("epochs", self.epochs))
         if self.epochs < done:
-            raise InputError(f"{self.last_path} has trained {done} epochs already; give epochs {done} or more "
-                             "to go on, or a new out directory to start afresh")
+            raise ConfigError("epochs", f"{self.epochs}: {self.last_path} has trained {done} epochs already; give "
+                                        f"{done} or more to go on, or a new out directory to start afresh")
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         self.epoch_done, self.step = done, int(checkpoint["scheduler"]["step"])

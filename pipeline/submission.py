@@ -1,6 +1,7 @@
 """Challenge submission files: read, write, check, and score against annotations.
 
-Format (the ABAW challenge's test-set submission files, see the README): a header ``image_location,<names>`` and one row per frame,
+Format (the ABAW challenge's test-set submission files; README, "Metrics and submissions"): a header
+``image_location,<names>`` and one row per frame,
 ``video/00001.jpg,<values>``, in the order of the organisers' example file, frames without a face
 included. VA rows carry two floats in [-1, 1], Expr one class index 0..7, AU twelve 0/1 values.
 """

@@ -156,7 +156,7 @@ def test_a_finished_run_is_extended_over_a_longer_schedule(faces, tmp_path):
     assert second and all(r["lr"] > 0 for r in second)
     assert [r["epoch"] for r in records if "seconds" in r] == [1, 2]
 
-    with pytest.raises(InputError, match="has trained 2 epochs already; give epochs 2 or more"):
+    with pytest.raises(InputError, match="has trained 2 epochs already; give 2 or more"):
         pretrain(run_config(faces, run, epochs=1), progress=False)
 
 

@@ -80,7 +80,7 @@ class TrainConfig:
     focal_gamma: float = setting(0.0, "Expr: focal loss gamma (0: plain cross-entropy).")
     pos_weight: str = setting("none", "AU: a positive weight per AU.", choices=WEIGHTINGS)
     # z-score features with training-frame statistics (kept in the head's buffers). Off, as the paper: on
-    # the synthetic demo stores it lowered validation VA CCC (0.202 -> -0.187 on the pretrained store).
+    # the synthetic demo stores it lowered validation VA CCC (docs/results.md).
     standardize: bool = setting(False, "z-score the features with training-frame statistics.")
     seed: int = setting(0, "Seed of the weights and the window order.")
     device: str = setting("auto", "auto, cpu or cuda.", choices=DEVICES)

@@ -1,4 +1,5 @@
-"""Reader for the Aff-Wild2 layout of the ABAW challenges (Kollias et al.; README, "Using a real Aff-Wild2 copy").
+"""Reader for the Aff-Wild2 layout of the ABAW challenges (Kollias et al.; README, "Using a real
+Aff-Wild2 copy").
 
 Images live in ``cropped_aligned*/<video>/<NNNNN>.jpg`` (1-based, gaps where no face was found);
 annotations in ``<Challenge>/<Split>/<video>.txt`` whose line k after the header belongs to frame k.

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.config import coerce, settable
+from pipeline.config import ConfigError, coerce, settable
 from pipeline.data.affwild2 import AffWild2
 from pipeline.errors import InputError
 from pipeline.heads.sequences import FeatureTable, TaskData, load_features
@@ -73,8 +73,15 @@ def ablate(settings: dict, grid: dict[str, list], seeds: int, out_dir: Path, pro
     out_dir = Path(out_dir)
     keys = list(grid)
     combos = list(itertools.product(*grid.values())) or [()]
-    configs = [TrainConfig.create(**{**settings, **dict(zip(keys, combo, strict=True))}) for combo in combos]
-    base = configs[0]  # every config is built (and checked) before the first run starts
+    configs = []
+    for combo in combos:  # every config is built (and checked) before the first run starts
+        try:
+            configs.append(TrainConfig.create(**{**settings, **dict(zip(keys, combo, strict=True))}))
+        except ConfigError as err:
+            if err.key not in keys:
+                raise
+            raise InputError(f"--grid {err.key}={_label(combo[keys.index(err.key)])}: {err.problem}") from None
+    base = configs[0]
     ds = AffWild2(Path(base.data))
     tables: dict[str, FeatureTable] = {}
     datasets: dict[tuple, TaskData] = {}

@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 import pipeline.models.temporal  # noqa: F401  (registers the heads)
+from pipeline.config import ConfigError
 from pipeline.configs.heads import TrainConfig
 from pipeline.data.affwild2 import AffWild2
 from pipeline.device import autocast, resolve_device
@@ -97,7 +98,13 @@ def build_head(cfg: TrainConfig, in_dim: int) -> torch.nn.Module:
 
 
 def prepare(cfg: TrainConfig, table: FeatureTable | None = None, ds: AffWild2 | None = None) -> TaskData:
-    """Load the stores (unless a table is given) and lay the task's fold on them."""
+    """Load the stores (unless a table is given) and lay the task's fold on them.
+
+    Raises:
+        ConfigError: no dataset (``data``) given; InputError: a fold without training or validation videos.
+    """
+    if ds is None and not cfg.data:
+        raise ConfigError("data", "is required; give the Aff-Wild2-layout root the stores were extracted from")
     ds = ds if ds is not None else AffWild2(Path(cfg.data))
     table = table if table is not None else load_features(cfg.stores, cfg.fill)
     train, val = fold_split(ds, cfg.task, cfg.fold, cfg.folds)
