@@ -6,6 +6,9 @@ The challenge folders may sit at the root or one level down (``6th ABAW Annotati
 markers (-5 for VA, -1 for Expr and AU) become a ``valid`` mask; rows are never dropped, so row i is
 always frame i + 1.
 
+A root written by ``mae-affect faces`` also holds ``cropped_aligned*/<video>.json`` records: they give
+each video's true length (frames after its last face included) and list videos without any face.
+
 Every malformed file raises :class:`InputError` naming the file and line and saying what is wrong.
 """
 
@@ -18,6 +21,7 @@ import numpy as np
 
 from pipeline.data.images import IMAGE_SUFFIXES
 from pipeline.errors import InputError
+from pipeline.video.record import frame_counts
 
 TASKS = ("va", "expr", "au")
 SPLITS = ("Train_Set", "Validation_Set")
@@ -186,20 +190,33 @@ class AffWild2:
 
     @cached_property
     def videos(self) -> dict[str, Video]:
-        """Every video folder of every image root, merged; a video in two roots is an error."""
+        """Every video folder of every image root, merged, and every video a ``faces`` record lists
+        (a video without any face may have no folder); a video in two roots is an error."""
         videos: dict[str, Video] = {}
         for image_root in self.image_dirs:
             if not image_root.is_dir():
                 raise InputError(f"{image_root}: image folder not found")
-            for folder in sorted(p for p in image_root.iterdir() if p.is_dir()):
-                if folder.name in videos:
+            folders = {p.name: p for p in image_root.iterdir() if p.is_dir()}
+            folders.update({v: image_root / v for v in self.recorded_frames if v not in folders
+                            and (image_root / f"{v}.json").is_file()})
+            for name, folder in sorted(folders.items()):
+                if name in videos:
                     raise InputError(
-                        f"video {folder.name!r} is in two image roots: {videos[folder.name].image_dir} and "
+                        f"video {name!r} is in two image roots: {videos[name].image_dir} and "
                         f"{folder}; remove one copy"
                     )
-                frames, suffix = _scan_frames(folder)
-                videos[folder.name] = Video(folder.name, folder, frames, suffix)
+                frames, suffix = _scan_frames(folder) if folder.is_dir() else (np.zeros(0, np.int64), ".jpg")
+                videos[name] = Video(name, folder, frames, suffix)
         return videos
+
+    @cached_property
+    def recorded_frames(self) -> dict[str, int]:
+        """Decoded frames per video from the records ``mae-affect faces`` writes (empty for a release)."""
+        counts: dict[str, int] = {}
+        for image_root in self.image_dirs:
+            if image_root.is_dir():
+                counts.update(frame_counts(image_root))
+        return counts
 
     def annotation_dir(self, task: str, split: str) -> Path | None:
         """``<Challenge>/<Split>`` at the root or one level down; None when the release lacks it."""
@@ -234,7 +251,8 @@ class AffWild2:
         return self.annotation_dir(task, split) is not None
 
     def num_frames(self, video: str) -> int:
-        """Frames of a video: the larger of its last image number and its longest annotation."""
+        """Frames of a video: the largest of its last image number, its longest annotation and the frame
+        count of its ``faces`` record."""
         longest = max(
             (
                 anns[video].num_frames
@@ -246,7 +264,7 @@ class AffWild2:
             ),
             default=0,
         )
-        return max(self.videos[video].last_frame, longest)
+        return max(self.videos[video].last_frame, longest, self.recorded_frames.get(video, 0))
 
     def _find_test_file(self, task: str, pattern: str, what: str) -> Path:
         keys = _TEST_FILE_KEYS[check_task(task)]
