@@ -31,6 +31,7 @@ from pipeline.errors import InputError
 from pipeline.models.checkpoint import warn
 from pipeline.video import require
 from pipeline.video.align import estimate_similarity, template, warp_faces
+from pipeline.video.config import IMAGE_DIR, OUTPUT_KEYS, SUBJECTS, FacesConfig
 from pipeline.video.decode import (
     DecodeReport,
     VideoError,
@@ -42,41 +43,6 @@ from pipeline.video.decode import (
 from pipeline.video.detect import build_detector
 from pipeline.video.record import read_record, record_path, write_record
 from pipeline.video.track import Tracker, name_tracks
-
-IMAGE_DIR = "cropped_aligned"
-SUBJECTS = ("auto", "1", "2")
-
-
-@dataclass(frozen=True)
-class FacesConfig:
-    """Options of the ``faces`` stage.
-
-    Args:
-        size: crop side S in pixels (112 as Aff-Wild2's released crops); the template is scaled by S / 112.
-        subjects: "1", "2" (``_left`` / ``_right``) or "auto" (2 when a second face is tracked in at least
-            ``second_share`` of the frames the first is in).
-        detector: a registered detector (``pipeline.video.detect``).
-        min_score: detections below this confidence are ignored.
-        min_face: smallest face side the detector searches, pixels.
-        second_share: see ``subjects``.
-        jpeg_quality: of the crops (PIL, 1-95).
-        batch_size: frames per detector call (raise it on a GPU; memory grows with frame size).
-        device: auto, cpu or cuda (detection and alignment).
-    """
-
-    size: int = 112
-    subjects: str = "auto"
-    detector: str = "mtcnn"
-    min_score: float = 0.9
-    min_face: int = 20
-    second_share: float = 0.25
-    jpeg_quality: int = 95
-    batch_size: int = 16
-    device: str = "auto"
-
-
-# What changes the written crops and records: a video made with other values is refused, not mixed in.
-OUTPUT_KEYS = ("size", "subjects", "detector", "min_score", "min_face", "second_share", "jpeg_quality")
 
 
 def check_config(config: FacesConfig) -> None:
@@ -134,14 +100,14 @@ def _unique_stems(videos: list[Path]) -> None:
         seen[v.stem] = v
 
 
-def faces(inputs, out: Path, config: FacesConfig = FacesConfig(), progress: bool = True) -> dict:
+def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool = True) -> dict:
     """Detect, track and align the faces of videos into an Aff-Wild2-layout root.
 
     Args:
         inputs: video files and folders of videos (searched recursively; other files are ignored with
             one warning line).
         out: the root to write: ``out/cropped_aligned/<video>/`` and ``<video>.json`` beside it.
-        config: the stage's options.
+        config: the stage's options (default: ``FacesConfig()``).
         progress: show a frames/s bar.
     Returns:
         a summary: root, videos found, written now, skipped (complete already), failed (with why),
@@ -151,6 +117,7 @@ def faces(inputs, out: Path, config: FacesConfig = FacesConfig(), progress: bool
         InputError when no input is a usable video (a single bad file, an empty folder), for options
         out of range, and for a name clash with an earlier run; a bad file among others is a warning.
     """
+    config = config or FacesConfig()
     check_config(config)
     require("av")
     dist = distributed.init_distributed()
@@ -186,7 +153,7 @@ def faces(inputs, out: Path, config: FacesConfig = FacesConfig(), progress: bool
     detector = build_detector(config.detector, device, min_face=config.min_face) if infos else None
     total = sum(i.frames for i in infos.values())
     bar = tqdm(total=total or None, unit="frame", desc=f"faces{f' [rank {dist.rank}]' if dist.enabled else ''}",
-               disable=not progress, dynamic_ncols=True)
+               disable=not progress or not infos, dynamic_ncols=True)
     frames = found = 0
     start = time.perf_counter()
     try:
