@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from pipeline.errors import InputError
+from pipeline.video.config import SUBJECTS, AnalyzeConfig, FacesConfig
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -282,6 +283,94 @@ def extract(data_root, ckpt, store_path, fmt, splits, pooling, dtype, batch_size
         cleanup()
     if result["rank"] == 0:
         emit(result, as_json, figures_table(result, f"extracted into {store_path}"))
+
+
+# --- raw videos: faces | analyze -------------------------------------------------------------------
+# Defaults are read from FacesConfig and AnalyzeConfig (pipeline/video/config.py, no heavy imports).
+
+device_option = click.option("--device", default=FacesConfig.device, show_default=True,
+                             type=click.Choice(["auto", "cpu", "cuda"]))
+
+
+def _faces_options(f):
+    options = [
+        click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path)),
+        click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder."),
+        click.option("--size", default=FacesConfig.size, show_default=True, help="Crop side in pixels."),
+        click.option("--subjects", default=FacesConfig.subjects, show_default=True, type=click.Choice(SUBJECTS),
+                     help="People per video; 2 writes <video>_left and <video>_right."),
+        device_option,
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@cli.command()
+@_faces_options
+@click.option("--batch-size", default=FacesConfig.batch_size, show_default=True, help="Frames per detector call.")
+@json_option
+def faces(inputs, out, size, subjects, device, batch_size, as_json):
+    """Detect, track and align the faces of VIDEO|DIR ... into OUT/cropped_aligned (resumable; torchrun)."""
+    from pipeline.distributed import cleanup
+    from pipeline.video.faces import faces as run_faces
+
+    config = FacesConfig(size=size, subjects=subjects, batch_size=batch_size, device=device)
+    try:
+        result = run_faces(list(inputs), out, config, progress=not as_json)
+    finally:
+        cleanup()
+    if result["rank"] == 0:
+        emit(result, as_json, f"{out}: {result['written']} video(s) written, {result['skipped']} already done, "
+                              f"{len(result['failed'])} unusable; {result['frames']} frames, {result['faces']} "
+                              f"faces, {result['frames_per_s']:.1f} frames/s")
+
+
+class _ListedOptions(click.Command):
+    """Lets ``--heads A B C`` stand for ``--heads A --heads B --heads C`` (values up to the next option)."""
+
+    listed = ("--heads",)
+
+    def parse_args(self, ctx, args):
+        spread, current = [], None
+        for arg in args:
+            if arg == "--":
+                current = None
+            elif arg.startswith("-"):
+                current = arg if arg in self.listed else None
+                if current:
+                    continue
+            elif current:
+                spread.append(current)
+            spread.append(arg)
+        return super().parse_args(ctx, spread)
+
+
+@cli.command(cls=_ListedOptions)
+@_faces_options
+@click.option("--encoder", required=True, type=click.Path(path_type=Path),
+              help="The encoder checkpoint the heads' feature store was extracted with.")
+@click.option("--heads", required=True, multiple=True, type=click.Path(path_type=Path),
+              help="Head runs of `train`, one per task: --heads RUN [RUN ...].")
+@click.option("--render", is_flag=True, help="Also write an MP4 per video with the boxes and predictions drawn.")
+@click.option("--faces-batch", default=FacesConfig.batch_size, show_default=True, help="Frames per detector call.")
+@click.option("--batch-size", default=AnalyzeConfig.batch_size, show_default=True,
+              help="Frames per encoder forward pass.")
+@click.option("--workers", default=AnalyzeConfig.workers, show_default=True, help="Extraction's decoding processes.")
+@click.option("--bf16/--no-bf16", default=AnalyzeConfig.bf16, show_default=True, help="bf16 autocast in extraction.")
+@json_option
+def analyze(inputs, out, size, subjects, device, encoder, heads, render, faces_batch, batch_size, workers, bf16,
+            as_json):
+    """Per-frame valence, arousal, expression and AUs of VIDEO|DIR ...: a CSV and a PNG per video, report.html."""
+    from pipeline.video.analyze import analyze as run_analyze
+
+    faces_config = FacesConfig(size=size, subjects=subjects, batch_size=faces_batch, device=device)
+    config = AnalyzeConfig(faces=faces_config, batch_size=batch_size, workers=workers, render=render, bf16=bf16)
+    result = run_analyze(list(inputs), encoder, list(heads), out, config, progress=not as_json)
+    result = {k: v for k, v in result.items() if k != "tables"}
+    lines = [f"{name}: {v['frames']} frames, a face in {v['faces']} -> {Path(out) / v['csv']}"
+             for name, v in result["videos"].items()]
+    emit(result, as_json, "\n".join([*lines, f"report: {result['report']}"]))
 
 
 # --- feature store: features info | verify | export -------------------------------------------------
