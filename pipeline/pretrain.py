@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from pipeline.data.images import PretrainImages, UnreadableImage, decode_image, find_images
+from pipeline.data.images import PretrainImages, UnreadableImage, decode_source, find_images
 from pipeline.device import autocast, pin_memory, resolve_device
 from pipeline.distributed import DistInfo, barrier, init_distributed
 from pipeline.errors import InputError
@@ -173,7 +173,7 @@ def _fixed_images(paths: list[Path], n: int, img_size: int) -> torch.Tensor:
     for start in np.linspace(0, len(paths), min(n, len(paths)), endpoint=False).astype(int):
         for path in paths[start:]:
             try:
-                picked.append(decode_image(path, img_size))
+                picked.append(decode_source(path, img_size))
                 break
             except UnreadableImage:
                 continue
@@ -216,7 +216,7 @@ def pretrain(cfg: PretrainConfig, *, stop_at_epoch: int | None = None, progress:
     run_dir = Path(cfg.out)
     ckpt_path = run_dir / "checkpoint-last.pt"
 
-    paths = _select(find_images(cfg.images), cfg)
+    paths = _select(find_images(cfg.images, warn if dist_info.is_main else None), cfg)
     mcfg = model_config(cfg)
     torch.manual_seed(cfg.seed)
     model = MaskedAutoencoderViT(mcfg).to(device)
