@@ -36,7 +36,7 @@ from pipeline.video.detect import build_detector
 from pipeline.video.faces import faces
 from pipeline.video.record import read_record
 from pipeline.video.track import Tracker, name_tracks
-from tests.conftest import write_video
+from tests.conftest import run_two_ranks, write_video
 
 CPU = FacesConfig(device="cpu")
 TINY = dict(img_size=32, embed_dim=32, depth=2, num_heads=2)
@@ -320,3 +320,17 @@ def test_the_core_imports_without_the_video_extra(tmp_path):
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("2 error:") and "pip install -e '.[video]'" in done.stdout
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_videos(carphone, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    frames = carphone_frames(carphone, 12)
+    for name, part in (("a", frames[:8]), ("b", frames[4:]), ("c", frames[::2])):
+        write_video(folder / f"{name}.mp4", part)
+    summary, _ = run_two_ranks("faces", str(folder), "--out", str(tmp_path / "out"), "--device", "cpu")
+    assert summary["ranks"] == 2 and summary["written"] == 3 and summary["frames"] == 8 + 8 + 6
+    assert list(summary["outputs"]) == [str(folder / f"{n}.mp4") for n in "abc"]
+    for name, n in (("a", 8), ("b", 8), ("c", 6)):
+        assert record_of(tmp_path / "out", name)["num_frames"] == n

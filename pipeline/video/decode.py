@@ -15,7 +15,7 @@
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -76,7 +76,6 @@ class DecodeReport:
     bad_packets: int = 0
     first_bad_time: float | None = None
     stopped_early: str | None = None
-    messages: list[str] = field(default_factory=list)
 
     def warning(self, path: Path) -> str | None:
         """One line naming the file, or None when decoding was clean."""
@@ -155,11 +154,10 @@ def iter_frames(path: Path, report: DecodeReport | None = None) -> Iterator[tupl
                 return
             try:
                 frames = packet.decode()  # the final empty packet flushes the decoder
-            except av.FFmpegError as err:
+            except av.FFmpegError:
                 report.bad_packets += 1
                 if report.first_bad_time is None and packet.pts is not None and packet.time_base:
                     report.first_bad_time = float(packet.pts * packet.time_base)
-                report.messages.append(str(err))
                 continue
             for frame in frames:
                 yield _upright(frame), (float(frame.time) if frame.time is not None else None)

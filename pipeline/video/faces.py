@@ -140,6 +140,7 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
             todo.append(path)
         else:
             outputs[str(path)] = done
+    distributed.barrier()  # every rank has its list before any rank writes a video
     mine = partition.balance(todo, lambda p: p.stat().st_size, dist.world_size)[dist.rank]
 
     failed: dict[str, str] = {}
@@ -154,7 +155,7 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
     total = sum(i.frames for i in infos.values())
     bar = tqdm(total=total or None, unit="frame", desc=f"faces{f' [rank {dist.rank}]' if dist.enabled else ''}",
                disable=not progress or not infos, dynamic_ncols=True)
-    frames = found = 0
+    frames = found = written_now = 0
     start = time.perf_counter()
     try:
         for path, info in infos.items():
@@ -164,6 +165,7 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
                 failed[str(path)] = str(err)
                 continue
             outputs[str(path)] = [w["video"] for w in written]
+            written_now += 1
             frames += written[0]["num_frames"]
             found += sum(w["faces"] for w in written)
     finally:
@@ -172,9 +174,10 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
 
     distributed.barrier()
     ranks = distributed.gather_objects({"outputs": outputs, "failed": failed, "frames": frames, "faces": found,
-                                        "seconds": seconds, "written": len(infos) - len(failed)})
+                                        "seconds": seconds, "written": written_now})
     failed = {k: v for r in ranks for k, v in r["failed"].items()}
-    outputs = {k: v for r in ranks for k, v in r["outputs"].items()}
+    merged = {k: v for r in ranks for k, v in r["outputs"].items()}
+    outputs = {str(p): merged[str(p)] for p in videos if str(p) in merged}  # in the order given
     if failed:
         if not outputs:
             first = next(iter(failed.values()))
