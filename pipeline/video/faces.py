@@ -228,7 +228,7 @@ def process_video(path: Path, info: VideoInfo, root: Path, config: FacesConfig, 
     report = DecodeReport()
     times: list[float] = []
     try:
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="jpeg") as pool:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="jpeg") as pool:
             pending = []
             for batch in read_batches(path, config.batch_size, report):
                 x = torch.from_numpy(batch.frames).to(device)  # (B, H, W, 3) uint8
