@@ -21,6 +21,7 @@ from pipeline.configs import (
     SynthConfig,
     TrainConfig,
 )
+from pipeline.configs.video import AnalyzeConfig, FacesConfig
 from pipeline.errors import InputError
 
 
@@ -178,6 +179,68 @@ def extract(settings, as_json):
         cleanup()
     if result["rank"] == 0:
         emit(result, as_json, figures_table(result, f"extracted into {config.store}"))
+
+
+# --- raw videos: faces | analyze -------------------------------------------------------------------
+
+video_inputs = click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+video_out = click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+
+
+@cli.command()
+@video_inputs
+@video_out
+@config_options(FacesConfig, "faces")
+@json_option
+def faces(inputs, out, settings, as_json):
+    """Detect, track and align the faces of VIDEO|DIR ... into OUT/cropped_aligned (resumable; torchrun)."""
+    from pipeline.distributed import cleanup
+    from pipeline.video.faces import faces as run_faces
+
+    try:
+        result = run_faces(list(inputs), out, settings.build(), progress=not as_json)
+    finally:
+        cleanup()
+    if result["rank"] == 0:
+        emit(result, as_json, f"{out}: {result['written']} video(s) written, {result['skipped']} already done, "
+                              f"{len(result['failed'])} unusable; {result['frames']} frames, {result['faces']} "
+                              f"faces, {result['frames_per_s']:.1f} frames/s")
+
+
+class _ListedOptions(click.Command):
+    """Lets ``--heads A B C`` stand for ``--heads A --heads B --heads C`` (values up to the next option)."""
+
+    listed = ("--heads",)
+
+    def parse_args(self, ctx, args):
+        spread, current = [], None
+        for arg in args:
+            if arg == "--":
+                current = None
+            elif arg.startswith("-"):
+                current = arg if arg in self.listed else None
+                if current:
+                    continue
+            elif current:
+                spread.append(current)
+            spread.append(arg)
+        return super().parse_args(ctx, spread)
+
+
+@cli.command(cls=_ListedOptions)
+@video_inputs
+@video_out
+@config_options(AnalyzeConfig, "analyze")
+@json_option
+def analyze(inputs, out, settings, as_json):
+    """Per-frame valence, arousal, expression and AUs of VIDEO|DIR ...: a CSV and a PNG per video, report.html."""
+    from pipeline.video.analyze import analyze as run_analyze
+
+    result = run_analyze(list(inputs), out, settings.build(), progress=not as_json)
+    result = {k: v for k, v in result.items() if k != "tables"}
+    lines = [f"{name}: {v['frames']} frames, a face in {v['faces']} -> {Path(out) / v['csv']}"
+             for name, v in result["videos"].items()]
+    emit(result, as_json, "\n".join([*lines, f"report: {result['report']}"]))
 
 
 # --- feature store: features info | verify | export -------------------------------------------------

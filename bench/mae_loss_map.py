@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.checkpoint import read_checkpoint
-from pipeline.data.images import UnreadableImage, decode_image, find_images
+from pipeline.data.images import UnreadableImage, decode_source, find_images
 from pipeline.errors import InputError, exit_on_input_error
 from pipeline.models.encoder import normalize
 from pipeline.models.mae import MAEConfig, MaskedAutoencoderViT
@@ -90,7 +90,7 @@ def _run(argv) -> dict:
     frames, unreadable = [], []
     for p in picked:
         try:
-            frames.append(decode_image(p, ckpt["img_size"]))
+            frames.append(decode_source(p, ckpt["img_size"]))
         except UnreadableImage:
             unreadable.append(str(p))
     if not frames:

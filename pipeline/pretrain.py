@@ -114,7 +114,7 @@ def pretrain(cfg: PretrainConfig, *, stop_at_epoch: int | None = None, progress:
     device = resolve_device(cfg.device)
     run_dir = Path(cfg.out)
 
-    paths = _select(find_images(cfg.images), cfg)
+    paths = _select(find_images(cfg.images, warn if dist_info.is_main else None), cfg)
     mcfg = model_config(cfg)
     torch.manual_seed(cfg.seed)
     model = MaskedAutoencoderViT(mcfg).to(device)

@@ -12,8 +12,10 @@ from cli import cli
 from pipeline import config
 from pipeline.cli_config import option_name
 from pipeline.configs import (
+    AnalyzeConfig,
     DemoConfig,
     ExtractConfig,
+    FacesConfig,
     FinetuneConfig,
     PretrainConfig,
     SynthConfig,
@@ -30,9 +32,11 @@ COMMANDS = {
     "train": (TrainConfig, ["va", "--out", "unused"], ("task",)),
     "ablate": (TrainConfig, ["--out", "unused", "--task", "expr"], ()),
     "demo": (DemoConfig, [], ()),
+    "faces": (FacesConfig, ["clip.mp4", "--out", "unused"], ()),
+    "analyze": (AnalyzeConfig, ["clip.mp4", "--out", "unused"], ()),
 }
 # Values a field's type alone cannot suggest (a list of known names).
-SAMPLES = {"splits": ("Train_Set", "test"), "task": "au"}
+SAMPLES = {"splits": ("Train_Set", "test"), "task": "au", "jpeg_quality": 80}
 
 
 def sample(name: str, f, kind):

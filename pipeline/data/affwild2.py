@@ -7,10 +7,12 @@ The challenge folders may sit at the root or one level down (``6th ABAW Annotati
 markers (-5 for VA, -1 for Expr and AU) become a ``valid`` mask; rows are never dropped, so row i is
 always frame i + 1.
 
-A video is *listed* when the dataset names it anywhere: an image folder, an annotation file, or a test
-list and the organisers' example file. A listed video of known length without any image (no face was
-ever found, or its folder is missing from the copy) is a video whose every frame has no face: the
-stages store it as all-absent and fill it like any frame without a face, with one warning naming it.
+A video is *listed* when the dataset names it anywhere: an image folder, an annotation file, a test
+list and the organisers' example file, or the record ``mae-affect faces`` writes beside its crops
+(``cropped_aligned*/<video>.json``, which gives the video's true length, frames after its last face
+included). A listed video of known length without any image (no face was ever found, or its folder is
+missing from the copy) is a video whose every frame has no face: the stages store it as all-absent and
+fill it like any frame without a face, with one warning naming it.
 
 Every frame keeps its real file name from discovery to decoding (``00001.jpg`` as released, ``000001.jpg``
 from ffmpeg's ``%06d``, ``1.jpg``...): the frame number is the name's integer value.
@@ -26,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import InputError
+from pipeline.video.record import frame_counts
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # the frame and image files every reader looks for
 
@@ -205,20 +208,31 @@ class AffWild2:
 
     @cached_property
     def videos(self) -> dict[str, Video]:
-        """Every video folder of every image root, merged; a video in two roots is an error."""
+        """Every video folder of every image root, merged, and every video a ``faces`` record lists
+        (a video without any face may have no folder); a video in two roots is an error."""
         videos: dict[str, Video] = {}
         for image_root in self.image_dirs:
             if not image_root.is_dir():
                 raise InputError(f"{image_root}: image folder not found")
-            for folder in sorted(p for p in image_root.iterdir() if p.is_dir()):
-                if folder.name in videos:
+            folders = {p.name: p for p in image_root.iterdir() if p.is_dir()}
+            for name, folder in sorted(folders.items()):
+                if name in videos:
                     raise InputError(
-                        f"video {folder.name!r} is in two image roots: {videos[folder.name].image_dir} and "
+                        f"video {name!r} is in two image roots: {videos[name].image_dir} and "
                         f"{folder}; remove one copy"
                     )
                 frames, suffix, files = _scan_frames(folder)
-                videos[folder.name] = Video(folder.name, folder, frames, suffix, files)
+                videos[name] = Video(name, folder, frames, suffix, files)
         return videos
+
+    @cached_property
+    def recorded_frames(self) -> dict[str, int]:
+        """Decoded frames per video from the records ``mae-affect faces`` writes (empty for a release)."""
+        counts: dict[str, int] = {}
+        for image_root in self.image_dirs:
+            if image_root.is_dir():
+                counts.update(frame_counts(image_root))
+        return counts
 
     def annotation_dir(self, task: str, split: str) -> Path | None:
         """``<Challenge>/<Split>`` at the root or one level down; None when the release lacks it."""
@@ -262,17 +276,18 @@ class AffWild2:
                         yield ann
 
     def num_frames(self, video: str) -> int:
-        """Frames of a video: the larger of its last image number and its longest annotation; a test
-        video with neither takes the number of rows the organisers' example file has for it (0 when
-        nothing gives its length)."""
+        """Frames of a video: the largest of its last image number, its longest annotation and the frame
+        count of its ``faces`` record; a test video with none of them takes the number of rows the
+        organisers' example file has for it (0 when nothing gives its length)."""
         image = self.videos[video].last_frame if video in self.videos else 0
         longest = max((ann.num_frames for ann in self._all_annotations(video)), default=0)
-        return max(image, longest) or self.example_lengths.get(video, 0)
+        return max(image, longest, self.recorded_frames.get(video, 0)) or self.example_lengths.get(video, 0)
 
     def listed_videos(self) -> list[str]:
         """Every video the dataset lists, sorted: image folders, annotation files of every task and split,
-        and the test videos of the example files (those of the test lists alone have no known length)."""
-        names = set(self.videos) | set(self.example_lengths)
+        the test videos of the example files (those of the test lists alone have no known length) and the
+        videos ``faces`` recorded (a video without any face has a record and no crops)."""
+        names = set(self.videos) | set(self.example_lengths) | set(self.recorded_frames)
         for task in TASKS:
             for split in SPLITS:
                 if self.available(task, split):

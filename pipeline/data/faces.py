@@ -202,6 +202,23 @@ class FaceRenderer:
         shade = 1.0 + 2 * self.scene.light_strength * (lx * x + ly * y) - 0.35 * (x * x + y * y)
         return shade[..., None] * np.array(self.scene.colour_cast, dtype=np.float32)
 
+    def _placement(self, f: FrameParams) -> tuple[float, np.ndarray, np.ndarray]:
+        """Face units -> canvas pixels in one frame: the unit u, the centre (2,) and the scaled rotation
+        (2, 2), so that pixel = p @ rot.T + centre."""
+        W = self.canvas
+        u = 0.3 * W * self.identity.scale
+        centre = np.array([W * 0.5 + f.dx * u, W * 0.53 + f.dy * u])
+        c, s = np.cos(f.roll), np.sin(f.roll)
+        return u, centre, np.array([[c, -s], [s, c]]) * u
+
+    def eye_centres(self, f: FrameParams) -> np.ndarray:
+        """(2, 2) true centres (x, y) of the left and right eye in the output image, pixels (pixel centres
+        at integers): where ``render`` draws them, so face alignment can be measured against them."""
+        _, centre, rot = self._placement(f)
+        eyes = np.array([[-0.36, -0.3], [0.36, -0.3]]) + np.array([0.12 * f.yaw, 0.08 * f.pitch])
+        canvas = eyes @ rot.T + centre  # canvas pixels, supersampled
+        return (canvas - (self.supersample - 1) / 2) / self.supersample
+
     def render(self, f: FrameParams, rng: np.random.Generator) -> np.ndarray:
         """Draw, reduce, blur, light and add noise.
 
@@ -213,10 +230,7 @@ class FaceRenderer:
         """
         idt, col = self.identity, self.colours
         W, m = self.canvas, self.margin
-        u = 0.3 * W * idt.scale
-        centre = np.array([W * 0.5 + f.dx * u, W * 0.53 + f.dy * u])
-        c, s = np.cos(f.roll), np.sin(f.roll)
-        rot = np.array([[c, -s], [s, c]]) * u
+        u, centre, rot = self._placement(f)
 
         def px(pts: np.ndarray, depth: float = 1.0) -> list[float]:
             """Face units (K, 2) -> flat pixel list; depth 1 = on the face plane, 0 = at the outline."""

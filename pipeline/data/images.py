@@ -1,7 +1,8 @@
 """Face-image folders for MAE pretraining, and the one image decoder every stage uses.
 
 Pretraining reads any folders of jpg/png images, searched recursively (Aff-Wild2's ``cropped_aligned``
-included), with MAE's augmentation: a random resized crop (area 0.2-1.0 by default, aspect 3/4-4/3,
+and the output of ``mae-affect faces`` included), and FER2013's ``fer2013.csv`` (``pipeline.data.fer2013``),
+with MAE's augmentation: a random resized crop (area 0.2-1.0 by default, aspect 3/4-4/3,
 bicubic) and a horizontal flip. Samples are uint8 (C, H, W); normalisation happens on the device
 (:func:`pipeline.models.encoder.normalize`), so workers ship 4x fewer bytes.
 
@@ -20,6 +21,7 @@ from PIL import Image, ImageCms, ImageOps
 from torch.utils.data import Dataset
 
 from pipeline.data.affwild2 import IMAGE_SUFFIXES
+from pipeline.data.fer2013 import CsvImage, is_image_csv, read_fer2013
 from pipeline.errors import InputError
 
 
@@ -27,15 +29,21 @@ class UnreadableImage(Exception):
     """An image file that PIL cannot decode (truncated, empty, not an image)."""
 
 
-def find_images(folders: Iterable[Path]) -> list[Path]:
-    """All jpg/png files under each folder, recursively, sorted (so runs are reproducible).
+def find_images(folders: Iterable[Path], warn=None) -> list[Path | CsvImage]:
+    """All jpg/png files under each folder, recursively, sorted (so runs are reproducible); a ``.csv``
+    file given instead of a folder is read as FER2013 (its images in file order, bad rows passed to
+    ``warn``).
 
     Raises InputError naming the folder when one is missing or holds no image.
     """
-    found: list[Path] = []
+    found: list[Path | CsvImage] = []
     for folder in map(Path, folders):
+        if is_image_csv(folder):
+            found += read_fer2013(folder, warn)
+            continue
         if not folder.is_dir():
-            raise InputError(f"image folder {folder} does not exist (or is not a folder); check --images")
+            raise InputError(f"image folder {folder} does not exist (or is not a folder or a FER2013 .csv); "
+                             "check --images")
         images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not images:
             raise InputError(f"no .jpg/.jpeg/.png image under {folder}; check --images")
@@ -90,6 +98,24 @@ def _as_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def load_source(source: Path | CsvImage) -> Image.Image:
+    """A pretraining source as an 8-bit RGB image: a file through :func:`load_rgb`, or a FER2013 CSV row.
+
+    Raises UnreadableImage (naming the file) when a file cannot be decoded.
+    """
+    return source.rgb() if isinstance(source, CsvImage) else load_rgb(source)
+
+
+def decode_source(source: Path | CsvImage, img_size: int | None = None) -> torch.Tensor:
+    """:func:`decode_image` for any pretraining source: uint8 (3, H, W), square-resized if ``img_size``."""
+    if not isinstance(source, CsvImage):
+        return decode_image(source, img_size)
+    img = source.rgb()
+    if img_size is not None and img.size != (img_size, img_size):
+        img = square_resize(img, img_size)
+    return _to_tensor(img)
 
 
 def _to_tensor(img: Image.Image) -> torch.Tensor:
@@ -161,13 +187,13 @@ class PretrainImages(Dataset):
     training loop reports each bad file once and adds it to ``skip`` so later epochs do not retry it.
 
     Args:
-        paths: image files.
+        paths: image files (or images held in a CSV, ``find_images``).
         img_size: output side S.
         seed: run seed; with :meth:`set_epoch` it fixes every sample's crop and flip.
         crop_scale: area fraction range of the random resized crop (MAE's 0.2-1.0 by default).
     """
 
-    def __init__(self, paths: Sequence[Path], img_size: int, seed: int = 0,
+    def __init__(self, paths: Sequence[Path | CsvImage], img_size: int, seed: int = 0,
                  crop_scale: tuple[float, float] = (0.2, 1.0)):
         self.paths = list(paths)
         self.img_size = img_size
@@ -197,7 +223,7 @@ class PretrainImages(Dataset):
             if j in self.skip:
                 continue
             try:
-                img = load_rgb(self.paths[j])
+                img = load_source(self.paths[j])
             except UnreadableImage:
                 continue
             # Moving past step 0 means file ``index`` itself could not be used.

@@ -12,15 +12,16 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from pipeline.data.images import UnreadableImage, decode_image
+from pipeline.data.images import UnreadableImage, decode_source
 from pipeline.errors import InputError
 from pipeline.models.encoder import PIXEL_MEAN, PIXEL_STD, normalize
 from pipeline.models.mae import MaskedAutoencoderViT
 from pipeline.runs import atomic_write_bytes
 
 
-def fixed_images(paths: list[Path], n: int, img_size: int) -> torch.Tensor:
-    """n readable images spread evenly over the list, un-augmented: the picture's rows, uint8 (B, C, H, W).
+def fixed_images(paths: list, n: int, img_size: int) -> torch.Tensor:
+    """n readable images spread evenly over the list (files or FER2013 rows), un-augmented: the picture's
+    rows, uint8 (B, C, H, W).
 
     Raises:
         InputError: none of the images can be read.
@@ -29,7 +30,7 @@ def fixed_images(paths: list[Path], n: int, img_size: int) -> torch.Tensor:
     for start in np.linspace(0, len(paths), min(n, len(paths)), endpoint=False).astype(int):
         for path in paths[start:]:
             try:
-                picked.append(decode_image(path, img_size))
+                picked.append(decode_source(path, img_size))
                 break
             except UnreadableImage:
                 continue

@@ -1,0 +1,125 @@
+"""What ``analyze`` shows: a PNG timeline per video and one self-contained HTML page over all videos.
+
+The timeline puts the per-frame table on the time axis (seconds, each frame at its own time stamp, so
+variable frame rate is drawn as it was filmed): valence and arousal traces, the expression as a colour
+strip, the AU probabilities as a heat map; frames without a face are shaded grey (their values are the
+heads' fill, not a reading of a face). Figures use matplotlib's object API (``Figure``), as
+``pipeline.heads.plots`` does: no global state, safe headless; files are written atomically.
+"""
+
+import base64
+import html
+import io
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from matplotlib.colors import BoundaryNorm, ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from pipeline.data.affwild2 import AU_NAMES, EXPR_CLASSES
+from pipeline.runs import atomic_write_bytes, atomic_write_text
+
+EXPR_COLOURS = ("#9e9e9e", "#d62728", "#8c564b", "#9467bd", "#ffbf00", "#1f77b4", "#17becf", "#2ca02c")
+
+
+def _edges(times: np.ndarray) -> np.ndarray:
+    """(T + 1,) time edges of T frames: each frame lasts until the next; the last one period."""
+    step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0
+    return np.append(times, times[-1] + (step if step > 0 else 1.0))
+
+
+def _absent_runs(face: np.ndarray, edges: np.ndarray) -> list[tuple[float, float]]:
+    """(start, end) seconds of each run of frames without a face."""
+    absent = np.concatenate([[0], (face == 0).astype(np.int8), [0]])
+    changes = np.flatnonzero(np.diff(absent))  # starts and ends alternate
+    return [(edges[a], edges[b]) for a, b in zip(changes[::2], changes[1::2])]
+
+
+def timeline_png(table: dict, title: str, path: Path) -> Path:
+    """VA traces, the expression strip and the AU heat map of one video's table (``frame_table``)."""
+    edges = _edges(np.asarray(table["time_s"], np.float64))
+    rows = [r for r in ("va", "expr", "au") if {"va": "valence", "expr": "expression", "au": "AU1"}[r] in table]
+    heights = {"va": 2.2, "expr": 0.9, "au": 2.6}
+    fig = Figure(figsize=(12, 0.8 + sum(heights[r] for r in rows) if rows else 2), layout="constrained")
+    axes = fig.subplots(max(len(rows), 1), 1, sharex=True, squeeze=False,
+                        gridspec_kw={"height_ratios": [heights[r] for r in rows] or [1]})[:, 0]
+    centres = (edges[:-1] + edges[1:]) / 2
+    for ax, row in zip(axes, rows):
+        if row == "va":
+            ax.plot(centres, table["valence"], lw=1, color="tab:red", label="valence")
+            ax.plot(centres, table["arousal"], lw=1, color="tab:blue", label="arousal")
+            ax.axhline(0, color="black", lw=0.5)
+            ax.set(ylim=(-1.05, 1.05), ylabel="VA")
+            ax.legend(loc="upper right", fontsize=8, ncol=2)
+        elif row == "expr":
+            index = np.array([EXPR_CLASSES.index(c) for c in table["expression"]])[None, :]  # (1, T)
+            cmap = ListedColormap(EXPR_COLOURS)
+            ax.pcolormesh(edges, [0, 1], index, cmap=cmap, norm=BoundaryNorm(np.arange(9) - 0.5, 8))
+            ax.set(yticks=[], ylabel="Expr")
+            ax.legend(handles=[Patch(color=c, label=n) for c, n in zip(EXPR_COLOURS, EXPR_CLASSES)],
+                      loc="upper center", bbox_to_anchor=(0.5, -0.05), ncol=8, fontsize=7, frameon=False)
+        else:
+            probs = np.stack([table[f"{a}_prob"] for a in AU_NAMES])  # (12, T)
+            mesh = ax.pcolormesh(edges, np.arange(len(AU_NAMES) + 1), probs, cmap="viridis", vmin=0, vmax=1)
+            ax.set_yticks(np.arange(len(AU_NAMES)) + 0.5, AU_NAMES, fontsize=7)
+            ax.invert_yaxis()
+            fig.colorbar(mesh, ax=ax, label="AU probability", pad=0.01)
+        for start, end in _absent_runs(np.asarray(table["face"]), edges):
+            ax.axvspan(start, end, color="grey", alpha=0.35 if row == "va" else 0.6, lw=0)
+    if not rows:
+        for start, end in _absent_runs(np.asarray(table["face"]), edges):
+            axes[0].axvspan(start, end, color="grey", alpha=0.35, lw=0)
+        axes[0].set(yticks=[])
+    axes[-1].set_xlabel("time (s); grey: no face found")
+    axes[0].set_title(title)
+    axes[0].set_xlim(edges[0], edges[-1])
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def report_page(path: Path, videos: dict[str, dict], tables: dict[str, dict], out: Path, heads: dict,
+                encoder: str) -> Path:
+    """One self-contained HTML page (timelines embedded) over every analysed video; links are relative."""
+    rows, sections = [], []
+    for name, v in videos.items():
+        table = tables[name]
+        duration = float(table["time_s"][-1] - table["time_s"][0]) if len(table["time_s"]) else 0.0
+        share = v["faces"] / v["frames"] if v["frames"] else 0.0
+        links = [f'<a href="{html.escape(v["csv"])}">CSV</a>']
+        if "mp4" in v:
+            links.append(f'<a href="{html.escape(v["mp4"])}">MP4</a>')
+        rows.append(f"<tr><td><a href=\"#{html.escape(name)}\">{html.escape(name)}</a></td>"
+                    f"<td>{html.escape(Path(v['source']).name)}</td><td>{v['frames']}</td><td>{duration:.1f}</td>"
+                    f"<td>{v['faces']} ({share:.0%})</td><td>{' '.join(links)}</td></tr>")
+        png = base64.b64encode((Path(out) / v["png"]).read_bytes()).decode()
+        sections.append(f'<section id="{html.escape(name)}"><h2>{html.escape(name)}</h2>'
+                        f"<p>{html.escape(v['source'])}: {v['frames']} frames at {v['fps']:.2f} frames/s, "
+                        f"a face in {v['faces']} ({share:.0%}). {' '.join(links)}</p>"
+                        f'<img alt="{html.escape(name)} timeline" src="data:image/png;base64,{png}"></section>')
+    heads_list = "".join(f"<li>{task}: <code>{html.escape(run)}</code></li>" for task, run in heads.items())
+    body = (f"<p>Encoder <code>{html.escape(encoder)}</code>; heads:</p><ul>{heads_list}</ul>"
+            "<table><tr><th>video</th><th>source</th><th>frames</th><th>seconds</th><th>faces</th><th>files</th></tr>"
+            + "".join(rows) + "</table>" + "".join(sections))
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    atomic_write_text(Path(path), _PAGE.format(body=body, stamp=stamp))
+    return Path(path)
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>mae-affect analyze</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1250px; margin: 2em auto; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
+th:first-child, td:first-child, td:nth-child(2) {{ text-align: left; }}
+img {{ max-width: 100%; }} code {{ font-size: 0.85em; }}
+</style></head><body>
+<h1>mae-affect analyze</h1><p>Written {stamp}. Frames without a face carry the heads' fill (the nearest
+face's features, as in training and in submissions) and are marked <code>face=0</code> in the CSVs.</p>
+{body}
+</body></html>
+"""
