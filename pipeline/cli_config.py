@@ -67,16 +67,26 @@ class Settings:
     sets: dict = field(default_factory=dict)
     given: dict = field(default_factory=dict)
     flags: dict = field(default_factory=dict)
+    _file_cache: dict | None = field(default=None, repr=False)
 
     def values(self, **fixed) -> dict[str, Any]:
         """Flat settings over the preset and file, later layers winning (``fixed``: the command's own)."""
-        values = config.preset_values(self.cls, self.preset)
-        if self.file is not None:
-            values.update(config.read_config_file(self.file, self.cls, self.section))
-        return {**values, **self.sets, **self.given, **fixed}
+        return {**config.preset_values(self.cls, self.preset), **self.file_values(), **self.sets, **self.given,
+                **fixed}
+
+    def file_values(self) -> dict[str, Any]:
+        """The settings the ``--config`` file gives (read once); a bad key or value names the file."""
+        if self.file is None:
+            return {}
+        if self._file_cache is None:
+            try:
+                self._file_cache = config.read_config_file(self.file, self.cls, self.section)
+            except ConfigError as err:
+                raise InputError(f"{self.file}: {err}") from None
+        return self._file_cache
 
     def build(self, **fixed):
-        """The resolved config; a ConfigError is raised as it is, for :func:`describe` to place."""
+        """The resolved config; a ConfigError is raised as it is, for :meth:`describe` to place."""
         return config.build(self.cls, self.values(**fixed))
 
     def describe(self, err: ConfigError) -> str:
@@ -86,7 +96,7 @@ class Settings:
             where = self.flags.get(key, key)
         elif key in self.sets:
             where = f"--set {key}"
-        elif self._in_file(key):
+        elif key in self.file_values():
             where = f"{self.file}: {key}"
         elif key == "preset":
             where = "--preset"
@@ -95,17 +105,6 @@ class Settings:
         else:  # a default, or a value the stage itself resolved: the option that would change it
             where = self.flags.get(key, key)
         return f"{where} {err.problem}"
-
-    def _in_file(self, key: str) -> bool:
-        if self.file is None:
-            return False
-        try:
-            data = json.loads(Path(self.file).read_text())
-        except (OSError, ValueError):
-            return False
-        if isinstance(data, dict) and isinstance(data.get(self.section), dict):
-            data = data[self.section]
-        return isinstance(data, dict) and key in config.flatten(self.cls, data)
 
 
 def config_options(cls: type, section: str, *, skip: tuple[str, ...] = (), default_preset: str | None = None):
