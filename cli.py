@@ -462,7 +462,8 @@ def demo_table(figures: dict, out: Path) -> str:
                  + ("; ".join(resolved) if resolved else "none (every interval includes 0)"))
     frame_level = [f"{name} {figures[key]['best_f1']:.4f}" for key, name in
                    (("probe", "linear probe"), ("finetune", "fine-tuned encoder")) if figures.get(key)]
-    lines.append(f"frame-level Expr macro F1 before the temporal heads: {', '.join(frame_level)}")
+    guess = f" (a uniform guess: {figures['frame_guess_f1']:.4f})" if "frame_guess_f1" in figures else ""
+    lines.append(f"frame-level Expr macro F1 before the temporal heads: {', '.join(frame_level)}{guess}")
     return "\n".join(lines)
 
 

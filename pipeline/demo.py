@@ -20,13 +20,15 @@ from pathlib import Path
 import features
 from pipeline import config
 from pipeline.configs.demo import DEMO_PRESETS, DemoConfig
-from pipeline.data.affwild2 import TASKS
+from pipeline.data.affwild2 import TASKS, AffWild2
+from pipeline.data.frames import expr_frames
 from pipeline.data.synth import SynthConfig, generate
 from pipeline.extract import ExtractConfig, extract
 from pipeline.finetune import FinetuneConfig, finetune
 from pipeline.heads.intervals import intervals
 from pipeline.heads.predict import predict
 from pipeline.heads.train import TrainConfig, prepare, train_run
+from pipeline.metrics import uniform_guess_expr_f1
 from pipeline.pretrain import PretrainConfig, pretrain
 from pipeline.report import write_report
 from pipeline.runs import atomic_write_text, sha256_file, to_jsonable
@@ -108,7 +110,9 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         submissions[task] = stage(f"test submission: {task}", lambda task=task: _submit(
             out / "heads" / task / slug(ABLATIONS[0][0]), out / "submissions" / f"{task}.csv", data, cfg))
 
+    guess = uniform_guess_expr_f1(expr_frames(AffWild2(data), "Validation_Set").expr)
     figures = {
+        "preset": cfg.preset, "frame_guess_f1": guess,
         "pretrain": pre, "probe": probe, "finetune": fine, "extraction": extraction,
         "table": {row: {t: s["score"] for t, s in tasks.items()} for row, tasks in table.items()},
         "validation": {t: table[ABLATIONS[0][0]][t] for t in TASKS}, "intervals": spreads,

@@ -20,6 +20,9 @@ from pipeline.plots import curves
 from pipeline.runs import atomic_write_text, read_jsonl
 from pipeline.table5 import ABLATIONS, PAPER_TABLE5, slug
 
+# Frame-level macro F1 above a uniform guess by less than this is read as "no better than a guess" (the spread
+# of a guess's F1 over the demo's 19 validation videos is of this order).
+READS_EXPRESSIONS = 0.02
 TASK_TITLES = {"va": "Valence-arousal (mean CCC)", "expr": "Expression (macro F1)", "au": "Action units (mean F1)"}
 PER_TASK = {"va": VA_NAMES, "expr": EXPR_CLASSES, "au": AU_NAMES}
 HEAD_PLOTS = ("training_curves.png", "va_traces.png", "expr_confusion.png", "au_f1.png")
@@ -143,6 +146,16 @@ def _finetune(src: Sources) -> str:
         probe = [r for r in read_jsonl(probe_log) if "val_f1" in r]
         text += (f' The fine-tune started from the head of a linear probe on the frozen encoder (LP-FT), whose best '
                  f'validation macro F1 was {max(r["val_f1"] for r in probe):.4f}.')
+    guess = (src.demo or {}).get("frame_guess_f1")
+    if guess is not None:
+        text += f" A uniform guess scores {guess:.4f} on the same frames."
+        if best["val_f1"] < guess + READS_EXPRESSIONS:
+            text += (f" At the {src.demo.get('preset', 'demo')} budget the fine-tuned encoder does not read the "
+                     "expressions better than a guess: the MAE has had too few steps to draw the eyes and mouth, "
+                     "and fine-tuning too few to learn them, so the rows below compare temporal heads on features "
+                     "that carry little affect, and what the stages add cannot show here. The longer budget, "
+                     "<code>make demo PRESET=demo-full</code>, trains long enough for that (docs/results.md has "
+                     "its figures).")
     curve = _embed(curves.finetune_curves(epochs, probe))
     return f'<section id="finetune"><h2>Expr fine-tuning</h2><p>{text}</p>{curve}</section>'
 

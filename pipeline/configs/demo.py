@@ -8,6 +8,8 @@ from pipeline.configs.common import DEVICES
 # A demo preset names the synthetic dataset and each stage's preset (the stage configs' PRESETS).
 DEMO_PRESETS = {
     "demo": {"synth": "demo", "pretrain": "demo", "probe": "demo-probe", "finetune": "demo", "heads": "demo"},
+    "demo-full": {"synth": "demo", "pretrain": "demo-full", "probe": "demo-full-probe", "finetune": "demo-full",
+                  "heads": "demo"},
     "tiny": {"synth": "tiny", "pretrain": "tiny", "probe": "tiny-probe", "finetune": "tiny", "heads": "tiny"},
 }
 

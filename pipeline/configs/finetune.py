@@ -68,9 +68,12 @@ class FinetuneConfig:
     # `tiny` and `tiny-probe`: a smoke test of every stage in seconds.
     PRESETS: ClassVar[dict[str, dict]] = {
         "paper": {},
-        "demo": dict(epochs=10, batch_size=64, lr=5e-4, frames_per_video=100, warmup_epochs=0.5, workers=2),
-        "demo-probe": dict(epochs=10, batch_size=64, lr=5e-3, frames_per_video=100, warmup_epochs=0.5, workers=2,
+        "demo": dict(epochs=5, batch_size=64, lr=5e-4, frames_per_video=60, warmup_epochs=0.5, workers=2),
+        "demo-probe": dict(epochs=5, batch_size=64, lr=5e-3, frames_per_video=60, warmup_epochs=0.5, workers=2,
                            linear_probe=True),
+        "demo-full": dict(epochs=10, batch_size=64, lr=5e-4, frames_per_video=100, warmup_epochs=0.5, workers=2),
+        "demo-full-probe": dict(epochs=10, batch_size=64, lr=5e-3, frames_per_video=100, warmup_epochs=0.5,
+                                workers=2, linear_probe=True),
         "tiny": dict(epochs=1, batch_size=32, lr=5e-4, frames_per_video=100, warmup_epochs=0.5, workers=0),
         "tiny-probe": dict(epochs=1, batch_size=32, lr=5e-3, frames_per_video=100, warmup_epochs=0.5, workers=0,
                            linear_probe=True),

@@ -48,9 +48,12 @@ class PretrainConfig:
     # `tiny` is a smoke test of every stage in seconds.
     PRESETS: ClassVar[dict[str, dict]] = {
         "paper": {},
-        "demo": dict(model="mae_vit_tiny_patch16", img_size=112, epochs=8, batch_size=64, accum_iter=1, lr=1e-3,
-                     warmup_epochs=1, crop_scale=(0.8, 1.0), decoder_embed_dim=128, decoder_depth=2,
-                     decoder_num_heads=4, workers=2),
+        "demo": dict(model="mae_vit_tiny_patch16", img_size=112, epochs=4, max_images=8000, batch_size=64,
+                     accum_iter=1, lr=1e-3, warmup_epochs=1, crop_scale=(0.8, 1.0), decoder_embed_dim=128,
+                     decoder_depth=2, decoder_num_heads=4, workers=2),
+        "demo-full": dict(model="mae_vit_tiny_patch16", img_size=112, epochs=8, batch_size=64, accum_iter=1, lr=1e-3,
+                          warmup_epochs=1, crop_scale=(0.8, 1.0), decoder_embed_dim=128, decoder_depth=2,
+                          decoder_num_heads=4, workers=2),
         "tiny": dict(model="mae_vit_tiny_patch16", img_size=64, epochs=1, batch_size=32, accum_iter=1, lr=1e-3,
                      warmup_epochs=1, crop_scale=(0.8, 1.0), decoder_embed_dim=128, decoder_depth=2,
                      decoder_num_heads=4, workers=0),
