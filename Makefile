@@ -10,15 +10,18 @@ BIN      := $(VENV)/bin
 CLI      := $(BIN)/mae-affect
 
 # PRESET names the synthetic dataset and every stage's preset (the stage configs' PRESETS in pipeline/configs):
-# demo (the CPU demo) or tiny (a smoke test). The stages' budgets live there only, so `make extract` after
+# demo (the CPU demo, about 15 minutes), demo-full (the longer demo whose encoder learns the expressions) or
+# tiny (a smoke test). The stages' budgets live there only, so `make extract` after
 # `make demo` resumes and reuses what the demo made. On real Aff-Wild2 and a GPU: PRESET=paper (the
 # defaults) with DATA=/path/to/affwild2 (used as it is: synth skips a root that is not a synthetic set).
 PRESET   ?= demo
-DATA     ?= data/synth-$(PRESET)
+# demo-full (the longer demo) runs on the demo's synthetic set and heads
+BASE     := $(subst -full,,$(PRESET))
+DATA     ?= data/synth-$(BASE)
 RUNS     ?= runs/$(PRESET)
 DEVICE   ?= auto
 WORKERS  ?= 2
-HEAD_PRESET ?= $(PRESET)
+HEAD_PRESET ?= $(BASE)
 # Extra settings for one stage, e.g. PRETRAIN_ARGS="--set epochs=3" (options given win over the preset).
 PRETRAIN_ARGS ?=
 PROBE_ARGS ?=
@@ -56,7 +59,7 @@ lint: setup
 # A DATA that exists and is not a synthetic set (no synth.json) is a real copy: used as it is.
 synth: setup
 	@if [ -e "$(DATA)" ] && [ ! -e "$(DATA)/synth.json" ]; then echo "$(DATA): not a synthetic set, used as it is"; \
-	else $(CLI) synth --out $(DATA) --preset $(PRESET); fi
+	else $(CLI) synth --out $(DATA) --preset $(BASE); fi
 
 pretrain: synth
 	$(CLI) pretrain --preset $(PRESET) --images $(DATA) --out $(PRETRAIN) $(STAGE) $(PRETRAIN_ARGS)
