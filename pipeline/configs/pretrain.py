@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from pipeline.config import ConfigError, check_choices, setting
-from pipeline.configs.common import DEVICES
+from pipeline.configs.common import DEVICES, check_host_share
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,8 @@ class PretrainConfig:
     decoder_depth: int | None = setting(None, "Decoder blocks (none: the model's).")
     decoder_num_heads: int | None = setting(None, "Decoder attention heads (none: the model's).")
     max_images: int | None = setting(None, "Train on a seeded random subset of this many images.")
-    workers: int = setting(4, "DataLoader processes decoding images.")
+    workers: int | None = setting(None, "DataLoader processes decoding images (none: chosen from the cores).")
+    threads: int | None = setting(None, "Torch threads of the main process (none: chosen from the cores).")
     seed: int = setting(0, "Seed of the weights, data order, augmentation and masking.")
     device: str = setting("auto", "auto, cpu or cuda.", choices=DEVICES)
     bf16: bool = setting(True, "bf16 autocast (CUDA, and CPUs with native bf16).")
@@ -58,6 +59,7 @@ class PretrainConfig:
 
     def __post_init__(self):
         check_choices(self)
+        check_host_share(self)
         for name in ("epochs", "batch_size", "accum_iter", "img_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"{getattr(self, name)}: use 1 or more")
