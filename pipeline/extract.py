@@ -28,7 +28,7 @@ from pipeline.checkpoint import EncoderInfo, load_encoder
 from pipeline.config import ConfigError
 from pipeline.configs.extract import ExtractConfig
 from pipeline.data.affwild2 import TASKS, AffWild2
-from pipeline.data.images import UnreadableImage, decode_image
+from pipeline.data.images import decode_batch
 from pipeline.device import (
     autocast,
     cpu_budget,
@@ -70,7 +70,11 @@ def balance(videos: list[str], lengths: dict[str, int], world_size: int) -> list
 
 
 class FrameStream(Dataset):
-    """The image frames of a list of videos, in order: item i -> (uint8 (3, S, S), readable)."""
+    """The image frames of a list of videos, in order: item i -> (uint8 (3, S, S), readable).
+
+    The DataLoader asks for a batch of items at once (``__getitems__``), decoded into one array
+    (:func:`pipeline.data.images.decode_batch`): (uint8 (B, 3, S, S), readable (B,)).
+    """
 
     def __init__(self, paths: list[Path], img_size: int):
         self.paths = paths
@@ -80,10 +84,16 @@ class FrameStream(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, bool]:
-        try:
-            return decode_image(self.paths[i], self.img_size), True
-        except UnreadableImage:  # reported by the main process; the frame is stored as absent
-            return torch.zeros(3, self.img_size, self.img_size, dtype=torch.uint8), False
+        images, readable = self.__getitems__([i])
+        return images[0], bool(readable[0])
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return decode_batch([self.paths[i] for i in indices], self.img_size)
+
+
+def _whole_batch(batch):
+    """The DataLoader's collate for :class:`FrameStream`: its batches come whole from ``__getitems__``."""
+    return batch
 
 
 def frame_loader(paths: list[Path], img_size: int, batch_size: int, workers: int,
@@ -94,7 +104,8 @@ def frame_loader(paths: list[Path], img_size: int, batch_size: int, workers: int
     (:func:`pipeline.device.lower_priority`); batches are pinned for the copy to a CUDA device.
     """
     return DataLoader(FrameStream(paths, img_size), batch_size=batch_size, num_workers=workers,
-                      pin_memory=pin_memory(device), worker_init_fn=lower_priority, persistent_workers=False)
+                      collate_fn=_whole_batch, pin_memory=pin_memory(device), worker_init_fn=lower_priority,
+                      persistent_workers=False)
 
 
 def load_extraction_encoder(ckpt: Path, device: torch.device) -> tuple[torch.nn.Module, EncoderInfo]:
