@@ -7,7 +7,7 @@ same model, optimizer, loss, batch size and precision, on one batch already in m
 optimizer step and nothing else. Rounds alternate the two (a bare-step round, then one more epoch of the
 run), so a change in the machine's load hits both; the best round of each is compared. Goal: >= 0.9.
 
-    python -m bench.bench_loops [--rounds 3] [--steps 12] [--batch-size 64] [--workers N] [--threads N]
+    python -m bench.bench_loops [--rounds 3] [--steps 30] [--batch-size 64] [--workers N] [--threads N]
 
 Defaults are the CPU demo's budget (ViT-Tiny/16 at 112 px, batch 64, bf16 autocast, workers and threads
 chosen from the cores).
@@ -31,7 +31,7 @@ from pipeline.data.synth import generate
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per epoch and per bare round")
+    parser.add_argument("--steps", type=int, default=30, help="optimizer steps per epoch and per bare round")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=None, help="decode workers (default: chosen from the cores)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: chosen from the cores)")
@@ -44,8 +44,8 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-loops-") as tmp:
         tmp = Path(tmp)
         data = tmp / "synth"
-        # 24 videos of ~200 frames: enough Expr training videos for `steps` fine-tuning steps of 64 frames
-        generate(data, SynthConfig(videos=24, frames_per_video=200, people=4, scenes=2), progress=False)
+        # 48 videos of ~200 frames: Expr training videos for ~30 fine-tuning steps of 64 frames an epoch
+        generate(data, SynthConfig(videos=48, frames_per_video=200, people=4, scenes=2), progress=False)
         common = dict(workers=args.workers, threads=args.threads, device="cpu", tensorboard=False)
         pre = replace(config.preset(PretrainConfig, "demo"), images=(str(data),), out=str(tmp / "pretrain"),
                       batch_size=args.batch_size, max_images=args.batch_size * args.steps, recon_images=2, **common)

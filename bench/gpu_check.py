@@ -376,17 +376,18 @@ def _max(values):
 
 def branches(torchrun: dict, device: torch.device) -> dict:
     """Whether each branch ran, read from what the runs observed (never from the settings)."""
-    stages = torchrun["stages"]
-    want_backend = "nccl" if device.type == "cuda" else "gloo"
     out = {}
-    for stage, seen in stages.items():
-        linear = seen["linear_outputs"]
-        copies = seen["h2d_copies"]
+    for stage, seen in torchrun["stages"].items():
+        linear, copies = seen["linear_outputs"], seen["h2d_copies"]
+        if seen["backend"] is None:  # torchrun over one GPU runs one process, which needs no process group
+            group = f"none: {seen['processes']} process"
+        else:
+            group = f"{seen['backend']}, {seen['world_size']} processes"
         out[stage] = {
             "bf16_autocast": sum(n for k, n in linear.items() if k.startswith("bfloat16")) > 0,
             "pinned_non_blocking_copies": copies.get("pinned non_blocking", 0) if device.type == "cuda" else None,
             "other_copies": sum(n for k, n in copies.items() if k != "pinned non_blocking"),
-            f"{want_backend}_processes": seen["processes"] if seen["backend"] == want_backend else 0,
+            "process_group": group,
             # extraction splits the videos between processes and needs no gradient sync
             "ddp": all(n > 0 for n in seen["ddp_forwards"]) if seen["processes"] > 1 and stage != "extract" else None,
             "on": sorted(set(seen["devices"])),
@@ -418,13 +419,12 @@ def table(r: dict) -> str:
         "",
         "branches observed (torchrun: " + f"{r['torchrun']['stages']['pretrain']['processes']} process(es))",
         f"  {'stage':<10}{'bf16 autocast':>14}{'pinned+non-blocking copies':>28}{'other copies':>14}"
-        f"{'backend':>9}{'DDP':>6}  on",
+        f"  {'process group':<20}{'DDP':>6}  on",
     ]
     for stage, b in r["branches"].items():
-        seen = r["torchrun"]["stages"][stage]
         copies = "n/a (CPU)" if b["pinned_non_blocking_copies"] is None else str(b["pinned_non_blocking_copies"])
         lines.append(f"  {stage:<10}{str(b['bf16_autocast']):>14}{copies:>28}{b['other_copies']:>14}"
-                     f"{str(seen['backend']):>9}{str(b['ddp']):>6}  {', '.join(b['on'])}")
+                     f"  {b['process_group']:<20}{str(b['ddp']):>6}  {', '.join(b['on'])}")
     lines += [
         "",
         f"training loops ({p['model']} at {p['img_size']} px, batch {p['batch_size']}, bf16 {p['bf16']})",

@@ -57,11 +57,11 @@ def cpu_budget(device: torch.device, workers: int | None = None, threads: int | 
     - CUDA: the device computes and the host only decodes, so the workers take all but one core of the
       share (at most 12: beyond that the copy to the device, not the decode, is the limit) and the main
       process keeps the rest, at most 4 threads, for its own few CPU operations.
-    - CPU: the step (forward, backward) needs every core and decoding is a small share of the work, so
-      the step keeps all ``C`` threads and ``max(1, C // 8)`` workers decode beside it. The workers run
-      at a lower priority (:func:`lower_priority`, in the workers), so that a decode never stalls the
-      step's threads, which wait for each other at every operation: a worker holding one core of two
-      would idle the other one too.
+    - CPU: the step's threads split every operation evenly and wait for each other at its end, so a
+      worker that takes a core from one of them stalls them all. Workers therefore get cores of their
+      own: none below 4 cores (the main process decodes each batch between steps, with every core free
+      again for the step), else ``C // 8`` (at least 1) beside ``C - workers`` threads. Decoding costs
+      about a tenth of a small ViT's forward pass per frame, so an eighth of the cores keeps up.
 
     Auto threads never exceed torch's current count, so a limit set by ``OMP_NUM_THREADS`` (torchrun sets
     it to 1 for several processes) or by the caller (``torch.set_num_threads``) is kept.
@@ -74,8 +74,8 @@ def cpu_budget(device: torch.device, workers: int | None = None, threads: int | 
         auto_workers = min(12, max(1, share - 1))
         auto_threads = max(1, min(4, share - auto_workers))
     else:
-        auto_workers = max(1, share // 8)
-        auto_threads = share
+        auto_workers = 0 if share < 4 else max(1, share // 8)
+        auto_threads = share - auto_workers
     workers = auto_workers if workers is None else workers
     threads = min(auto_threads, torch.get_num_threads()) if threads is None else threads
     return workers, max(1, threads)
@@ -94,7 +94,7 @@ def torch_threads(threads: int):
 
 def lower_priority(_: int = 0) -> None:
     """A DataLoader ``worker_init_fn``: one torch thread and a lower scheduling priority (``nice``), so
-    that decode workers use the cores the step leaves idle instead of taking them from it."""
+    that a decode worker never delays the main process, which keeps the device fed."""
     torch.set_num_threads(1)
     with contextlib.suppress(OSError, AttributeError):
         os.nice(10)

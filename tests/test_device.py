@@ -19,13 +19,15 @@ def cores(monkeypatch):
     return set_cores
 
 
-def test_cpu_keeps_every_core_for_the_step_and_one_worker_per_eight(cores):
+def test_cpu_workers_get_cores_of_their_own(cores):
     cores(2)
-    assert dev.cpu_budget(CPU) == (1, 2)
+    assert dev.cpu_budget(CPU) == (0, 2)  # decoding between steps, every core for the step
+    cores(4)
+    assert dev.cpu_budget(CPU) == (1, 3)
     cores(16)
-    assert dev.cpu_budget(CPU) == (2, 16)
+    assert dev.cpu_budget(CPU) == (2, 14)
     cores(16)
-    assert dev.cpu_budget(CPU, local_world_size=4) == (1, 4)  # four processes share the host
+    assert dev.cpu_budget(CPU, local_world_size=4) == (1, 3)  # four processes share the host
 
 
 def test_cuda_gives_the_workers_all_but_one_core(cores):
@@ -42,6 +44,8 @@ def test_given_numbers_are_kept_and_auto_threads_respect_a_limit(cores):
     assert dev.cpu_budget(CPU, workers=0, threads=3) == (0, 3)
     cores(8, torch_threads=1)  # OMP_NUM_THREADS=1 (torchrun) or torch.set_num_threads(1) by the caller
     assert dev.cpu_budget(CPU) == (1, 1)
+    cores(2, torch_threads=1)
+    assert dev.cpu_budget(CPU) == (0, 1)
 
 
 def test_torch_threads_are_restored():

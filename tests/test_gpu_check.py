@@ -27,13 +27,13 @@ def test_gpu_check_runs_every_stage_on_the_cpu(tmp_path, capsys):
     assert not result["cuda"] and result["device"] == "cpu"
     for stage in ("pretrain", "finetune", "extract"):
         seen = result["branches"][stage]
-        assert seen["bf16_autocast"] and seen["gloo_processes"] == 2 and seen["on"] == ["cpu"]
+        assert seen["bf16_autocast"] and seen["process_group"] == "gloo, 2 processes" and seen["on"] == ["cpu"]
         assert seen["pinned_non_blocking_copies"] is None and seen["other_copies"] == 0
     assert result["branches"]["pretrain"]["ddp"] and result["branches"]["finetune"]["ddp"]
     assert result["branches"]["extract"]["ddp"] is None  # extraction splits videos, nothing to sync
     for stage in ("pretrain", "finetune"):
         assert result[stage]["loop_img_per_s"] > 0 and result[stage]["bare_img_per_s"] > 0
-        assert result[stage]["threads"] == 1 and result[stage]["workers"] == 1  # resolved from the cores
+        assert result[stage]["threads"] == 1 and result[stage]["workers"] == 0  # resolved from the cores
     ext = result["extract"]
     assert ext["frames"] > 0 and ext["forward_only_fps"] > 0 and ext["per_frame_loop_fps"] > 0
     assert ext["loader_fps"] > 0
