@@ -26,6 +26,15 @@ from bench.gpu_check import check_finetune, check_pretrain
 from pipeline import config
 from pipeline.configs import FinetuneConfig, PretrainConfig, SynthConfig
 from pipeline.data.synth import generate
+from pipeline.pretrain import pretrain
+
+STAGES = ("pretrain", "finetune")
+
+
+def line(stage: str, s: dict) -> str:
+    rounds = " ".join(f"{v:.0f}" for v in s["rounds"]["loop"]) + " | " + " ".join(f"{v:.0f}" for v in s["rounds"]["bare"])
+    return (f"{stage:<10}{s['loop_img_per_s']:>12.1f}{s['bare_img_per_s']:>11.1f}{s['ratio']:>7.2f}"
+            f"{s['workers']:>9}{s['threads']:>9}  {rounds}  (load {os.getloadavg()[0]:.2f})")
 
 
 def main(argv=None) -> dict:
@@ -35,6 +44,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=None, help="decode workers (default: chosen from the cores)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: chosen from the cores)")
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -49,27 +59,32 @@ def main(argv=None) -> dict:
         common = dict(workers=args.workers, threads=args.threads, device="cpu", tensorboard=False)
         pre = replace(config.preset(PretrainConfig, "demo"), images=(str(data),), out=str(tmp / "pretrain"),
                       batch_size=args.batch_size, max_images=args.batch_size * args.steps, recon_images=2, **common)
-        result["pretrain"] = check_pretrain(pre, device, args.rounds, args.steps)
-        fine = replace(config.preset(FinetuneConfig, "demo"), data=str(data), out=str(tmp / "finetune"),
-                       init=result["pretrain"]["checkpoint"], batch_size=args.batch_size,
-                       val_frames_per_video=4, **common)
-        result["finetune"] = check_finetune(fine, device, args.rounds, args.steps)
+        if not args.json:
+            print(f"training loops against bare steps on the CPU ({os.cpu_count()} cores), ViT-Tiny/16 at 112 px, "
+                  f"batch {args.batch_size}, bf16, {args.steps} steps a round, best of {args.rounds} alternated "
+                  f"rounds (load {load_before:.2f})")
+            print(f"{'stage':<10}{'loop img/s':>12}{'bare step':>11}{'ratio':>7}{'workers':>9}{'threads':>9}"
+                  "  rounds (loop | bare)", flush=True)
+        if "pretrain" in args.stages:
+            result["pretrain"] = check_pretrain(pre, device, args.rounds, args.steps)
+            checkpoint = result["pretrain"]["checkpoint"]
+            if not args.json:
+                print(line("pretrain", result["pretrain"]), flush=True)
+        else:  # an encoder to fine-tune: one short epoch
+            checkpoint = pretrain(replace(pre, epochs=1, max_images=args.batch_size), progress=False)["checkpoint"]
+        if "finetune" in args.stages:
+            fine = replace(config.preset(FinetuneConfig, "demo"), data=str(data), out=str(tmp / "finetune"),
+                           init=checkpoint, batch_size=args.batch_size, val_frames_per_video=4, **common)
+            result["finetune"] = check_finetune(fine, device, args.rounds, args.steps)
+            if not args.json:
+                print(line("finetune", result["finetune"]), flush=True)
     result["load"] = [load_before, os.getloadavg()[0]]
 
     if args.json:
         print(json.dumps(result, sort_keys=True))
-        return result
-    print(f"training loops against bare steps on the CPU ({os.cpu_count()} cores), ViT-Tiny/16 at 112 px, "
-          f"batch {args.batch_size}, bf16, {args.steps} steps a round, best of {args.rounds} alternated rounds")
-    print(f"{'stage':<10}{'loop img/s':>12}{'bare step':>11}{'ratio':>7}{'workers':>9}{'threads':>9}  rounds (loop | bare)")
-    for stage in ("pretrain", "finetune"):
-        s = result[stage]
-        rounds = " ".join(f"{v:.0f}" for v in s["rounds"]["loop"]) + " | " + \
-            " ".join(f"{v:.0f}" for v in s["rounds"]["bare"])
-        print(f"{stage:<10}{s['loop_img_per_s']:>12.1f}{s['bare_img_per_s']:>11.1f}{s['ratio']:>7.2f}"
-              f"{s['workers']:>9}{s['threads']:>9}  {rounds}")
-    print(f"load average (1 min) before / after: {result['load'][0]:.2f} / {result['load'][1]:.2f} "
-          f"(above the core count, other processes shared the CPU)")
+    else:
+        print(f"load average (1 min) before / after: {result['load'][0]:.2f} / {result['load'][1]:.2f} "
+              f"(above the core count, other processes shared the CPU)")
     return result
 
 
