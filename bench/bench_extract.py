@@ -4,7 +4,8 @@
    against the best forward-only rate of the same encoder over batch sizes and precisions (bf16
    autocast and fp32), frames already decoded in memory, measured the way extraction computes
    (``pipeline.extract.encode``, rows made float16). Forward-only rounds at extraction's own batch and
-   precision alternate with the extraction runs (``--repeats``), the best of each kept. Goal: >= 0.9.
+   precision, as many frames as the extraction, alternate with the extraction runs (``--repeats``), the
+   best of each kept. Goal: >= 0.9.
 2. The loader against a fast encoder: the same encoder with fewer blocks, the deepest that runs at least
    ``--fast-fps`` frames/s forward-only here, so that a slow forward pass cannot hide a slow loader;
    extraction with it against its own forward-only rate, and the loader alone.
@@ -87,7 +88,8 @@ def alternate(encoder, images, config: ExtractConfig, repeats: int) -> dict:
         summary = extract(config, progress=False)
         if best is None or summary["frames_per_s"] > best["frames_per_s"]:
             best = summary
-        fwd = max(fwd, reference.forward_only(encoder, images, summary["batch_size"], CPU, "cls", config.bf16))
+        fwd = max(fwd, reference.forward_only(encoder, images, summary["batch_size"], CPU, "cls", config.bf16,
+                                              frames=summary["frames"]))
     return {"forward_only_fps": fwd, "summary": best}
 
 

@@ -252,7 +252,7 @@ def check_extract(cfg: ExtractConfig, scale: Scale, device: torch.device, out: P
 
     def forward() -> float:
         return reference.forward_only(encoder, frames, batch_size, device, pooling, cfg.bf16,
-                                      info.pixel_mean, info.pixel_std)
+                                      info.pixel_mean, info.pixel_std, frames=len(paths))
 
     forwards = [forward()]
     held = _reset_peak(device)

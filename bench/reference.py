@@ -114,20 +114,23 @@ class FinetuneStep:
 
 
 def forward_only(encoder: torch.nn.Module, images: torch.Tensor, batch_size: int, device: torch.device,
-                 pooling: str = "cls", bf16: bool = True, pixel_mean=PIXEL_MEAN, pixel_std=PIXEL_STD) -> float:
+                 pooling: str = "cls", bf16: bool = True, pixel_mean=PIXEL_MEAN, pixel_std=PIXEL_STD,
+                 frames: int | None = None) -> float:
     """Frames/s of extraction's own :func:`pipeline.extract.encode` on uint8 frames (N, 3, S, S) already on
     ``device``, ``batch_size`` a batch, the rows made float16 on the host as extraction stores them (one
-    untimed batch first)."""
+    untimed batch first). ``frames``: go round ``images`` until this many frames are done (default: once),
+    so that the reference runs as long as the extraction it is compared with."""
     images = images.to(device)
+    starts = [i % len(images) for i in range(0, frames or len(images), batch_size)]
 
     def run(limit: int | None = None) -> None:
-        for i in range(0, len(images) if limit is None else limit, batch_size):
+        for i in starts[:limit]:
             encode(encoder, images[i: i + batch_size], device, pooling, bf16, pixel_mean,
                    pixel_std).numpy().astype(np.float16)
 
     with torch.inference_mode():
-        run(limit=batch_size)
-        return timed_rate(run, len(images), device)
+        run(limit=1)
+        return timed_rate(run, sum(len(images[i: i + batch_size]) for i in starts), device)
 
 
 def best_forward_only(encoder: torch.nn.Module, images: torch.Tensor, device: torch.device,

@@ -1,6 +1,7 @@
 """Extraction: the fine-tuned ViT runs once over every frame and fills a feature store.
 
-A frame's way: image file -> decode (DataLoader workers) -> uint8 batch -> device -> normalise ->
+A frame's way: image file -> decoded into its batch (by DataLoader workers, or between batches by the
+main process: ``pipeline.device.cpu_budget``) -> uint8 batch -> device -> normalise ->
 ``encoder.forward_features`` (the encoder's own, no copy) -> pooling -> float16 rows -> a writer thread
 -> ``videos/<video>/features``. Frames of all videos form one flat ordered stream, so short videos share
 batches with long ones and the device never starves; a video's rows are written in chunk-sized blocks as
