@@ -5,7 +5,8 @@ the epoch's images/s as the run logs it (loader, schedule, logging, DDP hooks in
 validation are outside the epoch's clock). Its reference is a bare step (``bench/reference.py``): the
 same model, optimizer, loss, batch size and precision, on one batch already in memory, forward, backward,
 optimizer step and nothing else. Rounds alternate the two (a bare-step round, then one more epoch of the
-run), so a change in the machine's load hits both; the best round of each is compared. Goal: >= 0.9.
+run), so a change in the machine's load hits both; printed: the best round of each and their ratio, and
+the median of each round's own ratio ("paired"). Goal: >= 0.9.
 
     python -m bench.bench_loops [--rounds 3] [--steps 30] [--batch-size 64] [--workers N] [--threads N]
 
@@ -34,7 +35,7 @@ STAGES = ("pretrain", "finetune")
 def line(stage: str, s: dict) -> str:
     rounds = " ".join(f"{v:.0f}" for v in s["rounds"]["loop"]) + " | " + " ".join(f"{v:.0f}" for v in s["rounds"]["bare"])
     return (f"{stage:<10}{s['loop_img_per_s']:>12.1f}{s['bare_img_per_s']:>11.1f}{s['ratio']:>7.2f}"
-            f"{s['workers']:>9}{s['threads']:>9}  {rounds}  (load {os.getloadavg()[0]:.2f})")
+            f"{s['paired_ratio']:>8.2f}{s['workers']:>9}{s['threads']:>9}  {rounds}  (load {os.getloadavg()[0]:.2f})")
 
 
 def main(argv=None) -> dict:
@@ -63,8 +64,8 @@ def main(argv=None) -> dict:
             print(f"training loops against bare steps on the CPU ({os.cpu_count()} cores), ViT-Tiny/16 at 112 px, "
                   f"batch {args.batch_size}, bf16, {args.steps} steps a round, best of {args.rounds} alternated "
                   f"rounds (load {load_before:.2f})")
-            print(f"{'stage':<10}{'loop img/s':>12}{'bare step':>11}{'ratio':>7}{'workers':>9}{'threads':>9}"
-                  "  rounds (loop | bare)", flush=True)
+            print(f"{'stage':<10}{'loop img/s':>12}{'bare step':>11}{'ratio':>7}{'paired':>8}{'workers':>9}"
+                  f"{'threads':>9}  rounds (loop | bare)", flush=True)
         if "pretrain" in args.stages:
             result["pretrain"] = check_pretrain(pre, device, args.rounds, args.steps)
             checkpoint = result["pretrain"]["checkpoint"]

@@ -38,6 +38,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.overrides import TorchFunctionMode
@@ -199,6 +200,14 @@ def _peak_gib(device: torch.device, held: int) -> float | None:
 
 # ------------------------------------------------------------------------------------------------ stages
 
+def _ratios(loops: list[float], bares: list[float]) -> dict:
+    """The loop against its bare step: the best round of each, and the median of each round's own ratio
+    (a round's loop and bare step ran minutes apart at most, so a drift in the machine's speed cancels)."""
+    return {"loop_img_per_s": max(loops), "bare_img_per_s": max(bares), "ratio": max(loops) / max(bares),
+            "paired_ratio": float(np.median([a / b for a, b in zip(loops, bares)])),
+            "rounds": {"loop": loops, "bare": bares}}
+
+
 def check_pretrain(cfg: PretrainConfig, device: torch.device, rounds: int, steps: int) -> dict:
     """The pretraining loop against its bare step, alternated: each round a bare-step rate over ``steps``
     steps, then one more epoch of the run ``cfg.out`` (the first round starts it, the next extend it)."""
@@ -214,9 +223,7 @@ def check_pretrain(cfg: PretrainConfig, device: torch.device, rounds: int, steps
     resolved = json.loads((Path(cfg.out) / "config.json").read_text())["pretrain"]
     return {"model": cfg.model, "img_size": cfg.img_size, "batch_size": cfg.batch_size, "bf16": cfg.bf16,
             "workers": resolved["workers"], "threads": resolved["threads"],
-            "loop_img_per_s": max(loops), "bare_img_per_s": max(bares), "ratio": max(loops) / max(bares),
-            "rounds": {"loop": loops, "bare": bares}, "peak_memory_gib": _max(peaks),
-            "checkpoint": summary["checkpoint"]}
+            **_ratios(loops, bares), "peak_memory_gib": _max(peaks), "checkpoint": summary["checkpoint"]}
 
 
 def check_finetune(cfg: FinetuneConfig, device: torch.device, rounds: int, steps: int) -> dict:
@@ -234,9 +241,7 @@ def check_finetune(cfg: FinetuneConfig, device: torch.device, rounds: int, steps
     resolved = json.loads((Path(cfg.out) / "config.json").read_text())["finetune"]
     return {"batch_size": cfg.batch_size, "bf16": cfg.bf16, "workers": resolved["workers"],
             "threads": resolved["threads"], "train_frames_per_epoch": summary["train_frames"],
-            "loop_img_per_s": max(loops), "bare_img_per_s": max(bares), "ratio": max(loops) / max(bares),
-            "rounds": {"loop": loops, "bare": bares}, "peak_memory_gib": _max(peaks),
-            "best_checkpoint": summary["best_checkpoint"]}
+            **_ratios(loops, bares), "peak_memory_gib": _max(peaks), "best_checkpoint": summary["best_checkpoint"]}
 
 
 def check_extract(cfg: ExtractConfig, scale: Scale, device: torch.device, out: Path) -> dict:
@@ -428,11 +433,12 @@ def table(r: dict) -> str:
     lines += [
         "",
         f"training loops ({p['model']} at {p['img_size']} px, batch {p['batch_size']}, bf16 {p['bf16']})",
-        f"  {'stage':<10}{'loop img/s':>12}{'bare step':>11}{'ratio':>7}{'workers':>9}{'threads':>9}{'peak mem':>11}",
+        f"  {'stage':<10}{'loop img/s':>12}{'bare step':>11}{'ratio':>7}{'paired':>8}{'workers':>9}{'threads':>9}"
+        f"{'peak mem':>11}",
     ]
     for name, s in (("pretrain", p), ("finetune", f)):
         lines.append(f"  {name:<10}{s['loop_img_per_s']:>12.1f}{s['bare_img_per_s']:>11.1f}{s['ratio']:>7.2f}"
-                     f"{s['workers']:>9}{s['threads']:>9}{_gib(s['peak_memory_gib']):>11}")
+                     f"{s['paired_ratio']:>8.2f}{s['workers']:>9}{s['threads']:>9}{_gib(s['peak_memory_gib']):>11}")
     lines += [
         "",
         f"extraction ({e['frames']} frames, batch {e['batch_size']}, {e['workers']} decode workers, "
