@@ -60,8 +60,8 @@ def cpu_budget(device: torch.device, workers: int | None = None, threads: int | 
     - CPU: the step's threads split every operation evenly and wait for each other at its end, so a
       worker that takes a core from one of them stalls them all. Workers therefore get cores of their
       own: none below 4 cores (the main process decodes each batch between steps, with every core free
-      again for the step), else ``C // 8`` (at least 1) beside ``C - workers`` threads. Decoding costs
-      about a tenth of a small ViT's forward pass per frame, so an eighth of the cores keeps up.
+      again for the step), else ``C // 8`` (at least 1) beside ``C - workers`` threads: decoding a frame
+      costs a small share of its forward pass (docs/results-speed.md).
 
     Auto threads never exceed torch's current count, so a limit set by ``OMP_NUM_THREADS`` (torchrun sets
     it to 1 for several processes) or by the caller (``torch.set_num_threads``) is kept.

@@ -135,8 +135,8 @@ def decode_image(path: Path, img_size: int | None = None) -> torch.Tensor:
 
 def decode_batch(paths: Sequence[Path], img_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Image files decoded (:func:`decode_rgb`) straight into one batch: (uint8 (B, 3, S, S), readable
-    (B,) bool); an unreadable file's image is zeros. One array for the whole batch instead of a tensor per
-    image and a collated stack saves about a tenth of the time a small frame takes."""
+    (B,) bool); an unreadable file's image is zeros. One array for the whole batch, not a tensor per image
+    and then a stack of them: for small frames that overhead is a noticeable share of the decode."""
     batch = np.zeros((len(paths), 3, img_size, img_size), np.uint8)  # (B, C, S, S)
     readable = np.ones(len(paths), bool)
     for i, path in enumerate(paths):
