@@ -71,7 +71,7 @@ def layer_decay_groups(model: ExprClassifier, weight_decay: float, layer_decay: 
 
 def make_optimizer(model: ExprClassifier, cfg: FinetuneConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW (betas 0.9, 0.999, as MAE's fine-tuning) over :func:`layer_decay_groups`, fused on CPU and
-    CUDA (~10x faster than the per-tensor loop on the CPU for ViT-sized lists; a group's lr may differ)."""
+    CUDA (many times faster than the per-tensor loop on the CPU for ViT-sized lists; groups keep their lr)."""
     return torch.optim.AdamW(layer_decay_groups(model, cfg.weight_decay, cfg.layer_decay), lr=cfg.lr,
                              betas=(0.9, 0.999), fused=device.type in ("cpu", "cuda"))
 

@@ -55,7 +55,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig, lr: float, device: torch.device) -> torch.optim.AdamW:
     """MAE's AdamW (betas 0.9, 0.95; weight decay off biases and norms), fused on CPU and CUDA: the fused
-    kernel (torch >= 2.4 on the CPU) is ~10x faster than the per-tensor loop for ViT-sized lists."""
+    kernel (torch >= 2.4 on the CPU) is many times faster than the per-tensor loop for ViT-sized lists."""
     return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr, betas=(0.9, 0.95),
                              fused=device.type in ("cpu", "cuda"))
 
