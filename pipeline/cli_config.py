@@ -32,7 +32,7 @@ def option_name(f) -> str:
 
 def _click_option(name: str, f, kind) -> click.Option | None:
     """A click option for one setting (None for settings only ``--set`` and files reach, such as dicts)."""
-    base, _ = config._optional(kind)
+    base, nullable = config._optional(kind)
     default = default_of(f)
     shown = "none" if default is None else ("" if default in (config.MISSING, "", ()) else default)
     help_text = f.metadata.get(HELP, "")
@@ -52,6 +52,11 @@ def _click_option(name: str, f, kind) -> click.Option | None:
     if base in (dict,) or typing.get_origin(base) is dict:
         return None
     choices = f.metadata.get(CHOICES)
+    if base in (int, float) and nullable and not choices:
+        # Text, so that "none" passes; the settings' coercion turns it into the number or None and names the
+        # option when it is neither.
+        metavar = f"{'INTEGER' if base is int else 'FLOAT'}|none"
+        return click.Option([flag, name], type=str, default=None, metavar=metavar, help=help_text)
     kind_type = click.Choice(list(choices)) if choices else {int: int, float: float}.get(base, str)
     return click.Option([flag, name], type=kind_type, default=None, help=help_text)
 

@@ -1,6 +1,8 @@
-"""Device choice and the few CUDA-only switches, kept thin so the CPU runs the same code path."""
+"""Device choice, the few CUDA-only switches, and how the host's cores are shared: kept thin so the CPU
+runs the same code path."""
 
 import contextlib
+import os
 
 import torch
 
@@ -11,9 +13,10 @@ def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` -> the local CUDA device when there is one, else the CPU.
 
     Under torchrun each rank takes ``cuda:LOCAL_RANK``.
-    """
-    import os
 
+    Raises:
+        InputError: ``cuda`` asked for without a visible CUDA device, or an unknown name.
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
@@ -36,3 +39,63 @@ def autocast(device: torch.device, bf16: bool = True):
 def pin_memory(device: torch.device) -> bool:
     """Pinned host memory only helps host-to-GPU copies."""
     return device.type == "cuda"
+
+
+def host_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, else the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def cpu_budget(device: torch.device, workers: int | None = None, threads: int | None = None,
+               local_world_size: int = 1) -> tuple[int, int]:
+    """Decode workers and torch intra-op threads for one process, so that they do not fight for cores.
+
+    ``None`` is "choose from the cores"; a number given is kept. Each of the ``local_world_size``
+    processes on this host gets an equal share ``C`` of its cores.
+
+    - CUDA: the device computes and the host only decodes, so the workers take all but one core of the
+      share (at most 12: beyond that the copy to the device, not the decode, is the limit) and the main
+      process keeps the rest, at most 4 threads, for its own few CPU operations.
+    - CPU: the step's threads split every operation evenly and wait for each other at its end, so a
+      worker that takes a core from one of them stalls them all. Workers therefore get cores of their
+      own: none below 4 cores (the main process decodes each batch between steps, with every core free
+      again for the step), else ``C // 8`` (at least 1) beside ``C - workers`` threads: decoding a frame
+      costs a small share of its forward pass (docs/results-speed.md).
+
+    Auto threads never exceed torch's current count, so a limit set by ``OMP_NUM_THREADS`` (torchrun sets
+    it to 1 for several processes) or by the caller (``torch.set_num_threads``) is kept.
+
+    Returns:
+        (workers, threads), both resolved.
+    """
+    share = max(1, host_cores() // max(1, local_world_size))
+    if device.type == "cuda":
+        auto_workers = min(12, max(1, share - 1))
+        auto_threads = max(1, min(4, share - auto_workers))
+    else:
+        auto_workers = 0 if share < 4 else max(1, share // 8)
+        auto_threads = share - auto_workers
+    workers = auto_workers if workers is None else workers
+    threads = min(auto_threads, torch.get_num_threads()) if threads is None else threads
+    return workers, max(1, threads)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int):
+    """Run the block with ``threads`` torch intra-op threads, then restore the caller's count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def lower_priority(_: int = 0) -> None:
+    """A DataLoader ``worker_init_fn``: one torch thread and a lower scheduling priority (``nice``), so
+    that a decode worker never delays the main process, which keeps the device fed."""
+    torch.set_num_threads(1)
+    with contextlib.suppress(OSError, AttributeError):
+        os.nice(10)

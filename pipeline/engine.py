@@ -8,6 +8,7 @@ stage keeps only its step loop. What the engine does, once for every stage:
   that would change the result are refused by name (``pipeline.runs.check_resumable``). ``epochs`` may
   change: a finished run is extended (MAE's 400 -> 800 -> 1600 habit), the schedule continues over the
   new length, and the change is recorded in ``log.jsonl``, the checkpoint and ``config.json``;
+- **threads**: the epochs run with the run's torch thread count (``pipeline.device.cpu_budget``);
 - **seeding**: torch's global RNG (masking noise, drop-path, mixing) is re-seeded at the start of every
   epoch from (seed, epoch, rank), so a resumed run ends with the weights an uninterrupted one has;
 - **schedule**: linear warm-up to the peak, then half a cosine to ``min_lr``, updated every optimizer
@@ -31,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pipeline.config import ConfigError
+from pipeline.device import torch_threads
 from pipeline.distributed import DistInfo, barrier
 from pipeline.errors import InputError
 from pipeline.runlog import RunLog
@@ -69,6 +71,8 @@ class Engine:
         log_every: optimizer steps between step lines.
         tensorboard: also write TensorBoard event files (when TensorBoard is installed).
         progress: show the bar (rank 0 only).
+        threads: torch intra-op threads while the epochs run (None: leave the caller's count); the
+            caller's count is restored after the last epoch.
     """
 
     run_dir: Path
@@ -85,6 +89,7 @@ class Engine:
     log_every: int = 10
     tensorboard: bool = True
     progress: bool = True
+    threads: int | None = None
     # State: where the run is (set by resume, advanced by the loop), not settings.
     epoch_done: int = field(default=0, init=False)
     step: int = field(default=0, init=False)
@@ -148,12 +153,13 @@ class Engine:
         Args:
             stop_at_epoch: stop (resumably) once this many epochs are done; for time-sliced jobs and tests.
         """
-        for epoch in range(self.epoch_done, self.epochs):
-            if stop_at_epoch is not None and epoch >= stop_at_epoch:
-                return
-            torch.manual_seed(epoch_seed(self.seed, epoch, self.dist.rank))
-            self._epoch = epoch
-            yield epoch
+        with torch_threads(self.threads) if self.threads else contextlib.nullcontext():
+            for epoch in range(self.epoch_done, self.epochs):
+                if stop_at_epoch is not None and epoch >= stop_at_epoch:
+                    return
+                torch.manual_seed(epoch_seed(self.seed, epoch, self.dist.rank))
+                self._epoch = epoch
+                yield epoch
 
     def batches(self, loader: Iterable, total: int, unit: str = "img") -> Iterator:
         """The loader's batches under a progress bar of ``total`` units (images) with a rate."""

@@ -1,6 +1,7 @@
 """Extraction: the fine-tuned ViT runs once over every frame and fills a feature store.
 
-A frame's way: image file -> decode (DataLoader workers) -> uint8 batch -> device -> normalise ->
+A frame's way: image file -> decoded into its batch (by DataLoader workers, or between batches by the
+main process: ``pipeline.device.cpu_budget``) -> uint8 batch -> device -> normalise ->
 ``encoder.forward_features`` (the encoder's own, no copy) -> pooling -> float16 rows -> a writer thread
 -> ``videos/<video>/features``. Frames of all videos form one flat ordered stream, so short videos share
 batches with long ones and the device never starves; a video's rows are written in chunk-sized blocks as
@@ -28,10 +29,17 @@ from pipeline.checkpoint import EncoderInfo, load_encoder
 from pipeline.config import ConfigError
 from pipeline.configs.extract import ExtractConfig
 from pipeline.data.affwild2 import TASKS, AffWild2
-from pipeline.data.images import UnreadableImage, decode_image
-from pipeline.device import autocast, pin_memory, resolve_device
+from pipeline.data.images import decode_batch
+from pipeline.device import (
+    autocast,
+    cpu_budget,
+    lower_priority,
+    pin_memory,
+    resolve_device,
+    torch_threads,
+)
 from pipeline.errors import InputError
-from pipeline.models.encoder import normalize, pool_tokens
+from pipeline.models.encoder import PIXEL_MEAN, PIXEL_STD, normalize, pool_tokens
 
 
 def select_videos(ds: AffWild2, splits: tuple[str, ...]) -> list[str]:
@@ -63,7 +71,11 @@ def balance(videos: list[str], lengths: dict[str, int], world_size: int) -> list
 
 
 class FrameStream(Dataset):
-    """The image frames of a list of videos, in order: item i -> (uint8 (3, S, S), readable)."""
+    """The image frames of a list of videos, in order: item i -> (uint8 (3, S, S), readable).
+
+    The DataLoader asks for a batch of items at once (``__getitems__``), decoded into one array
+    (:func:`pipeline.data.images.decode_batch`): (uint8 (B, 3, S, S), readable (B,)).
+    """
 
     def __init__(self, paths: list[Path], img_size: int):
         self.paths = paths
@@ -73,14 +85,55 @@ class FrameStream(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, bool]:
-        try:
-            return decode_image(self.paths[i], self.img_size), True
-        except UnreadableImage:  # reported by the main process; the frame is stored as absent
-            return torch.zeros(3, self.img_size, self.img_size, dtype=torch.uint8), False
+        images, readable = self.__getitems__([i])
+        return images[0], bool(readable[0])
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return decode_batch([self.paths[i] for i in indices], self.img_size)
 
 
-def _decode_worker_init(_: int) -> None:
-    torch.set_num_threads(1)  # decoding workers must not compete with the encoder for cores
+def _whole_batch(batch):
+    """The DataLoader's collate for :class:`FrameStream`: its batches come whole from ``__getitems__``."""
+    return batch
+
+
+def frame_loader(paths: list[Path], img_size: int, batch_size: int, workers: int,
+                 device: torch.device) -> DataLoader:
+    """Batches of decoded frames, in order: ``(uint8 (B, 3, S, S), readable (B,) bool)``.
+
+    ``workers`` processes decode (0: the calling process does), each at a lower priority than the encoder
+    (:func:`pipeline.device.lower_priority`); batches are pinned for the copy to a CUDA device.
+    """
+    return DataLoader(FrameStream(paths, img_size), batch_size=batch_size, num_workers=workers,
+                      collate_fn=_whole_batch, pin_memory=pin_memory(device), worker_init_fn=lower_priority,
+                      persistent_workers=False)
+
+
+def load_extraction_encoder(ckpt: Path, device: torch.device) -> tuple[torch.nn.Module, EncoderInfo]:
+    """The encoder of a checkpoint (:func:`pipeline.checkpoint.load_encoder`), ready for :func:`encode`:
+    in eval mode on ``device``, with channels-last weights on CUDA."""
+    encoder, info = load_encoder(ckpt)
+    encoder.eval().to(device)
+    if device.type == "cuda":
+        encoder.to(memory_format=torch.channels_last)
+    return encoder, info
+
+
+def encode(encoder: torch.nn.Module, images: torch.Tensor, device: torch.device, pooling: str, bf16: bool,
+           pixel_mean=PIXEL_MEAN, pixel_std=PIXEL_STD) -> torch.Tensor:
+    """One batch through the encoder as extraction runs it: uint8 (B, 3, S, S) (on the host, pinned, or
+    already on ``device``) -> pooled float32 (B, D) on the host.
+
+    The copy is non-blocking (it overlaps the host's work when the batch is pinned); on CUDA the images
+    go channels-last, the layout the patch embedding's convolution runs fastest in; the encoder's own
+    ``forward_features`` under bf16 autocast when asked, then the pooling.
+    """
+    images = images.to(device, non_blocking=True)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    with autocast(device, bf16):
+        tokens = encoder.forward_features(normalize(images, pixel_mean, pixel_std))  # (B, 1+N, D)
+    return pool_tokens(tokens, pooling).float().cpu()  # (B, D)
 
 
 _ABORT = object()
@@ -181,7 +234,8 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
         progress: show a tqdm bar with frames/s.
 
     Returns:
-        a summary: videos done and skipped, frames, seconds, frames/s, unreadable files.
+        a summary: videos done and skipped, frames, seconds, frames/s, unreadable files, and the device,
+        batch size, decode workers and torch threads the run resolved.
     """
     for key in ("data", "ckpt", "store"):
         if not getattr(config, key):
@@ -189,6 +243,8 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
     data_root, ckpt, store_path = Path(config.data), Path(config.ckpt), Path(config.store)
     dist = distributed.init_distributed()
     device = resolve_device(config.device)
+    workers, threads = cpu_budget(device, config.workers, config.threads, dist.local_world_size)
+    batch_size = config.batch_size or (256 if device.type == "cuda" else 64)
     ds = AffWild2(data_root)
     videos = select_videos(ds, config.splits)
     if not videos:
@@ -206,11 +262,8 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
                    f"(every frame without a face, filled like one): {named}"
                    f"{', ...' if len(imageless) > 5 else ''}", file=sys.stderr)
 
-    encoder, info = load_encoder(ckpt)
+    encoder, info = load_extraction_encoder(ckpt, device)
     pooling = config.pooling or info.pooling or "cls"
-    encoder.eval().to(device)
-    if device.type == "cuda":
-        encoder.to(memory_format=torch.channels_last)
     attrs = store_attrs(info, pooling, encoder.embed_dim, config.dtype)
 
     fmt = config.format or features.infer_format(Path(store_path))
@@ -220,14 +273,7 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
 
     frames = [(v, int(k)) for v in mine if v in ds.videos for k in ds.videos[v].frames]
     paths = [ds.videos[v].image_path(k) for v, k in frames]
-    loader = DataLoader(
-        FrameStream(paths, info.img_size),
-        batch_size=config.batch_size,
-        num_workers=config.workers,
-        pin_memory=pin_memory(device),
-        worker_init_fn=_decode_worker_init,
-        persistent_workers=False,
-    )
+    loader = frame_loader(paths, info.img_size, batch_size, workers, device)
     feeder = StoreFeeder(writer, mine, lengths)
     unreadable: list[str] = []
     bar = tqdm(total=len(frames), unit="frame", desc=f"extract{f' [rank {dist.rank}]' if dist.enabled else ''}",
@@ -235,14 +281,10 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
     start = time.perf_counter()
     position = 0
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_threads(threads):
             for images, readable in loader:
-                images = images.to(device, non_blocking=True)
-                if device.type == "cuda":
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with autocast(device, config.bf16):
-                    tokens = encoder.forward_features(normalize(images, info.pixel_mean, info.pixel_std))
-                pooled = pool_tokens(tokens, pooling).float().cpu().numpy().astype(config.dtype)  # (B, D)
+                pooled = encode(encoder, images, device, pooling, config.bf16, info.pixel_mean,
+                                info.pixel_std).numpy().astype(config.dtype)  # (B, D)
                 batch = frames[position: position + len(pooled)]
                 for i in np.flatnonzero(~readable.numpy()):
                     unreadable.append(str(paths[position + i]))
@@ -284,6 +326,10 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
         "unreadable": [u for r in ranks for u in r["unreadable"]],
         "ranks": dist.world_size,
         "rank": dist.rank,
+        "device": str(device),
+        "batch_size": batch_size,
+        "workers": workers,
+        "threads": threads,
     }
 
 

@@ -30,7 +30,7 @@ from pipeline.config import ConfigError
 from pipeline.configs.finetune import FinetuneConfig
 from pipeline.data.affwild2 import EXPR_CLASSES, AffWild2
 from pipeline.data.frames import EpochSampler, ExprFrames, class_weights, expr_frames
-from pipeline.device import autocast, pin_memory, resolve_device
+from pipeline.device import autocast, cpu_budget, lower_priority, pin_memory, resolve_device
 from pipeline.distributed import init_distributed
 from pipeline.engine import Engine
 from pipeline.finetune_eval import gather, predict_expr, validation_f1, validation_loader
@@ -67,6 +67,13 @@ def layer_decay_groups(model: ExprClassifier, weight_decay: float, layer_decay: 
         })
         group["params"].append(param)
     return [groups[k] for k in sorted(groups)]
+
+
+def make_optimizer(model: ExprClassifier, cfg: FinetuneConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW (betas 0.9, 0.999, as MAE's fine-tuning) over :func:`layer_decay_groups`, fused on CPU and
+    CUDA (many times faster than the per-tensor loop on the CPU for ViT-sized lists; groups keep their lr)."""
+    return torch.optim.AdamW(layer_decay_groups(model, cfg.weight_decay, cfg.layer_decay), lr=cfg.lr,
+                             betas=(0.9, 0.999), fused=device.type in ("cpu", "cuda"))
 
 
 def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, engine: Engine,
@@ -126,6 +133,8 @@ def finetune(cfg: FinetuneConfig, *, stop_at_epoch: int | None = None, progress:
                   head_init=str(Path(cfg.head_init).resolve()) if cfg.head_init else None)
     dist_info = init_distributed()
     device = resolve_device(cfg.device)
+    workers, threads = cpu_budget(device, cfg.workers, cfg.threads, dist_info.local_world_size)
+    cfg = replace(cfg, workers=workers, threads=threads)  # resolved, so config.json says what ran
     run_dir = Path(cfg.out)
     best_path = run_dir / "best.pt"
 
@@ -143,7 +152,8 @@ def finetune(cfg: FinetuneConfig, *, stop_at_epoch: int | None = None, progress:
     train_set = ExprFrames(train_index, cfg.img_size, cfg.seed, cfg.crop_scale, color_jitter=cfg.color_jitter,
                            grayscale=cfg.grayscale, erase=cfg.erase)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                        pin_memory=pin_memory(device), drop_last=True, persistent_workers=cfg.workers > 0)
+                        pin_memory=pin_memory(device), drop_last=True, persistent_workers=cfg.workers > 0,
+                        worker_init_fn=lower_priority)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise ConfigError("batch_size", f"{cfg.batch_size} x {dist_info.world_size} process(es) is more than the "
@@ -155,14 +165,14 @@ def finetune(cfg: FinetuneConfig, *, stop_at_epoch: int | None = None, progress:
     weight = None
     if cfg.balance == "weights":
         weight = torch.tensor(class_weights(counts), dtype=torch.float32, device=device)
-    optimizer = torch.optim.AdamW(layer_decay_groups(model, cfg.weight_decay, cfg.layer_decay), lr=cfg.lr,
-                                  betas=(0.9, 0.999))
+    optimizer = make_optimizer(model, cfg, device)
     resume_key = to_jsonable({**asdict(cfg), "world_size": dist_info.world_size,
                               "init_sha256": source["init_sha256"],
                               "head_init_sha256": source.get("head_init_sha256")})
     engine = Engine(run_dir, "finetune", cfg.epochs, steps_per_epoch, cfg.lr, cfg.min_lr,
                     round(cfg.warmup_epochs * steps_per_epoch), cfg.seed, dist_info, resume_key,
-                    lr_setting="lr", log_every=cfg.log_every, tensorboard=cfg.tensorboard, progress=progress)
+                    lr_setting="lr", log_every=cfg.log_every, tensorboard=cfg.tensorboard, progress=progress,
+                    threads=cfg.threads)
     last = read_checkpoint(engine.last_path) if engine.last_path.exists() else None
     engine.resume(model, optimizer, last)
     best = dict(last["best"]) if last is not None else {"f1": -1.0, "epoch": 0}

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.data.frames import ExprFrames, FrameIndex
-from pipeline.device import autocast, pin_memory
+from pipeline.device import autocast, lower_priority, pin_memory
 from pipeline.distributed import DistInfo
 from pipeline.metrics import expr_f1
 from pipeline.models.encoder import PIXEL_MEAN, PIXEL_STD, normalize
@@ -28,7 +28,8 @@ def validation_loader(index: FrameIndex, img_size: int, cfg, device: torch.devic
     if dist_info is not None:
         rows = rows[dist_info.rank::dist_info.world_size]
     return DataLoader(ExprFrames(index, img_size), batch_size=cfg.batch_size, sampler=rows.tolist(),
-                      num_workers=cfg.workers, pin_memory=pin_memory(device), persistent_workers=cfg.workers > 0)
+                      num_workers=cfg.workers, pin_memory=pin_memory(device), persistent_workers=cfg.workers > 0,
+                      worker_init_fn=lower_priority)
 
 
 @torch.no_grad()

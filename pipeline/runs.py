@@ -66,7 +66,7 @@ def write_config(run_dir: Path, config: Any, name: str = "config.json") -> Path:
 
 
 # Options that may change between a run and its resume without changing the result.
-RESUME_FREE = frozenset({"out", "workers", "device", "log_every", "tensorboard"})
+RESUME_FREE = frozenset({"out", "workers", "threads", "device", "log_every", "tensorboard"})
 
 
 def check_resumable(saved: dict, current: dict, run_dir: Path) -> None:

@@ -3,9 +3,10 @@ transparency, palette, CMYK), and a non-square image is resized by its short sid
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from pipeline.data.images import BACKGROUND, UnreadableImage, decode_image, load_rgb
+from pipeline.data.images import BACKGROUND, UnreadableImage, decode_batch, decode_image, load_rgb
 
 
 def pixels(path, size=None) -> np.ndarray:
@@ -103,3 +104,18 @@ def test_undecodable_files_raise_unreadable_naming_the_file(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(UnreadableImage, match="bad.png"):
         load_rgb(path)
+
+
+def test_a_batch_decodes_like_its_frames_one_by_one(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, size in enumerate([(40, 40), (48, 32), (40, 40)]):  # (W, H): one non-square
+        paths.append(tmp_path / f"{i}.jpg")
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(paths[-1])
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    images, readable = decode_batch([paths[0], tmp_path / "bad.jpg", paths[1], paths[2]], 32)
+    assert images.shape == (4, 3, 32, 32) and images.dtype == torch.uint8
+    assert readable.tolist() == [True, False, True, True]
+    assert not images[1].any()  # an unreadable frame is zeros
+    for row, path in zip([0, 2, 3], paths):
+        assert torch.equal(images[row], decode_image(path, 32))

@@ -120,6 +120,7 @@ def test_resumed_run_equals_uninterrupted_run(faces, tmp_path):
     config = json.loads((cut / "config.json").read_text())
     assert config["effective_batch"] == 8 and config["peak_lr"] == pytest.approx(1.25e-4 * 8 / 256)
     assert config["model_config"]["patch_size"] == 8 and config["pixel_mean"] == [0.485, 0.456, 0.406]
+    assert (config["pretrain"]["workers"], config["pretrain"]["threads"]) == (2, 1)  # resolved (one_thread)
     pngs = sorted(p.name for p in (cut / "recon").iterdir())
     assert pngs == ["epoch-001.png", "epoch-002.png"]
     assert Image.open(cut / "recon" / "epoch-002.png").size == (4 * 34 - 2, 12 + 3 * 34 - 2 + 12)

@@ -24,11 +24,11 @@ class DemoConfig:
                           choices=tuple(DEMO_PRESETS))
     lp_ft: bool = setting(True, "Fine-tune from a linear probe's head (LP-FT); false: from a fresh head, as "
                                 "the paper.")
-    workers: int = setting(2, "DataLoader processes of every stage.")
+    workers: int | None = setting(None, "DataLoader processes of every stage (none: chosen from the cores).")
     device: str = setting("auto", "auto, cpu or cuda.", choices=DEVICES)
     seed: int = setting(0, "Seed of the dataset and of every stage.")
 
     def __post_init__(self):
         check_choices(self)
-        if self.workers < 0:
-            raise ConfigError("workers", f"{self.workers}: use 0 or more")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError("workers", f"{self.workers}: use 0 or more, or none to choose from the cores")

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from features.format import WRITE_FORMATS
 from pipeline.config import ConfigError, check_choices, setting
-from pipeline.configs.common import DEVICES, POOL_MODES
+from pipeline.configs.common import DEVICES, POOL_MODES, check_host_share
 from pipeline.data.affwild2 import SPLITS
 
 SELECTABLE_SPLITS = ("all", *SPLITS, "test")
@@ -24,16 +24,19 @@ class ExtractConfig:
     pooling: str | None = setting(None, "cls or mean; none: the checkpoint's (the pooling fine-tuning "
                                         "trained).", choices=POOL_MODES)
     dtype: str = setting("float16", "Stored feature dtype.", choices=("float16", "float32"))
-    batch_size: int = setting(256, "Frames per forward pass (frames of several videos share a batch).")
-    workers: int = setting(2, "DataLoader processes decoding JPEGs.")
+    batch_size: int | None = setting(None, "Frames per forward pass, frames of several videos sharing a batch "
+                                           "(none: 256 on CUDA, 64 on the CPU).")
+    workers: int | None = setting(None, "DataLoader processes decoding JPEGs (none: chosen from the cores).")
+    threads: int | None = setting(None, "Torch threads of the main process (none: chosen from the cores).")
     device: str = setting("auto", "auto, cpu or cuda.", choices=DEVICES)
     bf16: bool = setting(True, "bf16 autocast (CUDA, and CPUs with native bf16).")
     overwrite: bool = setting(False, "Delete an existing store of ours and start afresh.")
 
     def __post_init__(self):
         check_choices(self)
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError("batch_size", f"{self.batch_size}: use 1 or more")
+        check_host_share(self)
         unknown = [s for s in self.splits if s not in SELECTABLE_SPLITS]
         if unknown:
             raise ConfigError("splits", f"{unknown[0]!r} is not a split; use {', '.join(SELECTABLE_SPLITS)}")

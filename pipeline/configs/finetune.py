@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from pipeline.config import ConfigError, check_choices, setting
-from pipeline.configs.common import DEVICES, POOL_MODES
+from pipeline.configs.common import DEVICES, POOL_MODES, check_host_share
 
 # sampler: class-balanced sampling; weights: inverse-frequency loss weights; none: the frames as they come.
 BALANCE_MODES = ("sampler", "weights", "none")
@@ -55,7 +55,8 @@ class FinetuneConfig:
     linear_probe: bool = setting(False, "Freeze the encoder; train only the head (MAE's linear probe).")
     head_init: str | None = setting(None, "LP-FT: start the head from this linear-probe run's best.pt "
                                           "(trained on the same init).")
-    workers: int = setting(4, "DataLoader processes decoding frames.")
+    workers: int | None = setting(None, "DataLoader processes decoding images (none: chosen from the cores).")
+    threads: int | None = setting(None, "Torch threads of the main process (none: chosen from the cores).")
     seed: int = setting(0, "Seed of the head, data order, augmentation and mixing.")
     device: str = setting("auto", "auto, cpu or cuda.", choices=DEVICES)
     bf16: bool = setting(True, "bf16 autocast (CUDA, and CPUs with native bf16).")
@@ -68,12 +69,12 @@ class FinetuneConfig:
     # `tiny` and `tiny-probe`: a smoke test of every stage in seconds.
     PRESETS: ClassVar[dict[str, dict]] = {
         "paper": {},
-        "demo": dict(epochs=5, batch_size=64, lr=5e-4, frames_per_video=60, warmup_epochs=0.5, workers=2),
-        "demo-probe": dict(epochs=5, batch_size=64, lr=5e-3, frames_per_video=60, warmup_epochs=0.5, workers=2,
+        "demo": dict(epochs=5, batch_size=64, lr=5e-4, frames_per_video=60, warmup_epochs=0.5),
+        "demo-probe": dict(epochs=5, batch_size=64, lr=5e-3, frames_per_video=60, warmup_epochs=0.5,
                            linear_probe=True),
-        "demo-full": dict(epochs=10, batch_size=64, lr=5e-4, frames_per_video=100, warmup_epochs=0.5, workers=2),
+        "demo-full": dict(epochs=10, batch_size=64, lr=5e-4, frames_per_video=100, warmup_epochs=0.5),
         "demo-full-probe": dict(epochs=10, batch_size=64, lr=5e-3, frames_per_video=100, warmup_epochs=0.5,
-                                workers=2, linear_probe=True),
+                                linear_probe=True),
         "tiny": dict(epochs=1, batch_size=32, lr=5e-4, frames_per_video=100, warmup_epochs=0.5, workers=0),
         "tiny-probe": dict(epochs=1, batch_size=32, lr=5e-3, frames_per_video=100, warmup_epochs=0.5, workers=0,
                            linear_probe=True),
@@ -81,6 +82,7 @@ class FinetuneConfig:
 
     def __post_init__(self):
         check_choices(self)
+        check_host_share(self)
         for name in ("epochs", "batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"{getattr(self, name)}: use 1 or more")

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from pipeline.config import ConfigError, check_choices, setting
-from pipeline.configs.common import DEVICES
+from pipeline.configs.common import DEVICES, check_host_share
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,8 @@ class PretrainConfig:
     decoder_depth: int | None = setting(None, "Decoder blocks (none: the model's).")
     decoder_num_heads: int | None = setting(None, "Decoder attention heads (none: the model's).")
     max_images: int | None = setting(None, "Train on a seeded random subset of this many images.")
-    workers: int = setting(4, "DataLoader processes decoding images.")
+    workers: int | None = setting(None, "DataLoader processes decoding images (none: chosen from the cores).")
+    threads: int | None = setting(None, "Torch threads of the main process (none: chosen from the cores).")
     seed: int = setting(0, "Seed of the weights, data order, augmentation and masking.")
     device: str = setting("auto", "auto, cpu or cuda.", choices=DEVICES)
     bf16: bool = setting(True, "bf16 autocast (CUDA, and CPUs with native bf16).")
@@ -50,10 +51,10 @@ class PretrainConfig:
         "paper": {},
         "demo": dict(model="mae_vit_tiny_patch16", img_size=112, epochs=4, max_images=8000, batch_size=64,
                      accum_iter=1, lr=1e-3, warmup_epochs=1, crop_scale=(0.8, 1.0), decoder_embed_dim=128,
-                     decoder_depth=2, decoder_num_heads=4, workers=2),
+                     decoder_depth=2, decoder_num_heads=4),
         "demo-full": dict(model="mae_vit_tiny_patch16", img_size=112, epochs=8, batch_size=64, accum_iter=1, lr=1e-3,
                           warmup_epochs=1, crop_scale=(0.8, 1.0), decoder_embed_dim=128, decoder_depth=2,
-                          decoder_num_heads=4, workers=2),
+                          decoder_num_heads=4),
         "tiny": dict(model="mae_vit_tiny_patch16", img_size=64, epochs=1, batch_size=32, accum_iter=1, lr=1e-3,
                      warmup_epochs=1, crop_scale=(0.8, 1.0), decoder_embed_dim=128, decoder_depth=2,
                      decoder_num_heads=4, workers=0),
@@ -61,6 +62,7 @@ class PretrainConfig:
 
     def __post_init__(self):
         check_choices(self)
+        check_host_share(self)
         for name in ("epochs", "batch_size", "accum_iter", "img_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"{getattr(self, name)}: use 1 or more")

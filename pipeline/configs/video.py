@@ -54,11 +54,14 @@ class AnalyzeConfig:
     encoder: str = setting("", "The encoder checkpoint the heads' feature store was extracted with.")
     heads: tuple[str, ...] = setting((), "Head runs of `train`, one per task: --heads RUN [RUN ...].")
     faces: FacesConfig = setting(default_factory=FacesConfig)
-    extract_batch_size: int = setting(256, "Frames per encoder forward pass in extraction.")
-    workers: int = setting(2, "Extraction's JPEG-decoding processes.")
+    extract_batch_size: int | None = setting(None, "Frames per encoder forward pass in extraction (none: 256 "
+                                                   "on CUDA, 64 on the CPU).")
+    workers: int | None = setting(None, "Extraction's JPEG-decoding processes (none: chosen from the cores).")
     render: bool = setting(False, "Also write an MP4 per source video with the boxes and predictions drawn.")
     bf16: bool = setting(True, "bf16 autocast in extraction (CUDA, and CPUs with native bf16).")
 
     def __post_init__(self):
-        if self.extract_batch_size < 1:
+        if self.extract_batch_size is not None and self.extract_batch_size < 1:
             raise ConfigError("extract_batch_size", f"{self.extract_batch_size}: use 1 or more")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError("workers", f"{self.workers}: use 0 or more, or none to choose from the cores")

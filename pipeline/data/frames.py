@@ -24,7 +24,7 @@ from torch.utils.data import Dataset, Sampler
 
 from pipeline.configs.finetune import BALANCE_MODES
 from pipeline.data.affwild2 import AU_NAMES, EXPR_CLASSES, AffWild2
-from pipeline.data.images import UnreadableImage, decode_image, random_resized_box
+from pipeline.data.images import UnreadableImage, decode_image, load_rgb, random_resized_box
 from pipeline.errors import InputError
 
 
@@ -264,13 +264,11 @@ class ExprFrames(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def _augment(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        """uint8 (C, H, W) -> uint8 (C, S, S): a random crop resized (bicubic, as evaluation), maybe flipped,
+    def _augment(self, img: Image.Image, rng: np.random.Generator) -> torch.Tensor:
+        """An RGB image -> uint8 (C, S, S): a random crop resized (bicubic, as evaluation), maybe flipped,
         then the optional colour and erasing steps."""
-        _, h, w = image.shape
-        box = random_resized_box(w, h, rng, scale=self.crop_scale)
+        box = random_resized_box(img.width, img.height, rng, scale=self.crop_scale)
         # PIL, not torch ops: a handful of small tensor ops per item costs more than the decode itself
-        img = Image.fromarray(image.permute(1, 2, 0).numpy())  # (H, W, C)
         img = img.resize((self.img_size, self.img_size), Image.BICUBIC, box=box)
         if rng.random() < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
@@ -290,7 +288,7 @@ class ExprFrames(Dataset):
         try:
             if train:
                 epoch, draw = key[1], key[2]
-                image = self._augment(decode_image(self.index.image_paths[row]),
+                image = self._augment(load_rgb(self.index.image_paths[row]),
                                       np.random.default_rng([self.seed, epoch, draw]))
             else:
                 image = decode_image(self.index.image_paths[row], self.img_size)

@@ -135,20 +135,42 @@ def square_resize(img: Image.Image, img_size: int) -> Image.Image:
     return img.resize((img_size, img_size), Image.BICUBIC, box=(left, top, left + side, top + side))
 
 
-def decode_image(path: Path, img_size: int | None = None) -> torch.Tensor:
-    """An image file as uint8 (3, H, W), as a viewer shows it (see :func:`load_rgb`).
+def decode_rgb(path: Path, img_size: int | None = None) -> Image.Image:
+    """An image file as an RGB PIL image, as a viewer shows it (see :func:`load_rgb`).
 
     Args:
         path: a jpg/png (any mode Pillow reads).
-        img_size: if given, the output is (3, img_size, img_size): the short side resized to ``img_size``
-            pixels and the centre square kept (:func:`square_resize`); else the image at its own size.
+        img_size: if given, the output is img_size x img_size pixels: the short side resized to ``img_size``
+            and the centre square kept (:func:`square_resize`); else the image at its own size.
 
     Raises UnreadableImage (naming the file) when PIL cannot decode it.
     """
     img = load_rgb(path)
     if img_size is not None and img.size != (img_size, img_size):
         img = square_resize(img, img_size)
-    return _to_tensor(img)
+    return img
+
+
+def decode_image(path: Path, img_size: int | None = None) -> torch.Tensor:
+    """An image file as uint8 (3, H, W): :func:`decode_rgb` as a tensor.
+
+    Raises UnreadableImage (naming the file) when PIL cannot decode it.
+    """
+    return _to_tensor(decode_rgb(path, img_size))
+
+
+def decode_batch(paths: Sequence[Path], img_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image files decoded (:func:`decode_rgb`) straight into one batch: (uint8 (B, 3, S, S), readable
+    (B,) bool); an unreadable file's image is zeros. One array for the whole batch, not a tensor per image
+    and then a stack of them: for small frames that overhead is a noticeable share of the decode."""
+    batch = np.zeros((len(paths), 3, img_size, img_size), np.uint8)  # (B, C, S, S)
+    readable = np.ones(len(paths), bool)
+    for i, path in enumerate(paths):
+        try:
+            batch[i] = np.asarray(decode_rgb(path, img_size)).transpose(2, 0, 1)  # (S, S, C) -> (C, S, S)
+        except UnreadableImage:  # reported by the caller
+            readable[i] = False
+    return torch.from_numpy(batch), torch.from_numpy(readable)
 
 
 def random_resized_box(width: int, height: int, rng: np.random.Generator,
