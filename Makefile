@@ -15,14 +15,14 @@ CLI      := $(BIN)/mae-affect
 # `make demo` resumes and reuses what the demo made. On real Aff-Wild2 and a GPU: PRESET=paper (the
 # defaults) with DATA=/path/to/affwild2 (used as it is: synth skips a root that is not a synthetic set).
 PRESET   ?= demo
-# demo-full (the longer demo) runs on the demo's synthetic set and heads
+# demo-full (the longer demo) runs on the demo's synthetic set
 BASE     := $(subst -full,,$(PRESET))
 DATA     ?= data/synth-$(BASE)
 RUNS     ?= runs/$(PRESET)
 DEVICE   ?= auto
 # Decode workers of every stage; none: chosen from the cores (pipeline.device.cpu_budget).
 WORKERS  ?= none
-HEAD_PRESET ?= $(BASE)
+HEAD_PRESET ?= $(PRESET)
 # Extra settings for one stage, e.g. PRETRAIN_ARGS="--set epochs=3" (options given win over the preset).
 PRETRAIN_ARGS ?=
 PROBE_ARGS ?=

@@ -137,9 +137,12 @@ def _finetune(src: Sources) -> str:
     if not epochs:
         return ""
     best = max(epochs, key=lambda r: r["val_f1"])
+    run_config = json.loads((src.finetune / "config.json").read_text())
+    per_video = run_config.get("finetune", {}).get("val_frames_per_video", 0)
+    scored = f"{per_video} evenly spaced frames of each video" if per_video else "every frame"
     text = (f'Best validation macro F1 {best["val_f1"]:.4f} at epoch {best["epoch"]} (frame level, before any '
-            'temporal model).')
-    head_init = json.loads((src.finetune / "config.json").read_text())["encoder"].get("head_init")
+            f'temporal model, on {scored}).')
+    head_init = run_config["encoder"].get("head_init")
     probe_log = Path(head_init).parent / "log.jsonl" if head_init else None
     probe = None
     if probe_log is not None and probe_log.exists():  # LP-FT: show the probe the fine-tune started from

@@ -9,7 +9,7 @@ from pipeline.configs.common import DEVICES
 DEMO_PRESETS = {
     "demo": {"synth": "demo", "pretrain": "demo", "probe": "demo-probe", "finetune": "demo", "heads": "demo"},
     "demo-full": {"synth": "demo", "pretrain": "demo-full", "probe": "demo-full-probe", "finetune": "demo-full",
-                  "heads": "demo"},
+                  "heads": "demo-full"},
     "tiny": {"synth": "tiny", "pretrain": "tiny", "probe": "tiny-probe", "finetune": "tiny", "heads": "tiny"},
 }
 
