@@ -147,8 +147,8 @@ class ZarrBackend:
 
 
 class H5Backend:
-    """A feature store in one HDF5 file (one writer at a time; see merge_stores for several
-    ranks)."""
+    """A feature store in one HDF5 file (one writer at a time; see merge_stores for
+    several ranks)."""
 
     format = "hdf5"
 

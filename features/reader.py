@@ -87,8 +87,8 @@ class FeatureStore:
 
     @property
     def consolidated(self) -> bool:
-        """True when a Zarr store carries a consolidated listing (plain zarr then opens it in one
-        read)."""
+        """True when a Zarr store carries a consolidated listing (plain zarr then opens it
+        in one read)."""
         return self.format != "hdf5" and self._backend.listed_complete() is not None
 
     def arrays(self, video: str):
@@ -99,8 +99,8 @@ class FeatureStore:
 
     def read_rows(self, video: str, start: int = 0, stop: int | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
-        """Rows ``start:stop`` as stored (absent rows zero): features (n, D) store dtype, present
-        (n,)."""
+        """Rows ``start:stop`` as stored (absent rows zero): features (n, D) store dtype,
+        present (n,)."""
         features, present = self.arrays(video)
         return np.asarray(features[start:stop]), np.asarray(present[start:stop], dtype=bool)
 

@@ -154,8 +154,8 @@ class StoreWriter:
                 and self._backend.has_arrays(v)}
 
     def begin_video(self, name: str, num_frames: int) -> VideoWriter:
-        """(Re)create the group of ``name`` with ``num_frames`` zero rows, replacing any earlier
-        one."""
+        """(Re)create the group of ``name`` with ``num_frames`` zero rows, replacing any
+        earlier one."""
         check_video_name(name)
         if (isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer))
                 or num_frames < 1):
@@ -165,8 +165,8 @@ class StoreWriter:
                            self.attrs["dtype"], self._chunk_rows)
 
     def close(self) -> None:
-        """HDF5: flush and close. Zarr main: consolidate the metadata (after every worker
-        finished)."""
+        """HDF5: flush and close. Zarr main: consolidate the metadata (after every
+        worker finished)."""
         if self._closed:
             return
         self._closed = True
