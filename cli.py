@@ -2,9 +2,9 @@
 
 Each command only parses options and calls the library function a Python user would call. A stage's
 options, their defaults and help come from its config dataclass (``pipeline.cli_config``), with
-``--config FILE``, ``--set KEY=VALUE``, ``--preset NAME`` and ``--print-config`` beside them. Bad input
-(an :class:`InputError` or a feature-store error) becomes one line on stderr and exit code 2; any other
-exception is a bug and exits 1.
+``--config FILE``, ``--set KEY=VALUE``, ``--preset NAME`` and ``--print-config`` beside them. Bad
+input (an :class:`InputError` or a feature-store error) becomes one line on stderr and exit code 2;
+any other exception is a bug and exits 1.
 """
 
 import json
@@ -32,8 +32,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 class _Group(click.Group):
-    """Turns user errors into one line on stderr and exit 2, never a traceback; a setting's error names the
-    option, ``--set`` item, config file or preset that gave the value."""
+    """Turns user errors into one line on stderr and exit 2, never a traceback; a setting's error
+    names the option, ``--set`` item, config file or preset that gave the value."""
 
     def invoke(self, ctx):
         from pipeline.cli_config import describe_error
@@ -54,32 +54,37 @@ def emit(result: dict, as_json: bool, table: str) -> None:
 
 def figures_table(result: dict, title: str = "") -> str:
     """A two-column table of a metric dict's numbers (score first)."""
-    rows = [(k, v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    rows = [(k, v) for k, v in result.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)]
     rows.sort(key=lambda kv: kv[0] != "score")
     width = max((len(k) for k, _ in rows), default=5)
     lines = [title] if title else []
-    lines += [f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}" for k, v in rows]
+    lines += [f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}"
+              for k, v in rows]
     return "\n".join(lines)
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-data_option = click.option(
-    "--data", "data_root", required=True, type=click.Path(path_type=Path), help="An Aff-Wild2-layout root."
-)
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print one JSON object instead of a table.")
+data_option = click.option("--data", "data_root", required=True, type=click.Path(path_type=Path),
+                           help="An Aff-Wild2-layout root.")
 task_option = click.option("--task", required=True, type=click.Choice(["va", "expr", "au"]))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mae-affect")
 def cli():
-    """MAE self-pretraining, expression fine-tuning, feature extraction and temporal heads for Aff-Wild2."""
+    """MAE self-pretraining, expression fine-tuning, feature extraction and temporal heads
+    for Aff-Wild2."""
 
 
 @cli.command()
 @task_option
-@click.option("--pred", "pred_path", required=True, type=click.Path(path_type=Path), help="Submission-format CSV.")
+@click.option("--pred", "pred_path", required=True, type=click.Path(path_type=Path),
+              help="Submission-format CSV.")
 @data_option
-@click.option("--split", default="Validation_Set", show_default=True, help="Train_Set, Validation_Set (or Test_Set where ground truth exists).")
+@click.option("--split", default="Validation_Set", show_default=True,
+              help="Train_Set, Validation_Set (or Test_Set where ground truth exists).")
 @json_option
 def score(task, pred_path, data_root, split, as_json):
     """Score a submission-format prediction file against the annotations of a split."""
@@ -93,19 +98,22 @@ def score(task, pred_path, data_root, split, as_json):
 @cli.command("check-submission")
 @click.argument("file", type=click.Path(path_type=Path))
 @task_option
-@click.option("--example", required=True, type=click.Path(path_type=Path), help="The organisers' example file.")
+@click.option("--example", required=True, type=click.Path(path_type=Path),
+              help="The organisers' example file.")
 def check_submission_cmd(file, task, example):
     """Check a submission's header, rows, order and value ranges against the example file."""
     from pipeline.submission import check_submission
 
     problems = check_submission(file, task, example)
     if problems:
-        raise InputError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+        raise InputError(problems[0]
+                         + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
     click.echo(f"{file}: valid {task} submission")
 
 
-# --- MAE pretraining and Expr fine-tuning ----------------------------------------------------------
-# Every option, its default and its help come from the stage's config dataclass (pipeline.cli_config).
+# --- MAE pretraining and Expr fine-tuning ---------------------------------------------------------
+# Every option, its default and its help come from the stage's config dataclass
+# (pipeline.cli_config).
 
 
 @cli.command()
@@ -122,14 +130,16 @@ def pretrain(settings, as_json):
     finally:
         cleanup()
     if result is not None:
-        emit(result, as_json, figures_table(result, f"pretrained {config.out} ({result['checkpoint']})"))
+        emit(result, as_json,
+             figures_table(result, f"pretrained {config.out} ({result['checkpoint']})"))
 
 
 @cli.command()
 @config_options(FinetuneConfig, "finetune")
 @json_option
 def finetune(settings, as_json):
-    """Fine-tune the encoder on per-frame Expr labels; keeps OUT/best.pt by validation macro F1 (torchrun: DDP)."""
+    """Fine-tune the encoder on per-frame Expr labels; keeps OUT/best.pt by validation macro F1
+    (torchrun: DDP)."""
     from pipeline.distributed import cleanup
     from pipeline.finetune import finetune as run_finetune
 
@@ -139,25 +149,29 @@ def finetune(settings, as_json):
     finally:
         cleanup()
     if result is not None:
-        emit(result, as_json, figures_table(result, f"fine-tuned {config.out} (best: {result['best_checkpoint']})"))
+        emit(result, as_json, figures_table(
+            result, f"fine-tuned {config.out} (best: {result['best_checkpoint']})"))
 
 
 # --- synthetic data -------------------------------------------------------------------------------
 
 
 @cli.command()
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Dataset root to create.")
-@click.option("--workers", type=int, default=None, help="Rendering processes (default: 2 for large presets).")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Dataset root to create.")
+@click.option("--workers", type=int, default=None,
+              help="Rendering processes (default: 2 for large presets).")
 @config_options(SynthConfig, "synth", default_preset="demo")
 @json_option
 def synth(out, workers, settings, as_json):
-    """Generate a synthetic mini-Aff-Wild2 in the exact Aff-Wild2 layout (deterministic for a seed)."""
+    """Generate a synthetic mini-Aff-Wild2 in the exact Aff-Wild2 layout (deterministic
+    for a seed)."""
     from pipeline.data.synth import generate
 
     result = generate(out, settings.build(), progress=not as_json, workers=workers)
     table = (f"{out}: already holds this dataset, left as it is" if result["skipped"] else
-             f"wrote {result['videos']} videos, {result['frames']} frames ({result['images']} images) to {out} "
-             f"in {result['seconds']:.1f} s")
+             f"wrote {result['videos']} videos, {result['frames']} frames "
+             f"({result['images']} images) to {out} in {result['seconds']:.1f} s")
     emit(result, as_json, table)
 
 
@@ -181,10 +195,11 @@ def extract(settings, as_json):
         emit(result, as_json, figures_table(result, f"extracted into {config.store}"))
 
 
-# --- raw videos: faces | analyze -------------------------------------------------------------------
+# --- raw videos: faces | analyze ------------------------------------------------------------------
 
 video_inputs = click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-video_out = click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+video_out = click.option("--out", required=True, type=click.Path(path_type=Path),
+                         help="Output folder.")
 
 
 @cli.command()
@@ -193,7 +208,8 @@ video_out = click.option("--out", required=True, type=click.Path(path_type=Path)
 @config_options(FacesConfig, "faces")
 @json_option
 def faces(inputs, out, settings, as_json):
-    """Detect, track and align the faces of VIDEO|DIR ... into OUT/cropped_aligned (resumable; torchrun)."""
+    """Detect, track and align the faces of VIDEO|DIR ... into OUT/cropped_aligned
+    (resumable; torchrun)."""
     from pipeline.distributed import cleanup
     from pipeline.video.faces import faces as run_faces
 
@@ -202,13 +218,15 @@ def faces(inputs, out, settings, as_json):
     finally:
         cleanup()
     if result["rank"] == 0:
-        emit(result, as_json, f"{out}: {result['written']} video(s) written, {result['skipped']} already done, "
-                              f"{len(result['failed'])} unusable; {result['frames']} frames, {result['faces']} "
-                              f"faces, {result['frames_per_s']:.1f} frames/s")
+        emit(result, as_json,
+             f"{out}: {result['written']} video(s) written, {result['skipped']} already done, "
+             f"{len(result['failed'])} unusable; {result['frames']} frames, {result['faces']} "
+             f"faces, {result['frames_per_s']:.1f} frames/s")
 
 
 class _ListedOptions(click.Command):
-    """Lets ``--heads A B C`` stand for ``--heads A --heads B --heads C`` (values up to the next option)."""
+    """Lets ``--heads A B C`` stand for ``--heads A --heads B --heads C`` (values up to the
+    next option)."""
 
     listed = ("--heads",)
 
@@ -233,7 +251,8 @@ class _ListedOptions(click.Command):
 @config_options(AnalyzeConfig, "analyze")
 @json_option
 def analyze(inputs, out, settings, as_json):
-    """Per-frame valence, arousal, expression and AUs of VIDEO|DIR ...: a CSV and a PNG per video, report.html."""
+    """Per-frame valence, arousal, expression and AUs of VIDEO|DIR ...: a CSV and a PNG per video,
+    report.html."""
     from pipeline.video.analyze import analyze as run_analyze
 
     result = run_analyze(list(inputs), out, settings.build(), progress=not as_json)
@@ -243,7 +262,7 @@ def analyze(inputs, out, settings, as_json):
     emit(result, as_json, "\n".join([*lines, f"report: {result['report']}"]))
 
 
-# --- feature store: features info | verify | export -------------------------------------------------
+# --- feature store: features info | verify | export -----------------------------------------------
 
 store_argument = click.argument("store", type=click.Path(path_type=Path))
 store_data_option = click.option(
@@ -295,8 +314,8 @@ def features_info(store, data_root, as_json):
         f"frames      {result['frames']} ({result['present_frames']} with a face)",
     ]
     if result["listing_stale"]:
-        lines.append("listing     stale: the consolidated listing plain zarr reads differs from the groups "
-                     "(changed after consolidation); rerun extract to repair it")
+        lines.append("listing     stale: the consolidated listing plain zarr reads differs from "
+                     "the groups (changed after consolidation); rerun extract to repair it")
     lines += [f"{k:<24}{c['videos']}/{c['annotated']} videos, {c['frames']} frames"
               for k, c in result.get("splits", {}).items()]
     emit(result, as_json, "\n".join(lines))
@@ -308,7 +327,8 @@ def features_info(store, data_root, as_json):
 @json_option
 @click.pass_context
 def features_verify(ctx, store, data_root, as_json):
-    """Check a store (complete videos, shapes, dtype, NaN/Inf; frame counts with --data); exit 1 on problems."""
+    """Check a store (complete videos, shapes, dtype, NaN/Inf; frame counts with --data); exit 1
+    on problems."""
     import features
 
     expected = None
@@ -340,7 +360,7 @@ def features_export(store, out, overwrite, as_json):
                           f"{result['bytes'] / 2**20:.1f} MiB)")
 
 
-# --- temporal heads: train | evaluate | predict | ablate --------------------------------------------
+# --- temporal heads: train | evaluate | predict | ablate ------------------------------------------
 
 HEAD_TASKS = click.Choice(["va", "expr", "au"])
 heads_stores_option = click.option(
@@ -353,8 +373,10 @@ def _before_after(result: dict, title: str) -> str:
     names = [k for k, v in after.items() if isinstance(v, float)]
     width = max(len(n) for n in names)
     lines = [title, f"{'':<{width}}  {'before':>8}  {'after':>8}"]
-    lines += [f"{n:<{width}}  {before[n]:8.4f}  {after[n]:8.4f}" for n in sorted(names, key=lambda n: n != "score")]
-    lines.append(f"post-processing: {json.dumps({k: v for k, v in result['postprocess'].items() if k != 'task'})}")
+    lines += [f"{n:<{width}}  {before[n]:8.4f}  {after[n]:8.4f}"
+              for n in sorted(names, key=lambda n: n != "score")]
+    lines.append("post-processing: "
+                 f"{json.dumps({k: v for k, v in result['postprocess'].items() if k != 'task'})}")
     return "\n".join(lines)
 
 
@@ -364,62 +386,79 @@ def _before_after(result: dict, title: str) -> str:
 @config_options(TrainConfig, "heads", skip=("task",), default_preset="paper")
 @json_option
 def train(task, out, settings, as_json):
-    """Train a temporal head for TASK on cached features; best epoch by the official validation metric."""
+    """Train a temporal head for TASK on cached features; best epoch by the official
+    validation metric."""
     from pipeline.heads.train import prepare, train_run
 
     config = settings.build(task=task)
     result = train_run(prepare(config), config, out, progress=not as_json)
-    emit(result, as_json, _before_after(result, f"{task} run {out}: best epoch {result['best_epoch']}, validation"))
+    emit(result, as_json, _before_after(
+        result, f"{task} run {out}: best epoch {result['best_epoch']}, validation"))
 
 
 @cli.command()
-@click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path), help="Run directory of `train`.")
-@click.option("--split", default=None, help="Default: the run's validation videos; or Train_Set, Validation_Set, Test_Set.")
-@click.option("--data", "data_root", default=None, type=click.Path(path_type=Path), help="Default: the run's.")
+@click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path),
+              help="Run directory of `train`.")
+@click.option("--split", default=None,
+              help="Default: the run's validation videos; or Train_Set, Validation_Set, Test_Set.")
+@click.option("--data", "data_root", default=None, type=click.Path(path_type=Path),
+              help="Default: the run's.")
 @heads_stores_option
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--device", default="auto", show_default=True,
+              type=click.Choice(["auto", "cpu", "cuda"]))
 @json_option
 def evaluate(run_dir, split, data_root, stores, device, as_json):
     """Official figures of a run on whole videos, before and after its post-processing."""
     from pipeline.heads.evaluate import evaluate_run
 
     result = evaluate_run(run_dir, split, data_root, stores or None, device, progress=not as_json)
-    emit(result, as_json, _before_after(result, f"{result['task']} run {run_dir} on {result['split']} "
-                                                f"({result['videos']} videos, epoch {result['epoch']})"))
+    emit(result, as_json, _before_after(
+        result, f"{result['task']} run {run_dir} on {result['split']} "
+                f"({result['videos']} videos, epoch {result['epoch']})"))
 
 
 @cli.command()
 @click.option("--run", "run_dirs", required=True, multiple=True, type=click.Path(path_type=Path),
               help="Run directory; repeat to average an ensemble.")
-@click.option("--split", default="test", show_default=True, help="test (the example file's rows) or an annotated split.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Submission CSV to write.")
-@click.option("--data", "data_root", default=None, type=click.Path(path_type=Path), help="Default: the first run's.")
+@click.option("--split", default="test", show_default=True,
+              help="test (the example file's rows) or an annotated split.")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Submission CSV to write.")
+@click.option("--data", "data_root", default=None, type=click.Path(path_type=Path),
+              help="Default: the first run's.")
 @heads_stores_option
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--device", default="auto", show_default=True,
+              type=click.Choice(["auto", "cpu", "cuda"]))
 @json_option
 def predict(run_dirs, split, out, data_root, stores, device, as_json):
     """Write a challenge submission file from one run or the average of several."""
     from pipeline.heads.predict import predict as run_predict
 
-    result = run_predict(run_dirs, out, split, data_root, stores or None, device, progress=not as_json)
-    emit(result, as_json, f"wrote {result['out']}: {result['rows']} rows of {result['videos']} videos "
-                          f"({result['task']}, {split}, {len(result['runs'])} run(s))")
+    result = run_predict(run_dirs, out, split, data_root, stores or None, device,
+                         progress=not as_json)
+    emit(result, as_json,
+         f"wrote {result['out']}: {result['rows']} rows of {result['videos']} videos "
+         f"({result['task']}, {split}, {len(result['runs'])} run(s))")
 
 
 @cli.command()
 @click.option("--grid", multiple=True, metavar="KEY=V1,V2",
-              help="A setting and its values, e.g. model=temporal_tcn,temporal_transformer (repeatable).")
+              help="A setting and its values, e.g. model=temporal_tcn,temporal_transformer "
+                   "(repeatable).")
 @click.option("--seeds", default=3, show_default=True, help="Seeds per combination.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory for the runs and tables.")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Directory for the runs and tables.")
 @config_options(TrainConfig, "heads", default_preset="paper")
 @json_option
 def ablate(grid, seeds, out, settings, as_json):
-    """Train every grid combination for several seeds on data loaded once; print a Markdown table."""
+    """Train every grid combination for several seeds on data loaded once; print a
+    Markdown table."""
     from pipeline.heads.ablate import ablate as run_ablate
     from pipeline.heads.ablate import parse_grid
 
     result = run_ablate(settings.values(), parse_grid(grid), seeds, out, progress=not as_json)
-    emit(result, as_json, result["markdown"].rstrip() + f"\n\nwrote {out}/ablation.md, ablation.csv, runs.csv")
+    emit(result, as_json,
+         result["markdown"].rstrip() + f"\n\nwrote {out}/ablation.md, ablation.csv, runs.csv")
 
 
 # --- demo and report ------------------------------------------------------------------------------
@@ -429,7 +468,8 @@ def ablate(grid, seeds, out, settings, as_json):
 @config_options(DemoConfig, "demo")
 @json_option
 def demo(settings, as_json):
-    """The whole method on the synthetic dataset: every stage, the ablation table, test files, report.html."""
+    """The whole method on the synthetic dataset: every stage, the ablation table, test files,
+    report.html."""
     from pipeline.demo import run_demo
 
     config = settings.build()
@@ -438,8 +478,9 @@ def demo(settings, as_json):
 
 
 def demo_table(figures: dict, out: Path) -> str:
-    """The demo's closing table: the ablation rows by task with 95 % intervals over validation videos, the
-    differences from the full model that the validation set resolves, test scores, where the report is."""
+    """The demo's closing table: the ablation rows by task with 95 % intervals over validation
+    videos, the differences from the full model that the validation set resolves, test scores, where
+    the report is."""
     tasks = ("va", "expr", "au")
     spread = figures.get("intervals", {})
 
@@ -449,28 +490,33 @@ def demo_table(figures: dict, out: Path) -> str:
         return f"{score:7.3f} [{ci[0]:6.3f},{ci[1]:6.3f}]" if ci else f"{score:7.3f}"
 
     lines = [f"{'setting':<26}" + "".join(f"{t:>24}" for t in tasks)]
-    lines += [f"{row:<26}" + "".join(f"{cell(row, t):>24}" for t in tasks) for row in figures["table"]]
+    lines += [f"{row:<26}" + "".join(f"{cell(row, t):>24}" for t in tasks)
+              for row in figures["table"]]
     lines.append(f"{'test (synthetic labels)':<26}"
                  + "".join(f"{figures['submissions'][t]['test_score']:>24.3f}" for t in tasks))
     resolved = [f"{row} {t} {d['diff']:+.3f} [{d['ci95'][0]:+.3f},{d['ci95'][1]:+.3f}]"
                 for t in tasks for row, d in spread.get(t, {}).get("differences", {}).items()
                 if d["ci95"][0] > 0 or d["ci95"][1] < 0]
     videos = {t: spread[t]["videos"] for t in spread}
-    lines.append(f"validation: VA mean CCC, Expr macro F1, AU mean F1, [95 % interval over {videos} videos]; "
-                 f"report: {out / 'report.html'}")
+    lines.append("validation: VA mean CCC, Expr macro F1, AU mean F1, [95 % interval over "
+                 f"{videos} videos]; report: {out / 'report.html'}")
     lines.append("differences from the full model that these videos resolve: "
                  + ("; ".join(resolved) if resolved else "none (every interval includes 0)"))
     frame_level = [f"{name} {figures[key]['best_f1']:.4f}" for key, name in
-                   (("probe", "linear probe"), ("finetune", "fine-tuned encoder")) if figures.get(key)]
-    guess = f" (a uniform guess: {figures['frame_guess_f1']:.4f})" if "frame_guess_f1" in figures else ""
-    lines.append(f"frame-level Expr macro F1 before the temporal heads: {', '.join(frame_level)}{guess}")
+                   (("probe", "linear probe"), ("finetune", "fine-tuned encoder"))
+                   if figures.get(key)]
+    guess = (f" (a uniform guess: {figures['frame_guess_f1']:.4f})"
+             if "frame_guess_f1" in figures else "")
+    lines.append("frame-level Expr macro F1 before the temporal heads: "
+                 f"{', '.join(frame_level)}{guess}")
     return "\n".join(lines)
 
 
 @cli.command()
 @click.option("--runs", "run_dirs", multiple=True, required=True, type=click.Path(path_type=Path),
               help="A demo directory, or pretraining, fine-tuning and head runs (repeatable).")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory for report.html.")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Directory for report.html.")
 def report(run_dirs, out):
     """Write one self-contained HTML page (plots embedded) about the given runs."""
     from pipeline.report import write_report

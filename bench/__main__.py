@@ -5,6 +5,7 @@ import pkgutil
 
 import bench
 
-for module in sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if m.name.startswith("bench_")):
+for module in sorted(m.name for m in pkgutil.iter_modules(bench.__path__)
+                     if m.name.startswith("bench_")):
     print(f"\n=== {module} ===", flush=True)
     importlib.import_module(f"bench.{module}").main([])

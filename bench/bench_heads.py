@@ -1,10 +1,11 @@
-"""Benchmark: temporal-head training fed from memory vs from one .npz file per window (the authors' way).
+"""Benchmark: temporal-head training fed from memory vs from one .npz file per window \
+(the authors' way).
 
 Both feeds run in the same process, on the same synthetic sequences, with the same model, seed and
 batches, so their ratio is measured side by side:
 - memory: every video's features in one array (what ``load_all`` gives), a batch is one index op;
-- npz: every window written to its own ``.npz`` first (as the authors repack their per-frame ``.npy``
-  files), a batch reads and stacks B files.
+- npz: every window written to its own ``.npz`` first (as the authors repack their per-frame
+  ``.npy`` files), a batch reads and stacks B files.
 Printed: training frames/s, the share of step time spent getting the batch, and the ratios. The npz
 files were just written, so they are read from the page cache: the npz figures are a best case.
 
@@ -41,7 +42,8 @@ def synthetic_table(videos: int, mean_frames: int, dim: int, seed: int = 0):
 def all_windows(offsets: np.ndarray, W: int, S: int) -> np.ndarray:
     """The training windows (start row, length) of every video, as the heads make them."""
     table = FeatureTable(np.zeros((offsets[-1], 0)), np.ones(offsets[-1], bool),
-                         {str(i): (int(a), int(b)) for i, (a, b) in enumerate(zip(offsets[:-1], offsets[1:], strict=True))},
+                         {str(i): (int(a), int(b))
+                          for i, (a, b) in enumerate(zip(offsets[:-1], offsets[1:], strict=True))},
                          [], [], "zeros")
     return make_windows(table, table.videos, W, S)
 
@@ -53,8 +55,8 @@ def write_npz(folder: Path, features, labels, valid, windows, W: int) -> list[Pa
         rows, keep = window_index(np.array([[start, length]]), W)
         rows, keep = rows[0].numpy(), keep[0].numpy()
         path = folder / f"{i:06d}.npz"
-        np.savez(path, features=features[rows].astype(np.float32) * keep[:, None], labels=labels[rows],
-                 counted=valid[rows] & keep, keep=keep)
+        np.savez(path, features=features[rows].astype(np.float32) * keep[:, None],
+                 labels=labels[rows], counted=valid[rows] & keep, keep=keep)
         paths.append(path)
     return paths
 
@@ -94,8 +96,8 @@ def train_steps(get_batch, order: np.ndarray, steps: int, batch_size: int, dim: 
             t_data += t1 - t0
             t_total += t2 - t0
             frames += int(b["keep"].sum())
-    return {"frames_per_s": frames / t_total, "data_share": t_data / t_total, "step_s": t_total / steps,
-            "data_ms_per_step": 1000 * t_data / steps}
+    return {"frames_per_s": frames / t_total, "data_share": t_data / t_total,
+            "step_s": t_total / steps, "data_ms_per_step": 1000 * t_data / steps}
 
 
 def time_loading(get_batch, order: np.ndarray, batch_size: int, batches: int) -> float:
@@ -106,14 +108,17 @@ def time_loading(get_batch, order: np.ndarray, batch_size: int, batches: int) ->
     return 1000 * (time.perf_counter() - t0) / batches
 
 
-def run(steps: int = 4, batch_size: int = 8, dim: int = 768, videos: int = 40, mean_frames: int = 900,
-        window: int = 300, stride: int = 200, bf16: bool = False, small: bool = False) -> dict:
-    sizes = dict(tcn_channels=(256, 128, 128), d_model=128, num_layers=2, ff_dim=256, head_hidden=64) if small else {}
+def run(steps: int = 4, batch_size: int = 8, dim: int = 768, videos: int = 40,
+        mean_frames: int = 900, window: int = 300, stride: int = 200, bf16: bool = False,
+        small: bool = False) -> dict:
+    sizes = (dict(tcn_channels=(256, 128, 128), d_model=128, num_layers=2, ff_dim=256,
+                  head_hidden=64) if small else {})
     features, labels, valid, offsets = synthetic_table(videos, mean_frames, dim)
     windows = all_windows(offsets, window, stride)
     order = np.random.default_rng(0).permutation(len(windows))
     if len(order) < (steps + 1) * batch_size:
-        raise ValueError(f"{len(order)} windows are too few for {steps + 1} steps of {batch_size}; add --videos")
+        raise ValueError(f"{len(order)} windows are too few for {steps + 1} steps of {batch_size}; "
+                         "add --videos")
     memory = Batcher(features, labels, valid)
 
     def memory_batch(idx):
@@ -130,9 +135,11 @@ def run(steps: int = 4, batch_size: int = 8, dim: int = 768, videos: int = 40, m
 
         load_batches = max(20, steps)
         result = {
-            "config": {"steps": steps, "batch_size": batch_size, "dim": dim, "frames": int(offsets[-1]),
-                       "windows": len(windows), "window": window, "stride": stride, "bf16": bf16,
-                       "model": "temporal_tcn_transformer" + (" (small)" if small else " (paper sizes)"),
+            "config": {"steps": steps, "batch_size": batch_size, "dim": dim,
+                       "frames": int(offsets[-1]), "windows": len(windows), "window": window,
+                       "stride": stride, "bf16": bf16,
+                       "model": ("temporal_tcn_transformer"
+                                 + (" (small)" if small else " (paper sizes)")),
                        "threads": torch.get_num_threads()},
             "memory_load_ms": time_loading(memory_batch, order, batch_size, load_batches),
             "npz_load_ms": time_loading(npz_batch_of, order, batch_size, load_batches),
@@ -143,7 +150,8 @@ def run(steps: int = 4, batch_size: int = 8, dim: int = 768, videos: int = 40, m
         }
     result["ratios"] = {
         "load_npz_over_memory": result["npz_load_ms"] / result["memory_load_ms"],
-        "train_memory_over_npz_frames_per_s": result["memory"]["frames_per_s"] / result["npz"]["frames_per_s"],
+        "train_memory_over_npz_frames_per_s":
+            result["memory"]["frames_per_s"] / result["npz"]["frames_per_s"],
     }
     return result
 
@@ -151,20 +159,23 @@ def run(steps: int = 4, batch_size: int = 8, dim: int = 768, videos: int = 40, m
 def report(r: dict) -> str:
     c = r["config"]
     lines = [
-        f"temporal-head training, {c['model']}, D={c['dim']}, W={c['window']}/S={c['stride']}, batch {c['batch_size']}, "
-        f"{c['steps']} timed steps, bf16={c['bf16']}, {c['threads']} threads, {c['windows']} windows of {c['frames']} frames",
-        f"{'feed':<8}{'frames/s':>10}{'step s':>9}{'data ms/step':>14}{'data share':>12}{'load ms/batch':>15}",
+        f"temporal-head training, {c['model']}, D={c['dim']}, W={c['window']}/S={c['stride']}, "
+        f"batch {c['batch_size']}, {c['steps']} timed steps, bf16={c['bf16']}, "
+        f"{c['threads']} threads, {c['windows']} windows of {c['frames']} frames",
+        f"{'feed':<8}{'frames/s':>10}{'step s':>9}{'data ms/step':>14}{'data share':>12}"
+        f"{'load ms/batch':>15}",
     ]
     for feed in ("memory", "npz"):
         t = r[feed]
-        lines.append(f"{feed:<8}{t['frames_per_s']:>10.0f}{t['step_s']:>9.3f}{t['data_ms_per_step']:>14.2f}"
-                     f"{100 * t['data_share']:>11.2f}%{r[f'{feed}_load_ms']:>15.2f}")
+        lines.append(f"{feed:<8}{t['frames_per_s']:>10.0f}{t['step_s']:>9.3f}"
+                     f"{t['data_ms_per_step']:>14.2f}{100 * t['data_share']:>11.2f}%"
+                     f"{r[f'{feed}_load_ms']:>15.2f}")
     q = r["ratios"]
     lines += [
         f"loading a batch: npz / memory = {q['load_npz_over_memory']:.1f}x",
         f"training throughput: memory / npz = {q['train_memory_over_npz_frames_per_s']:.2f}x",
-        f"npz: {r['npz_files']} files, {r['npz_bytes'] / 2**20:.0f} MiB written in {r['npz_write_s']:.1f} s "
-        f"(memory table {r['memory_bytes'] / 2**20:.0f} MiB)",
+        f"npz: {r['npz_files']} files, {r['npz_bytes'] / 2**20:.0f} MiB written in "
+        f"{r['npz_write_s']:.1f} s (memory table {r['memory_bytes'] / 2**20:.0f} MiB)",
     ]
     return "\n".join(lines)
 
@@ -176,7 +187,8 @@ def main(argv=None) -> None:
     p.add_argument("--dim", type=int, default=768)
     p.add_argument("--videos", type=int, default=40)
     p.add_argument("--bf16", action="store_true")
-    p.add_argument("--small", action="store_true", help="A small head instead of the paper's sizes.")
+    p.add_argument("--small", action="store_true",
+                   help="A small head instead of the paper's sizes.")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     r = run(a.steps, a.batch_size, a.dim, a.videos, bf16=a.bf16, small=a.small)

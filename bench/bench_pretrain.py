@@ -1,14 +1,15 @@
-"""MAE pretraining throughput on this machine: images/s of a full optimizer step (forward, backward, fused
-AdamW) for the tiny and small models, fp32 against bf16 autocast, measured side by side.
+"""MAE pretraining throughput on this machine: images/s of a full optimizer step (forward, backward,
+fused AdamW) for the tiny and small models, fp32 against bf16 autocast, measured side by side.
 
 Rounds alternate the two precisions so a change in machine load hits both alike; the table gives the
-median round. With ``--images DIR`` the data pipeline alone (decode + random resized crop + flip, one
-process) is timed too, to see whether the loader or the model is the bottleneck.
+median round. With ``--images DIR`` the data pipeline alone (decode + random resized crop + flip,
+one process) is timed too, to see whether the loader or the model is the bottleneck.
 
     python -m bench.bench_pretrain [--img-size 112] [--batch-size 32] [--threads 1 2] [--images DIR]
 
-On a CPU shared with other processes, two OpenMP threads per process can be many times slower than one
-(threads spin waiting for each other while the cores run someone else); ``--threads 1 2`` shows it.
+On a CPU shared with other processes, two OpenMP threads per process can be many times slower than
+one (threads spin waiting for each other while the cores run someone else); ``--threads 1 2`` shows
+it.
 """
 
 import argparse
@@ -37,7 +38,8 @@ def step_rate(model, optimizer, images: torch.Tensor, bf16: bool, steps: int) ->
     return steps * len(images) / (time.perf_counter() - start)
 
 
-def bench_model(name: str, img_size: int, batch_size: int, steps: int, rounds: int) -> dict[bool, float]:
+def bench_model(name: str, img_size: int, batch_size: int, steps: int,
+                rounds: int) -> dict[bool, float]:
     torch.manual_seed(0)
     model = MaskedAutoencoderViT(mae_config(name, img_size=img_size)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
@@ -61,19 +63,22 @@ def loader_rate(folder: str, img_size: int, n: int = 256) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["mae_vit_tiny_patch16", "mae_vit_small_patch16"])
+    parser.add_argument("--models", nargs="+",
+                        default=["mae_vit_tiny_patch16", "mae_vit_small_patch16"])
     parser.add_argument("--img-size", type=int, default=112)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps per timed round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()],
                         help="torch intra-op thread counts to compare (default: torch's)")
-    parser.add_argument("--images", default=None, help="a face-image folder: also time decode + augmentation")
+    parser.add_argument("--images", default=None,
+                        help="a face-image folder: also time decode + augmentation")
     args = parser.parse_args()
 
     load_before = os.getloadavg()[0]
-    print(f"MAE pretraining step on the CPU ({os.cpu_count()} cores), img {args.img_size}, batch {args.batch_size}, "
-          f"median of {args.rounds} rounds x {args.steps} steps, registered decoders")
+    print(f"MAE pretraining step on the CPU ({os.cpu_count()} cores), img {args.img_size}, "
+          f"batch {args.batch_size}, median of {args.rounds} rounds x {args.steps} steps, "
+          "registered decoders")
     print(f"{'model':<24} {'threads':>7} {'fp32 img/s':>11} {'bf16 img/s':>11} {'bf16/fp32':>10}")
     for name in args.models:
         for threads in args.threads:

@@ -1,25 +1,28 @@
-"""What each stage adds to Expr recognition: (a) a linear probe on the frozen MAE encoder, (b) the encoder
-fine-tuned from MAE, (c) the same fine-tune from random weights, each over several seeds; optionally (d)
-LP-FT, the fine-tune of (b) started from (a)'s head, and its random-weight twins: (e) a linear probe on the
-frozen random encoder and (f) LP-FT from it, started from (e)'s head (``--settings abcdef``).
+"""What each stage adds to Expr recognition: (a) a linear probe on the frozen MAE encoder, (b) the
+encoder fine-tuned from MAE, (c) the same fine-tune from random weights, each over several seeds;
+optionally (d) LP-FT, the fine-tune of (b) started from (a)'s head, and its random-weight twins: (e)
+a linear probe on the frozen random encoder and (f) LP-FT from it, started from (e)'s head
+(``--settings abcdef``).
 
-All settings use ``pipeline.finetune.finetune`` with the same budget (the demo's by default) and the same
-architecture; only the initialisation and what trains differ ((c), (e) and (f) start from a random-weight
-checkpoint of the MAE encoder's exact shape). A seed changes the data order, the augmentation, the head
-and the random encoder's weights. Printed: the best-epoch validation macro F1 of every run, the mean and
-standard deviation per setting, and the score of a uniform guess on the same frames. One Validation_Set of
-a few videos makes a single run's F1 noisy, and the spread over seeds does not show it: the seeds share
-the validation videos. So each run's best checkpoint also predicts every validation frame once more, and
-a bootstrap over the validation videos (whole videos drawn with replacement, the same draws for every
-setting) gives a 95 % interval for each setting's seed-mean F1 and for the differences that say what a
-stage adds: (b) - (c), (d) - (f) and (a) - (e) what pretraining adds, (b) - (a) and (d) - (a) what
-fine-tuning the encoder adds to the frozen one, and each setting against a uniform guess.
+All settings use ``pipeline.finetune.finetune`` with the same budget (the demo's by default) and the
+same architecture; only the initialisation and what trains differ ((c), (e) and (f) start from a
+random-weight checkpoint of the MAE encoder's exact shape). A seed changes the data order, the
+augmentation, the head and the random encoder's weights. Printed: the best-epoch validation macro F1
+of every run, the mean and standard deviation per setting, and the score of a uniform guess on the
+same frames. One Validation_Set of a few videos makes a single run's F1 noisy, and the spread over
+seeds does not show it: the seeds share the validation videos. So each run's best checkpoint also
+predicts every validation frame once more, and a bootstrap over the validation videos (whole videos
+drawn with replacement, the same draws for every setting) gives a 95 % interval for each setting's
+seed-mean F1 and for the differences that say what a stage adds: (b) - (c), (d) - (f) and (a) - (e)
+what pretraining adds, (b) - (a) and (d) - (a) what fine-tuning the encoder adds to the frozen one,
+and each setting against a uniform guess.
 
-    python -m bench.compare_stages --data data/synth-demo --init runs/demo/pretrain/checkpoint-last.pt \
+    python -m bench.compare_stages --data data/synth-demo \
+        --init runs/demo/pretrain/checkpoint-last.pt \
         [--seeds 0 1 2] [--preset demo] [--set epochs=10] [--bootstrap 2000] [--out DIR] [--json]
 
-Runs already finished in ``--out`` are not trained again (fine-tuning resumes), so a comparison can be
-re-scored, for instance with another number of resamples, in the time inference takes.
+Runs already finished in ``--out`` are not trained again (fine-tuning resumes), so a comparison can
+be re-scored, for instance with another number of resamples, in the time inference takes.
 """
 
 import argparse
@@ -81,18 +84,20 @@ def random_twin(info: EncoderInfo, seed: int, path: Path) -> Path:
     statistics) with fresh random weights drawn from ``seed``: the start of run (c)."""
     torch.manual_seed(seed)
     encoder = build_encoder(info.model_name, **info.model_config)
-    save_checkpoint(encoder_checkpoint("random", info.model_name, info.model_config, encoder, info.img_size,
-                                       info.pixel_mean, info.pixel_std), path)
+    save_checkpoint(encoder_checkpoint("random", info.model_name, info.model_config, encoder,
+                                       info.img_size, info.pixel_mean, info.pixel_std), path)
     return path
 
 
-def stage_configs(base: FinetuneConfig, probe: FinetuneConfig, init: Path, info: EncoderInfo, out: Path,
-                  seed: int) -> dict[str, FinetuneConfig]:
-    """The runs (a)-(f) of one seed: probes from ``probe``, fine-tunes from ``base``; ``info`` describes the
-    MAE encoder at ``init``; (d) and (f) read the best.pt of their probes (a) and (e)."""
+def stage_configs(base: FinetuneConfig, probe: FinetuneConfig, init: Path, info: EncoderInfo,
+                  out: Path, seed: int) -> dict[str, FinetuneConfig]:
+    """The runs (a)-(f) of one seed: probes from ``probe``, fine-tunes from ``base``; ``info``
+    describes the MAE encoder at ``init``; (d) and (f) read the best.pt of their probes
+    (a) and (e)."""
     out.mkdir(parents=True, exist_ok=True)
     scratch = str(random_twin(info, seed, out / f"random-init-seed{seed}.pt"))
-    starts = {"a": str(init), "b": str(init), "c": scratch, "d": str(init), "e": scratch, "f": scratch}
+    starts = {"a": str(init), "b": str(init), "c": scratch, "d": str(init), "e": scratch,
+              "f": scratch}
     configs = {}
     for key, start in starts.items():
         run = replace(probe if key in PROBE_OF.values() else base, init=start, seed=seed,
@@ -104,16 +109,18 @@ def stage_configs(base: FinetuneConfig, probe: FinetuneConfig, init: Path, info:
 
 
 def video_confusions(run: Path, val_index: FrameIndex, cfg: FinetuneConfig) -> np.ndarray:
-    """(V, 8, 8) confusion counts per validation video of ``run/best.pt``, over the frames its validation
-    scored (row = true class, column = prediction; unreadable frames left out)."""
+    """(V, 8, 8) confusion counts per validation video of ``run/best.pt``, over the frames its
+    validation scored (row = true class, column = prediction; unreadable frames left out)."""
     model, info = load_classifier(run / "best.pt")
     device = resolve_device(cfg.device)
     loader = validation_loader(val_index, info.img_size, cfg, device)
-    result = predict_expr(model.to(device), loader, device, cfg.bf16, info.pixel_mean, info.pixel_std)
+    result = predict_expr(model.to(device), loader, device, cfg.bf16, info.pixel_mean,
+                          info.pixel_std)
     ok = result["ok"].astype(bool)
     rows, pred = result["row"][ok], result["pred"][ok]
     video, true = val_index.video_id[rows], val_index.expr[rows]
-    return np.stack([expr_confusion(pred[video == v], true[video == v]) for v in range(len(val_index.videos))])
+    return np.stack([expr_confusion(pred[video == v], true[video == v])
+                     for v in range(len(val_index.videos))])
 
 
 def bootstrap_summary(confusions: dict[str, np.ndarray], resamples: int, seed: int = 0) -> dict:
@@ -121,17 +128,19 @@ def bootstrap_summary(confusions: dict[str, np.ndarray], resamples: int, seed: i
 
     Args:
         confusions: setting -> (seeds, V, 8, 8) per-video confusion counts of each seed's run.
-        resamples: bootstrap draws; every setting (and the uniform guess) is scored on the same draws, so
-            the differences are paired.
+        resamples: bootstrap draws; every setting (and the uniform guess) is scored on the same
+            draws, so the differences are paired.
     Returns:
-        {"resamples", "videos", "settings": {k: {"mean", "ci95"}}, "contrasts": [{"pair", "what", "diff",
-        "ci95", "share_above_0"}]}; "guess" is the uniform guess, and every setting is also set against it.
+        {"resamples", "videos", "settings": {k: {"mean", "ci95"}}, "contrasts": [{"pair", "what",
+        "diff", "ci95", "share_above_0"}]}; "guess" is the uniform guess, and every setting is also
+        set against it.
     """
     first = next(iter(confusions.values()))
     n_videos = first.shape[1]
     weights = video_bootstrap(n_videos, resamples, seed)  # (B, V)
     full = {k: float(expr_f1_from_confusion(c.sum(1)).mean()) for k, c in confusions.items()}
-    boot = {k: expr_f1_from_confusion(np.einsum("bv,svij->bsij", weights, c)).mean(1)  # (B,) seed-mean F1
+    # (B,) seed-mean F1
+    boot = {k: expr_f1_from_confusion(np.einsum("bv,svij->bsij", weights, c)).mean(1)
             for k, c in confusions.items()}
     true_counts = first[0].sum(-1)  # (V, 8): the same labels under every run
     full["guess"] = float(uniform_guess_f1_from_counts(true_counts.sum(0)))
@@ -153,36 +162,45 @@ def bootstrap_summary(confusions: dict[str, np.ndarray], resamples: int, seed: i
 
 
 def main(argv=None) -> dict:
-    """Run the comparison; bad input (a missing folder, an unreadable checkpoint) exits 2 with one line."""
+    """Run the comparison; bad input (a missing folder, an unreadable checkpoint) exits 2
+    with one line."""
     return exit_on_input_error(_compare, argv)
 
 
 def _compare(argv) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="Aff-Wild2-layout root (the synthetic demo set).")
+    parser.add_argument("--data", required=True,
+                        help="Aff-Wild2-layout root (the synthetic demo set).")
     parser.add_argument("--init", required=True, help="MAE checkpoint for (a), (b) and (d).")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--preset", default="demo",
-                        help="FinetuneConfig preset of (b), (c), (d) and (f); PRESET-probe is that of (a) and (e) "
-                             "(default: the demo's budget).")
+                        help="FinetuneConfig preset of (b), (c), (d) and (f); PRESET-probe is that "
+                             "of (a) and (e) (default: the demo's budget).")
     parser.add_argument("--set", dest="set_items", action="append", default=[], metavar="KEY=VALUE",
                         help="A FinetuneConfig setting for every run, e.g. epochs=3 (repeatable).")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--settings", default="abc", help="Which of a-f to run (d needs a, f needs e).")
+    parser.add_argument("--settings", default="abc",
+                        help="Which of a-f to run (d needs a, f needs e).")
     parser.add_argument("--bootstrap", type=int, default=2000,
-                        help="Resamples of the validation videos for the 95 %% intervals (0: none).")
-    parser.add_argument("--out", default=None, help="Keep the runs here (default: a temporary folder).")
-    parser.add_argument("--json", action="store_true", help="Print one JSON object instead of the table.")
+                        help="Resamples of the validation videos for the 95 %% intervals "
+                             "(0: none).")
+    parser.add_argument("--out", default=None,
+                        help="Keep the runs here (default: a temporary folder).")
+    parser.add_argument("--json", action="store_true",
+                        help="Print one JSON object instead of the table.")
     args = parser.parse_args(argv)
-    needs_probe = any(lp in args.settings and probe not in args.settings for lp, probe in PROBE_OF.items())
+    needs_probe = any(lp in args.settings and probe not in args.settings
+                      for lp, probe in PROBE_OF.items())
     if not args.seeds or not set(args.settings) <= set(SETTINGS) or needs_probe:
-        parser.error("--seeds needs at least one seed and --settings letters from 'abcdef' (d starts from a's "
-                     "head, f from e's)")
+        parser.error("--seeds needs at least one seed and --settings letters from 'abcdef' "
+                     "(d starts from a's head, f from e's)")
     if args.bootstrap < 0:
         parser.error("--bootstrap must be >= 0")
 
-    given = {**config.parse_settings(FinetuneConfig, args.set_items), "data": args.data, "workers": args.workers}
-    base, probe = (config.build(FinetuneConfig, {**config.preset_values(FinetuneConfig, name), **given})
+    given = {**config.parse_settings(FinetuneConfig, args.set_items), "data": args.data,
+             "workers": args.workers}
+    base, probe = (config.build(FinetuneConfig,
+                                {**config.preset_values(FinetuneConfig, name), **given})
                    for name in (args.preset, f"{args.preset}-probe"))
     init = Path(args.init).resolve()
     info = load_encoder(init)[1]  # checked before anything is written
@@ -197,7 +215,8 @@ def _compare(argv) -> dict:
                 summary = finetune(configs[key], progress=not args.json)
                 scores[key].append(round(float(summary["best_f1"]), 4))
                 if args.bootstrap:
-                    confusions[key].append(video_confusions(Path(configs[key].out), val_index, configs[key]))
+                    confusions[key].append(video_confusions(Path(configs[key].out), val_index,
+                                                            configs[key]))
     result = {
         "seeds": args.seeds, "uniform_guess_f1": round(uniform_guess_expr_f1(val_index.expr), 4),
         "validation_frames": len(val_index), "validation_videos": len(val_index.videos),
@@ -205,11 +224,13 @@ def _compare(argv) -> dict:
                          "std": round(float(np.std(v)), 4)} for k, v in scores.items()},
     }
     if args.bootstrap:
-        result["bootstrap"] = bootstrap_summary({k: np.stack(v) for k, v in confusions.items()}, args.bootstrap)
+        result["bootstrap"] = bootstrap_summary({k: np.stack(v) for k, v in confusions.items()},
+                                                args.bootstrap)
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"validation: {result['validation_frames']} frames of {result['validation_videos']} videos; "
+        print(f"validation: {result['validation_frames']} frames of "
+              f"{result['validation_videos']} videos; "
               f"a uniform guess scores {result['uniform_guess_f1']:.3f}")
         print("| setting | best-epoch validation macro F1 per seed | mean | std |")
         print("|---|---|---|---|")
@@ -218,13 +239,13 @@ def _compare(argv) -> dict:
                   f"{row['mean']:.3f} | {row['std']:.3f} |")
         if args.bootstrap:
             boot = result["bootstrap"]
-            print(f"\n95 % intervals from {boot['resamples']} resamples of the {boot['videos']} validation videos "
-                  "(seed-mean F1; the same draws for every setting):")
+            print(f"\n95 % intervals from {boot['resamples']} resamples of the {boot['videos']} "
+                  "validation videos (seed-mean F1; the same draws for every setting):")
             print("| difference | of seed-mean F1 | 95 % interval | resamples above 0 |")
             print("|---|---|---|---|")
             for c in boot["contrasts"]:
-                print(f"| {c['what']} | {c['diff']:+.3f} | {c['ci95'][0]:+.3f} .. {c['ci95'][1]:+.3f} | "
-                      f"{c['share_above_0']:.0%} |")
+                print(f"| {c['what']} | {c['diff']:+.3f} | "
+                      f"{c['ci95'][0]:+.3f} .. {c['ci95'][1]:+.3f} | {c['share_above_0']:.0%} |")
     return result
 
 

@@ -1,17 +1,20 @@
-"""``make gpu-check``: every stage once on CUDA, on the synthetic ``bench`` set: which CUDA branches ran (as
+"""``make gpu-check``: every stage once on CUDA, on the synthetic ``bench`` set: which CUDA \
+branches ran (as
 observed while they ran), each loop's speed against its bare step, and each stage's peak memory.
 
-One process runs the stages through their own library functions (``pretrain``, ``finetune``, ``extract``,
-``train_run``) and measures beside each what it is compared with (``bench/reference.py``); then one
-``torchrun`` over every visible GPU runs a short pretraining, fine-tuning and extraction, each watched by
-an :class:`Observer`. Printed: one JSON object, then a readable table.
+One process runs the stages through their own library functions (``pretrain``, ``finetune``,
+``extract``, ``train_run``) and measures beside each what it is compared with
+(``bench/reference.py``); then one ``torchrun`` over every visible GPU runs a short pretraining,
+fine-tuning and extraction, each watched by an :class:`Observer`. Printed: one JSON object, then a
+readable table.
 
-- **branches**: per stage, on every rank: the process-group backend and world size, whether the model
-  ran inside DistributedDataParallel, the dtype of every linear layer's output (bf16 under autocast),
-  and every host-to-device copy's source (pinned or pageable) and mode (non-blocking or not);
-- **pretraining, fine-tuning**: the paper's ViT-B/16 at 224 px, images/s of the loop (the epoch's rate as
-  the run logs it) against a bare step (same model, batch and precision, batch already on the device),
-  alternated, the best round of each;
+- **branches**: per stage, on every rank: the process-group backend and world size, whether the
+  model ran inside DistributedDataParallel, the dtype of every linear layer's output
+  (bf16 under autocast), and every host-to-device copy's source (pinned or pageable) and mode
+  (non-blocking or not);
+- **pretraining, fine-tuning**: the paper's ViT-B/16 at 224 px, images/s of the loop (the epoch's
+  rate as the run logs it) against a bare step (same model, batch and precision, batch already on
+  the device), alternated, the best round of each;
 - **extraction**: frames/s against forward only on frames already on the device (goal >= 0.9), and
   against the authors' per-frame loop (one frame a forward pass, one ``.npy`` a frame; goal >= 10x);
   the loader's decode rate alone;
@@ -60,7 +63,8 @@ from pipeline.runs import read_jsonl, to_jsonable
 REPO = Path(__file__).resolve().parent.parent
 # Aff-Wild2's VA set, for the projection: about 3 million frames in 594 videos, 356 of them in the
 # training set and 76 in validation (the ABAW split); frames assumed in proportion to videos.
-AFFWILD2_VA_FRAMES = {"train": round(3_000_000 * 356 / 594), "validation": round(3_000_000 * 76 / 594)}
+AFFWILD2_VA_FRAMES = {"train": round(3_000_000 * 356 / 594),
+                      "validation": round(3_000_000 * 76 / 594)}
 PAPER_VA_EPOCHS = 40
 
 
@@ -99,28 +103,31 @@ class Scale:
 
 
 def cuda_scale() -> Scale:
-    """The paper's ViT-B/16 at 224 px on the ``bench`` synthetic set (80,000 frames), sized for a few
-    minutes on one modern GPU."""
-    return Scale(model="mae_vit_base_patch16", img_size=224, synth=config.preset_values(SynthConfig, "bench"),
+    """The paper's ViT-B/16 at 224 px on the ``bench`` synthetic set (80,000 frames), sized for a
+    few minutes on one modern GPU."""
+    return Scale(model="mae_vit_base_patch16", img_size=224,
+                 synth=config.preset_values(SynthConfig, "bench"),
                  batch_size=128, steps=30, rounds=2, frames_per_video=100, val_frames_per_video=20,
-                 forward_frames=256 * 12, per_frame=300, loader_frames=20_000, head_preset="paper", head_epochs=3,
-                 ranks=torch.cuda.device_count())
+                 forward_frames=256 * 12, per_frame=300, loader_frames=20_000, head_preset="paper",
+                 head_epochs=3, ranks=torch.cuda.device_count())
 
 
 def cpu_scale() -> Scale:
-    """The same path scaled down for a CPU: ViT-Tiny/16 at 112 px on 8 short videos, a few steps a stage."""
+    """The same path scaled down for a CPU: ViT-Tiny/16 at 112 px on 8 short videos, a few
+    steps a stage."""
     return Scale(model="mae_vit_tiny_patch16", img_size=112,
                  synth=dict(videos=8, frames_per_video=50, pairs=1, long_video_factor=2.0),
                  batch_size=8, steps=2, rounds=2, frames_per_video=16, val_frames_per_video=8,
-                 forward_frames=128, per_frame=24, loader_frames=256, head_preset="tiny", head_epochs=2, ranks=2)
+                 forward_frames=128, per_frame=24, loader_frames=256, head_preset="tiny",
+                 head_epochs=2, ranks=2)
 
 
 class Observer(TorchFunctionMode):
     """What the torch calls of a block did, seen as they ran (the calling thread only).
 
-    Counts every host-to-device ``Tensor.to`` by its source's memory (pinned or pageable) and its mode
-    (non-blocking or not), every ``linear``'s output by dtype and device, and the forward passes of
-    DistributedDataParallel models.
+    Counts every host-to-device ``Tensor.to`` by its source's memory (pinned or pageable) and its
+    mode (non-blocking or not), every ``linear``'s output by dtype and device, and the forward
+    passes of DistributedDataParallel models.
     """
 
     def __init__(self):
@@ -133,7 +140,8 @@ class Observer(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if func is torch.Tensor.to and isinstance(out, torch.Tensor) and isinstance(args[0], torch.Tensor):
+        if (func is torch.Tensor.to and isinstance(out, torch.Tensor)
+                and isinstance(args[0], torch.Tensor)):
             if args[0].device.type == "cpu" and out.device.type != "cpu":
                 pinned = "pinned" if args[0].is_pinned() else "pageable"
                 mode = "non_blocking" if kwargs.get("non_blocking", False) else "blocking"
@@ -159,20 +167,23 @@ class Observer(TorchFunctionMode):
                 "ddp_forwards": self.ddp_forwards}
 
 
-# ---------------------------------------------------------------------------------------------- configs
+# ------------------------------------------------------------------------------------------ configs
 
 def stage_configs(scale: Scale, data: Path, out: Path, device: str) -> dict:
     """The pretraining, fine-tuning and extraction configs of one check (paths under ``out``)."""
-    pre = PretrainConfig(images=(str(data),), out=str(out / "pretrain"), model=scale.model, img_size=scale.img_size,
-                         epochs=1, batch_size=scale.batch_size, accum_iter=1, lr=1.5e-4, warmup_epochs=1,
+    pre = PretrainConfig(images=(str(data),), out=str(out / "pretrain"), model=scale.model,
+                         img_size=scale.img_size, epochs=1, batch_size=scale.batch_size,
+                         accum_iter=1, lr=1.5e-4, warmup_epochs=1,
                          max_images=scale.batch_size * scale.steps, device=device, recon_images=2,
                          tensorboard=False)
-    fine = FinetuneConfig(data=str(data), out=str(out / "finetune"), init=str(out / "pretrain" / "checkpoint-last.pt"),
+    fine = FinetuneConfig(data=str(data), out=str(out / "finetune"),
+                          init=str(out / "pretrain" / "checkpoint-last.pt"),
                           epochs=1, batch_size=scale.batch_size, lr=1e-4, warmup_epochs=0.5,
-                          frames_per_video=scale.frames_per_video, val_frames_per_video=scale.val_frames_per_video,
+                          frames_per_video=scale.frames_per_video,
+                          val_frames_per_video=scale.val_frames_per_video,
                           device=device, tensorboard=False)
-    ext = ExtractConfig(data=str(data), ckpt=str(out / "finetune" / "best.pt"), store=str(out / "features.zarr"),
-                        device=device, overwrite=True)
+    ext = ExtractConfig(data=str(data), ckpt=str(out / "finetune" / "best.pt"),
+                        store=str(out / "features.zarr"), device=device, overwrite=True)
     return {"pretrain": pre, "finetune": fine, "extract": ext}
 
 
@@ -180,10 +191,11 @@ def _epoch_rates(run_dir: str) -> list[float]:
     return [r["img_per_s"] for r in read_jsonl(Path(run_dir) / "log.jsonl") if "img_per_s" in r]
 
 
-# ----------------------------------------------------------------------------------------------- memory
+# ------------------------------------------------------------------------------------------- memory
 
 def _reset_peak(device: torch.device) -> int:
-    """Start a stage's peak count; returns the memory already held (the stage's peak is above it)."""
+    """Start a stage's peak count; returns the memory already held (the stage's peak
+    is above it)."""
     if device.type != "cuda":
         return 0
     torch.cuda.synchronize(device)
@@ -198,19 +210,22 @@ def _peak_gib(device: torch.device, held: int) -> float | None:
     return round((torch.cuda.max_memory_allocated(device) - held) / 2**30, 2)
 
 
-# ------------------------------------------------------------------------------------------------ stages
+# ------------------------------------------------------------------------------------------- stages
 
 def _ratios(loops: list[float], bares: list[float]) -> dict:
-    """The loop against its bare step: the best round of each, and the median of each round's own ratio
-    (a round's loop and bare step ran minutes apart at most, so a drift in the machine's speed cancels)."""
-    return {"loop_img_per_s": max(loops), "bare_img_per_s": max(bares), "ratio": max(loops) / max(bares),
+    """The loop against its bare step: the best round of each, and the median of each round's own
+    ratio (a round's loop and bare step ran minutes apart at most, so a drift in the machine's
+    speed cancels)."""
+    return {"loop_img_per_s": max(loops), "bare_img_per_s": max(bares),
+            "ratio": max(loops) / max(bares),
             "paired_ratio": float(np.median([a / b for a, b in zip(loops, bares)])),
             "rounds": {"loop": loops, "bare": bares}}
 
 
 def check_pretrain(cfg: PretrainConfig, device: torch.device, rounds: int, steps: int) -> dict:
-    """The pretraining loop against its bare step, alternated: each round a bare-step rate over ``steps``
-    steps, then one more epoch of the run ``cfg.out`` (the first round starts it, the next extend it)."""
+    """The pretraining loop against its bare step, alternated: each round a bare-step rate over
+    ``steps`` steps, then one more epoch of the run ``cfg.out`` (the first round starts it, the next
+    extend it)."""
     bare = reference.PretrainStep(cfg, device)
     loops, bares, peaks = [], [], []
     for r in range(rounds):
@@ -221,14 +236,15 @@ def check_pretrain(cfg: PretrainConfig, device: torch.device, rounds: int, steps
         loops.append(_epoch_rates(cfg.out)[-1])
     del bare
     resolved = json.loads((Path(cfg.out) / "config.json").read_text())["pretrain"]
-    return {"model": cfg.model, "img_size": cfg.img_size, "batch_size": cfg.batch_size, "bf16": cfg.bf16,
-            "workers": resolved["workers"], "threads": resolved["threads"],
-            **_ratios(loops, bares), "peak_memory_gib": _max(peaks), "checkpoint": summary["checkpoint"]}
+    return {"model": cfg.model, "img_size": cfg.img_size, "batch_size": cfg.batch_size,
+            "bf16": cfg.bf16, "workers": resolved["workers"], "threads": resolved["threads"],
+            **_ratios(loops, bares), "peak_memory_gib": _max(peaks),
+            "checkpoint": summary["checkpoint"]}
 
 
 def check_finetune(cfg: FinetuneConfig, device: torch.device, rounds: int, steps: int) -> dict:
-    """The fine-tuning loop (the epoch's rate, validation apart) against its bare step, alternated as
-    :func:`check_pretrain`."""
+    """The fine-tuning loop (the epoch's rate, validation apart) against its bare step, alternated
+    as :func:`check_pretrain`."""
     bare = reference.FinetuneStep(cfg, device)
     loops, bares, peaks = [], [], []
     for r in range(rounds):
@@ -241,19 +257,21 @@ def check_finetune(cfg: FinetuneConfig, device: torch.device, rounds: int, steps
     resolved = json.loads((Path(cfg.out) / "config.json").read_text())["finetune"]
     return {"batch_size": cfg.batch_size, "bf16": cfg.bf16, "workers": resolved["workers"],
             "threads": resolved["threads"], "train_frames_per_epoch": summary["train_frames"],
-            **_ratios(loops, bares), "peak_memory_gib": _max(peaks), "best_checkpoint": summary["best_checkpoint"]}
+            **_ratios(loops, bares), "peak_memory_gib": _max(peaks),
+            "best_checkpoint": summary["best_checkpoint"]}
 
 
 def check_extract(cfg: ExtractConfig, scale: Scale, device: torch.device, out: Path) -> dict:
-    """Extraction of every frame, between two forward-only measurements on frames already on the device
-    (same encoder, batch, pooling and precision; the better kept); then the authors' per-frame loop and
-    the loader alone."""
+    """Extraction of every frame, between two forward-only measurements on frames already on the
+    device (same encoder, batch, pooling and precision; the better kept); then the authors'
+    per-frame loop and the loader alone."""
     ds = AffWild2(Path(cfg.data))
     paths = [v.image_path(k) for v in ds.videos.values() for k in v.frames]
     encoder, info = load_extraction_encoder(Path(cfg.ckpt), device)
     pooling = cfg.pooling or info.pooling or "cls"
     batch_size = cfg.batch_size or (256 if device.type == "cuda" else 64)
-    frames = torch.stack([decode_image(p, info.img_size) for p in paths[: scale.forward_frames]]).to(device)
+    frames = torch.stack([decode_image(p, info.img_size)
+                          for p in paths[: scale.forward_frames]]).to(device)
 
     def forward() -> float:
         return reference.forward_only(encoder, frames, batch_size, device, pooling, cfg.bf16,
@@ -264,20 +282,23 @@ def check_extract(cfg: ExtractConfig, scale: Scale, device: torch.device, out: P
     summary = extract(cfg, progress=False)
     peak = _peak_gib(device, held)
     forwards.append(forward())
-    per_frame = reference.per_frame_loop(encoder, paths[: scale.per_frame], out / "npy", info.img_size, device)
-    loader = reference.loader_rate(paths[: scale.loader_frames], info.img_size, batch_size, summary["workers"],
-                                   device)
+    per_frame = reference.per_frame_loop(encoder, paths[: scale.per_frame], out / "npy",
+                                         info.img_size, device)
+    loader = reference.loader_rate(paths[: scale.loader_frames], info.img_size, batch_size,
+                                   summary["workers"], device)
     fps = summary["frames_per_s"]
-    return {"frames": summary["frames"], "batch_size": summary["batch_size"], "workers": summary["workers"],
-            "threads": summary["threads"], "bf16": cfg.bf16, "frames_per_s": fps,
+    return {"frames": summary["frames"], "batch_size": summary["batch_size"],
+            "workers": summary["workers"], "threads": summary["threads"], "bf16": cfg.bf16,
+            "frames_per_s": fps,
             "forward_only_fps": max(forwards), "over_forward_only": fps / max(forwards),
             "per_frame_loop_fps": per_frame, "over_per_frame_loop": fps / per_frame,
-            "loader_fps": loader, "peak_memory_gib": peak, "forward_rounds": forwards, "store": cfg.store}
+            "loader_fps": loader, "peak_memory_gib": peak, "forward_rounds": forwards,
+            "store": cfg.store}
 
 
 def check_head(store: str, data: str, scale: Scale, device: torch.device, out: Path) -> dict:
-    """A VA head of the preset's sizes on the store: its best epoch's training frames/s and data share,
-    and the paper's 40-epoch VA run projected to Aff-Wild2's size from this run's rates."""
+    """A VA head of the preset's sizes on the store: its best epoch's training frames/s and data
+    share, and the paper's 40-epoch VA run projected to Aff-Wild2's size from this run's rates."""
     cfg = TrainConfig.create(preset=scale.head_preset, task="va", stores=(store,), data=data,
                              epochs=scale.head_epochs, device=device.type, tensorboard=False)
     prepared = prepare(cfg)
@@ -289,9 +310,11 @@ def check_head(store: str, data: str, scale: Scale, device: torch.device, out: P
     val_frames = prepared.frames(prepared.val_videos)
     # a training epoch visits every frame about window / stride times (overlapping windows)
     epoch_s = AFFWILD2_VA_FRAMES["train"] * cfg.window / cfg.stride / best["frames_per_s"]
-    eval_s = min(r["eval_seconds"] for r in epochs) * AFFWILD2_VA_FRAMES["validation"] / max(1, val_frames)
-    return {"model": cfg.model, "head": asdict(cfg.head), "window": cfg.window, "stride": cfg.stride,
-            "batch_size": cfg.batch_size, "bf16": cfg.bf16, "in_dim": prepared.table.dim,
+    eval_s = (min(r["eval_seconds"] for r in epochs) * AFFWILD2_VA_FRAMES["validation"]
+              / max(1, val_frames))
+    return {"model": cfg.model, "head": asdict(cfg.head), "window": cfg.window,
+            "stride": cfg.stride, "batch_size": cfg.batch_size, "bf16": cfg.bf16,
+            "in_dim": prepared.table.dim,
             "train_frames": prepared.frames(prepared.train_videos), "val_frames": val_frames,
             "frames_per_s": best["frames_per_s"], "data_share": best["data_share"],
             "eval_seconds": best["eval_seconds"], "peak_memory_gib": peak,
@@ -301,7 +324,7 @@ def check_head(store: str, data: str, scale: Scale, device: torch.device, out: P
                            "train_epoch_s": epoch_s, "validation_s": eval_s}}
 
 
-# ------------------------------------------------------------------------------------------------ torchrun
+# ----------------------------------------------------------------------------------------- torchrun
 
 def rank_job(spec_path: Path) -> None:
     """One torchrun process: pretraining, fine-tuning and extraction in turn, each watched by an
@@ -312,8 +335,8 @@ def rank_job(spec_path: Path) -> None:
     facts = {}
     for stage, cls, fn in runs:
         cfg = config.build(cls, spec[stage])
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cfg.device == "cuda" else \
-            torch.device("cpu")
+        device = (torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+                  if cfg.device == "cuda" else torch.device("cpu"))
         held = _reset_peak(device)
         with Observer() as seen:
             fn(cfg, progress=False)
@@ -330,8 +353,9 @@ def rank_job(spec_path: Path) -> None:
 
 
 def check_torchrun(scale: Scale, data: Path, out: Path, device: torch.device) -> dict:
-    """Short runs of the three stages under ``torchrun`` over ``scale.ranks`` processes (every visible GPU,
-    or two gloo processes on the CPU); returns, per stage, what every rank observed."""
+    """Short runs of the three stages under ``torchrun`` over ``scale.ranks`` processes
+    (every visible GPU, or two gloo processes on the CPU); returns, per stage, what every
+    rank observed."""
     configs = stage_configs(scale, data, out, device.type)
     per_rank = scale.batch_size // max(1, scale.ranks) or 1
     spec = {
@@ -346,8 +370,9 @@ def check_torchrun(scale: Scale, data: Path, out: Path, device: torch.device) ->
     spec_path.write_text(json.dumps(spec))
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                           str(scale.ranks), "-m", "bench.gpu_check", "--rank-job", str(spec_path)],
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", str(scale.ranks), "-m", "bench.gpu_check",
+                           "--rank-job", str(spec_path)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"torchrun failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
@@ -356,8 +381,9 @@ def check_torchrun(scale: Scale, data: Path, out: Path, device: torch.device) ->
     for stage in ("pretrain", "finetune", "extract"):
         seen = [r[stage] for r in ranks]
         stages[stage] = {
-            "processes": len(seen), "backend": seen[0]["backend"], "world_size": seen[0]["world_size"],
-            "devices": [s["device"] for s in seen], "ddp_forwards": [s["ddp_forwards"] for s in seen],
+            "processes": len(seen), "backend": seen[0]["backend"],
+            "world_size": seen[0]["world_size"], "devices": [s["device"] for s in seen],
+            "ddp_forwards": [s["ddp_forwards"] for s in seen],
             "linear_outputs": _sum_counts(s["linear_outputs"] for s in seen),
             "h2d_copies": _sum_counts(s["h2d_copies"] for s in seen),
             "peak_memory_gib": [s["peak_memory_gib"] for s in seen],
@@ -377,24 +403,27 @@ def _max(values):
     return max(values) if values else None
 
 
-# ------------------------------------------------------------------------------------------------- verdicts
+# ----------------------------------------------------------------------------------------- verdicts
 
 def branches(torchrun: dict, device: torch.device) -> dict:
     """Whether each branch ran, read from what the runs observed (never from the settings)."""
     out = {}
     for stage, seen in torchrun["stages"].items():
         linear, copies = seen["linear_outputs"], seen["h2d_copies"]
-        if seen["backend"] is None:  # torchrun over one GPU runs one process, which needs no process group
+        # torchrun over one GPU runs one process, which needs no process group
+        if seen["backend"] is None:
             group = f"none: {seen['processes']} process"
         else:
             group = f"{seen['backend']}, {seen['world_size']} processes"
         out[stage] = {
             "bf16_autocast": sum(n for k, n in linear.items() if k.startswith("bfloat16")) > 0,
-            "pinned_non_blocking_copies": copies.get("pinned non_blocking", 0) if device.type == "cuda" else None,
+            "pinned_non_blocking_copies": (copies.get("pinned non_blocking", 0)
+                                           if device.type == "cuda" else None),
             "other_copies": sum(n for k, n in copies.items() if k != "pinned non_blocking"),
             "process_group": group,
             # extraction splits the videos between processes and needs no gradient sync
-            "ddp": all(n > 0 for n in seen["ddp_forwards"]) if seen["processes"] > 1 and stage != "extract" else None,
+            "ddp": (all(n > 0 for n in seen["ddp_forwards"])
+                    if seen["processes"] > 1 and stage != "extract" else None),
             "on": sorted(set(seen["devices"])),
         }
     return out
@@ -418,41 +447,47 @@ def table(r: dict) -> str:
     """The readable form of the result."""
     p, f, e, h = r["pretrain"], r["finetune"], r["extract"], r["heads"]
     lines = [
-        f"gpu-check on {r['device']}{'' if r['cuda'] else '  (NO CUDA: the CPU path, scaled down)'}",
-        f"  torch {r['torch']}, {r['cores']} host cores, load {r['load'][0]:.2f} -> {r['load'][1]:.2f}, "
-        f"{r['seconds']:.0f} s in all",
+        f"gpu-check on {r['device']}"
+        f"{'' if r['cuda'] else '  (NO CUDA: the CPU path, scaled down)'}",
+        f"  torch {r['torch']}, {r['cores']} host cores, load {r['load'][0]:.2f} -> "
+        f"{r['load'][1]:.2f}, {r['seconds']:.0f} s in all",
         "",
-        "branches observed (torchrun: " + f"{r['torchrun']['stages']['pretrain']['processes']} process(es))",
-        f"  {'stage':<10}{'bf16 autocast':>14}{'pinned+non-blocking copies':>28}{'other copies':>14}"
-        f"  {'process group':<20}{'DDP':>6}  on",
+        "branches observed (torchrun: "
+        + f"{r['torchrun']['stages']['pretrain']['processes']} process(es))",
+        f"  {'stage':<10}{'bf16 autocast':>14}{'pinned+non-blocking copies':>28}"
+        f"{'other copies':>14}  {'process group':<20}{'DDP':>6}  on",
     ]
     for stage, b in r["branches"].items():
-        copies = "n/a (CPU)" if b["pinned_non_blocking_copies"] is None else str(b["pinned_non_blocking_copies"])
-        lines.append(f"  {stage:<10}{str(b['bf16_autocast']):>14}{copies:>28}{b['other_copies']:>14}"
-                     f"  {b['process_group']:<20}{str(b['ddp']):>6}  {', '.join(b['on'])}")
+        copies = ("n/a (CPU)" if b["pinned_non_blocking_copies"] is None
+                  else str(b["pinned_non_blocking_copies"]))
+        lines.append(f"  {stage:<10}{str(b['bf16_autocast']):>14}{copies:>28}"
+                     f"{b['other_copies']:>14}  {b['process_group']:<20}{str(b['ddp']):>6}  "
+                     f"{', '.join(b['on'])}")
     lines += [
         "",
-        f"training loops ({p['model']} at {p['img_size']} px, batch {p['batch_size']}, bf16 {p['bf16']})",
-        f"  {'stage':<10}{'loop img/s':>12}{'bare step':>11}{'ratio':>7}{'paired':>8}{'workers':>9}{'threads':>9}"
-        f"{'peak mem':>11}",
+        f"training loops ({p['model']} at {p['img_size']} px, batch {p['batch_size']}, "
+        f"bf16 {p['bf16']})",
+        f"  {'stage':<10}{'loop img/s':>12}{'bare step':>11}{'ratio':>7}{'paired':>8}"
+        f"{'workers':>9}{'threads':>9}{'peak mem':>11}",
     ]
     for name, s in (("pretrain", p), ("finetune", f)):
-        lines.append(f"  {name:<10}{s['loop_img_per_s']:>12.1f}{s['bare_img_per_s']:>11.1f}{s['ratio']:>7.2f}"
-                     f"{s['paired_ratio']:>8.2f}{s['workers']:>9}{s['threads']:>9}{_gib(s['peak_memory_gib']):>11}")
+        lines.append(f"  {name:<10}{s['loop_img_per_s']:>12.1f}{s['bare_img_per_s']:>11.1f}"
+                     f"{s['ratio']:>7.2f}{s['paired_ratio']:>8.2f}{s['workers']:>9}"
+                     f"{s['threads']:>9}{_gib(s['peak_memory_gib']):>11}")
     lines += [
         "",
-        f"extraction ({e['frames']} frames, batch {e['batch_size']}, {e['workers']} decode workers, "
-        f"{e['threads']} threads, peak {_gib(e['peak_memory_gib'])})",
+        f"extraction ({e['frames']} frames, batch {e['batch_size']}, {e['workers']} decode "
+        f"workers, {e['threads']} threads, peak {_gib(e['peak_memory_gib'])})",
         f"  extract            {e['frames_per_s']:>9.1f} frames/s",
-        f"  forward only       {e['forward_only_fps']:>9.1f} frames/s  extract / forward {e['over_forward_only']:.2f}"
-        "  (goal >= 0.9)",
+        f"  forward only       {e['forward_only_fps']:>9.1f} frames/s  extract / forward "
+        f"{e['over_forward_only']:.2f}  (goal >= 0.9)",
         f"  per-frame + .npy   {e['per_frame_loop_fps']:>9.1f} frames/s  extract / per-frame "
         f"{e['over_per_frame_loop']:.1f}x  (goal >= 10x)",
         f"  loader alone       {e['loader_fps']:>9.1f} frames/s  ({e['workers']} workers)",
         "",
-        f"temporal head ({h['model']}, {h['head']['tcn_channels']} / d_model {h['head']['d_model']} x "
-        f"{h['head']['num_layers']}, D={h['in_dim']}, W={h['window']}, batch {h['batch_size']}, peak "
-        f"{_gib(h['peak_memory_gib'])})",
+        f"temporal head ({h['model']}, {h['head']['tcn_channels']} / d_model "
+        f"{h['head']['d_model']} x {h['head']['num_layers']}, D={h['in_dim']}, W={h['window']}, "
+        f"batch {h['batch_size']}, peak {_gib(h['peak_memory_gib'])})",
         f"  training {h['frames_per_s']:.0f} frames/s, data share {100 * h['data_share']:.1f} %",
         f"  one VA run of {h['projection']['epochs']} epochs at Aff-Wild2's size (~"
         f"{h['projection']['affwild2_va_train_frames'] / 1e6:.1f} M training frames): "
@@ -461,8 +496,8 @@ def table(r: dict) -> str:
         "goals: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in r["goals"].items()),
     ]
     if not r["cuda"]:
-        lines.append("  (the CPU path's runs are a few steps each: they check that the code runs; its ratios "
-                     "weigh start-up, not the steady state that bench/ measures)")
+        lines.append("  (the CPU path's runs are a few steps each: they check that the code runs; "
+                     "its ratios weigh start-up, not the steady state that bench/ measures)")
     return "\n".join(lines)
 
 
@@ -503,9 +538,10 @@ def run_check(out: Path, data: Path | None = None, device: torch.device | None =
 
 def main(argv=None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=None, help="Folder for the runs (default: a temporary one, "
-                                                                 "deleted at the end).")
-    parser.add_argument("--data", type=Path, default=None, help="Reuse this synthetic set (made there if absent).")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="Folder for the runs (default: a temporary one, deleted at the end).")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="Reuse this synthetic set (made there if absent).")
     parser.add_argument("--json", action="store_true", help="Print the JSON object only.")
     parser.add_argument("--rank-job", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -1,8 +1,8 @@
 """What each loop is measured against, shared by ``bench/`` and ``make gpu-check``.
 
-- a bare training step: the stage's own model, optimizer and loss at the loop's batch size and precision,
-  on one batch already on the device: forward, backward, optimizer step, and nothing else (no loader,
-  no schedule, no logging, no host sync per step);
+- a bare training step: the stage's own model, optimizer and loss at the loop's batch size and
+  precision, on one batch already on the device: forward, backward, optimizer step, and nothing else
+  (no loader, no schedule, no logging, no host sync per step);
 - forward only: extraction's own :func:`pipeline.extract.encode` on frames already on the device;
 - the authors' per-frame extraction: one frame per forward pass, one ``.npy`` file per frame;
 - the loader alone: extraction's own :func:`pipeline.extract.frame_loader`, no encoder.
@@ -54,8 +54,8 @@ class PretrainStep:
         self.cfg, self.device = cfg, device
         self.model = MaskedAutoencoderViT(model_config(cfg)).to(device).train()
         self.optimizer = pretrain_optimizer(self.model, cfg, 1e-4, device)
-        self.images = torch.randint(0, 256, (cfg.batch_size, 3, cfg.img_size, cfg.img_size), dtype=torch.uint8,
-                                    device=device)
+        self.images = torch.randint(0, 256, (cfg.batch_size, 3, cfg.img_size, cfg.img_size),
+                                    dtype=torch.uint8, device=device)
 
     def step(self) -> None:
         with autocast(self.device, self.cfg.bf16):
@@ -67,13 +67,14 @@ class PretrainStep:
     def rate(self, steps: int) -> float:
         """Images/s over ``steps`` steps (after one untimed step)."""
         self.step()
-        return timed_rate(lambda: [self.step() for _ in range(steps)], steps * self.cfg.batch_size, self.device)
+        return timed_rate(lambda: [self.step() for _ in range(steps)], steps * self.cfg.batch_size,
+                          self.device)
 
 
 class FinetuneStep:
-    """A bare fine-tuning step of a :class:`FinetuneConfig`: its classifier (from ``cfg.init``), optimizer,
-    mixing, loss and precision, on one batch of the loader's layout already on the device (uint8 images
-    (B, 3, S, S), random labels)."""
+    """A bare fine-tuning step of a :class:`FinetuneConfig`: its classifier (from ``cfg.init``),
+    optimizer, mixing, loss and precision, on one batch of the loader's layout already on the device
+    (uint8 images (B, 3, S, S), random labels)."""
 
     def __init__(self, cfg: FinetuneConfig, device: torch.device):
         torch.manual_seed(cfg.seed)
@@ -110,16 +111,18 @@ class FinetuneStep:
     def rate(self, steps: int) -> float:
         """Images/s over ``steps`` steps (after one untimed step)."""
         self.step()
-        return timed_rate(lambda: [self.step() for _ in range(steps)], steps * self.cfg.batch_size, self.device)
+        return timed_rate(lambda: [self.step() for _ in range(steps)], steps * self.cfg.batch_size,
+                          self.device)
 
 
-def forward_only(encoder: torch.nn.Module, images: torch.Tensor, batch_size: int, device: torch.device,
-                 pooling: str = "cls", bf16: bool = True, pixel_mean=PIXEL_MEAN, pixel_std=PIXEL_STD,
-                 frames: int | None = None) -> float:
-    """Frames/s of extraction's own :func:`pipeline.extract.encode` on uint8 frames (N, 3, S, S) already on
-    ``device``, ``batch_size`` a batch, the rows made float16 on the host as extraction stores them (one
-    untimed batch first). ``frames``: go round ``images`` until this many frames are done (default: once),
-    so that the reference runs as long as the extraction it is compared with."""
+def forward_only(encoder: torch.nn.Module, images: torch.Tensor, batch_size: int,
+                 device: torch.device, pooling: str = "cls", bf16: bool = True,
+                 pixel_mean=PIXEL_MEAN, pixel_std=PIXEL_STD, frames: int | None = None) -> float:
+    """Frames/s of extraction's own :func:`pipeline.extract.encode` on uint8 frames (N, 3, S, S)
+    already on ``device``, ``batch_size`` a batch, the rows made float16 on the host as extraction
+    stores them (one untimed batch first). ``frames``: go round ``images`` until this many frames
+    are done (default: once), so that the reference runs as long as the extraction it is
+    compared with."""
     images = images.to(device)
     starts = [i % len(images) for i in range(0, frames or len(images), batch_size)]
 
@@ -134,8 +137,8 @@ def forward_only(encoder: torch.nn.Module, images: torch.Tensor, batch_size: int
 
 
 def best_forward_only(encoder: torch.nn.Module, images: torch.Tensor, device: torch.device,
-                      batch_sizes=(32, 64, 128, 256), precisions=(True, False), pooling: str = "cls",
-                      rounds: int = 2) -> dict:
+                      batch_sizes=(32, 64, 128, 256), precisions=(True, False),
+                      pooling: str = "cls", rounds: int = 2) -> dict:
     """The best forward-only rate over batch sizes and precisions (bf16 autocast, fp32), the best of
     ``rounds`` rounds each: {"fps", "batch_size", "bf16", "table": {"bf16 64": fps, ...}}."""
     table: dict[str, float] = {}
@@ -143,7 +146,8 @@ def best_forward_only(encoder: torch.nn.Module, images: torch.Tensor, device: to
         for bf16 in precisions:
             for b in batch_sizes:
                 key = f"{'bf16' if bf16 else 'fp32'} {b}"
-                table[key] = max(table.get(key, 0.0), forward_only(encoder, images, b, device, pooling, bf16))
+                table[key] = max(table.get(key, 0.0),
+                                 forward_only(encoder, images, b, device, pooling, bf16))
     best = max(table, key=table.get)
     precision, b = best.split()
     return {"fps": table[best], "batch_size": int(b), "bf16": precision == "bf16", "table": table}
@@ -151,8 +155,9 @@ def best_forward_only(encoder: torch.nn.Module, images: torch.Tensor, device: to
 
 def per_frame_loop(encoder: torch.nn.Module, paths: list[Path], out_dir: Path, img_size: int,
                    device: torch.device, bf16: bool = False, pooling: str = "cls") -> float:
-    """The authors' extraction: each frame decoded, sent to the device and encoded alone, its feature
-    saved as ``out_dir/<video>/<frame>.npy`` (fp32 by default, as their scripts run). Returns frames/s."""
+    """The authors' extraction: each frame decoded, sent to the device and encoded alone, its
+    feature saved as ``out_dir/<video>/<frame>.npy`` (fp32 by default, as their scripts run).
+    Returns frames/s."""
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def run() -> None:
@@ -166,7 +171,8 @@ def per_frame_loop(encoder: torch.nn.Module, paths: list[Path], out_dir: Path, i
         return timed_rate(run, len(paths), device)
 
 
-def loader_rate(paths: list[Path], img_size: int, batch_size: int, workers: int, device: torch.device) -> float:
+def loader_rate(paths: list[Path], img_size: int, batch_size: int, workers: int,
+                device: torch.device) -> float:
     """Frames/s of extraction's loader alone (decode, collate and, on CUDA, pinning), no encoder."""
     def run() -> None:
         for _ in frame_loader(paths, img_size, batch_size, workers, device):

@@ -1,4 +1,5 @@
-"""The two containers of the store: a Zarr 3 hierarchy (directory, or read-only zip) and an HDF5 file.
+"""The two containers of the store: a Zarr 3 hierarchy (directory, or read-only zip) and an HDF5
+file.
 
 Both expose the same small surface, so that the reader and the writer never branch on the format.
 Arrays come back as the container's own lazy objects (``zarr.Array``, ``h5py.Dataset``): both take
@@ -29,7 +30,8 @@ def _tree_bytes(path: Path) -> int:
 class ZarrBackend:
     """A feature store in a Zarr 3 hierarchy."""
 
-    def __init__(self, path: Path, root: zarr.Group, zip_store: zarr.storage.ZipStore | None = None):
+    def __init__(self, path: Path, root: zarr.Group,
+                 zip_store: zarr.storage.ZipStore | None = None):
         self.path = Path(path)
         self.root = root
         self._zip = zip_store
@@ -46,8 +48,8 @@ class ZarrBackend:
         try:
             if kind == "zip":
                 if not zipfile.is_zipfile(path):
-                    raise StoreError(f"{path} is not a readable zip file (damaged or truncated): send or "
-                                     "export it again")
+                    raise StoreError(f"{path} is not a readable zip file (damaged or truncated): "
+                                     "send or export it again")
                 zip_store = zarr.storage.ZipStore(path, mode="r")
             root = zarr.open_group(store=zip_store or path, mode="r+" if writable else "r",
                                    use_consolidated=check_consolidated)
@@ -124,8 +126,8 @@ class ZarrBackend:
         return self.root.metadata.consolidated_metadata is not None
 
     def listed_complete(self) -> set[str] | None:
-        """The complete videos of the consolidated listing in the root's ``zarr.json`` (None: no listing),
-        read apart from the groups themselves so the two can be compared."""
+        """The complete videos of the consolidated listing in the root's ``zarr.json``
+        (None: no listing), read apart from the groups themselves so the two can be compared."""
         root = self.root if self.is_consolidated() else zarr.open_group(
             store=self._zip or self.path, mode="r", use_consolidated=None)
         listing = root.metadata.consolidated_metadata
@@ -145,7 +147,8 @@ class ZarrBackend:
 
 
 class H5Backend:
-    """A feature store in one HDF5 file (one writer at a time; see merge_stores for several ranks)."""
+    """A feature store in one HDF5 file (one writer at a time; see merge_stores for
+    several ranks)."""
 
     format = "hdf5"
 

@@ -1,4 +1,5 @@
-"""Filling the rows of frames without a face: the reader's explicit choice, never baked into a store.
+"""Filling the rows of frames without a face: the reader's explicit choice, never baked into a
+store.
 
 - ``zeros``: the rows as stored (zero vectors);
 - ``nearest``: the row of the nearest frame with a face (ties go to the earlier frame);

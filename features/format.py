@@ -3,7 +3,8 @@
 The logical layout is the same in Zarr 3 and HDF5 (``docs/feature-store.md``):
 
     /                           attrs: format, format_version, encoder, encoder_config, ...
-    /videos/<video>/features    (T, D) float16 | float32; row i = frame i+1; absent frames are zero rows
+    /videos/<video>/features    (T, D) float16 | float32; row i = frame i+1;
+                                absent frames are zero rows
     /videos/<video>/present     (T,) bool; true where the frame had a face image
     /videos/<video>             attrs: complete (written last), num_frames, num_present
 
@@ -26,7 +27,8 @@ FORMAT_VERSION = 1
 VIDEOS = "videos"
 FEATURES = "features"
 PRESENT = "present"
-CHUNK_ROWS = 1024  # (1024, 768) float16 = 1.5 MiB a chunk: a 50,000-frame video streams in 49 chunks
+# (1024, 768) float16 = 1.5 MiB a chunk: a 50,000-frame video streams in 49 chunks
+CHUNK_ROWS = 1024
 DTYPES = ("float16", "float32")
 H5_ATTRS_JSON = "attrs_json"
 
@@ -59,7 +61,8 @@ def check_feature_spec(attrs: dict, where: str) -> None:
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
         raise StoreError(f"{where}: feature_dim must be a positive integer, got {dim!r}")
     if attrs.get("dtype") not in DTYPES:
-        raise StoreError(f"{where}: dtype must be one of {', '.join(DTYPES)}, got {attrs.get('dtype')!r}")
+        raise StoreError(f"{where}: dtype must be one of {', '.join(DTYPES)}, "
+                         f"got {attrs.get('dtype')!r}")
 
 
 def normalise_attrs(attrs: dict) -> dict:
@@ -132,8 +135,8 @@ def sniff_format(path: Path) -> str:
                          "`mae-affect extract --store PATH`")
     if path.is_dir():
         if not (path / "zarr.json").is_file():
-            raise StoreError(f"{path} is a directory without zarr.json, not a Zarr 3 feature store: "
-                             "check the path")
+            raise StoreError(f"{path} is a directory without zarr.json, not a Zarr 3 feature "
+                             "store: check the path")
         return "zarr"
     with open(path, "rb") as f:
         head = f.read(8)
@@ -141,26 +144,27 @@ def sniff_format(path: Path) -> str:
         return "hdf5"
     if head[:4] == ZIP_SIGNATURE:
         return "zip"
-    raise StoreError(f"{path} is neither a Zarr directory, a .zarr.zip nor an HDF5 file: check the path")
+    raise StoreError(f"{path} is neither a Zarr directory, a .zarr.zip nor an HDF5 file: "
+                     "check the path")
 
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ZIP_SIGNATURE = b"PK\x03\x04"
-# How far into a file its root attributes lie: an HDF5 store gets them (the whole attribute dict as JSON,
-# and a native mirror) in the root group's header when it is created, before any video, and a .zarr.zip
-# holds the root zarr.json as its first member.
+# How far into a file its root attributes lie: an HDF5 store gets them (the whole attribute dict as
+# JSON, and a native mirror) in the root group's header when it is created, before any video, and a
+# .zarr.zip holds the root zarr.json as its first member.
 HEAD_BYTES = 1 << 20
 
 
 def damaged_store_of_ours(path: Path) -> bool:
-    """Whether ``path``, which does not open as a store, is a store of ours that was damaged (an HDF5 file
-    truncated by a kill or a full disk, a root ``zarr.json`` broken by hand): the only thing besides a
-    sound store that ``--overwrite`` may delete.
+    """Whether ``path``, which does not open as a store, is a store of ours that was damaged
+    (an HDF5 file truncated by a kill or a full disk, a root ``zarr.json`` broken by hand): the only
+    thing besides a sound store that ``--overwrite`` may delete.
 
     The rule: an HDF5 file (its 8-byte signature) or a zip whose first MiB holds our format name
-    ``mae-affect-features``, or a directory whose root ``zarr.json`` holds it. Every store of ours writes
-    that name at creation, at the start of the file; another tool's HDF5 file, zip or Zarr directory does
-    not carry it, so it is never taken for ours.
+    ``mae-affect-features``, or a directory whose root ``zarr.json`` holds it. Every store of ours
+    writes that name at creation, at the start of the file; another tool's HDF5 file, zip or Zarr
+    directory does not carry it, so it is never taken for ours.
     """
     path = Path(path)
     marker = FORMAT_NAME.encode()
@@ -185,7 +189,8 @@ def h5_encode_attrs(attrs: dict) -> dict:
         elif isinstance(v, list) and v and all(
             isinstance(x, (int, float)) and not isinstance(x, bool) for x in v
         ):
-            out[k] = np.asarray(v, dtype=np.float64 if any(isinstance(x, float) for x in v) else np.int64)
+            out[k] = np.asarray(
+                v, dtype=np.float64 if any(isinstance(x, float) for x in v) else np.int64)
         else:
             out[k] = json.dumps(v)
     return out
@@ -199,5 +204,5 @@ def h5_decode_attrs(raw, path: Path) -> dict:
     try:
         return json.loads(text.decode() if isinstance(text, bytes) else text)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise StoreError(f"{path}: root attribute {H5_ATTRS_JSON!r} is not valid JSON ({e}); the file is "
-                         "damaged: extract again with --overwrite") from e
+        raise StoreError(f"{path}: root attribute {H5_ATTRS_JSON!r} is not valid JSON ({e}); "
+                         "the file is damaged: extract again with --overwrite") from e

@@ -35,7 +35,8 @@ class Packed:
 
 
 class FeatureStore:
-    """A feature store opened for reading (Zarr directory, .zarr.zip or HDF5); see ``open_store``."""
+    """A feature store opened for reading (Zarr directory, .zarr.zip or HDF5); see
+    ``open_store``."""
 
     def __init__(self, backend):
         self._backend = backend
@@ -43,7 +44,8 @@ class FeatureStore:
         self.format: str = backend.format
         self._attrs = backend.attrs
         self._video_attrs = {v: backend.video_attrs(v) for v in backend.video_names()}
-        # complete: marked so, last, by the writer, and still holding both arrays (a hand edit may drop one)
+        # complete: marked so, last, by the writer, and still holding both arrays (a hand edit may
+        # drop one)
         self._complete = sorted(v for v, a in self._video_attrs.items()
                                 if a.get("complete") is True and backend.has_arrays(v))
 
@@ -69,7 +71,8 @@ class FeatureStore:
     def _check_video(self, video: str) -> None:
         if video not in self._video_attrs:
             raise StoreError(f"video {video!r} is not in store {self.path}: "
-                             f"it holds {len(self._complete)} videos (see `mae-affect features info`)")
+                             f"it holds {len(self._complete)} videos "
+                             "(see `mae-affect features info`)")
         if video not in self._complete:
             raise StoreError(f"video {video!r} in store {self.path} is incomplete (an interrupted "
                              "run, or a group changed by hand): rerun extraction, which redoes it")
@@ -84,18 +87,20 @@ class FeatureStore:
 
     @property
     def consolidated(self) -> bool:
-        """True when a Zarr store carries a consolidated listing (plain zarr then opens it in one read)."""
+        """True when a Zarr store carries a consolidated listing (plain zarr then opens it
+        in one read)."""
         return self.format != "hdf5" and self._backend.listed_complete() is not None
 
     def arrays(self, video: str):
-        """The stored arrays of one video, lazy (``zarr.Array`` or ``h5py.Dataset``): features (T, D)
-        and present (T,); slicing reads only the chunks it touches."""
+        """The stored arrays of one video, lazy (``zarr.Array`` or ``h5py.Dataset``): features
+        (T, D) and present (T,); slicing reads only the chunks it touches."""
         self._check_video(video)
         return self._backend.arrays(video)
 
     def read_rows(self, video: str, start: int = 0, stop: int | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
-        """Rows ``start:stop`` as stored (absent rows zero): features (n, D) store dtype, present (n,)."""
+        """Rows ``start:stop`` as stored (absent rows zero): features (n, D) store dtype,
+        present (n,)."""
         features, present = self.arrays(video)
         return np.asarray(features[start:stop]), np.asarray(present[start:stop], dtype=bool)
 
@@ -114,7 +119,8 @@ class FeatureStore:
         return fill_absent(features, present, fill), present
 
     def load_all(self, videos=None, dtype=np.float32, fill: str = "zeros") -> Packed:
-        """Every (or the given) complete video packed into one contiguous array: the heads' fast path.
+        """Every (or the given) complete video packed into one contiguous array: the heads' fast
+        path.
 
         Args:
             videos: names to load, in this order; None loads ``videos()``.
@@ -141,10 +147,10 @@ class FeatureStore:
 
     @property
     def listing_stale(self) -> bool:
-        """True when a Zarr store's consolidated listing (what plain ``zarr.open_group`` reads) names other
-        complete videos than its groups do: a video deleted, added or changed after the store was
-        consolidated (by hand, or by a writer that did not finish). ``extract`` rewrites it; so does
-        ``features.consolidate_store``."""
+        """True when a Zarr store's consolidated listing (what plain ``zarr.open_group`` reads)
+        names other complete videos than its groups do: a video deleted, added or changed after the
+        store was consolidated (by hand, or by a writer that did not finish). ``extract`` rewrites
+        it; so does ``features.consolidate_store``."""
         if self.format == "hdf5":
             return False
         listed = self._backend.listed_complete()
@@ -179,9 +185,9 @@ def open_store(path, use_consolidated: bool = False) -> FeatureStore:
     """Open a store for reading, whatever its container (Zarr directory, .zarr.zip, HDF5).
 
     Every video is read from its own group's metadata, so a store changed by hand with plain zarr
-    (``del root['videos/<name>']``, an attribute rewritten) reads as ``verify_store`` sees it, whatever
-    the consolidated listing still says (``listing_stale`` tells when they differ). On a local disk this
-    costs well under a second for 600 videos.
+    (``del root['videos/<name>']``, an attribute rewritten) reads as ``verify_store`` sees it,
+    whatever the consolidated listing still says (``listing_stale`` tells when they differ). On a
+    local disk this costs well under a second for 600 videos.
 
     Args:
         path: the store.

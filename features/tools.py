@@ -36,7 +36,8 @@ def _check_video(store: FeatureStore, video: str) -> list[str]:
     if np.dtype(features.dtype) != store.dtype:
         problems.append(f"{where}: features dtype {features.dtype}, store says {store.dtype}")
     if tuple(present.shape) != (t,) or np.dtype(present.dtype) != np.bool_:
-        problems.append(f"{where}: present is {present.dtype} {tuple(present.shape)}, expected bool ({t},)")
+        problems.append(f"{where}: present is {present.dtype} {tuple(present.shape)}, "
+                        f"expected bool ({t},)")
     if problems:
         return problems
     nonfinite = nonzero_absent = num_present = 0
@@ -52,7 +53,8 @@ def _check_video(store: FeatureStore, video: str) -> list[str]:
     if nonzero_absent:
         problems.append(f"{where}: {nonzero_absent} frames without a face hold non-zero rows")
     if store.num_present(video) != num_present:
-        problems.append(f"{where}: num_present says {store.num_present(video)}, present has {num_present}")
+        problems.append(f"{where}: num_present says {store.num_present(video)}, "
+                        f"present has {num_present}")
     return problems
 
 
@@ -78,8 +80,8 @@ def verify_store(path, expected: dict[str, int] | None = None, progress: bool = 
         missing_attrs = [k for k in IDENTITY_KEYS if k not in store.attrs]
         if missing_attrs:
             problems.append(f"root attributes lack {', '.join(missing_attrs)}")
-        problems += [f"video {v}: incomplete (an interrupted run, or a group changed by hand; rerun "
-                     "extraction to redo it)" for v in store.incomplete_videos()]
+        problems += [f"video {v}: incomplete (an interrupted run, or a group changed by hand; "
+                     "rerun extraction to redo it)" for v in store.incomplete_videos()]
         for v in tqdm(store.videos(), desc="verify", unit="video", disable=not progress):
             problems += _check_video(store, v)
         if store.listing_stale:
@@ -87,7 +89,8 @@ def verify_store(path, expected: dict[str, int] | None = None, progress: bool = 
                 only_listed = sorted(set(listed.videos()) - set(store.videos()))
                 only_groups = sorted(set(store.videos()) - set(listed.videos()))
                 differ = "; ".join(f"{what}: {', '.join(names[:5])}" for what, names in
-                                   (("only in the listing", only_listed), ("only in the groups", only_groups))
+                                   (("only in the listing", only_listed),
+                                    ("only in the groups", only_groups))
                                    if names)
                 problems.append(
                     f"consolidated metadata lists {len(listed.videos())} complete videos, the "
@@ -97,7 +100,8 @@ def verify_store(path, expected: dict[str, int] | None = None, progress: bool = 
         if expected is not None:
             have = set(store.videos())
             for v in sorted(set(expected) - have):
-                problems.append(f"video {v}: missing (the dataset has it with {expected[v]} frames)")
+                problems.append(
+                    f"video {v}: missing (the dataset has it with {expected[v]} frames)")
             for v in sorted(have - set(expected)):
                 problems.append(f"video {v}: in the store but not in the dataset")
             for v in sorted(have & set(expected)):
@@ -111,15 +115,17 @@ def consolidate_store(path) -> None:
     """Rewrite a Zarr directory store's consolidated listing from its groups."""
     path = Path(path)
     if sniff_format(path) != "zarr":
-        raise StoreError(f"{path} is not a Zarr directory store; only those carry a consolidated listing")
+        raise StoreError(f"{path} is not a Zarr directory store; only those carry a consolidated "
+                         "listing")
     backend = ZarrBackend.open(path, "zarr", use_consolidated=False, writable=True)
     backend.consolidate()
     backend.close()
 
 
 def _zip_directory(src: Path, dst: Path) -> None:
-    # Stored, not deflated: Zarr chunks are already compressed, and ZipStore reads members in place. The
-    # root zarr.json goes first, so a damaged zip is still recognisably ours (format.damaged_store_of_ours).
+    # Stored, not deflated: Zarr chunks are already compressed, and ZipStore reads members in place.
+    # The root zarr.json goes first, so a damaged zip is still recognisably ours
+    # (format.damaged_store_of_ours).
     with zipfile.ZipFile(dst, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         for p in sorted(src.rglob("*"), key=lambda p: (p != src / "zarr.json", p)):
             if p.is_file():
@@ -156,7 +162,8 @@ def _write_new(sources: list[FeatureStore], dst: Path, progress: bool) -> None:
     tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp_zarr = tmp.with_name(tmp.name + ".zarr") if fmt == "zip" else tmp
     try:
-        with create_store(tmp_zarr, sources[0].attrs, format="hdf5" if fmt == "hdf5" else "zarr") as w:
+        with create_store(tmp_zarr, sources[0].attrs,
+                          format="hdf5" if fmt == "hdf5" else "zarr") as w:
             _copy_videos(sources, w, set(), progress)
         if fmt == "zip":
             _zip_directory(tmp_zarr, tmp)
@@ -190,7 +197,8 @@ def export_store(src, dst, overwrite: bool = False, progress: bool = False) -> P
     if src.resolve() == dst.resolve():
         raise StoreError(f"export {src} onto itself: give another output path")
     if dst.exists() and not overwrite:
-        raise StoreError(f"{dst} exists: choose another output path or pass overwrite=True (--overwrite)")
+        raise StoreError(f"{dst} exists: choose another output path or pass overwrite=True "
+                         "(--overwrite)")
     with open_store(src) as store:
         _write_new([store], dst, progress)
     return dst
@@ -206,7 +214,8 @@ def merge_stores(parts, out, overwrite: bool = False, progress: bool = False) ->
 
     Args:
         parts: store paths; identity attributes must agree, and no video may be in two parts.
-        out: the merged store (format from its suffix, as in ``export_store``); not one of the parts.
+        out: the merged store (format from its suffix, as in ``export_store``); not one of the
+            parts.
         overwrite: build ``out`` afresh from the parts alone.
         progress: show a tqdm bar over videos.
     """

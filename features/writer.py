@@ -8,8 +8,8 @@ leaves only incomplete groups behind; the next run skips ``completed()`` videos 
 
 Several processes (torchrun ranks): with Zarr, rank 0 calls ``create_store(..., role="main")``, the
 others (after a barrier) ``role="worker"``; each writes only its own videos' groups, which touch no
-shared file, and rank 0 closes last (after another barrier), consolidating the metadata. HDF5 has one
-writer per file: each rank writes ``part_path(path, rank)`` and rank 0 calls
+shared file, and rank 0 closes last (after another barrier), consolidating the metadata. HDF5 has
+one writer per file: each rank writes ``part_path(path, rank)`` and rank 0 calls
 ``merge_stores(parts, path)``.
 """
 
@@ -94,7 +94,8 @@ class VideoWriter:
             present: (n,) bool, true where the frame had a face image.
         """
         if self._finished:
-            raise StoreError(f"video {self.name!r} is already finished: begin_video it again to rewrite it")
+            raise StoreError(f"video {self.name!r} is already finished: begin_video it again to "
+                             "rewrite it")
         features = np.asarray(features)
         present = np.asarray(present, dtype=bool)
         n = len(present)
@@ -128,8 +129,8 @@ class VideoWriter:
             return
         self._flush()
         num_present = int(np.count_nonzero(self._present[:]))
-        self._backend.set_video_attrs(
-            self.name, {"complete": True, "num_frames": self.num_frames, "num_present": num_present})
+        self._backend.set_video_attrs(self.name, {"complete": True, "num_frames": self.num_frames,
+                                                  "num_present": num_present})
         self._backend.flush()
         self._finished = True
 
@@ -149,18 +150,23 @@ class StoreWriter:
     def completed(self) -> set[str]:
         """Videos already complete in the store (to skip on resume)."""
         return {v for v in self._backend.video_names()
-                if self._backend.video_attrs(v).get("complete") is True and self._backend.has_arrays(v)}
+                if self._backend.video_attrs(v).get("complete") is True
+                and self._backend.has_arrays(v)}
 
     def begin_video(self, name: str, num_frames: int) -> VideoWriter:
-        """(Re)create the group of ``name`` with ``num_frames`` zero rows, replacing any earlier one."""
+        """(Re)create the group of ``name`` with ``num_frames`` zero rows, replacing any
+        earlier one."""
         check_video_name(name)
-        if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
-            raise StoreError(f"video {name!r}: num_frames must be a positive integer, got {num_frames!r}")
+        if (isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer))
+                or num_frames < 1):
+            raise StoreError(f"video {name!r}: num_frames must be a positive integer, "
+                             f"got {num_frames!r}")
         return VideoWriter(self._backend, name, int(num_frames), self.attrs["feature_dim"],
                            self.attrs["dtype"], self._chunk_rows)
 
     def close(self) -> None:
-        """HDF5: flush and close. Zarr main: consolidate the metadata (after every worker finished)."""
+        """HDF5: flush and close. Zarr main: consolidate the metadata (after every
+        worker finished)."""
         if self._closed:
             return
         self._closed = True
@@ -176,11 +182,11 @@ class StoreWriter:
 
 
 def check_replaceable(path: Path) -> None:
-    """Refuse to replace ``path`` unless it is one of our stores, sound or damaged, or an empty folder (a
-    typo must not cost a folder).
+    """Refuse to replace ``path`` unless it is one of our stores, sound or damaged, or an empty
+    folder (a typo must not cost a folder).
 
-    A damaged store is recognised by ``damaged_store_of_ours``: what could not be opened is replaced only
-    when it still carries our format name where every store of ours writes it first.
+    A damaged store is recognised by ``damaged_store_of_ours``: what could not be opened is replaced
+    only when it still carries our format name where every store of ours writes it first.
     """
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return
@@ -189,7 +195,8 @@ def check_replaceable(path: Path) -> None:
         open_backend(path, kind).close()
     except StoreError as e:
         if not damaged_store_of_ours(path):
-            raise StoreError(f"refusing to overwrite {path}, which is not a feature store: {e}") from e
+            raise StoreError(
+                f"refusing to overwrite {path}, which is not a feature store: {e}") from e
 
 
 def _remove_store(path: Path) -> None:
@@ -254,7 +261,8 @@ def create_store(path, attrs: dict, format: str | None = None, overwrite: bool =
     if differ:
         backend.close()
         raise StoreError(f"store {path} was made differently: {'; '.join(differ)}. Pass "
-                         "overwrite=True (--overwrite) to start afresh, or choose another store path")
+                         "overwrite=True (--overwrite) to start afresh, or choose another store "
+                         "path")
     if fmt == "zarr" and role == "main":
         backend.drop_consolidated()
     return StoreWriter(backend, stored, role, chunk_rows)
