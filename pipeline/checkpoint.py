@@ -3,16 +3,18 @@
 The project format is a plain dict (loadable with ``torch.load(..., weights_only=True)``)::
 
     {"format": "mae-affect", "kind": "mae" | "finetune" | ..., "model_name": "mae_vit_base_patch16",
-     "model_config": {...MAEConfig fields...}, "img_size": 224, "pixel_mean": [...], "pixel_std": [...],
-     "encoder": timm ViT state_dict, ...stage-specific keys ("model", "optimizer", "epoch", ...)}
+     "model_config": {...MAEConfig fields...}, "img_size": 224, "pixel_mean": [...],
+     "pixel_std": [...], "encoder": timm ViT state_dict,
+     ...stage-specific keys ("model", "optimizer", "epoch", ...)}
 
-:func:`load_encoder` also reads the official MAE layout (``{"model": state_dict}``, decoder keys optional),
-a plain timm ViT state dict and a raw state dict (``module.`` / ``encoder.`` prefixes stripped), with
-whatever plain data other training loops store beside the weights (an ``argparse.Namespace`` under
-``args``), never unpickling other classes. Without a model name in the file it infers the registered size
-from the shapes; position tables are resampled as facebookresearch/mae's ``interpolate_pos_embed`` does
-(plain bicubic, class token kept) when the input size differs; shapes that cannot fit are refused with a
-message naming the key, the file and the fix.
+:func:`load_encoder` also reads the official MAE layout (``{"model": state_dict}``, decoder keys
+optional), a plain timm ViT state dict and a raw state dict (``module.`` / ``encoder.`` prefixes
+stripped), with whatever plain data other training loops store beside the weights (an
+``argparse.Namespace`` under ``args``), never unpickling other classes. Without a model name in the
+file it infers the registered size from the shapes; position tables are resampled as
+facebookresearch/mae's ``interpolate_pos_embed`` does (plain bicubic, class token kept) when the
+input size differs; shapes that cannot fit are refused with a message naming the key, the file and
+the fix.
 """
 
 import argparse
@@ -37,7 +39,8 @@ from pipeline.models.mae import MAE_SIZES, build_encoder, mae_config
 from pipeline.runs import atomic_torch_save, sha256_file
 
 FORMAT = "mae-affect"
-# Keys of a full MAE or a classifier that the encoder does not have: dropped on purpose, not reported.
+# Keys of a full MAE or a classifier that the encoder does not have: dropped on purpose, not
+# reported.
 _NOT_ENCODER = ("decoder_", "mask_token", "head.", "fc_norm.")
 
 
@@ -49,7 +52,8 @@ class EncoderInfo:
     sha256: str
     kind: str  # the project's kind ("mae", "finetune", ...), "official-mae" or "state-dict"
     model_name: str
-    model_config: dict  # resolved MAEConfig fields: build_encoder(model_name, **model_config) rebuilds it
+    # resolved MAEConfig fields: build_encoder(model_name, **model_config) rebuilds it
+    model_config: dict
     img_size: int
     pixel_mean: tuple[float, ...]
     pixel_std: tuple[float, ...]
@@ -57,7 +61,8 @@ class EncoderInfo:
     unexpected_keys: tuple[str, ...]
     ignored_keys: tuple[str, ...]  # decoder / classifier keys dropped on purpose
     pos_embed_grid: tuple[int, int] | None  # the file's patch grid when it was resampled, else None
-    pooling: str | None = None  # the pooling a fine-tuned checkpoint was trained with (extraction's default)
+    # the pooling a fine-tuned checkpoint was trained with (extraction's default)
+    pooling: str | None = None
 
     def __getitem__(self, key: str):
         """Mapping-style access (``info["img_size"]``) beside attributes."""
@@ -74,15 +79,17 @@ def warn(message: str) -> None:
     tqdm.write(f"warning: {message}", file=sys.stderr)
 
 
-_NUMPY_DTYPES = ("Bool", "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64", "Float16",
-                 "Float32", "Float64", "LongDouble", "Complex64", "Complex128", "Str", "Bytes", "Long", "ULong",
-                 "LongLong", "ULongLong", "Byte", "UByte", "Short", "UShort", "Int", "UInt")
+_NUMPY_DTYPES = ("Bool", "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64",
+                 "Float16", "Float32", "Float64", "LongDouble", "Complex64", "Complex128", "Str",
+                 "Bytes", "Long", "ULong", "LongLong", "ULongLong", "Byte", "UByte", "Short",
+                 "UShort", "Int", "UInt")
 
 
 def _safe_globals() -> list:
-    """Plain containers that other training loops store beside their weights and that rebuild without
-    running code: facebookresearch/mae's ``save_model`` (and DeiT, RETFound, timm's ``train.py``) put the
-    run's ``argparse.Namespace`` under ``args``; forks add ``pathlib`` paths and numpy scalars or arrays."""
+    """Plain containers that other training loops store beside their weights and that rebuild
+    without running code: facebookresearch/mae's ``save_model`` (and DeiT, RETFound, timm's
+    ``train.py``) put the run's ``argparse.Namespace`` under ``args``; forks add ``pathlib`` paths
+    and numpy scalars or arrays."""
     try:
         from numpy._core import multiarray
     except ImportError:  # numpy < 2
@@ -90,9 +97,11 @@ def _safe_globals() -> list:
     allowed = [argparse.Namespace, pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath,
                pathlib.PureWindowsPath, np.dtype, np.ndarray]
     dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 pickles a dtype's class too
-    allowed += [getattr(dtypes, f"{kind}DType") for kind in _NUMPY_DTYPES if hasattr(dtypes, f"{kind}DType")]
+    allowed += [getattr(dtypes, f"{kind}DType") for kind in _NUMPY_DTYPES
+                if hasattr(dtypes, f"{kind}DType")]
     for fn in (multiarray.scalar, multiarray._reconstruct):  # as numpy 1 and numpy 2 pickle them
-        allowed += [(fn, f"numpy.core.multiarray.{fn.__name__}"), (fn, f"numpy._core.multiarray.{fn.__name__}")]
+        allowed += [(fn, f"numpy.core.multiarray.{fn.__name__}"),
+                    (fn, f"numpy._core.multiarray.{fn.__name__}")]
     return allowed
 
 
@@ -105,10 +114,11 @@ def _first_line(err: BaseException) -> str:
 def read_checkpoint(path: Path, what: str = "checkpoint", option: str = "--init/--ckpt") -> dict:
     """``torch.load(path, weights_only=True)`` on the CPU: plain data only, never arbitrary objects.
 
-    Beside tensors and Python's own types, the few plain containers of :func:`_safe_globals` load (so an
-    official MAE ``checkpoint-799.pth`` with its ``argparse.Namespace`` loads as it is); a file that holds
-    any other class is refused with one line naming the class and a snippet that extracts the weights in
-    the user's own environment. Every file mae-affect reads with ``torch.load`` goes through here.
+    Beside tensors and Python's own types, the few plain containers of :func:`_safe_globals` load
+    (so an official MAE ``checkpoint-799.pth`` with its ``argparse.Namespace`` loads as it is); a
+    file that holds any other class is refused with one line naming the class and a snippet that
+    extracts the weights in the user's own environment. Every file mae-affect reads with
+    ``torch.load`` goes through here.
 
     Args:
         path: the file.
@@ -116,8 +126,8 @@ def read_checkpoint(path: Path, what: str = "checkpoint", option: str = "--init/
         option: the option that named it, for the message of a missing file.
 
     Raises:
-        InputError: the file is missing, truncated, not a ``torch.save`` file, holds a class outside the
-            allow-list, or is not a dict.
+        InputError: the file is missing, truncated, not a ``torch.save`` file, holds a class outside
+            the allow-list, or is not a dict.
     """
     path = Path(path)
     if not path.is_file():
@@ -129,13 +139,15 @@ def read_checkpoint(path: Path, what: str = "checkpoint", option: str = "--init/
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
         if found:
             weights = path.with_name(f"{path.stem}-weights.pt")
-            snippet = (f"python -c \"import torch; c = torch.load({str(path)!r}, map_location='cpu', weights_only=False); "
+            snippet = ("python -c \"import torch; "
+                       f"c = torch.load({str(path)!r}, map_location='cpu', weights_only=False); "
                        "m = c.get('model', c.get('state_dict', c)) if isinstance(c, dict) else c; "
-                       f"torch.save(m.state_dict() if hasattr(m, 'state_dict') else m, {str(weights)!r})\"")
+                       "torch.save(m.state_dict() if hasattr(m, 'state_dict') else m, "
+                       f"{str(weights)!r})\"")
             raise InputError(
-                f"{path} holds a {found.group(1)} object, which mae-affect does not unpickle (unpickling a class "
-                f"can run code); if you trust the file, save its weights as plain tensors in your own "
-                f"environment and pass the result: {snippet}"
+                f"{path} holds a {found.group(1)} object, which mae-affect does not unpickle "
+                "(unpickling a class can run code); if you trust the file, save its weights as "
+                f"plain tensors in your own environment and pass the result: {snippet}"
             ) from None
         reason = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(err))
         raise InputError(
@@ -144,7 +156,8 @@ def read_checkpoint(path: Path, what: str = "checkpoint", option: str = "--init/
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError) as err:
         raise InputError(
-            f"{path} is not a readable {what} (truncated, or not written by torch.save: {_first_line(err)})"
+            f"{path} is not a readable {what} (truncated, or not written by torch.save: "
+            f"{_first_line(err)})"
         ) from None
     if not isinstance(obj, dict):
         raise InputError(f"{path} holds a {type(obj).__name__}, not a dict of weights")
@@ -165,7 +178,8 @@ def encoder_checkpoint(
 
     Args:
         kind: the stage ("mae", "finetune", ...).
-        model_name, model_config: the registered name and resolved config (``build_encoder`` inputs).
+        model_name, model_config: the registered name and resolved config (``build_encoder``
+            inputs).
         encoder: the timm ViT (unwrapped from DDP).
         img_size: input side the encoder was trained at.
         pixel_mean, pixel_std: the normalisation its inputs had.
@@ -194,7 +208,9 @@ def _unpack(obj: dict, path: Path) -> tuple[dict, dict, str]:
     """(state dict, project metadata or {}, kind) from any accepted layout."""
     if obj.get("format") == FORMAT:
         if not isinstance(obj.get("encoder"), dict):
-            raise InputError(f"{path} is a mae-affect checkpoint without an 'encoder' entry; it is damaged")
+            raise InputError(
+                f"{path} is a mae-affect checkpoint without an 'encoder' entry; it is damaged"
+            )
         return obj["encoder"], obj, str(obj.get("kind", "mae"))
     for key in ("model", "state_dict"):
         if isinstance(obj.get(key), dict):
@@ -202,47 +218,56 @@ def _unpack(obj: dict, path: Path) -> tuple[dict, dict, str]:
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return obj, {}, "state-dict"
     raise InputError(
-        f"{path} holds no encoder weights: expected a mae-affect checkpoint, {{'model': state_dict}} "
-        f"(official MAE) or a ViT state dict; top-level keys are {sorted(map(str, obj))[:8]}"
+        f"{path} holds no encoder weights: expected a mae-affect checkpoint, "
+        f"{{'model': state_dict}} (official MAE) or a ViT state dict; top-level keys are "
+        f"{sorted(map(str, obj))[:8]}"
     )
 
 
 def _encoder_keys(state: dict) -> tuple[dict, list[str]]:
-    """Strip ``module.`` (DDP) and ``encoder.`` (a full mae-affect MAE) prefixes; drop non-encoder keys."""
+    """Strip ``module.`` (DDP) and ``encoder.`` (a full mae-affect MAE) prefixes; drop non-encoder
+    keys."""
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if any(k.startswith("encoder.") for k in state):
         ignored = [k for k in state if not k.startswith("encoder.")]
-        state = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+        state = {k.removeprefix("encoder."): v for k, v in state.items()
+                 if k.startswith("encoder.")}
     else:
         ignored = []
     ignored += [k for k in state if k.startswith(_NOT_ENCODER)]
     return {k: v for k, v in state.items() if not k.startswith(_NOT_ENCODER)}, ignored
 
 
-# Rows a position table may hold before its patch grid: a class token, a distillation token (DeiT) and
-# register tokens (ViTs with registers hold 4 to 8); more is not a ViT position table.
+# Rows a position table may hold before its patch grid: a class token, a distillation token (DeiT)
+# and register tokens (ViTs with registers hold 4 to 8); more is not a ViT position table.
 _MAX_PREFIX = 16
 
 
 def _prefix_tokens(state: dict, rows: int) -> int | None:
-    """How many rows of a ``pos_embed`` of ``rows`` rows precede a square patch grid: the file's own token
-    keys (``cls_token``, ``dist_token``, ``reg_token``) when they account for it, else the fewest rows that
-    leave a square (for a grid of side g, 0, 1 and 2 extra rows are never ambiguous below 2 g + 1)."""
+    """How many rows of a ``pos_embed`` of ``rows`` rows precede a square patch grid: the file's own
+    token keys (``cls_token``, ``dist_token``, ``reg_token``) when they account for it, else the
+    fewest rows that leave a square (for a grid of side g, 0, 1 and 2 extra rows are never ambiguous
+    below 2 g + 1)."""
     reg = state.get("reg_token")
-    named = int("cls_token" in state) + int("dist_token" in state) + (reg.shape[1] if reg is not None and reg.ndim == 3 else 0)
+    named = (int("cls_token" in state) + int("dist_token" in state)
+             + (reg.shape[1] if reg is not None and reg.ndim == 3 else 0))
     candidates = [named, *range(min(rows, _MAX_PREFIX) + 1)]
-    return next((k for k in candidates if 0 <= k < rows and math.isqrt(rows - k) ** 2 == rows - k), None)
+    return next((k for k in candidates if 0 <= k < rows and math.isqrt(rows - k) ** 2 == rows - k),
+                None)
 
 
 def _file_shape(state: dict, path: Path) -> dict:
-    """Width, depth, patch size, MLP ratio, position-table token rows and patch grid of a ViT state dict."""
+    """Width, depth, patch size, MLP ratio, position-table token rows and patch grid of a ViT state
+    dict."""
     proj = state.get("patch_embed.proj.weight")
     if proj is None or proj.ndim != 4:
         raise InputError(
-            f"{path} has no 'patch_embed.proj.weight' (C_out, C_in, p, p): not a ViT encoder's weights"
+            f"{path} has no 'patch_embed.proj.weight' (C_out, C_in, p, p): "
+            "not a ViT encoder's weights"
         )
     width, patch = proj.shape[0], proj.shape[-1]
-    blocks = {int(k.split(".")[1]) for k in state if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+    blocks = {int(k.split(".")[1]) for k in state
+              if k.startswith("blocks.") and k.split(".")[1].isdigit()}
     fc1 = state.get("blocks.0.mlp.fc1.weight")
     prefix = grid = None
     pos = state.get("pos_embed")
@@ -261,36 +286,38 @@ def _file_shape(state: dict, path: Path) -> dict:
     }
 
 
-def _check_position_table(state: dict, shape: dict, encoder: VisionTransformer, name: str, path: Path) -> None:
-    """Refuse a ``pos_embed`` whose token rows are not the encoder's (one class token), saying what the
-    file holds (facebookresearch/mae's ``interpolate_pos_embed`` keeps the model's token rows as they are,
-    so it cannot take such a file either)."""
+def _check_position_table(state: dict, shape: dict, encoder: VisionTransformer, name: str,
+                          path: Path) -> None:
+    """Refuse a ``pos_embed`` whose token rows are not the encoder's (one class token), saying what
+    the file holds (facebookresearch/mae's ``interpolate_pos_embed`` keeps the model's token rows as
+    they are, so it cannot take such a file either)."""
     pos = state.get("pos_embed")
     if pos is None or pos.ndim != 3:
         return
     rows, want = pos.shape[1], encoder.num_prefix_tokens
     if shape["prefix"] is None:
         raise InputError(
-            f"{path}: its position table 'pos_embed' has {rows} rows, which are not up to {_MAX_PREFIX} token "
-            f"rows and a square patch grid; {name} needs {want} token row and a square grid: the file is not "
-            "the position table of a square-input ViT"
+            f"{path}: its position table 'pos_embed' has {rows} rows, which are not up to "
+            f"{_MAX_PREFIX} token rows and a square patch grid; {name} needs {want} token row and "
+            "a square grid: the file is not the position table of a square-input ViT"
         )
     if shape["prefix"] != want:
         tokens = [k for k in ("cls_token", "dist_token", "reg_token") if k in state]
         side = shape["grid"][0]
         raise InputError(
-            f"{path}: its position table 'pos_embed' has {rows} rows, {shape['prefix']} token row(s) before a "
-            f"{side} x {side} patch grid (token keys in the file: {', '.join(tokens) or 'none'}), but {name} has "
-            f"{want} token row (the class token): the file comes from a ViT with another number of tokens "
-            "(a distillation or register token, or none), which this encoder cannot load"
+            f"{path}: its position table 'pos_embed' has {rows} rows, {shape['prefix']} token "
+            f"row(s) before a {side} x {side} patch grid (token keys in the file: "
+            f"{', '.join(tokens) or 'none'}), but {name} has {want} token row (the class token): "
+            "the file comes from a ViT with another number of tokens (a distillation or register "
+            "token, or none), which this encoder cannot load"
         )
 
 
-def interpolate_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], old_grid: tuple[int, int],
-                          num_prefix_tokens: int = 1) -> torch.Tensor:
+def interpolate_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int],
+                          old_grid: tuple[int, int], num_prefix_tokens: int = 1) -> torch.Tensor:
     """A position table resampled to another patch grid, as facebookresearch/mae's and DeiT's
-    ``interpolate_pos_embed``: the token rows kept as they are, the grid rows resampled by plain bicubic
-    interpolation (``F.interpolate``, ``align_corners=False``, no antialiasing).
+    ``interpolate_pos_embed``: the token rows kept as they are, the grid rows resampled by plain
+    bicubic interpolation (``F.interpolate``, ``align_corners=False``, no antialiasing).
 
     Args:
         pos_embed: (1, num_prefix_tokens + h * w, D).
@@ -301,7 +328,8 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], ol
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     d = grid.shape[-1]
     grid = grid.float().reshape(1, *old_grid, d).permute(0, 3, 1, 2)  # (1, D, h, w)
-    grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False)  # (1, D, H, W)
+    grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic",
+                         align_corners=False)  # (1, D, H, W)
     grid = grid.permute(0, 2, 3, 1).reshape(1, -1, d)  # (1, H * W, D)
     return torch.cat([prefix, grid.to(pos_embed.dtype)], dim=1)
 
@@ -312,8 +340,8 @@ def _infer_name(shape: dict, path: Path) -> str:
             return name
     sizes = ", ".join(f"{n} ({s['embed_dim']} x {s['depth']})" for n, s in MAE_SIZES.items())
     raise InputError(
-        f"{path}: an encoder {shape['embed_dim']} wide and {shape['depth']} deep matches no registered model "
-        f"({sizes}); it cannot be loaded as one of them"
+        f"{path}: an encoder {shape['embed_dim']} wide and {shape['depth']} deep matches no "
+        f"registered model ({sizes}); it cannot be loaded as one of them"
     )
 
 
@@ -323,10 +351,11 @@ def load_encoder(
     """Build the encoder a checkpoint describes and load its weights.
 
     Args:
-        path: a project checkpoint, an official MAE ``{'model': sd}`` file, or a (timm) ViT state dict.
+        path: a project checkpoint, an official MAE ``{'model': sd}`` file, or a (timm) ViT state
+            dict.
         model_name: registered name; default: the file's, else inferred from the shapes.
-        img_size: input side to build for; default: the file's. The position table is resampled if it
-            differs from the file's grid.
+        img_size: input side to build for; default: the file's. The position table is resampled if
+            it differs from the file's grid.
         overrides: MAEConfig fields for the encoder (e.g. ``drop_path_rate=0.1`` when fine-tuning).
 
     Returns:
@@ -338,20 +367,25 @@ def load_encoder(
     shape = _file_shape(state, path)
 
     if model_name and model_name != meta.get("model_name"):
-        name, config = model_name, {}  # the named size as registered; a file that differs is refused below
-        fix = "pass the --model the file was trained with, or leave --model out to infer it from the shapes"
+        # the named size as registered; a file that differs is refused below
+        name, config = model_name, {}
+        fix = ("pass the --model the file was trained with, or leave --model out to infer it from "
+               "the shapes")
         chosen = "--model"
     elif meta.get("model_name"):
         name, config = meta["model_name"], dict(meta.get("model_config", {}))
-        fix = "the file's model_name and model_config do not describe its weights: it is damaged or was edited"
+        fix = ("the file's model_name and model_config do not describe its weights: it is damaged "
+               "or was edited")
         chosen = "named in the file"
     else:
         name, config = _infer_name(shape, path), {"patch_size": shape["patch_size"]}
         if shape["mlp_ratio"] is not None:
             config["mlp_ratio"] = shape["mlp_ratio"]
-        fix = "its other keys do not fit the layout its width and depth imply: it is not a registered ViT layout"
+        fix = ("its other keys do not fit the layout its width and depth imply: it is not a "
+               "registered ViT layout")
         chosen = "inferred from the file's shapes"
-    file_img = meta.get("img_size") or (shape["grid"][0] * shape["patch_size"] if shape["grid"] else None)
+    file_img = meta.get("img_size") or (
+        shape["grid"][0] * shape["patch_size"] if shape["grid"] else None)
     config["img_size"] = img_size or file_img or mae_config(name).img_size
     config.update(overrides)
     resolved = mae_config(name, **config)
@@ -359,8 +393,8 @@ def load_encoder(
 
     if shape["depth"] != resolved.depth:
         raise InputError(
-            f"{path}: the file's encoder has {shape['depth']} blocks (blocks.0-{shape['depth'] - 1}) but "
-            f"{name} ({chosen}) has {resolved.depth}; {fix}"
+            f"{path}: the file's encoder has {shape['depth']} blocks "
+            f"(blocks.0-{shape['depth'] - 1}) but {name} ({chosen}) has {resolved.depth}; {fix}"
         )
     expected = encoder.state_dict()
     if "pos_embed" in expected and state.get("pos_embed") is not None and (
@@ -373,21 +407,27 @@ def load_encoder(
             continue
         if key == "pos_embed" and value.shape[-1] == want.shape[-1] and shape["grid"]:
             grid = shape["grid"]
+            # (1, 1+N, D) at the new grid
             state[key] = interpolate_pos_embed(value, encoder.patch_embed.grid_size, grid,
-                                               encoder.num_prefix_tokens)  # (1, 1+N, D) at the new grid
+                                               encoder.num_prefix_tokens)
             continue
         raise InputError(
-            f"{path}: key '{key}' has shape {tuple(value.shape)} in the file but {name} ({chosen}: patch "
-            f"{resolved.patch_size}, width {resolved.embed_dim}) needs {tuple(want.shape)}; {fix}"
+            f"{path}: key '{key}' has shape {tuple(value.shape)} in the file but {name} ({chosen}: "
+            f"patch {resolved.patch_size}, width {resolved.embed_dim}) needs {tuple(want.shape)}; "
+            f"{fix}"
         )
 
     missing, unexpected = encoder.load_state_dict(state, strict=False)
     if len(missing) == len(expected):
-        raise InputError(f"{path}: none of the encoder's weights are in the file; is it a ViT checkpoint?")
+        raise InputError(
+            f"{path}: none of the encoder's weights are in the file; is it a ViT checkpoint?"
+        )
     if missing:
-        warn(f"{path}: {len(missing)} encoder key(s) not in the file, left at init: {', '.join(missing)}")
+        warn(f"{path}: {len(missing)} encoder key(s) not in the file, left at init: "
+             f"{', '.join(missing)}")
     if unexpected:
-        warn(f"{path}: {len(unexpected)} key(s) in the file the encoder does not have: {', '.join(unexpected)}")
+        warn(f"{path}: {len(unexpected)} key(s) in the file the encoder does not have: "
+             f"{', '.join(unexpected)}")
     info = EncoderInfo(
         path=str(path),
         sha256=sha256_file(path),

@@ -2,10 +2,10 @@
 
 :func:`config_options` gives a click command one option per setting (``--field-name``; its help and
 default from the dataclass, so the CLI holds no default of its own), and ``--preset NAME`` where the
-config has presets, ``--config FILE``, ``--set KEY=VALUE`` and ``--print-config``. Only the settings the
-user gave are passed on, layered over the preset and the file (:func:`pipeline.config.resolve`). A
-:class:`pipeline.config.ConfigError` from the dataclass or the stage names a field; :func:`describe`
-turns it into the option, ``--set`` item, file or preset that gave the value.
+config has presets, ``--config FILE``, ``--set KEY=VALUE`` and ``--print-config``. Only the settings
+the user gave are passed on, layered over the preset and the file (:func:`pipeline.config.resolve`).
+A :class:`pipeline.config.ConfigError` from the dataclass or the stage names a field;
+:func:`describe` turns it into the option, ``--set`` item, file or preset that gave the value.
 """
 
 import functools
@@ -31,7 +31,8 @@ def option_name(f) -> str:
 
 
 def _click_option(name: str, f, kind) -> click.Option | None:
-    """A click option for one setting (None for settings only ``--set`` and files reach, such as dicts)."""
+    """A click option for one setting (None for settings only ``--set`` and files reach, such as
+    dicts)."""
     base, nullable = config._optional(kind)
     default = default_of(f)
     shown = "none" if default is None else ("" if default in (config.MISSING, "", ()) else default)
@@ -48,13 +49,14 @@ def _click_option(name: str, f, kind) -> click.Option | None:
             if args[0] is str:
                 return click.Option([flag, name], multiple=True, default=(), help=help_text)
             return click.Option([flag, name], default=None, metavar="A-B-..", help=help_text)
-        return click.Option([flag, name], nargs=len(args), type=args[0], default=None, help=help_text)
+        return click.Option([flag, name], nargs=len(args), type=args[0], default=None,
+                            help=help_text)
     if base in (dict,) or typing.get_origin(base) is dict:
         return None
     choices = f.metadata.get(CHOICES)
     if base in (int, float) and nullable and not choices:
-        # Text, so that "none" passes; the settings' coercion turns it into the number or None and names the
-        # option when it is neither.
+        # Text, so that "none" passes; the settings' coercion turns it into the number or None and
+        # names the option when it is neither.
         metavar = f"{'INTEGER' if base is int else 'FLOAT'}|none"
         return click.Option([flag, name], type=str, default=None, metavar=metavar, help=help_text)
     kind_type = click.Choice(list(choices)) if choices else {int: int, float: float}.get(base, str)
@@ -63,7 +65,8 @@ def _click_option(name: str, f, kind) -> click.Option | None:
 
 @dataclass
 class Settings:
-    """What the command line gave a stage: preset, config file, ``--set`` items and options, by layer."""
+    """What the command line gave a stage: preset, config file, ``--set`` items and options, by
+    layer."""
 
     cls: type
     section: str
@@ -75,12 +78,14 @@ class Settings:
     _file_cache: dict | None = field(default=None, repr=False)
 
     def values(self, **fixed) -> dict[str, Any]:
-        """Flat settings over the preset and file, later layers winning (``fixed``: the command's own)."""
-        return {**config.preset_values(self.cls, self.preset), **self.file_values(), **self.sets, **self.given,
-                **fixed}
+        """Flat settings over the preset and file, later layers winning (``fixed``: the command's
+        own)."""
+        return {**config.preset_values(self.cls, self.preset), **self.file_values(), **self.sets,
+                **self.given, **fixed}
 
     def file_values(self) -> dict[str, Any]:
-        """The settings the ``--config`` file gives (read once); a bad key or value names the file."""
+        """The settings the ``--config`` file gives (read once); a bad key or value names the
+        file."""
         if self.file is None:
             return {}
         if self._file_cache is None:
@@ -95,7 +100,8 @@ class Settings:
         return config.build(self.cls, self.values(**fixed))
 
     def describe(self, err: ConfigError) -> str:
-        """The error's one line, naming the option, ``--set`` item, file or preset that gave the value."""
+        """The error's one line, naming the option, ``--set`` item, file or preset that gave the
+        value."""
         key = err.key
         if key in self.given:
             where = self.flags.get(key, key)
@@ -112,10 +118,11 @@ class Settings:
         return f"{where} {err.problem}"
 
 
-def config_options(cls: type, section: str, *, skip: tuple[str, ...] = (), default_preset: str | None = None):
-    """Decorator: the command gets an option per setting of ``cls`` (but ``skip``), ``--config``, ``--set``,
-    ``--print-config`` and, where ``cls`` has ``PRESETS``, ``--preset``; it is called with ``settings``
-    (a :class:`Settings`) instead of those options.
+def config_options(cls: type, section: str, *, skip: tuple[str, ...] = (),
+                   default_preset: str | None = None):
+    """Decorator: the command gets an option per setting of ``cls`` (but ``skip``), ``--config``,
+    ``--set``, ``--print-config`` and, where ``cls`` has ``PRESETS``, ``--preset``; it is called
+    with ``settings`` (a :class:`Settings`) instead of those options.
 
     Args:
         cls: the stage's config dataclass.
@@ -131,14 +138,16 @@ def config_options(cls: type, section: str, *, skip: tuple[str, ...] = (), defau
 
     def decorate(command):
         @functools.wraps(command)
-        def wrapper(*args, config_preset=None, config_file=None, set_items=(), print_config=False, **kwargs):
+        def wrapper(*args, config_preset=None, config_file=None, set_items=(), print_config=False,
+                    **kwargs):
             given = {}
             for name in options:
                 value = kwargs.pop(name)
                 if value is not None and value != ():
                     given[name] = value
-            settings = Settings(cls, section, config_preset if config_preset is not None else default_preset, config_file,
-                                flags=flags)
+            settings = Settings(cls, section,
+                                config_preset if config_preset is not None else default_preset,
+                                config_file, flags=flags)
             click.get_current_context().meta[CONTEXT_KEY] = settings
             try:
                 settings.sets = config.parse_settings(cls, set_items)
@@ -153,17 +162,20 @@ def config_options(cls: type, section: str, *, skip: tuple[str, ...] = (), defau
 
         extra = [
             click.Option(["--config", "config_file"], type=click.Path(path_type=Path), default=None,
-                         help=f"A JSON file of settings; a run's own config.json works (its \"{section}\" part)."),
+                         help="A JSON file of settings; a run's own config.json works (its "
+                              f"\"{section}\" part)."),
             click.Option(["--set", "set_items"], multiple=True, metavar="KEY=VALUE",
                          help="Any setting by its field name, e.g. --set "
                               f"{next(iter(fields))}=... (repeatable; wins over --config)."),
-            click.Option(["--print-config"], is_flag=True, help="Print the resolved settings as JSON and exit."),
+            click.Option(["--print-config"], is_flag=True,
+                         help="Print the resolved settings as JSON and exit."),
         ]
         if presets:
-            extra.insert(0, click.Option(["--preset", "config_preset"], type=click.Choice(sorted(presets)), default=None,
-                                         help="Named starting settings"
-                                              + (f"  [default: {default_preset}]" if default_preset else
-                                                 " (default: the paper's)") + "; options given win."))
+            extra.insert(0, click.Option(
+                ["--preset", "config_preset"], type=click.Choice(sorted(presets)), default=None,
+                help="Named starting settings"
+                     + (f"  [default: {default_preset}]" if default_preset
+                        else " (default: the paper's)") + "; options given win."))
         wrapper.__click_params__ = [*getattr(command, "__click_params__", []), *reversed(extra),
                                     *reversed(list(options.values()))]
         return wrapper
@@ -177,8 +189,8 @@ def _fixed(kwargs: dict, skip: tuple[str, ...]) -> dict:
 
 
 def describe_error(ctx: click.Context, err: ConfigError) -> str:
-    """One line for a ConfigError raised under ``ctx`` (the command's settings, if it has any, name the
-    option or file at fault)."""
+    """One line for a ConfigError raised under ``ctx`` (the command's settings, if it has any, name
+    the option or file at fault)."""
     while ctx is not None:
         settings = ctx.meta.get(CONTEXT_KEY)
         if settings is not None:

@@ -1,15 +1,16 @@
 """Settings written once: a stage's frozen dataclass holds each setting, its default and its help.
 
-Everything else derives from the dataclass: the command line (``cli.py`` builds one option per field),
-named presets (``PRESETS``, a class attribute of overrides, e.g. the CPU demo's budget), a config file
-(``--config FILE``: a JSON object of fields; the ``config.json`` a run wrote is one, its section named
-for the stage is read) and ``--set KEY=VALUE``. Layers apply in that order, later ones winning:
-defaults < preset < file < ``--set`` < options given, after nanoGPT's ``configurator.py`` (a file, then
-``--key=value``) and video_features' merged configs.
+Everything else derives from the dataclass: the command line (``cli.py`` builds one option per
+field), named presets (``PRESETS``, a class attribute of overrides, e.g. the CPU demo's budget), a
+config file (``--config FILE``: a JSON object of fields; the ``config.json`` a run wrote is one, its
+section named for the stage is read) and ``--set KEY=VALUE``. Layers apply in that order, later ones
+winning: defaults < preset < file < ``--set`` < options given, after nanoGPT's ``configurator.py``
+(a file, then ``--key=value``) and video_features' merged configs.
 
-A dataclass may nest another (the heads' ``TrainConfig.head``): its fields are set by their own names
-(``d_model=256``), one level deep. Validation lives in the dataclass's ``__post_init__`` and raises
-:class:`ConfigError` naming the field, so that the CLI can name the option, file key or preset at fault.
+A dataclass may nest another (the heads' ``TrainConfig.head``): its fields are set by their own
+names (``d_model=256``), one level deep. Validation lives in the dataclass's ``__post_init__`` and
+raises :class:`ConfigError` naming the field, so that the CLI can name the option, file key or
+preset at fault.
 """
 
 import dataclasses
@@ -27,9 +28,9 @@ HELP, CHOICES, OPTION = "help", "choices", "option"
 
 
 class ConfigError(InputError, ValueError):
-    """A setting that cannot be used: ``key`` is the field name, ``problem`` what is wrong and what to do,
-    written to follow the setting's name (``epochs`` + ``0: use 1 or more``); the CLI puts the option, the
-    file key or the preset that gave the value in the name's place."""
+    """A setting that cannot be used: ``key`` is the field name, ``problem`` what is wrong and what
+    to do, written to follow the setting's name (``epochs`` + ``0: use 1 or more``); the CLI puts
+    the option, the file key or the preset that gave the value in the name's place."""
 
     def __init__(self, key: str, problem: str):
         self.key, self.problem = key, problem
@@ -38,7 +39,8 @@ class ConfigError(InputError, ValueError):
 
 def setting(default: Any = MISSING, help: str = "", *, choices: tuple[str, ...] | None = None,
             option: str | None = None, default_factory: Any = MISSING) -> Any:
-    """A dataclass field with its help text (and, optionally, its allowed values and CLI option name).
+    """A dataclass field with its help text (and, optionally, its allowed values and CLI option
+    name).
 
     Args:
         default: the default (the paper's, where the paper has one).
@@ -53,7 +55,8 @@ def setting(default: Any = MISSING, help: str = "", *, choices: tuple[str, ...] 
 
 
 def check_choices(config: Any) -> None:
-    """Raise :class:`ConfigError` for a ``str`` field outside its ``choices`` (call in ``__post_init__``)."""
+    """Raise :class:`ConfigError` for a ``str`` field outside its ``choices`` (call in
+    ``__post_init__``)."""
     for f in dataclasses.fields(config):
         choices = f.metadata.get(CHOICES)
         value = getattr(config, f.name)
@@ -62,7 +65,8 @@ def check_choices(config: Any) -> None:
 
 
 def nested(cls: type) -> dict[str, type]:
-    """The fields of ``cls`` that hold another config dataclass (set through their own field names)."""
+    """The fields of ``cls`` that hold another config dataclass (set through their own field
+    names)."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)
             if dataclasses.is_dataclass(hints[f.name])}
@@ -175,7 +179,8 @@ def parse_settings(cls: type, items: typing.Iterable[str]) -> dict[str, Any]:
 
 
 def flatten(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """A config dict (as ``config.json`` holds it, nested configs as sub-objects) with nesting removed."""
+    """A config dict (as ``config.json`` holds it, nested configs as sub-objects) with nesting
+    removed."""
     inner = nested(cls)
     out = {}
     for key, value in values.items():
@@ -187,7 +192,8 @@ def flatten(cls: type, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_keys(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """Typed values of known settings; :class:`ConfigError` on the first unknown key or bad value."""
+    """Typed values of known settings; :class:`ConfigError` on the first unknown key or bad
+    value."""
     known = settable(cls)
     out = {}
     for key, value in values.items():
@@ -200,12 +206,12 @@ def check_keys(cls: type, values: dict[str, Any]) -> dict[str, Any]:
 def read_config_file(path: Path, cls: type, section: str) -> dict[str, Any]:
     """The settings a JSON config file gives ``cls``.
 
-    A run's own ``config.json`` is a valid input: when the file has an object under ``section`` (e.g.
-    ``"pretrain"``), that object is read; otherwise the whole file is.
+    A run's own ``config.json`` is a valid input: when the file has an object under ``section``
+    (e.g. ``"pretrain"``), that object is read; otherwise the whole file is.
 
     Raises:
-        InputError: the file is missing or not a JSON object; ConfigError for an unknown key or a value of
-        the wrong type.
+        InputError: the file is missing or not a JSON object; ConfigError for an unknown key or a
+        value of the wrong type.
     """
     path = Path(path)
     try:
@@ -213,7 +219,9 @@ def read_config_file(path: Path, cls: type, section: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise InputError(f"config file {path} does not exist; check --config") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{path}: not a JSON config file ({err}); write one JSON object of settings") from None
+        raise InputError(
+            f"{path}: not a JSON config file ({err}); write one JSON object of settings"
+        ) from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: holds a JSON {type(data).__name__}, not an object of settings")
     if isinstance(data.get(section), dict):
@@ -222,12 +230,14 @@ def read_config_file(path: Path, cls: type, section: str) -> dict[str, Any]:
 
 
 def preset_values(cls: type, name: str | None) -> dict[str, Any]:
-    """The overrides of a named preset of ``cls`` (``cls.PRESETS``); None or "paper" is no override."""
+    """The overrides of a named preset of ``cls`` (``cls.PRESETS``); None or "paper" is no
+    override."""
     presets = getattr(cls, "PRESETS", {})
     if name is None:
         return {}
     if name not in presets:
-        raise ConfigError("preset", f"{name!r} is not a preset; use one of {', '.join(sorted(presets))}")
+        raise ConfigError("preset", f"{name!r} is not a preset; use one of "
+                                    f"{', '.join(sorted(presets))}")
     return dict(presets[name])
 
 
@@ -235,7 +245,8 @@ def build(cls: type, values: dict[str, Any]) -> Any:
     """An instance of ``cls`` from flat settings (nested configs' fields by their own names).
 
     Raises:
-        ConfigError: an unknown key, a value of the wrong type, or one the dataclass's checks refuse.
+        ConfigError: an unknown key, a value of the wrong type, or one the dataclass's checks
+            refuse.
     """
     values = check_keys(cls, values)
     kwargs: dict[str, Any] = {}

@@ -1,16 +1,16 @@
 """The whole method on the synthetic mini-Aff-Wild2, stage after stage, with a report at the end.
 
-synthetic data -> MAE pretraining -> Expr linear probe -> Expr fine-tuning started from the probe's head
-(LP-FT) -> extraction (fine-tuned, and pretrained-only for the ablation) -> the three temporal heads -> the
-analogue of the paper's Table 5 -> test submissions -> ``report.html``. Each stage calls the same library
-function as its command and skips work whose output is complete and current: pretraining, the probe and
-fine-tuning resume to their last epoch, extraction skips complete videos, a head run is reused when its
-config, data and store are unchanged. A second run is therefore quick.
+synthetic data -> MAE pretraining -> Expr linear probe -> Expr fine-tuning started from the probe's
+head (LP-FT) -> extraction (fine-tuned, and pretrained-only for the ablation) -> the three temporal
+heads -> the analogue of the paper's Table 5 -> test submissions -> ``report.html``. Each stage
+calls the same library function as its command and skips work whose output is complete and current:
+pretraining, the probe and fine-tuning resume to their last epoch, extraction skips complete videos,
+a head run is reused when its config, data and store are unchanged. A second run is therefore quick.
 
-The budgets are each stage's ``demo`` preset (its config's ``PRESETS``), scaled to a 2-core CPU, or its
-``tiny`` preset for a smoke test; the paper's defaults are what the individual commands use without
-``--preset``. ``make pretrain`` and the other Make targets run the same presets, so they resume what the
-demo made.
+The budgets are each stage's ``demo`` preset (its config's ``PRESETS``), scaled to a 2-core CPU, or
+its ``tiny`` preset for a smoke test; the paper's defaults are what the individual commands use
+without ``--preset``. ``make pretrain`` and the other Make targets run the same presets, so they
+resume what the demo made.
 """
 
 import json
@@ -37,7 +37,8 @@ from pipeline.table5 import ABLATIONS, slug
 
 
 def stage_configs(cfg: DemoConfig) -> dict:
-    """The config of every stage of the demo: its preset's, with the demo's paths, device, seed, workers."""
+    """The config of every stage of the demo: its preset's, with the demo's paths, device, seed,
+    workers."""
     names = DEMO_PRESETS[cfg.preset]
     out, data = Path(cfg.out), Path(cfg.data)
     common = {"workers": cfg.workers, "device": cfg.device, "seed": cfg.seed}
@@ -46,11 +47,14 @@ def stage_configs(cfg: DemoConfig) -> dict:
         return config.build(cls, {**config.preset_values(cls, preset), **values})
 
     # The root: its cropped_aligned* folders hold every frame (the annotation files are not images).
-    pre = build(PretrainConfig, names["pretrain"], images=(str(data),), out=str(out / "pretrain"), **common)
+    pre = build(PretrainConfig, names["pretrain"], images=(str(data),), out=str(out / "pretrain"),
+                **common)
     init = str(out / "pretrain" / "checkpoint-last.pt")
-    probe = build(FinetuneConfig, names["probe"], data=str(data), out=str(out / "probe"), init=init, **common)
-    fine = build(FinetuneConfig, names["finetune"], data=str(data), out=str(out / "finetune"), init=init,
-                 head_init=str(out / "probe" / "best.pt") if cfg.lp_ft else None, **common)
+    probe = build(FinetuneConfig, names["probe"], data=str(data), out=str(out / "probe"), init=init,
+                  **common)
+    fine = build(FinetuneConfig, names["finetune"], data=str(data), out=str(out / "finetune"),
+                 init=init, head_init=str(out / "probe" / "best.pt") if cfg.lp_ft else None,
+                 **common)
     return {"synth": build(SynthConfig, names["synth"], seed=cfg.seed), "pretrain": pre,
             "probe": probe if cfg.lp_ft else None, "finetune": fine, "heads": names["heads"]}
 
@@ -93,8 +97,9 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         def heads(task=task):
             prepared = {}
             for row, kind, model in ABLATIONS:
-                train_cfg = TrainConfig.create(preset=configs["heads"], task=task, stores=(str(stores[kind]),),
-                                               data=str(data), model=model, device=cfg.device, seed=cfg.seed)
+                train_cfg = TrainConfig.create(preset=configs["heads"], task=task,
+                                               stores=(str(stores[kind]),), data=str(data),
+                                               model=model, device=cfg.device, seed=cfg.seed)
                 run_dir = out / "heads" / task / slug(row)
                 stamp = {"config": to_jsonable(train_cfg), "store": made_by[kind]}
                 summary = _current_run(run_dir, stamp)
@@ -102,13 +107,16 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
                     if kind not in prepared:
                         prepared[kind] = prepare(train_cfg)
                     summary = train_run(prepared[kind], train_cfg, run_dir, progress=progress)
-                    atomic_write_text(run_dir / "demo-stamp.json", json.dumps(stamp, sort_keys=True))
+                    atomic_write_text(run_dir / "demo-stamp.json",
+                                      json.dumps(stamp, sort_keys=True))
                 table[row][task] = summary
         stage(f"temporal heads: {task}", heads)
-        spreads[task] = intervals({row: out / "heads" / task / slug(row) for row, _, _ in ABLATIONS}, task,
-                                  reference=ABLATIONS[0][0], seed=cfg.seed)
+        spreads[task] = intervals(
+            {row: out / "heads" / task / slug(row) for row, _, _ in ABLATIONS}, task,
+            reference=ABLATIONS[0][0], seed=cfg.seed)
         submissions[task] = stage(f"test submission: {task}", lambda task=task: _submit(
-            out / "heads" / task / slug(ABLATIONS[0][0]), out / "submissions" / f"{task}.csv", data, cfg))
+            out / "heads" / task / slug(ABLATIONS[0][0]), out / "submissions" / f"{task}.csv",
+            data, cfg))
 
     # A uniform guess on the frames fine-tuning's validation scored (evenly spaced ones when capped).
     val_index = expr_frames(AffWild2(data), "Validation_Set")
@@ -120,7 +128,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         "validation": {t: table[ABLATIONS[0][0]][t] for t in TASKS}, "intervals": spreads,
         "submissions": submissions, "seconds": timings,
     }
-    atomic_write_text(out / "demo.json", json.dumps(to_jsonable(figures), indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out / "demo.json",
+                      json.dumps(to_jsonable(figures), indent=2, sort_keys=True) + "\n")
     write_report(out / "report.html", demo_dir=out)
     return figures
 
@@ -131,29 +140,36 @@ def _checkpoint_of(store: Path) -> str:
 
 
 def _current_run(run_dir: Path, stamp: dict) -> dict | None:
-    """The summary of a head run made with this config on this store, or None if it must be (re)done."""
+    """The summary of a head run made with this config on this store, or None if it must be
+    (re)done."""
     stamp_path, summary_path = run_dir / "demo-stamp.json", run_dir / "summary.json"
-    if stamp_path.exists() and summary_path.exists() and json.loads(stamp_path.read_text()) == json.loads(
-            json.dumps(stamp, sort_keys=True)):
+    if stamp_path.exists() and summary_path.exists() and (
+            json.loads(stamp_path.read_text()) == json.loads(json.dumps(stamp, sort_keys=True))):
         return json.loads(summary_path.read_text())
     return None
 
 
-def _extract_current(data: Path, ckpt: Path, store: Path, pooling: str, cfg: DemoConfig, progress: bool) -> dict:
-    """Extract, resuming a store of this very checkpoint, or starting afresh if the checkpoint changed."""
+def _extract_current(data: Path, ckpt: Path, store: Path, pooling: str, cfg: DemoConfig,
+                     progress: bool) -> dict:
+    """Extract, resuming a store of this very checkpoint, or starting afresh if the checkpoint
+    changed."""
     stale = store.exists() and _checkpoint_of(store) != sha256_file(ckpt)
-    result = extract(ExtractConfig(data=str(data), ckpt=str(ckpt), store=str(store), workers=cfg.workers,
-                                   device=cfg.device, pooling=pooling, overwrite=stale), progress=progress)
+    result = extract(ExtractConfig(data=str(data), ckpt=str(ckpt), store=str(store),
+                                   workers=cfg.workers, device=cfg.device, pooling=pooling,
+                                   overwrite=stale), progress=progress)
     with features.open_store(store) as opened:
         info = opened.info()
-    result = {**result, "bytes": info.get("bytes"), "checkpoint_sha256": info["attrs"]["checkpoint_sha256"]}
-    # The speed of the run that did the work is kept beside the store, so a resumed demo still reports it.
+    result = {**result, "bytes": info.get("bytes"),
+              "checkpoint_sha256": info["attrs"]["checkpoint_sha256"]}
+    # The speed of the run that did the work is kept beside the store, so a resumed demo still
+    # reports it.
     record = store.with_name(store.name + ".extraction.json")
     if result["extracted"] or not record.exists():
         atomic_write_text(record, json.dumps(result, sort_keys=True))
         return result
     earlier = json.loads(record.read_text())
-    return {**result, "frames_per_s": earlier["frames_per_s"], "extracted_frames": earlier["frames"]}
+    return {**result, "frames_per_s": earlier["frames_per_s"],
+            "extracted_frames": earlier["frames"]}
 
 
 def _submit(run_dir: Path, out_csv: Path, data: Path, cfg: DemoConfig) -> dict:
@@ -166,5 +182,5 @@ def _submit(run_dir: Path, out_csv: Path, data: Path, cfg: DemoConfig) -> dict:
     task = result["task"]
     problems = check_submission(out_csv, task, ds.example_submission(task))
     scored = score_submission(out_csv, task, ds, split="Test_Set")
-    return {"file": str(out_csv), "rows": result.get("rows"), "valid": not problems, "problems": problems,
-            "test_score": scored["score"], "test": scored}
+    return {"file": str(out_csv), "rows": result.get("rows"), "valid": not problems,
+            "problems": problems, "test_score": scored["score"], "test": scored}

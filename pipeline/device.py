@@ -1,5 +1,5 @@
-"""Device choice, the few CUDA-only switches, and how the host's cores are shared: kept thin so the CPU
-runs the same code path."""
+"""Device choice, the few CUDA-only switches, and how the host's cores are shared: kept thin so the
+CPU runs the same code path."""
 
 import contextlib
 import os
@@ -21,7 +21,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise InputError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
+            raise InputError(
+                "--device cuda was asked for but no CUDA device is visible; use --device cpu"
+            )
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if name == "cpu":
         return torch.device("cpu")
@@ -29,8 +31,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def autocast(device: torch.device, bf16: bool = True):
-    """bf16 autocast on CUDA, and on the CPU too when asked (CPUs with native bf16 units gain from it;
-    docs/results.md has the measured speed-ups)."""
+    """bf16 autocast on CUDA, and on the CPU too when asked (CPUs with native bf16 units gain from
+    it; docs/results.md has the measured speed-ups)."""
     if not bf16:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -50,22 +52,23 @@ def host_cores() -> int:
 
 def cpu_budget(device: torch.device, workers: int | None = None, threads: int | None = None,
                local_world_size: int = 1) -> tuple[int, int]:
-    """Decode workers and torch intra-op threads for one process, so that they do not fight for cores.
+    """Decode workers and torch intra-op threads for one process, so that they do not fight for
+    cores.
 
     ``None`` is "choose from the cores"; a number given is kept. Each of the ``local_world_size``
     processes on this host gets an equal share ``C`` of its cores.
 
-    - CUDA: the device computes and the host only decodes, so the workers take all but one core of the
-      share (at most 12: beyond that the copy to the device, not the decode, is the limit) and the main
-      process keeps the rest, at most 4 threads, for its own few CPU operations.
+    - CUDA: the device computes and the host only decodes, so the workers take all but one core of
+      the share (at most 12: beyond that the copy to the device, not the decode, is the limit) and
+      the main process keeps the rest, at most 4 threads, for its own few CPU operations.
     - CPU: the step's threads split every operation evenly and wait for each other at its end, so a
-      worker that takes a core from one of them stalls them all. Workers therefore get cores of their
-      own: none below 4 cores (the main process decodes each batch between steps, with every core free
-      again for the step), else ``C // 8`` (at least 1) beside ``C - workers`` threads: decoding a frame
-      costs a small share of its forward pass (docs/results-speed.md).
+      worker that takes a core from one of them stalls them all. Workers therefore get cores of
+      their own: none below 4 cores (the main process decodes each batch between steps, with every
+      core free again for the step), else ``C // 8`` (at least 1) beside ``C - workers`` threads:
+      decoding a frame costs a small share of its forward pass (docs/results-speed.md).
 
-    Auto threads never exceed torch's current count, so a limit set by ``OMP_NUM_THREADS`` (torchrun sets
-    it to 1 for several processes) or by the caller (``torch.set_num_threads``) is kept.
+    Auto threads never exceed torch's current count, so a limit set by ``OMP_NUM_THREADS`` (torchrun
+    sets it to 1 for several processes) or by the caller (``torch.set_num_threads``) is kept.
 
     Returns:
         (workers, threads), both resolved.
@@ -94,8 +97,8 @@ def torch_threads(threads: int):
 
 
 def lower_priority(_: int = 0) -> None:
-    """A DataLoader ``worker_init_fn``: one torch thread and a lower scheduling priority (``nice``), so
-    that a decode worker never delays the main process, which keeps the device fed."""
+    """A DataLoader ``worker_init_fn``: one torch thread and a lower scheduling priority (``nice``),
+    so that a decode worker never delays the main process, which keeps the device fed."""
     torch.set_num_threads(1)
     with contextlib.suppress(OSError, AttributeError):
         os.nice(10)

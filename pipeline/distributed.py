@@ -1,7 +1,7 @@
 """torchrun support: one process per device, rank 0 writes.
 
-Set up from the environment torchrun provides (RANK, WORLD_SIZE, LOCAL_RANK); a plain ``python`` run is a
-world of one. NCCL on CUDA, gloo on the CPU (the tests run two gloo ranks).
+Set up from the environment torchrun provides (RANK, WORLD_SIZE, LOCAL_RANK); a plain ``python`` run
+is a world of one. NCCL on CUDA, gloo on the CPU (the tests run two gloo ranks).
 """
 
 import os

@@ -1,22 +1,27 @@
-"""The one training engine behind every stage that trains the encoder (MAE pretraining, Expr fine-tuning).
+"""The one training engine behind every stage that trains the encoder (MAE pretraining, Expr
+fine-tuning).
 
 After facebookresearch/mae, where ``main_pretrain.py`` sets up, resumes, logs and saves while
-``engine_pretrain.train_one_epoch`` holds the step: :class:`Engine` is the shared first half, and each
-stage keeps only its step loop. What the engine does, once for every stage:
+``engine_pretrain.train_one_epoch`` holds the step: :class:`Engine` is the shared first half, and
+each stage keeps only its step loop. What the engine does, once for every stage:
 
-- **resume**: ``RUN/checkpoint-last.pt`` (model, optimizer, step, epoch) is loaded when present; options
-  that would change the result are refused by name (``pipeline.runs.check_resumable``). ``epochs`` may
-  change: a finished run is extended (MAE's 400 -> 800 -> 1600 habit), the schedule continues over the
-  new length, and the change is recorded in ``log.jsonl``, the checkpoint and ``config.json``;
+- **resume**: ``RUN/checkpoint-last.pt`` (model, optimizer, step, epoch) is loaded when present;
+  options that would change the result are refused by name (``pipeline.runs.check_resumable``).
+  ``epochs`` may change: a finished run is extended (MAE's 400 -> 800 -> 1600 habit), the schedule
+  continues over the new length, and the change is recorded in ``log.jsonl``, the checkpoint and
+  ``config.json``;
 - **threads**: the epochs run with the run's torch thread count (``pipeline.device.cpu_budget``);
-- **seeding**: torch's global RNG (masking noise, drop-path, mixing) is re-seeded at the start of every
-  epoch from (seed, epoch, rank), so a resumed run ends with the weights an uninterrupted one has;
-- **schedule**: linear warm-up to the peak, then half a cosine to ``min_lr``, updated every optimizer
-  step (MAE's ``util/lr_sched.py``); parameter groups may carry an ``lr_scale`` (layer-wise decay);
-- **the step's surroundings**: DDP wrap under torchrun, ``no_sync`` between accumulated micro-batches,
-  the non-finite loss guard, the optimizer step, a tqdm bar with a rate, step and epoch lines in
-  ``log.jsonl`` and TensorBoard (:class:`pipeline.runlog.RunLog`);
-- **saving**: atomic checkpoint writes by rank 0, with the engine's state added, and a summary from the log.
+- **seeding**: torch's global RNG (masking noise, drop-path, mixing) is re-seeded at the start of
+  every epoch from (seed, epoch, rank), so a resumed run ends with the weights an uninterrupted one
+  has;
+- **schedule**: linear warm-up to the peak, then half a cosine to ``min_lr``, updated every
+  optimizer step (MAE's ``util/lr_sched.py``); parameter groups may carry an ``lr_scale``
+  (layer-wise decay);
+- **the step's surroundings**: DDP wrap under torchrun, ``no_sync`` between accumulated
+  micro-batches, the non-finite loss guard, the optimizer step, a tqdm bar with a rate, step and
+  epoch lines in ``log.jsonl`` and TensorBoard (:class:`pipeline.runlog.RunLog`);
+- **saving**: atomic checkpoint writes by rank 0, with the engine's state added, and a summary from
+  the log.
 """
 
 import contextlib
@@ -56,7 +61,8 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 @dataclass
 class Engine:
-    """Resume, seeding, schedule, logging, DDP and saving of one training run (see the module docstring).
+    """Resume, seeding, schedule, logging, DDP and saving of one training run (see the module
+    docstring).
 
     Args:
         run_dir: the run directory (``config.json``, ``log.jsonl``, ``checkpoint-last.pt``, ...).
@@ -66,7 +72,8 @@ class Engine:
         peak_lr, min_lr, warmup_steps: the schedule (warm-up in optimizer steps).
         seed: the run's seed.
         dist: this process's place under torchrun.
-        resume_key: the options that must match for a resume (``epochs`` is left out: it may change).
+        resume_key: the options that must match for a resume (``epochs`` is left out: it may
+            change).
         lr_setting: the setting to lower when the loss becomes non-finite (named in the error).
         log_every: optimizer steps between step lines.
         tensorboard: also write TensorBoard event files (when TensorBoard is installed).
@@ -107,11 +114,14 @@ class Engine:
     def total_steps(self) -> int:
         return self.epochs * self.steps_per_epoch
 
-    def resume(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, checkpoint: dict | None) -> None:
-        """Continue from ``checkpoint`` (the run's ``checkpoint-last.pt`` as read, or None to start).
+    def resume(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               checkpoint: dict | None) -> None:
+        """Continue from ``checkpoint`` (the run's ``checkpoint-last.pt`` as read, or None to
+        start).
 
         Raises:
-            InputError: the checkpoint was made with other options, or has trained more epochs than asked.
+            InputError: the checkpoint was made with other options, or has trained more epochs than
+                asked.
         """
         if checkpoint is None:
             return
@@ -120,21 +130,24 @@ class Engine:
         check_resumable(saved, key, self.run_dir)
         done, before = int(checkpoint["epoch"]), int(checkpoint.get("epochs", self.epochs))
         if self.epochs < done:
-            raise ConfigError("epochs", f"{self.epochs}: {self.last_path} has trained {done} epochs already; give "
-                                        f"{done} or more to go on, or a new out directory to start afresh")
+            raise ConfigError("epochs", f"{self.epochs}: {self.last_path} has trained {done} "
+                                        f"epochs already; give {done} or more to go on, or a new "
+                                        "out directory to start afresh")
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         self.epoch_done, self.step = done, int(checkpoint["scheduler"]["step"])
         self.epochs_history = list(checkpoint.get("epochs_history", []))
         if before != self.epochs:
-            self.epochs_history.append({"epochs": before, "changed_to": self.epochs, "at_epoch": done})
+            self.epochs_history.append({"epochs": before, "changed_to": self.epochs,
+                                        "at_epoch": done})
 
     def start(self, resolved: dict) -> None:
-        """Write ``config.json`` (with the epochs history), open the log (dropping lines past the resumed
-        epoch) and record an epochs change; rank 0 writes, every rank waits."""
+        """Write ``config.json`` (with the epochs history), open the log (dropping lines past the
+        resumed epoch) and record an epochs change; rank 0 writes, every rank waits."""
         if self.dist.is_main:
             write_config(self.run_dir, {**resolved, "epochs_history": self.epochs_history})
-            self.log = RunLog(self.run_dir, self.tensorboard, purge_step=self.step + 1 if self.step else None)
+            self.log = RunLog(self.run_dir, self.tensorboard,
+                              purge_step=self.step + 1 if self.step else None)
             self.log.truncate_after("epoch", self.epoch_done)
             if self.epochs_history and self.epochs_history[-1]["at_epoch"] == self.epoch_done:
                 change = self.epochs_history[-1]
@@ -145,13 +158,16 @@ class Engine:
         """``model`` in DistributedDataParallel under torchrun, else ``model`` itself."""
         if not self.dist.enabled:
             return model
-        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        return DistributedDataParallel(model,
+                                       device_ids=[device.index] if device.type == "cuda" else None)
 
     def run_epochs(self, stop_at_epoch: int | None = None) -> Iterator[int]:
-        """The epochs left (0-based), torch's global RNG re-seeded from (seed, epoch, rank) before each.
+        """The epochs left (0-based), torch's global RNG re-seeded from (seed, epoch, rank) before
+        each.
 
         Args:
-            stop_at_epoch: stop (resumably) once this many epochs are done; for time-sliced jobs and tests.
+            stop_at_epoch: stop (resumably) once this many epochs are done; for time-sliced jobs and
+                tests.
         """
         with torch_threads(self.threads) if self.threads else contextlib.nullcontext():
             for epoch in range(self.epoch_done, self.epochs):
@@ -163,7 +179,8 @@ class Engine:
 
     def batches(self, loader: Iterable, total: int, unit: str = "img") -> Iterator:
         """The loader's batches under a progress bar of ``total`` units (images) with a rate."""
-        self._bar = tqdm(total=total, unit=unit, desc=f"{self.name} {self._epoch + 1}/{self.epochs}",
+        self._bar = tqdm(total=total, unit=unit,
+                         desc=f"{self.name} {self._epoch + 1}/{self.epochs}",
                          disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
         try:
             yield from loader
@@ -171,21 +188,24 @@ class Engine:
             self._bar.close()
 
     def set_lr(self, optimizer: torch.optim.Optimizer) -> float:
-        """Set every group's lr for the current optimizer step (times its ``lr_scale``); returns the lr."""
+        """Set every group's lr for the current optimizer step (times its ``lr_scale``); returns the
+        lr."""
         self._lr = lr_at(self.step, self.peak_lr, self.min_lr, self.warmup_steps, self.total_steps)
         for group in optimizer.param_groups:
             group["lr"] = self._lr * group.get("lr_scale", 1.0)
         return self._lr
 
     def no_sync(self, model: torch.nn.Module, update: bool):
-        """DDP's ``no_sync`` for a micro-batch whose gradients are only accumulated (not ``update``)."""
+        """DDP's ``no_sync`` for a micro-batch whose gradients are only accumulated (not
+        ``update``)."""
         if update or not isinstance(model, DistributedDataParallel):
             return contextlib.nullcontext()
         return model.no_sync()
 
     def backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, *, images: int,
                  accum_iter: int = 1, update: bool = True, parts: dict | None = None) -> float:
-        """Backward of ``loss / accum_iter``; with ``update``, the optimizer step. Returns the loss value.
+        """Backward of ``loss / accum_iter``; with ``update``, the optimizer step. Returns the loss
+        value.
 
         Args:
             loss: the micro-batch's mean loss (a scalar on the graph).
@@ -198,16 +218,17 @@ class Engine:
         """
         value = loss.item()
         if not math.isfinite(value):
-            raise InputError(f"{self.name}: the loss became {value} at epoch {self._epoch + 1}, step {self.step}; "
-                             f"lower {self.lr_setting} and start a new run (the last checkpoint is kept)")
+            raise InputError(f"{self.name}: the loss became {value} at epoch {self._epoch + 1}, "
+                             f"step {self.step}; lower {self.lr_setting} and start a new run (the "
+                             "last checkpoint is kept)")
         (loss / accum_iter).backward()
         if update:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             self.step += 1
             if self.log is not None and (self.step == 1 or self.step % self.log_every == 0):
-                record = {"epoch": self._epoch + 1, "step": self.step, "loss": value, "lr": self._lr,
-                          **{f"loss_{k}": v for k, v in (parts or {}).items()}}
+                record = {"epoch": self._epoch + 1, "step": self.step, "loss": value,
+                          "lr": self._lr, **{f"loss_{k}": v for k, v in (parts or {}).items()}}
                 self.log.log(record, tag="train", step=self.step)
         if self._bar is not None:
             self._bar.update(images)
@@ -215,30 +236,35 @@ class Engine:
         return value
 
     def message(self, text: str) -> None:
-        """A line on stderr that does not break the bar (rank 0 only; stdout is left to ``--json``)."""
+        """A line on stderr that does not break the bar (rank 0 only; stdout is left to
+        ``--json``)."""
         if self.progress and self.dist.is_main:
             tqdm.write(text, file=sys.stderr)
 
     def end_epoch(self, record: dict) -> None:
         """Append the epoch's line (``epoch``, ``lr`` added) to the log and TensorBoard (rank 0)."""
         if self.log is not None:
-            self.log.log({"epoch": self._epoch + 1, **record, "lr": self._lr}, tag="epoch", step=self._epoch + 1)
+            self.log.log({"epoch": self._epoch + 1, **record, "lr": self._lr}, tag="epoch",
+                         step=self._epoch + 1)
 
     def save_last(self, checkpoint: dict, optimizer: torch.optim.Optimizer, **state) -> None:
-        """Write ``checkpoint-last.pt`` (rank 0, atomically) with the engine's state added to the stage's;
-        every rank waits for it."""
+        """Write ``checkpoint-last.pt`` (rank 0, atomically) with the engine's state added to the
+        stage's; every rank waits for it."""
         if self.dist.is_main:
             atomic_torch_save({
-                **checkpoint, "optimizer": optimizer.state_dict(), "epoch": self._epoch + 1, "epochs": self.epochs,
+                **checkpoint, "optimizer": optimizer.state_dict(), "epoch": self._epoch + 1,
+                "epochs": self.epochs,
                 "scheduler": {"step": self.step, "peak_lr": self.peak_lr, "min_lr": self.min_lr,
                               "warmup_steps": self.warmup_steps, "total_steps": self.total_steps},
                 "rng": {"seed": self.seed, "scheme": "per-epoch reseed from (seed, epoch, rank)"},
-                "resume_key": to_jsonable(self.resume_key), "epochs_history": self.epochs_history, **state,
+                "resume_key": to_jsonable(self.resume_key), "epochs_history": self.epochs_history,
+                **state,
             }, self.last_path)
         barrier()
 
     def finish(self) -> list[dict]:
-        """Close the log; every rank waits for rank 0. Returns the records of ``log.jsonl`` (rank 0)."""
+        """Close the log; every rank waits for rank 0. Returns the records of ``log.jsonl``
+        (rank 0)."""
         if self.log is not None:
             self.log.close()
         barrier()

@@ -1,8 +1,8 @@
 """Errors that mean "the user gave us something we cannot use".
 
 The CLI turns an :class:`InputError` into one line on stderr and exit code 2; anything else is a bug
-(exit code 1). Messages name the file, line or key at fault and say what to do. Scripts outside the CLI
-(``bench/``) get the same behaviour from :func:`exit_on_input_error`.
+(exit code 1). Messages name the file, line or key at fault and say what to do. Scripts outside the
+CLI (``bench/``) get the same behaviour from :func:`exit_on_input_error`.
 """
 
 import sys

@@ -1,15 +1,15 @@
 """Extraction: the fine-tuned ViT runs once over every frame and fills a feature store.
 
-A frame's way: image file -> decoded into its batch (by DataLoader workers, or between batches by the
-main process: ``pipeline.device.cpu_budget``) -> uint8 batch -> device -> normalise ->
-``encoder.forward_features`` (the encoder's own, no copy) -> pooling -> float16 rows -> a writer thread
--> ``videos/<video>/features``. Frames of all videos form one flat ordered stream, so short videos share
-batches with long ones and the device never starves; a video's rows are written in chunk-sized blocks as
-they arrive, so memory does not grow with video length.
+A frame's way: image file -> decoded into its batch (by DataLoader workers, or between batches by
+the main process: ``pipeline.device.cpu_budget``) -> uint8 batch -> device -> normalise ->
+``encoder.forward_features`` (the encoder's own, no copy) -> pooling -> float16 rows -> a writer
+thread -> ``videos/<video>/features``. Frames of all videos form one flat ordered stream, so short
+videos share batches with long ones and the device never starves; a video's rows are written in
+chunk-sized blocks as they arrive, so memory does not grow with video length.
 
-Resumable: videos the store already marks complete are skipped, the rest are (re)done. Under torchrun
-the videos are split between ranks, balanced by frame count; Zarr ranks write into one store, HDF5 ranks
-into part files merged by rank 0 at the end.
+Resumable: videos the store already marks complete are skipped, the rest are (re)done. Under
+torchrun the videos are split between ranks, balanced by frame count; Zarr ranks write into one
+store, HDF5 ranks into part files merged by rank 0 at the end.
 """
 
 import queue
@@ -44,7 +44,8 @@ from pipeline.models.encoder import PIXEL_MEAN, PIXEL_STD, normalize, pool_token
 
 def select_videos(ds: AffWild2, splits: tuple[str, ...]) -> list[str]:
     """The videos of the chosen splits (any task), or every listed video for ``all`` (image folders,
-    annotations, example files: :meth:`AffWild2.listed_videos`); ``ExtractConfig`` checks the names."""
+    annotations, example files: :meth:`AffWild2.listed_videos`); ``ExtractConfig`` checks the
+    names."""
     if "all" in splits:
         return ds.listed_videos()
     chosen: set[str] = set()
@@ -60,13 +61,14 @@ def select_videos(ds: AffWild2, splits: tuple[str, ...]) -> list[str]:
             elif ds.available(task, split):
                 chosen.update(ds.annotations(task, split))
     if "test" in splits and not lists:
-        raise InputError(f"{ds.root}: no test-set video list (*test_set_release*.txt) for any task; "
-                         "--splits test needs names_of_videos_in_each_test_set/")
+        raise InputError(f"{ds.root}: no test-set video list (*test_set_release*.txt) for any "
+                         "task; --splits test needs names_of_videos_in_each_test_set/")
     return sorted(chosen)
 
 
 def balance(videos: list[str], lengths: dict[str, int], world_size: int) -> list[list[str]]:
-    """Split videos between ranks with about equal frame counts (longest first to the lightest rank)."""
+    """Split videos between ranks with about equal frame counts (longest first to the lightest
+    rank)."""
     return [sorted(p) for p in partition.balance(videos, lengths.__getitem__, world_size)]
 
 
@@ -93,7 +95,8 @@ class FrameStream(Dataset):
 
 
 def _whole_batch(batch):
-    """The DataLoader's collate for :class:`FrameStream`: its batches come whole from ``__getitems__``."""
+    """The DataLoader's collate for :class:`FrameStream`: its batches come whole from
+    ``__getitems__``."""
     return batch
 
 
@@ -101,17 +104,19 @@ def frame_loader(paths: list[Path], img_size: int, batch_size: int, workers: int
                  device: torch.device) -> DataLoader:
     """Batches of decoded frames, in order: ``(uint8 (B, 3, S, S), readable (B,) bool)``.
 
-    ``workers`` processes decode (0: the calling process does), each at a lower priority than the encoder
-    (:func:`pipeline.device.lower_priority`); batches are pinned for the copy to a CUDA device.
+    ``workers`` processes decode (0: the calling process does), each at a lower priority than the
+    encoder (:func:`pipeline.device.lower_priority`); batches are pinned for the copy to a CUDA
+    device.
     """
     return DataLoader(FrameStream(paths, img_size), batch_size=batch_size, num_workers=workers,
-                      collate_fn=_whole_batch, pin_memory=pin_memory(device), worker_init_fn=lower_priority,
-                      persistent_workers=False)
+                      collate_fn=_whole_batch, pin_memory=pin_memory(device),
+                      worker_init_fn=lower_priority, persistent_workers=False)
 
 
-def load_extraction_encoder(ckpt: Path, device: torch.device) -> tuple[torch.nn.Module, EncoderInfo]:
-    """The encoder of a checkpoint (:func:`pipeline.checkpoint.load_encoder`), ready for :func:`encode`:
-    in eval mode on ``device``, with channels-last weights on CUDA."""
+def load_extraction_encoder(ckpt: Path,
+                            device: torch.device) -> tuple[torch.nn.Module, EncoderInfo]:
+    """The encoder of a checkpoint (:func:`pipeline.checkpoint.load_encoder`), ready for
+    :func:`encode`: in eval mode on ``device``, with channels-last weights on CUDA."""
     encoder, info = load_encoder(ckpt)
     encoder.eval().to(device)
     if device.type == "cuda":
@@ -119,14 +124,14 @@ def load_extraction_encoder(ckpt: Path, device: torch.device) -> tuple[torch.nn.
     return encoder, info
 
 
-def encode(encoder: torch.nn.Module, images: torch.Tensor, device: torch.device, pooling: str, bf16: bool,
-           pixel_mean=PIXEL_MEAN, pixel_std=PIXEL_STD) -> torch.Tensor:
-    """One batch through the encoder as extraction runs it: uint8 (B, 3, S, S) (on the host, pinned, or
-    already on ``device``) -> pooled float32 (B, D) on the host.
+def encode(encoder: torch.nn.Module, images: torch.Tensor, device: torch.device, pooling: str,
+           bf16: bool, pixel_mean=PIXEL_MEAN, pixel_std=PIXEL_STD) -> torch.Tensor:
+    """One batch through the encoder as extraction runs it: uint8 (B, 3, S, S) (on the host, pinned,
+    or already on ``device``) -> pooled float32 (B, D) on the host.
 
-    The copy is non-blocking (it overlaps the host's work when the batch is pinned); on CUDA the images
-    go channels-last, the layout the patch embedding's convolution runs fastest in; the encoder's own
-    ``forward_features`` under bf16 autocast when asked, then the pooling.
+    The copy is non-blocking (it overlaps the host's work when the batch is pinned); on CUDA the
+    images go channels-last, the layout the patch embedding's convolution runs fastest in; the
+    encoder's own ``forward_features`` under bf16 autocast when asked, then the pooling.
     """
     images = images.to(device, non_blocking=True)
     if device.type == "cuda":
@@ -142,8 +147,8 @@ _ABORT = object()
 class StoreFeeder:
     """Hands batches of rows to the store on a background thread, keeping I/O off the compute path.
 
-    Videos arrive in ``order``; a video is finished (marked complete) once the stream has moved past it,
-    and videos without any image frame are written as all-absent.
+    Videos arrive in ``order``; a video is finished (marked complete) once the stream has moved past
+    it, and videos without any image frame are written as all-absent.
     """
 
     def __init__(self, writer: features.StoreWriter, order: list[str], lengths: dict[str, int]):
@@ -188,14 +193,16 @@ class StoreFeeder:
                 video, rows, feats, present = item
                 self._advance_to(video)
                 lo = int(rows[0])
-                block = np.zeros((int(rows[-1]) - lo + 1, feats.shape[1]), feats.dtype)  # (n_span, D)
+                # (n_span, D)
+                block = np.zeros((int(rows[-1]) - lo + 1, feats.shape[1]), feats.dtype)
                 mask = np.zeros(len(block), bool)
                 block[rows - lo] = feats
                 mask[rows - lo] = present
                 self._current.write(lo, block, mask)
         except BaseException as err:  # handed to the main thread by put() / close()
             self._error = err
-            while not ended and self._queue.get() not in (None, _ABORT):  # drain: the producer never blocks
+            # drain: the producer never blocks
+            while not ended and self._queue.get() not in (None, _ABORT):
                 pass
 
     def close(self) -> None:
@@ -212,7 +219,8 @@ class StoreFeeder:
 
 
 def store_attrs(info: EncoderInfo, pooling: str, feature_dim: int, dtype: str) -> dict:
-    """The store's root attributes: what made it (encoder, checkpoint hash, preprocessing, pooling)."""
+    """The store's root attributes: what made it (encoder, checkpoint hash, preprocessing,
+    pooling)."""
     return {
         "encoder": info.model_name,
         "encoder_config": info.model_config,
@@ -234,8 +242,8 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
         progress: show a tqdm bar with frames/s.
 
     Returns:
-        a summary: videos done and skipped, frames, seconds, frames/s, unreadable files, and the device,
-        batch size, decode workers and torch threads the run resolved.
+        a summary: videos done and skipped, frames, seconds, frames/s, unreadable files, and the
+        device, batch size, decode workers and torch threads the run resolved.
     """
     for key in ("data", "ckpt", "store"):
         if not getattr(config, key):
@@ -252,14 +260,14 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
     lengths = {v: ds.num_frames(v) for v in videos}
     empty = [v for v in videos if lengths[v] == 0]
     if empty and dist.is_main:
-        tqdm.write(f"warning: skipped {len(empty)} listed video(s) of unknown length (no images, annotation "
-                   f"or example-file rows): {', '.join(empty[:5])}", file=sys.stderr)
+        tqdm.write(f"warning: skipped {len(empty)} listed video(s) of unknown length (no images, "
+                   f"annotation or example-file rows): {', '.join(empty[:5])}", file=sys.stderr)
     videos = [v for v in videos if lengths[v] > 0]
     imageless = [v for v in videos if v not in ds.videos]
     if imageless and dist.is_main:
         named = ", ".join(f"{v} ({lengths[v]} frames)" for v in imageless[:5])
-        tqdm.write(f"warning: {len(imageless)} listed video(s) have no images and are stored as all-absent "
-                   f"(every frame without a face, filled like one): {named}"
+        tqdm.write(f"warning: {len(imageless)} listed video(s) have no images and are stored as "
+                   f"all-absent (every frame without a face, filled like one): {named}"
                    f"{', ...' if len(imageless) > 5 else ''}", file=sys.stderr)
 
     encoder, info = load_extraction_encoder(ckpt, device)
@@ -276,7 +284,8 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
     loader = frame_loader(paths, info.img_size, batch_size, workers, device)
     feeder = StoreFeeder(writer, mine, lengths)
     unreadable: list[str] = []
-    bar = tqdm(total=len(frames), unit="frame", desc=f"extract{f' [rank {dist.rank}]' if dist.enabled else ''}",
+    bar = tqdm(total=len(frames), unit="frame",
+               desc=f"extract{f' [rank {dist.rank}]' if dist.enabled else ''}",
                disable=not progress, dynamic_ncols=True)
     start = time.perf_counter()
     position = 0
@@ -288,7 +297,9 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
                 batch = frames[position: position + len(pooled)]
                 for i in np.flatnonzero(~readable.numpy()):
                     unreadable.append(str(paths[position + i]))
-                    bar.write(f"warning: unreadable image {paths[position + i]}: frame stored as absent")
+                    bar.write(
+                        f"warning: unreadable image {paths[position + i]}: frame stored as absent"
+                    )
                 _feed(feeder, batch, pooled, readable.numpy())
                 position += len(pooled)
                 bar.update(len(pooled))
@@ -299,7 +310,8 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
         bar.close()
     feeder.close()
     seconds = time.perf_counter() - start
-    # Workers close first; rank 0 closes (consolidating Zarr metadata) and merges HDF5 parts after them.
+    # Workers close first; rank 0 closes (consolidating Zarr metadata) and merges HDF5 parts after
+    # them.
     if not dist.is_main:
         writer.close()
     distributed.barrier()
@@ -311,7 +323,8 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
         for part in parts:  # merged: a resumed run finds these videos in the store itself
             part.unlink()
     distributed.barrier()
-    mine_summary = {"extracted": len(mine), "frames": len(frames), "seconds": seconds, "unreadable": unreadable}
+    mine_summary = {"extracted": len(mine), "frames": len(frames), "seconds": seconds,
+                    "unreadable": unreadable}
     ranks = distributed.gather_objects(mine_summary)
     seconds = max(r["seconds"] for r in ranks)
     total = sum(r["frames"] for r in ranks)
@@ -333,7 +346,8 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
     }
 
 
-def _feed(feeder: StoreFeeder, batch: list[tuple[str, int]], pooled: np.ndarray, readable: np.ndarray) -> None:
+def _feed(feeder: StoreFeeder, batch: list[tuple[str, int]], pooled: np.ndarray,
+          readable: np.ndarray) -> None:
     """Split one batch into per-video runs of rows and hand them to the writer thread."""
     names = [v for v, _ in batch]
     rows = np.array([k - 1 for _, k in batch])  # row i = frame i + 1
@@ -343,11 +357,13 @@ def _feed(feeder: StoreFeeder, batch: list[tuple[str, int]], pooled: np.ndarray,
         start = end
 
 
-def _open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool, dist) -> tuple[features.StoreWriter, set[str]]:
+def _open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool,
+                 dist) -> tuple[features.StoreWriter, set[str]]:
     """The store this rank writes, and the videos already complete (to skip).
 
-    Zarr: rank 0 creates (or reopens) the store, the other ranks join it as workers. HDF5 under torchrun:
-    each rank writes its own part file; a part left by a killed run is resumed like the store itself.
+    Zarr: rank 0 creates (or reopens) the store, the other ranks join it as workers. HDF5 under
+    torchrun: each rank writes its own part file; a part left by a killed run is resumed like the
+    store itself.
     """
     if fmt == "hdf5" and dist.enabled:
         parts = [features.part_path(path, r) for r in range(dist.world_size)]
@@ -356,7 +372,8 @@ def _open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool, dist) -> tu
             for part in parts if overwrite else []:
                 part.unlink(missing_ok=True)
         distributed.barrier()
-        done = set().union(*(_completed(p) for p in [path, *parts]))  # read before any part is opened to write
+        # read before any part is opened to write
+        done = set().union(*(_completed(p) for p in [path, *parts]))
         distributed.barrier()
         return features.create_store(parts[dist.rank], attrs, format=fmt), done
     if dist.is_main:

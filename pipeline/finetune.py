@@ -1,20 +1,22 @@
 """Expression fine-tuning of the pretrained encoder (stage 2 of Zhou et al. 2024, ABAW6).
 
-The paper trains "a fully connected head on the encoder" on Aff-Wild2's per-frame Expr labels with AdamW
-at lr 1e-4, batch 256. The rest is MAE's fine-tuning recipe (He et al. 2022, appendix A.1;
+The paper trains "a fully connected head on the encoder" on Aff-Wild2's per-frame Expr labels with
+AdamW at lr 1e-4, batch 256. The rest is MAE's fine-tuning recipe (He et al. 2022, appendix A.1;
 facebookresearch/mae ``main_finetune.py``): layer-wise lr decay 0.75, drop-path 0.1, label smoothing
-0.1, weight decay 0.05 off biases, norms and tokens, linear warm-up then a per-step cosine. What this
-data adds: class-balanced sampling (or loss weights), a per-video cap on frames per epoch, and a light
-augmentation by default (random resized crop of 80-100 % of the area, flip: the crops are already aligned
-faces). MAE's stronger regularisers are options: random erasing, mixup and CutMix
-(:mod:`pipeline.finetune_loss`), and colour jitter and grayscale against the colours that name a person.
+0.1, weight decay 0.05 off biases, norms and tokens, linear warm-up then a per-step cosine. What
+this data adds: class-balanced sampling (or loss weights), a per-video cap on frames per epoch, and
+a light augmentation by default (random resized crop of 80-100 % of the area, flip: the crops are
+already aligned faces). MAE's stronger regularisers are options: random erasing, mixup and CutMix
+(:mod:`pipeline.finetune_loss`), and colour jitter and grayscale against the colours that name a
+person.
 
 A run directory holds ``config.json`` (resolved), ``log.jsonl`` (and ``tensorboard/``),
 ``checkpoint-last.pt`` (every epoch) and ``best.pt`` (the epoch with the best validation macro F1,
-computed officially over every valid Validation_Set frame with an image; :mod:`pipeline.finetune_eval`).
-Both are project checkpoints of kind ``finetune`` that :func:`pipeline.checkpoint.load_encoder`
-reads, with the ``pooling`` the head was trained on. Resume, seeding, logging and saving are the shared
-:class:`pipeline.engine.Engine`'s; :func:`train_one_epoch` is the step.
+computed officially over every valid Validation_Set frame with an image;
+:mod:`pipeline.finetune_eval`). Both are project checkpoints of kind ``finetune`` that
+:func:`pipeline.checkpoint.load_encoder` reads, with the ``pooling`` the head was trained on.
+Resume, seeding, logging and saving are the shared :class:`pipeline.engine.Engine`'s;
+:func:`train_one_epoch` is the step.
 """
 
 import time
@@ -41,13 +43,14 @@ from pipeline.models.encoder import normalize
 from pipeline.runs import to_jsonable
 
 
-def layer_decay_groups(model: ExprClassifier, weight_decay: float, layer_decay: float) -> list[dict]:
+def layer_decay_groups(model: ExprClassifier, weight_decay: float,
+                       layer_decay: float) -> list[dict]:
     """Parameter groups with MAE's layer-wise lr decay; each group carries an ``lr_scale``.
 
-    Layer 0 is the patch embedding and the tokens, layer i + 1 is block i, layer depth + 1 everything
-    after the blocks (final norm, heads). A parameter at layer l trains at ``layer_decay ** (depth + 1 -
-    l)`` times the lr. Biases, norm weights (1-D) and the tokens are not decayed. Frozen parameters are
-    left out.
+    Layer 0 is the patch embedding and the tokens, layer i + 1 is block i, layer depth + 1
+    everything after the blocks (final norm, heads). A parameter at layer l trains at
+    ``layer_decay ** (depth + 1 - l)`` times the lr. Biases, norm weights (1-D) and the tokens are
+    not decayed. Frozen parameters are left out.
     """
     depth = len(model.encoder.blocks)
     groups: dict[tuple[int, bool], dict] = {}
@@ -69,27 +72,32 @@ def layer_decay_groups(model: ExprClassifier, weight_decay: float, layer_decay: 
     return [groups[k] for k in sorted(groups)]
 
 
-def make_optimizer(model: ExprClassifier, cfg: FinetuneConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW (betas 0.9, 0.999, as MAE's fine-tuning) over :func:`layer_decay_groups`, fused on CPU and
-    CUDA (many times faster than the per-tensor loop on the CPU for ViT-sized lists; groups keep their lr)."""
-    return torch.optim.AdamW(layer_decay_groups(model, cfg.weight_decay, cfg.layer_decay), lr=cfg.lr,
-                             betas=(0.9, 0.999), fused=device.type in ("cpu", "cuda"))
+def make_optimizer(model: ExprClassifier, cfg: FinetuneConfig,
+                   device: torch.device) -> torch.optim.AdamW:
+    """AdamW (betas 0.9, 0.999, as MAE's fine-tuning) over :func:`layer_decay_groups`, fused on CPU
+    and CUDA (many times faster than the per-tensor loop on the CPU for ViT-sized lists; groups keep
+    their lr)."""
+    return torch.optim.AdamW(layer_decay_groups(model, cfg.weight_decay, cfg.layer_decay),
+                             lr=cfg.lr, betas=(0.9, 0.999), fused=device.type in ("cpu", "cuda"))
 
 
-def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, engine: Engine,
-                    cfg: FinetuneConfig, device: torch.device, weight: torch.Tensor | None,
-                    pixel_mean, pixel_std, on_unreadable) -> tuple[float, float]:
-    """One epoch of fine-tuning: the step and nothing else, as MAE's ``engine_finetune.train_one_epoch``.
+def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    engine: Engine, cfg: FinetuneConfig, device: torch.device,
+                    weight: torch.Tensor | None, pixel_mean, pixel_std,
+                    on_unreadable) -> tuple[float, float]:
+    """One epoch of fine-tuning: the step and nothing else, as MAE's
+    ``engine_finetune.train_one_epoch``.
 
     Args:
         model: the classifier (DDP-wrapped under torchrun).
-        loader: batches of {"image": uint8 (B, C, H, W), "expr": (B,), "ok": (B,), "row": (B,), AU / VA}.
+        loader: batches of {"image": uint8 (B, C, H, W), "expr": (B,), "ok": (B,), "row": (B,),
+            AU / VA}.
         weight: Expr class weights (C,) or None.
         pixel_mean, pixel_std: the encoder's input normalisation.
         on_unreadable: called with the row of each frame whose image could not be read.
     Returns:
-        (mean loss, training accuracy over readable frames; after mixing, a hit is the class with the
-        larger share of the mixed target).
+        (mean loss, training accuracy over readable frames; after mixing, a hit is the class with
+        the larger share of the mixed target).
     """
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
@@ -111,20 +119,23 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     return loss_sum / engine.steps_per_epoch, correct / max(seen, 1)
 
 
-def finetune(cfg: FinetuneConfig, *, stop_at_epoch: int | None = None, progress: bool = True) -> dict | None:
+def finetune(cfg: FinetuneConfig, *, stop_at_epoch: int | None = None,
+             progress: bool = True) -> dict | None:
     """Fine-tune (or resume, or extend) the run ``cfg.out``; returns a summary of the run so far.
 
     Args:
         cfg: the run's settings.
-        stop_at_epoch: return (resumably) once this many epochs are done; for time-sliced jobs and tests.
+        stop_at_epoch: return (resumably) once this many epochs are done; for time-sliced jobs and
+            tests.
         progress: show tqdm bars (rank 0 only).
 
     Returns:
-        {"run", "best_checkpoint", "last_checkpoint", "epochs_done", "best_f1", "best_epoch", "last_f1",
-        "img_per_s", "train_frames", "val_frames"}, or None on ranks other than 0 under torchrun.
+        {"run", "best_checkpoint", "last_checkpoint", "epochs_done", "best_f1", "best_epoch",
+        "last_f1", "img_per_s", "train_frames", "val_frames"}, or None on ranks other than 0 under
+        torchrun.
     Raises:
-        ConfigError / InputError: no dataset, too few frames for a batch, an unusable checkpoint, a run
-        made with other settings.
+        ConfigError / InputError: no dataset, too few frames for a batch, an unusable checkpoint, a
+        run made with other settings.
     """
     if not cfg.data:
         raise ConfigError("data", "is required; give an Aff-Wild2-layout root")
@@ -149,15 +160,16 @@ def finetune(cfg: FinetuneConfig, *, stop_at_epoch: int | None = None, progress:
 
     sampler = EpochSampler(train_index, cfg.seed, cfg.frames_per_video, cfg.balance,
                            dist_info.rank, dist_info.world_size)
-    train_set = ExprFrames(train_index, cfg.img_size, cfg.seed, cfg.crop_scale, color_jitter=cfg.color_jitter,
-                           grayscale=cfg.grayscale, erase=cfg.erase)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                        pin_memory=pin_memory(device), drop_last=True, persistent_workers=cfg.workers > 0,
-                        worker_init_fn=lower_priority)
+    train_set = ExprFrames(train_index, cfg.img_size, cfg.seed, cfg.crop_scale,
+                           color_jitter=cfg.color_jitter, grayscale=cfg.grayscale, erase=cfg.erase)
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler,
+                        num_workers=cfg.workers, pin_memory=pin_memory(device), drop_last=True,
+                        persistent_workers=cfg.workers > 0, worker_init_fn=lower_priority)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
-        raise ConfigError("batch_size", f"{cfg.batch_size} x {dist_info.world_size} process(es) is more than the "
-                                        f"{sampler.epoch_size} training frames of an epoch; lower it")
+        raise ConfigError("batch_size", f"{cfg.batch_size} x {dist_info.world_size} process(es) is "
+                                        f"more than the {sampler.epoch_size} training frames of an "
+                                        "epoch; lower it")
     val_loader = validation_loader(val_index, cfg.img_size, cfg, device, dist_info)
     val_frames = len(val_index.capped(cfg.val_frames_per_video))  # over all ranks
 
@@ -171,16 +183,17 @@ def finetune(cfg: FinetuneConfig, *, stop_at_epoch: int | None = None, progress:
                               "head_init_sha256": source.get("head_init_sha256")})
     engine = Engine(run_dir, "finetune", cfg.epochs, steps_per_epoch, cfg.lr, cfg.min_lr,
                     round(cfg.warmup_epochs * steps_per_epoch), cfg.seed, dist_info, resume_key,
-                    lr_setting="lr", log_every=cfg.log_every, tensorboard=cfg.tensorboard, progress=progress,
-                    threads=cfg.threads)
+                    lr_setting="lr", log_every=cfg.log_every, tensorboard=cfg.tensorboard,
+                    progress=progress, threads=cfg.threads)
     last = read_checkpoint(engine.last_path) if engine.last_path.exists() else None
     engine.resume(model, optimizer, last)
     best = dict(last["best"]) if last is not None else {"f1": -1.0, "epoch": 0}
     resolved = {
         "finetune": to_jsonable(cfg), "encoder": source, "world_size": dist_info.world_size,
-        "effective_batch": cfg.batch_size * dist_info.world_size, "steps_per_epoch": steps_per_epoch,
-        "train_frames": len(train_index), "train_frames_per_epoch": sampler.epoch_size,
-        "val_frames": val_frames, "val_frames_all": len(val_index),
+        "effective_batch": cfg.batch_size * dist_info.world_size,
+        "steps_per_epoch": steps_per_epoch, "train_frames": len(train_index),
+        "train_frames_per_epoch": sampler.epoch_size, "val_frames": val_frames,
+        "val_frames_all": len(val_index),
         "train_class_counts": dict(zip(EXPR_CLASSES, counts.tolist(), strict=True)),
         "class_weights": weight.tolist() if weight is not None else None,
         "versions": {"torch": str(torch.__version__), "timm": str(timm.__version__)},
@@ -191,8 +204,9 @@ def finetune(cfg: FinetuneConfig, *, stop_at_epoch: int | None = None, progress:
     def checkpoint(epoch: int, val: dict) -> dict:
         return encoder_checkpoint(
             "finetune", source["model_name"], source["model_config"], model.encoder, cfg.img_size,
-            mean, std, pooling=cfg.pooling, model=model.state_dict(), epoch=epoch, epochs=cfg.epochs,
-            val=val, init_sha256=source["init_sha256"], linear_probe=cfg.linear_probe)
+            mean, std, pooling=cfg.pooling, model=model.state_dict(), epoch=epoch,
+            epochs=cfg.epochs, val=val, init_sha256=source["init_sha256"],
+            linear_probe=cfg.linear_probe)
 
     reported: set[int] = set()
 
@@ -204,10 +218,12 @@ def finetune(cfg: FinetuneConfig, *, stop_at_epoch: int | None = None, progress:
     for epoch in engine.run_epochs(stop_at_epoch):
         sampler.set_epoch(epoch)
         start = time.perf_counter()
-        loss, train_acc = train_one_epoch(ddp, loader, optimizer, engine, cfg, device, weight, mean, std, on_unreadable)
+        loss, train_acc = train_one_epoch(ddp, loader, optimizer, engine, cfg, device, weight, mean,
+                                          std, on_unreadable)
         seconds = time.perf_counter() - start
         val = validation_f1(gather(predict_expr(model, val_loader, device, cfg.bf16, mean, std,
-                                                progress and dist_info.is_main), dist_info), val_index)
+                                                progress and dist_info.is_main), dist_info),
+                            val_index)
         improved = val["score"] > best["f1"]
         if improved:
             best = {"f1": val["score"], "epoch": epoch + 1}
@@ -215,12 +231,15 @@ def finetune(cfg: FinetuneConfig, *, stop_at_epoch: int | None = None, progress:
             "loss": loss, "train_acc": train_acc, "seconds": round(seconds, 2),
             "img_per_s": steps_per_epoch * cfg.batch_size * dist_info.world_size / seconds,
             "val_f1": val["score"], "val_acc": val["accuracy"], "val_frames": val["frames"],
-            "val_per_class": {c: val[c] for c in EXPR_CLASSES}, "unreadable": len(reported) + val["unreadable"],
-            "best_f1": best["f1"], "best_epoch": best["epoch"],
+            "val_per_class": {c: val[c] for c in EXPR_CLASSES},
+            "unreadable": len(reported) + val["unreadable"], "best_f1": best["f1"],
+            "best_epoch": best["epoch"],
         })
-        engine.message(f"epoch {epoch + 1}: val macro F1 {val['score']:.4f} (best {best['f1']:.4f} at epoch "
-                       f"{best['epoch']}), {steps_per_epoch * cfg.batch_size / seconds:.0f} img/s")
-        if improved and dist_info.is_main:  # best first: a crash between the two writes re-runs this epoch
+        engine.message(f"epoch {epoch + 1}: val macro F1 {val['score']:.4f} (best {best['f1']:.4f} "
+                       f"at epoch {best['epoch']}), "
+                       f"{steps_per_epoch * cfg.batch_size / seconds:.0f} img/s")
+        # best first: a crash between the two writes re-runs this epoch
+        if improved and dist_info.is_main:
             save_checkpoint({**checkpoint(epoch + 1, val), "config": resolved}, best_path)
         engine.save_last(checkpoint(epoch + 1, val), optimizer, best=best)
 

@@ -2,8 +2,8 @@
 
 Validation scores every Validation_Set frame with an image and a valid Expr label (or, with
 ``val_frames_per_video``, that many evenly spaced frames a video), un-augmented and in order; under
-torchrun each rank predicts every world_size-th frame and the predictions are gathered. The metric is
-the challenge's macro F1 over the 8 classes (``pipeline.metrics.expr_f1``).
+torchrun each rank predicts every world_size-th frame and the predictions are gathered. The metric
+is the challenge's macro F1 over the 8 classes (``pipeline.metrics.expr_f1``).
 """
 
 import numpy as np
@@ -21,26 +21,30 @@ from pipeline.models.encoder import PIXEL_MEAN, PIXEL_STD, normalize
 
 def validation_loader(index: FrameIndex, img_size: int, cfg, device: torch.device,
                       dist_info: DistInfo | None = None) -> DataLoader:
-    """The frames validation scores (``val_frames_per_video`` of ``cfg``, a FinetuneConfig, evenly spaced),
-    un-augmented and in order, ``cfg.batch_size`` a batch; under torchrun each rank takes every
-    world_size-th of them. Batches hold uint8 images (B, C, H, W) of side ``img_size`` pixels."""
+    """The frames validation scores (``val_frames_per_video`` of ``cfg``, a FinetuneConfig, evenly
+    spaced), un-augmented and in order, ``cfg.batch_size`` a batch; under torchrun each rank takes
+    every world_size-th of them. Batches hold uint8 images (B, C, H, W) of side ``img_size``
+    pixels."""
     rows = index.capped(cfg.val_frames_per_video)
     if dist_info is not None:
         rows = rows[dist_info.rank::dist_info.world_size]
     return DataLoader(ExprFrames(index, img_size), batch_size=cfg.batch_size, sampler=rows.tolist(),
-                      num_workers=cfg.workers, pin_memory=pin_memory(device), persistent_workers=cfg.workers > 0,
-                      worker_init_fn=lower_priority)
+                      num_workers=cfg.workers, pin_memory=pin_memory(device),
+                      persistent_workers=cfg.workers > 0, worker_init_fn=lower_priority)
 
 
 @torch.no_grad()
 def predict_expr(model: torch.nn.Module, loader: DataLoader, device: torch.device, bf16: bool,
-                 pixel_mean=PIXEL_MEAN, pixel_std=PIXEL_STD, progress: bool = False) -> dict[str, np.ndarray]:
+                 pixel_mean=PIXEL_MEAN, pixel_std=PIXEL_STD,
+                 progress: bool = False) -> dict[str, np.ndarray]:
     """Class predictions for every frame a loader yields: {"row", "pred", "ok"}, each (F,)."""
     was_training = model.training
     model.eval()
     rows, preds, oks = [], [], []
-    for batch in tqdm(loader, desc="validate", unit="batch", disable=not progress, dynamic_ncols=True, leave=False):
-        x = normalize(batch["image"].to(device, non_blocking=True), pixel_mean, pixel_std)  # (B, C, H, W)
+    for batch in tqdm(loader, desc="validate", unit="batch", disable=not progress,
+                      dynamic_ncols=True, leave=False):
+        # (B, C, H, W)
+        x = normalize(batch["image"].to(device, non_blocking=True), pixel_mean, pixel_std)
         with autocast(device, bf16):
             logits = model(x)["expr"]  # (B, 8)
         preds.append(logits.float().argmax(dim=1).cpu().numpy())
@@ -65,7 +69,8 @@ def gather(result: dict[str, np.ndarray], dist_info: DistInfo) -> dict[str, np.n
 
 
 def validation_f1(result: dict[str, np.ndarray], index: FrameIndex) -> dict:
-    """The official Expr macro F1 (``expr_f1``) over the frames predicted, unreadable ones left out."""
+    """The official Expr macro F1 (``expr_f1``) over the frames predicted, unreadable ones left
+    out."""
     ok = result["ok"].astype(bool)
     metrics = expr_f1(result["pred"][ok], index.expr[result["row"][ok]])
     # plain Python numbers: checkpoints must load with weights_only=True

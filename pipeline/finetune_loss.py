@@ -1,8 +1,8 @@
 """The fine-tuning losses and MAE's mixing regularisers (stage 2 of Zhou et al. 2024, ABAW6).
 
-Cross-entropy with label smoothing over the frames with a valid Expr label, optional auxiliary AU (BCE)
-and VA (squared error) terms, and mixup / CutMix as in MAE's fine-tuning recipe (He et al. 2022,
-appendix A.1; timm's ``Mixup``). Shapes: B frames, C = 8 expression classes, 12 AUs.
+Cross-entropy with label smoothing over the frames with a valid Expr label, optional auxiliary AU
+(BCE) and VA (squared error) terms, and mixup / CutMix as in MAE's fine-tuning recipe (He et al.
+2022, appendix A.1; timm's ``Mixup``). Shapes: B frames, C = 8 expression classes, 12 AUs.
 """
 
 import math
@@ -13,27 +13,30 @@ import torch.nn.functional as F
 
 def expr_loss(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None,
               smoothing: float) -> torch.Tensor:
-    """Cross-entropy over valid frames only: logits (B, 8), labels (B,) in 0..7 or (B, 8) probabilities.
+    """Cross-entropy over valid frames only: logits (B, 8), labels (B,) in 0..7 or (B, 8)
+    probabilities.
 
     With class weights, torch divides a hard-label loss by the summed weights of the labels but a
-    probability-target loss by B; dividing the latter by its targets' summed weights instead makes a one-hot
-    target score exactly like its hard label, so mixing does not rescale the loss.
+    probability-target loss by B; dividing the latter by its targets' summed weights instead makes a
+    one-hot target score exactly like its hard label, so mixing does not rescale the loss.
     """
     if labels.dim() == 2 and weight is not None:
-        total = F.cross_entropy(logits, labels, weight=weight, label_smoothing=smoothing, reduction="sum")
+        total = F.cross_entropy(logits, labels, weight=weight, label_smoothing=smoothing,
+                                reduction="sum")
         return total / (labels @ weight).sum().clamp(min=1e-12)
     return F.cross_entropy(logits, labels, weight=weight, label_smoothing=smoothing)
 
 
-def mix_batch(x: torch.Tensor, batch: dict, mixup: float, cutmix: float, num_classes: int) -> tuple[torch.Tensor, dict]:
+def mix_batch(x: torch.Tensor, batch: dict, mixup: float, cutmix: float,
+              num_classes: int) -> tuple[torch.Tensor, dict]:
     """Mixup or CutMix of a batch with its own reverse, as in MAE's fine-tuning (timm's ``Mixup``).
 
-    Draws from torch's global RNG, which the loop re-seeds every epoch, so a resumed run mixes alike.
-    With both alphas set, each batch takes one of the two at even odds. CutMix pastes a box of the
-    partner image; the mixing weight becomes the kept area. Targets mix with the same weight: ``expr``
-    becomes ``expr_soft`` (B, 8) probabilities, AU labels soft targets and VA values a weighted mean,
-    each valid only where both rows' labels are; rows whose image or partner's image could not be read
-    drop out through ``ok``.
+    Draws from torch's global RNG, which the loop re-seeds every epoch, so a resumed run mixes
+    alike. With both alphas set, each batch takes one of the two at even odds. CutMix pastes a box
+    of the partner image; the mixing weight becomes the kept area. Targets mix with the same weight:
+    ``expr`` becomes ``expr_soft`` (B, 8) probabilities, AU labels soft targets and VA values a
+    weighted mean, each valid only where both rows' labels are; rows whose image or partner's image
+    could not be read drop out through ``ok``.
 
     Args:
         x: (B, C, H, W) normalised images.
@@ -70,7 +73,8 @@ def mix_batch(x: torch.Tensor, batch: dict, mixup: float, cutmix: float, num_cla
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` (B,) where ``mask``; 0 (still on the graph, for DDP) when no row is valid."""
+    """Mean of ``values`` (B,) where ``mask``; 0 (still on the graph, for DDP) when no row is
+    valid."""
     mask = mask.float()
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
@@ -84,15 +88,16 @@ def finetune_loss(out: dict, batch: dict, weight: torch.Tensor | None, label_smo
     """
     keep = batch["ok"]
     logits = out["expr"].float()  # (B, 8)
-    target = batch.get("expr_soft", batch["expr"])  # (B, 8) probabilities after mixing, else (B,) classes
+    # (B, 8) probabilities after mixing, else (B,) classes
+    target = batch.get("expr_soft", batch["expr"])
     if keep.any():
         loss = expr_loss(logits[keep], target[keep], weight, label_smoothing)
     else:
         loss = logits.sum() * 0.0  # keeps the graph so every DDP rank reduces the same parameters
     parts = {"expr": loss.item()}
     if "au" in out:
-        per_frame = F.binary_cross_entropy_with_logits(
-            out["au"].float(), batch["au"].clamp(min=0).float(), reduction="none").mean(dim=1)  # (B,); soft if mixed
+        per_frame = F.binary_cross_entropy_with_logits(  # (B,); soft if mixed
+            out["au"].float(), batch["au"].clamp(min=0).float(), reduction="none").mean(dim=1)
         au = _masked_mean(per_frame, keep & batch["au_valid"])
         loss = loss + aux_weight * au
         parts["au"] = au.item()

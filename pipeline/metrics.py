@@ -6,8 +6,8 @@ Degenerate cases, defined here once:
 - CCC is 0 when its denominator is 0 (both series constant and equal): no agreement can be shown.
   A constant prediction against varying labels has covariance 0 and so CCC 0 without special-casing.
 - F1 of a class (or AU) with no true and no predicted positives is 0 (scikit-learn's
-  ``zero_division=0``); Expr macro F1 always averages over all 8 classes, so a class missing from the
-  set lowers the score rather than vanishing from the mean.
+  ``zero_division=0``); Expr macro F1 always averages over all 8 classes, so a class missing from
+  the set lowers the score rather than vanishing from the mean.
 """
 
 import numpy as np
@@ -65,12 +65,14 @@ def expr_f1(pred: np.ndarray, true: np.ndarray) -> dict:
     pred, true = np.asarray(pred).astype(np.int64), np.asarray(true).astype(np.int64)
     per = {name: binary_f1(pred == k, true == k) for k, name in enumerate(EXPR_CLASSES)}
     accuracy = float((pred == true).mean()) if len(true) else 0.0
-    return {"score": float(np.mean(list(per.values()))), **per, "accuracy": accuracy, "frames": int(len(true))}
+    return {"score": float(np.mean(list(per.values()))), **per, "accuracy": accuracy,
+            "frames": int(len(true))}
 
 
 def uniform_guess_expr_f1(true: np.ndarray) -> float:
-    """Macro F1 expected of a guess uniform over the 8 classes: per class 2 p q / (p + q), q = 1/8, where p
-    is the class's share of ``true`` (N,); classes absent from ``true`` score 0, as in :func:`expr_f1`."""
+    """Macro F1 expected of a guess uniform over the 8 classes: per class 2 p q / (p + q), q = 1/8,
+    where p is the class's share of ``true`` (N,); classes absent from ``true`` score 0, as in
+    :func:`expr_f1`."""
     counts = np.bincount(np.asarray(true, dtype=np.int64), minlength=len(EXPR_CLASSES))
     return float(uniform_guess_f1_from_counts(counts))
 
@@ -91,7 +93,8 @@ def expr_confusion(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
 
 
 def expr_f1_from_confusion(confusion: np.ndarray) -> np.ndarray:
-    """:func:`expr_f1`'s score from confusion counts (..., 8, 8) -> (...), for many resamples at once."""
+    """:func:`expr_f1`'s score from confusion counts (..., 8, 8) -> (...), for many resamples at
+    once."""
     confusion = np.asarray(confusion, dtype=np.float64)
     tp = np.diagonal(confusion, axis1=-2, axis2=-1)
     denom = confusion.sum(-1) + confusion.sum(-2)  # true + predicted count per class
@@ -101,8 +104,9 @@ def expr_f1_from_confusion(confusion: np.ndarray) -> np.ndarray:
 
 def video_bootstrap(n_videos: int, resamples: int, seed: int = 0) -> np.ndarray:
     """(resamples, n_videos) counts: how often each video is drawn when ``n_videos`` are drawn with
-    replacement. Frames of one video are strongly correlated, so a set-level metric's uncertainty comes
-    from resampling whole videos (weight a per-video statistic, e.g. a confusion matrix, by these)."""
+    replacement. Frames of one video are strongly correlated, so a set-level metric's uncertainty
+    comes from resampling whole videos (weight a per-video statistic, e.g. a confusion matrix, by
+    these)."""
     rng = np.random.default_rng(seed)
     return rng.multinomial(n_videos, np.full(n_videos, 1 / n_videos), size=resamples)
 
@@ -123,42 +127,50 @@ TASK_METRICS = {"va": va_score, "expr": expr_f1, "au": au_f1}
 
 
 def video_statistics(task: str, pred: np.ndarray, true: np.ndarray) -> np.ndarray:
-    """The sums a video adds to its task's official metric, so that a set's score is a function of the
-    summed statistics of its videos (:func:`score_from_statistics`) and resampling whole videos costs one
-    matrix product (:func:`video_bootstrap`).
+    """The sums a video adds to its task's official metric, so that a set's score is a function of
+    the summed statistics of its videos (:func:`score_from_statistics`) and resampling whole videos
+    costs one matrix product (:func:`video_bootstrap`).
 
     Args:
         task: ``va``, ``expr`` or ``au``.
-        pred, true: the video's valid frames, as the task's metric takes them ((N, 2), (N,), (N, 12)).
+        pred, true: the video's valid frames, as the task's metric takes them
+            ((N, 2), (N,), (N, 12)).
     Returns:
-        (K,) float64: VA, per dimension n, sum x, sum y, sum x^2, sum y^2, sum xy (K = 12); Expr, the 8 x 8
-        confusion counts (K = 64); AU, per AU true positives, predicted and true positives (K = 36).
+        (K,) float64: VA, per dimension n, sum x, sum y, sum x^2, sum y^2, sum xy (K = 12); Expr,
+        the 8 x 8 confusion counts (K = 64); AU, per AU true positives, predicted and true positives
+        (K = 36).
     """
     pred, true = np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64)
     if task == "va":
-        return np.concatenate([[len(x), x.sum(), y.sum(), (x * x).sum(), (y * y).sum(), (x * y).sum()]
+        return np.concatenate([[len(x), x.sum(), y.sum(), (x * x).sum(), (y * y).sum(),
+                                (x * y).sum()]
                                for x, y in zip(pred.T, true.T, strict=True)])
     if task == "expr":
-        return expr_confusion(pred.astype(np.int64), true.astype(np.int64)).ravel().astype(np.float64)
+        return expr_confusion(pred.astype(np.int64),
+                              true.astype(np.int64)).ravel().astype(np.float64)
     p, t = pred.astype(bool), true.astype(bool)
     return np.stack([(p & t).sum(0), p.sum(0), t.sum(0)], axis=1).ravel().astype(np.float64)
 
 
 def score_from_statistics(task: str, stats: np.ndarray) -> np.ndarray:
-    """The official score from summed :func:`video_statistics` (..., K) -> (...); equal to the task's
-    metric on the concatenated frames (up to float rounding in CCC's moments)."""
+    """The official score from summed :func:`video_statistics` (..., K) -> (...); equal to the
+    task's metric on the concatenated frames (up to float rounding in CCC's moments)."""
     stats = np.asarray(stats, dtype=np.float64)
     if task == "expr":
-        return expr_f1_from_confusion(stats.reshape(*stats.shape[:-1], len(EXPR_CLASSES), len(EXPR_CLASSES)))
+        return expr_f1_from_confusion(stats.reshape(*stats.shape[:-1], len(EXPR_CLASSES),
+                                                    len(EXPR_CLASSES)))
     if task == "au":
-        tp, predicted, actual = np.moveaxis(stats.reshape(*stats.shape[:-1], len(AU_NAMES), 3), -1, 0)
+        tp, predicted, actual = np.moveaxis(
+            stats.reshape(*stats.shape[:-1], len(AU_NAMES), 3), -1, 0)
         denom = predicted + actual
         return np.divide(2 * tp, denom, out=np.zeros_like(denom), where=denom > 0).mean(-1)
-    n, sx, sy, sxx, syy, sxy = np.moveaxis(stats.reshape(*stats.shape[:-1], len(VA_NAMES), 6), -1, 0)
+    n, sx, sy, sxx, syy, sxy = np.moveaxis(
+        stats.reshape(*stats.shape[:-1], len(VA_NAMES), 6), -1, 0)
     safe = np.maximum(n, 1)
     mx, my = sx / safe, sy / safe
     cov = sxy / safe - mx * my
     denom = (sxx / safe - mx * mx) + (syy / safe - my * my) + (mx - my) ** 2
-    # a denominator at rounding level means both series constant and equal: CCC 0, as ccc() defines it
+    # a denominator at rounding level means both series constant and equal: CCC 0, as ccc()
+    # defines it
     per_dim = np.divide(2 * cov, denom, out=np.zeros_like(denom), where=(denom > 1e-12) & (n > 0))
     return per_dim.mean(-1)

@@ -1,16 +1,17 @@
 """MAE self-pretraining on folders of face images (stage 1 of Zhou et al. 2024, ABAW6).
 
 Follows facebookresearch/mae ``main_pretrain.py`` / ``engine_pretrain.py``: AdamW (betas 0.9, 0.95,
-weight decay 0.05 except biases and norms), ``lr = blr * effective_batch / 256``, linear warm-up then a
-cosine decay updated every optimizer step, gradient accumulation, bf16 autocast. :func:`train_one_epoch`
-is the step; set-up, resume, logging and saving are the shared :class:`pipeline.engine.Engine`'s.
+weight decay 0.05 except biases and norms), ``lr = blr * effective_batch / 256``, linear warm-up
+then a cosine decay updated every optimizer step, gradient accumulation, bf16 autocast.
+:func:`train_one_epoch` is the step; set-up, resume, logging and saving are the shared
+:class:`pipeline.engine.Engine`'s.
 
 A run directory holds ``config.json`` (resolved), ``log.jsonl`` (and ``tensorboard/``),
 ``checkpoint-last.pt`` (written at the end of every epoch, atomically) and ``recon/epoch-XXX.png``.
-Started again with the same settings, a run resumes from ``checkpoint-last.pt`` and ends with the weights
-an uninterrupted run would have: the data order is a per-epoch seeded permutation, each sample's
-augmentation is seeded by (seed, epoch, index), and the engine re-seeds the global RNG (masking,
-drop-path) every epoch. A larger ``epochs`` extends a finished run.
+Started again with the same settings, a run resumes from ``checkpoint-last.pt`` and ends with the
+weights an uninterrupted run would have: the data order is a per-epoch seeded permutation, each
+sample's augmentation is seeded by (seed, epoch, index), and the engine re-seeds the global RNG
+(masking, drop-path) every epoch. A larger ``epochs`` extends a finished run.
 """
 
 import time
@@ -37,7 +38,8 @@ from pipeline.runs import to_jsonable
 
 def model_config(cfg: PretrainConfig) -> MAEConfig:
     """The MAE config a pretraining config asks for."""
-    overrides = {"img_size": cfg.img_size, "mask_ratio": cfg.mask_ratio, "norm_pix_loss": cfg.norm_pix_loss}
+    overrides = {"img_size": cfg.img_size, "mask_ratio": cfg.mask_ratio,
+                 "norm_pix_loss": cfg.norm_pix_loss}
     for key in ("patch_size", "decoder_embed_dim", "decoder_depth", "decoder_num_heads"):
         if getattr(cfg, key) is not None:
             overrides[key] = getattr(cfg, key)
@@ -50,12 +52,15 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim <= 1 else decay).append(param)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+    return [{"params": no_decay, "weight_decay": 0.0},
+            {"params": decay, "weight_decay": weight_decay}]
 
 
-def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig, lr: float, device: torch.device) -> torch.optim.AdamW:
-    """MAE's AdamW (betas 0.9, 0.95; weight decay off biases and norms), fused on CPU and CUDA: the fused
-    kernel (torch >= 2.4 on the CPU) is many times faster than the per-tensor loop for ViT-sized lists."""
+def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig, lr: float,
+                   device: torch.device) -> torch.optim.AdamW:
+    """MAE's AdamW (betas 0.9, 0.95; weight decay off biases and norms), fused on CPU and CUDA: the
+    fused kernel (torch >= 2.4 on the CPU) is many times faster than the per-tensor loop for
+    ViT-sized lists."""
     return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr, betas=(0.9, 0.95),
                              fused=device.type in ("cpu", "cuda"))
 
@@ -68,12 +73,14 @@ def _select(paths: list[Path], cfg: PretrainConfig) -> list[Path]:
 
 
 def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    engine: Engine, cfg: PretrainConfig, device: torch.device, on_unreadable) -> float:
+                    engine: Engine, cfg: PretrainConfig, device: torch.device,
+                    on_unreadable) -> float:
     """One epoch of masked-patch reconstruction, as MAE's ``engine_pretrain.train_one_epoch``.
 
     Args:
         model: the MAE (DDP-wrapped under torchrun).
-        loader: batches of uint8 images (B, C, H, W) and each one's index if it could not be read, else -1.
+        loader: batches of uint8 images (B, C, H, W) and each one's index if it could not be read,
+            else -1.
         on_unreadable: called with the index of each unreadable image.
     Returns:
         The mean loss over the epoch's micro-batches.
@@ -94,23 +101,25 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
         with engine.no_sync(model, update):
             with autocast(device, cfg.bf16):
                 loss, _, _ = model(x, cfg.mask_ratio)
-            loss_sum += engine.backward(loss, optimizer, images=len(images), accum_iter=cfg.accum_iter,
-                                        update=update)
+            loss_sum += engine.backward(loss, optimizer, images=len(images),
+                                        accum_iter=cfg.accum_iter, update=update)
     return loss_sum / n_micro
 
 
-def pretrain(cfg: PretrainConfig, *, stop_at_epoch: int | None = None, progress: bool = True) -> dict | None:
+def pretrain(cfg: PretrainConfig, *, stop_at_epoch: int | None = None,
+             progress: bool = True) -> dict | None:
     """Pretrain (or resume, or extend) the MAE run ``cfg.out``; returns a summary of the run so far.
 
     Args:
         cfg: the run's settings.
-        stop_at_epoch: return (resumably) once this many epochs are done; for time-sliced jobs and tests.
+        stop_at_epoch: return (resumably) once this many epochs are done; for time-sliced jobs and
+            tests.
         progress: show the tqdm bar (rank 0 only).
 
     Returns:
-        {"run", "checkpoint", "epochs_done", "images", "loss_start", "loss_end", "img_per_s", "unreadable"}
-        (``loss_start``: the first step; ``loss_end``, ``img_per_s``: the last epoch), or None on ranks
-        other than 0 under torchrun.
+        {"run", "checkpoint", "epochs_done", "images", "loss_start", "loss_end", "img_per_s",
+        "unreadable"} (``loss_start``: the first step; ``loss_end``, ``img_per_s``: the last epoch),
+        or None on ranks other than 0 under torchrun.
     Raises:
         ConfigError / InputError: no images, too few for one step, a run made with other settings.
     """
@@ -131,13 +140,15 @@ def pretrain(cfg: PretrainConfig, *, stop_at_epoch: int | None = None, progress:
     dataset = PretrainImages(paths, cfg.img_size, cfg.seed, tuple(cfg.crop_scale))
     sampler = DistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
                                  shuffle=True, seed=cfg.seed)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                        pin_memory=pin_memory(device), drop_last=True, worker_init_fn=lower_priority)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
+                        num_workers=cfg.workers, pin_memory=pin_memory(device), drop_last=True,
+                        worker_init_fn=lower_priority)
     steps_per_epoch = len(loader) // cfg.accum_iter
     if steps_per_epoch == 0:
-        raise ConfigError("batch_size", f"{cfg.batch_size} x accum_iter {cfg.accum_iter} x {dist_info.world_size} "
-                                        f"process(es) is more than the {len(paths)} images give for one optimizer "
-                                        "step; lower batch_size or accum_iter")
+        raise ConfigError("batch_size", f"{cfg.batch_size} x accum_iter {cfg.accum_iter} x "
+                                        f"{dist_info.world_size} process(es) is more than the "
+                                        f"{len(paths)} images give for one optimizer step; lower "
+                                        "batch_size or accum_iter")
     effective_batch = cfg.batch_size * cfg.accum_iter * dist_info.world_size
     peak_lr = cfg.lr if cfg.lr is not None else cfg.blr * effective_batch / 256
     optimizer = make_optimizer(model, cfg, peak_lr, device)
@@ -151,10 +162,10 @@ def pretrain(cfg: PretrainConfig, *, stop_at_epoch: int | None = None, progress:
     if last is not None:
         dataset.skip = {i for i, p in enumerate(paths) if str(p) in set(last.get("unreadable", []))}
     engine.start({
-        "pretrain": to_jsonable(cfg), "model_config": asdict(mcfg), "world_size": dist_info.world_size,
-        "effective_batch": effective_batch, "peak_lr": peak_lr, "steps_per_epoch": steps_per_epoch,
-        "num_images": len(paths), "pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD,
-        "versions": {"torch": torch.__version__, "timm": timm.__version__},
+        "pretrain": to_jsonable(cfg), "model_config": asdict(mcfg),
+        "world_size": dist_info.world_size, "effective_batch": effective_batch, "peak_lr": peak_lr,
+        "steps_per_epoch": steps_per_epoch, "num_images": len(paths), "pixel_mean": PIXEL_MEAN,
+        "pixel_std": PIXEL_STD, "versions": {"torch": torch.__version__, "timm": timm.__version__},
     })
     ddp = engine.wrap(model, device)
     recon_batch = fixed_images(paths, cfg.recon_images, cfg.img_size).to(device)  # (B, C, H, W)
@@ -170,7 +181,8 @@ def pretrain(cfg: PretrainConfig, *, stop_at_epoch: int | None = None, progress:
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
         start = time.perf_counter()
-        mean_loss = torch.tensor(train_one_epoch(ddp, loader, optimizer, engine, cfg, device, on_unreadable),
+        mean_loss = torch.tensor(train_one_epoch(ddp, loader, optimizer, engine, cfg, device,
+                                                 on_unreadable),
                                  device=device)
         seconds = time.perf_counter() - start
         dataset.skip = set(reported)  # the next epoch's workers skip them without retrying
@@ -178,10 +190,10 @@ def pretrain(cfg: PretrainConfig, *, stop_at_epoch: int | None = None, progress:
             torch.distributed.all_reduce(mean_loss)
             mean_loss /= dist_info.world_size
         n_images = steps_per_epoch * cfg.accum_iter * cfg.batch_size * dist_info.world_size
-        engine.end_epoch({"loss": mean_loss.item(), "seconds": round(seconds, 2), "img_per_s": n_images / seconds,
-                          "unreadable": len(reported)})
-        engine.save_last(encoder_checkpoint("mae", cfg.model, asdict(mcfg), model.encoder, cfg.img_size,
-                                            model=model.state_dict()), optimizer,
+        engine.end_epoch({"loss": mean_loss.item(), "seconds": round(seconds, 2),
+                          "img_per_s": n_images / seconds, "unreadable": len(reported)})
+        engine.save_last(encoder_checkpoint("mae", cfg.model, asdict(mcfg), model.encoder,
+                                            cfg.img_size, model=model.state_dict()), optimizer,
                          unreadable=sorted(str(paths[i]) for i in reported))
         if dist_info.is_main:
             picture = reconstruction_grid(model, recon_batch, cfg.seed)

@@ -1,9 +1,11 @@
-"""A run's log: ``log.jsonl`` always, and TensorBoard event files beside it when TensorBoard is installed.
+"""A run's log: ``log.jsonl`` always, and TensorBoard event files beside it when TensorBoard is
+installed.
 
-``log.jsonl`` holds one JSON object a line (step lines and epoch lines), flushed as written, so a killed
-run keeps its history. Researchers watch MAE runs in TensorBoard, so the same scalars (and the MAE's
-reconstruction picture) also go to ``RUN/tensorboard/`` through ``torch.utils.tensorboard``, as
-facebookresearch/mae's ``log_writer`` does; resuming purges the events after the resumed step.
+``log.jsonl`` holds one JSON object a line (step lines and epoch lines), flushed as written, so a
+killed run keeps its history. Researchers watch MAE runs in TensorBoard, so the same scalars (and
+the MAE's reconstruction picture) also go to ``RUN/tensorboard/`` through
+``torch.utils.tensorboard``, as facebookresearch/mae's ``log_writer`` does; resuming purges the
+events after the resumed step.
 """
 
 import json
@@ -15,7 +17,8 @@ from pipeline.runs import atomic_write_text, to_jsonable
 
 
 def tensorboard_available() -> bool:
-    """Whether ``torch.utils.tensorboard`` can be imported (the ``tensorboard`` package is installed)."""
+    """Whether ``torch.utils.tensorboard`` can be imported (the ``tensorboard`` package is
+    installed)."""
     try:
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401
     except ImportError:
@@ -28,7 +31,8 @@ class RunLog:
 
     Args:
         run_dir: the run directory.
-        tensorboard: write event files to ``run_dir/tensorboard`` (skipped when TensorBoard is missing).
+        tensorboard: write event files to ``run_dir/tensorboard`` (skipped when TensorBoard is
+            missing).
         purge_step: on resume, the first global step to write again (events from it on are dropped).
     """
 
@@ -39,10 +43,12 @@ class RunLog:
         if tensorboard and tensorboard_available():
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"), purge_step=purge_step)
+            self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"),
+                                        purge_step=purge_step)
 
     def truncate_after(self, key: str, value: int) -> None:
-        """On resume: drop lines written after the checkpoint being resumed (``record[key] > value``)."""
+        """On resume: drop lines written after the checkpoint being resumed
+        (``record[key] > value``)."""
         if not self.path.exists():
             return
         kept = [line for line in self.path.read_text().splitlines()
@@ -50,12 +56,14 @@ class RunLog:
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def log(self, record: dict, *, tag: str | None = None, step: int | None = None) -> None:
-        """Append ``record``; with ``tag`` and ``step`` its numbers also go to TensorBoard as ``tag/key``."""
+        """Append ``record``; with ``tag`` and ``step`` its numbers also go to TensorBoard as
+        ``tag/key``."""
         with open(self.path, "a") as f:
             f.write(json.dumps(to_jsonable(record)) + "\n")
         if self.writer is not None and tag is not None and step is not None:
             for key, value in record.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("epoch", "step"):
+                if (isinstance(value, (int, float)) and not isinstance(value, bool)
+                        and key not in ("epoch", "step")):
                     self.writer.add_scalar(f"{tag}/{key}", value, step)
 
     def image(self, tag: str, picture, step: int) -> None:

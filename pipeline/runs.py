@@ -53,7 +53,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    import torch  # here, so that the CLI's settings (which use this module) answer without loading torch
+    # here, so that the CLI's settings (which use this module) answer without loading torch
+    import torch
 
     _atomic_write(path, lambda f: torch.save(obj, f))
 
@@ -73,12 +74,13 @@ def check_resumable(saved: dict, current: dict, run_dir: Path) -> None:
     """Refuse to resume ``run_dir/checkpoint-last.pt`` with options that would change the result."""
     from pipeline.errors import InputError
 
-    diff = sorted(k for k in set(saved) | set(current) if k not in RESUME_FREE and saved.get(k) != current.get(k))
+    diff = sorted(k for k in set(saved) | set(current)
+                  if k not in RESUME_FREE and saved.get(k) != current.get(k))
     if diff:
         changes = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff)
         raise InputError(
-            f"{run_dir}/checkpoint-last.pt was made with other options ({changes}); rerun with the run's "
-            "own options to resume it, or give a new --out"
+            f"{run_dir}/checkpoint-last.pt was made with other options ({changes}); rerun with the "
+            "run's own options to resume it, or give a new --out"
         )
 
 

@@ -66,20 +66,22 @@ def format_rows(task: str, values: np.ndarray) -> list[str]:
 
 
 def write_submission(path: Path, task: str, locations: list[str], values: np.ndarray) -> None:
-    """Write a submission file atomically (header, then one row per location, in the given order)."""
+    """Write a submission file atomically (header, then one row per location, in the given
+    order)."""
     task = check_task(task)
     if len(locations) != len(values):
         raise ValueError(f"{len(locations)} locations but {len(values)} value rows")
     header = ",".join(("image_location", *HEADERS[task]))
-    body = "".join(f"{loc},{row}\n" for loc, row in zip(locations, format_rows(task, values), strict=True))
+    body = "".join(f"{loc},{row}\n"
+                   for loc, row in zip(locations, format_rows(task, values), strict=True))
     atomic_write_text(Path(path), header + "\n" + body)
 
 
 def check_submission(path: Path, task: str, example: Path) -> list[str]:
     """Problems of a submission against the organisers' example file; empty when it is valid.
 
-    Checks header, row count, row order (the example's image locations, one for one) and value ranges;
-    the first problem of each kind is named with its line.
+    Checks header, row count, row order (the example's image locations, one for one) and value
+    ranges; the first problem of each kind is named with its line.
     """
     problems = []
     try:
@@ -88,27 +90,33 @@ def check_submission(path: Path, task: str, example: Path) -> list[str]:
         return [str(err)]
     example_locations, _ = read_submission(example, task)
     if len(locations) != len(example_locations):
-        problems.append(f"{path}: {len(locations)} rows, the example {example} has {len(example_locations)}")
+        problems.append(
+            f"{path}: {len(locations)} rows, the example {example} has {len(example_locations)}"
+        )
     for i, (got, want) in enumerate(zip(locations, example_locations, strict=False)):
         if got != want:
-            problems.append(f"{path}:{i + 2}: row for {got!r}, the example has {want!r} there (order must match)")
+            problems.append(f"{path}:{i + 2}: row for {got!r}, the example has {want!r} there "
+                            "(order must match)")
             break
     problems += row_problems(path, task, locations, values)
     return problems
 
 
 def row_problems(path: Path, task: str, locations: list[str], values: np.ndarray) -> list[str]:
-    """What ``check-submission`` and ``score`` both refuse in a file's rows, the first of each kind with
-    its line: a value outside the task's range (VA: finite, in [-1, 1]; Expr: a class index 0..7; AU: 0 or
-    1) and a second row for an image location."""
+    """What ``check-submission`` and ``score`` both refuse in a file's rows, the first of each kind
+    with its line: a value outside the task's range (VA: finite, in [-1, 1]; Expr: a class index
+    0..7; AU: 0 or 1) and a second row for an image location."""
     problems = []
     bad = _out_of_range(task, values)
     if len(bad):
-        problems.append(f"{path}:{int(bad[0]) + 2}: value out of range for {task}: {values[bad[0]].tolist()}")
+        problems.append(
+            f"{path}:{int(bad[0]) + 2}: value out of range for {task}: {values[bad[0]].tolist()}"
+        )
     first: dict[str, int] = {}
     for i, location in enumerate(locations):
         if location in first:
-            problems.append(f"{path}:{i + 2}: a second row for {location!r} (the first is line {first[location] + 2})")
+            problems.append(f"{path}:{i + 2}: a second row for {location!r} (the first is line "
+                            f"{first[location] + 2})")
             break
         first[location] = i
     return problems

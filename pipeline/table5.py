@@ -1,11 +1,12 @@
-"""The analogue of the paper's Table 5 (Zhou et al. 2024, ABAW6): which features and which temporal head
-each ablation row uses, and the paper's own figures on Aff-Wild2's validation set for the side-by-side.
+"""The analogue of the paper's Table 5 (Zhou et al. 2024, ABAW6): which features and which temporal
+head each ablation row uses, and the paper's own figures on Aff-Wild2's validation set for the
+side-by-side.
 
 The demo trains every row and the report prints them beside the paper's; both read this one table.
 """
 
-# (row, features, head model): "finetuned" features come from the Expr fine-tuned encoder, "pretrained"
-# ones from the MAE encoder alone.
+# (row, features, head model): "finetuned" features come from the Expr fine-tuned encoder,
+# "pretrained" ones from the MAE encoder alone.
 ABLATIONS = (
     ("full model", "finetuned", "temporal_tcn_transformer"),
     ("without Expr fine-tuning", "pretrained", "temporal_tcn_transformer"),

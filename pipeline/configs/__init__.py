@@ -1,9 +1,11 @@
-"""Every stage's settings, each a frozen dataclass: the one place a setting, its default and its help live.
+"""Every stage's settings, each a frozen dataclass: the one place a setting, its default and its
+help live.
 
 The stages (``pipeline.pretrain``, ``pipeline.finetune``, ``pipeline.extract``, ``pipeline.heads``,
-``pipeline.data.synth``, ``pipeline.demo``, ``pipeline.video``) run them; the command line, ``--config`` files, ``--set`` and the
-named presets derive from them (:mod:`pipeline.config`, :mod:`pipeline.cli_config`). Nothing here imports
-torch, so that ``mae-affect --help`` and a refused option answer at once.
+``pipeline.data.synth``, ``pipeline.demo``, ``pipeline.video``) run them; the command line,
+``--config`` files, ``--set`` and the named presets derive from them (:mod:`pipeline.config`,
+:mod:`pipeline.cli_config`). Nothing here imports torch, so that ``mae-affect --help`` and a refused
+option answer at once.
 """
 
 from pipeline.configs.demo import DemoConfig
@@ -14,5 +16,5 @@ from pipeline.configs.pretrain import PretrainConfig
 from pipeline.configs.synth import SynthConfig
 from pipeline.configs.video import AnalyzeConfig, FacesConfig
 
-__all__ = ["AnalyzeConfig", "DemoConfig", "ExtractConfig", "FacesConfig", "FinetuneConfig", "HeadConfig",
-           "PretrainConfig", "SynthConfig", "TrainConfig"]
+__all__ = ["AnalyzeConfig", "DemoConfig", "ExtractConfig", "FacesConfig", "FinetuneConfig",
+           "HeadConfig", "PretrainConfig", "SynthConfig", "TrainConfig"]

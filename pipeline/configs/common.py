@@ -1,11 +1,11 @@
-"""Choices several stage configs share: the device, the pooled embedding of a frame, and the checks of
-the host's share (decode workers, torch threads)."""
+"""Choices several stage configs share: the device, the pooled embedding of a frame, and the checks
+of the host's share (decode workers, torch threads)."""
 
 from pipeline.config import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
-# cls: the class token; mean: the mean of the patch tokens (MAE's fine-tuning pooling). Both taken after the
-# encoder's final norm, as timm's ViT does.
+# cls: the class token; mean: the mean of the patch tokens (MAE's fine-tuning pooling). Both taken
+# after the encoder's final norm, as timm's ViT does.
 POOL_MODES = ("cls", "mean")
 
 
@@ -15,4 +15,5 @@ def check_host_share(config) -> None:
     for name, least in (("workers", 0), ("threads", 1)):
         value = getattr(config, name)
         if value is not None and value < least:
-            raise ConfigError(name, f"{value}: use {least} or more, or none to choose from the cores")
+            raise ConfigError(name, f"{value}: use {least} or more, or none to choose from the "
+                                    "cores")

@@ -7,28 +7,34 @@ from pipeline.configs.common import DEVICES
 
 # A demo preset names the synthetic dataset and each stage's preset (the stage configs' PRESETS).
 DEMO_PRESETS = {
-    "demo": {"synth": "demo", "pretrain": "demo", "probe": "demo-probe", "finetune": "demo", "heads": "demo"},
-    "demo-full": {"synth": "demo", "pretrain": "demo-full", "probe": "demo-full-probe", "finetune": "demo-full",
-                  "heads": "demo-full"},
-    "tiny": {"synth": "tiny", "pretrain": "tiny", "probe": "tiny-probe", "finetune": "tiny", "heads": "tiny"},
+    "demo": {"synth": "demo", "pretrain": "demo", "probe": "demo-probe", "finetune": "demo",
+             "heads": "demo"},
+    "demo-full": {"synth": "demo", "pretrain": "demo-full", "probe": "demo-full-probe",
+                  "finetune": "demo-full", "heads": "demo-full"},
+    "tiny": {"synth": "tiny", "pretrain": "tiny", "probe": "tiny-probe", "finetune": "tiny",
+             "heads": "tiny"},
 }
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """The whole method on the synthetic set: where it goes, and which budget (a demo preset) it runs."""
+    """The whole method on the synthetic set: where it goes, and which budget (a demo preset) it
+    runs."""
 
-    out: str = setting("runs/demo", "Demo run directory (pretrain/, finetune/, stores, heads/, report.html).")
+    out: str = setting("runs/demo", "Demo run directory (pretrain/, finetune/, stores, heads/, "
+                                    "report.html).")
     data: str = setting("data/synth-demo", "Where the synthetic dataset is made (once) and read.")
-    preset: str = setting("demo", "The budget: demo (the CPU demo) or tiny (a smoke test of every stage).",
-                          choices=tuple(DEMO_PRESETS))
-    lp_ft: bool = setting(True, "Fine-tune from a linear probe's head (LP-FT); false: from a fresh head, as "
-                                "the paper.")
-    workers: int | None = setting(None, "DataLoader processes of every stage (none: chosen from the cores).")
+    preset: str = setting("demo", "The budget: demo (the CPU demo) or tiny (a smoke test of every "
+                                  "stage).", choices=tuple(DEMO_PRESETS))
+    lp_ft: bool = setting(True, "Fine-tune from a linear probe's head (LP-FT); false: from a fresh "
+                                "head, as the paper.")
+    workers: int | None = setting(None, "DataLoader processes of every stage (none: chosen from "
+                                        "the cores).")
     device: str = setting("auto", "auto, cpu or cuda.", choices=DEVICES)
     seed: int = setting(0, "Seed of the dataset and of every stage.")
 
     def __post_init__(self):
         check_choices(self)
         if self.workers is not None and self.workers < 0:
-            raise ConfigError("workers", f"{self.workers}: use 0 or more, or none to choose from the cores")
+            raise ConfigError("workers", f"{self.workers}: use 0 or more, or none to choose from "
+                                         "the cores")

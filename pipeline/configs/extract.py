@@ -14,20 +14,22 @@ class ExtractConfig:
     """One extraction run: which frames, which encoder, which store, how fast."""
 
     data: str = setting("", "An Aff-Wild2-layout root (its cropped_aligned* folders).")
-    ckpt: str = setting("", "Encoder checkpoint: a fine-tuned run's best.pt, an MAE run's, an official MAE "
-                            ".pth or a timm ViT.")
+    ckpt: str = setting("", "Encoder checkpoint: a fine-tuned run's best.pt, an MAE run's, an "
+                            "official MAE .pth or a timm ViT.")
     store: str = setting("", "Feature store to write: DIR.zarr (default) or FILE.h5.")
-    format: str | None = setting(None, "Store format; none: from the store's suffix (zarr unless .h5).",
-                                 choices=WRITE_FORMATS)
-    splits: tuple[str, ...] = setting(("all",), "all, Train_Set, Validation_Set, test (repeat the option for "
-                                                "several).")
-    pooling: str | None = setting(None, "cls or mean; none: the checkpoint's (the pooling fine-tuning "
-                                        "trained).", choices=POOL_MODES)
+    format: str | None = setting(None, "Store format; none: from the store's suffix "
+                                       "(zarr unless .h5).", choices=WRITE_FORMATS)
+    splits: tuple[str, ...] = setting(("all",), "all, Train_Set, Validation_Set, test (repeat the "
+                                                "option for several).")
+    pooling: str | None = setting(None, "cls or mean; none: the checkpoint's (the pooling "
+                                        "fine-tuning trained).", choices=POOL_MODES)
     dtype: str = setting("float16", "Stored feature dtype.", choices=("float16", "float32"))
-    batch_size: int | None = setting(None, "Frames per forward pass, frames of several videos sharing a batch "
-                                           "(none: 256 on CUDA, 64 on the CPU).")
-    workers: int | None = setting(None, "DataLoader processes decoding JPEGs (none: chosen from the cores).")
-    threads: int | None = setting(None, "Torch threads of the main process (none: chosen from the cores).")
+    batch_size: int | None = setting(None, "Frames per forward pass, frames of several videos "
+                                           "sharing a batch (none: 256 on CUDA, 64 on the CPU).")
+    workers: int | None = setting(None, "DataLoader processes decoding JPEGs (none: chosen from "
+                                        "the cores).")
+    threads: int | None = setting(None, "Torch threads of the main process (none: chosen from the "
+                                        "cores).")
     device: str = setting("auto", "auto, cpu or cuda.", choices=DEVICES)
     bf16: bool = setting(True, "bf16 autocast (CUDA, and CPUs with native bf16).")
     overwrite: bool = setting(False, "Delete an existing store of ours and start afresh.")
@@ -39,4 +41,5 @@ class ExtractConfig:
         check_host_share(self)
         unknown = [s for s in self.splits if s not in SELECTABLE_SPLITS]
         if unknown:
-            raise ConfigError("splits", f"{unknown[0]!r} is not a split; use {', '.join(SELECTABLE_SPLITS)}")
+            raise ConfigError("splits", f"{unknown[0]!r} is not a split; use "
+                                        f"{', '.join(SELECTABLE_SPLITS)}")

@@ -10,29 +10,34 @@ from pipeline.config import setting
 class SynthConfig:
     """A synthetic dataset; ``PRESETS`` are the named ones (tiny for the tests, demo, bench).
 
-    Everything generated is a function of the config and its seed. With ``people=1, scenes=1`` nothing but
-    the affect state and the per-frame nuisances tells videos apart: a diagnostic that takes away the
-    shortcut of recognising a video instead of reading its expressions.
+    Everything generated is a function of the config and its seed. With ``people=1, scenes=1``
+    nothing but the affect state and the per-frame nuisances tells videos apart: a diagnostic that
+    takes away the shortcut of recognising a video instead of reading its expressions.
     """
 
     videos: int = setting(38, "Number of videos (a _left/_right pair counts two).")
-    frames_per_video: int = setting(600, "Mean annotated length in frames (no video is shorter than 40).")
+    frames_per_video: int = setting(600, "Mean annotated length in frames (no video is shorter "
+                                         "than 40).")
     img_size: int = setting(112, "Side of the square face crops in pixels (112 in the release).")
     seed: int = setting(0, "Everything is a function of the config and this seed.")
     pairs: int = setting(3, "Number of _left/_right pairs (two subjects of one source video).")
     val_fraction: float = setting(0.2, "Share of the source videos in Validation_Set.")
     test_fraction: float = setting(0.2, "Share of the source videos in the test set.")
-    task_prob: float = setting(0.7, "Chance that a video is annotated for each task (at least one task each).")
-    new_root_fraction: float = setting(0.12, "Share of the source videos under cropped_aligned_new_50_vids.")
-    long_video_factor: float = setting(5.0, "The one long video is this many times the mean length.")
-    people: int | None = setting(None, "Cast only N people, video k showing person k mod N, in every split "
-                                       "(none: a new person per video, as in the release).")
-    scenes: int | None = setting(None, "Film in only N scenes (background, light, camera), source video s in "
-                                       "scene s mod N (none: one per source video).")
+    task_prob: float = setting(0.7, "Chance that a video is annotated for each task (at least one "
+                                    "task each).")
+    new_root_fraction: float = setting(0.12, "Share of the source videos under "
+                                             "cropped_aligned_new_50_vids.")
+    long_video_factor: float = setting(5.0, "The one long video is this many times the mean "
+                                            "length.")
+    people: int | None = setting(None, "Cast only N people, video k showing person k mod N, in "
+                                       "every split (none: a new person per video, as in the "
+                                       "release).")
+    scenes: int | None = setting(None, "Film in only N scenes (background, light, camera), source "
+                                       "video s in scene s mod N (none: one per source video).")
 
-    # A cast of 4 people filmed in 2 scenes, each person in videos of every split: with a new person per
-    # video, a few dozen training videos let fine-tuning recognise the video instead of reading its
-    # expressions (docs/results.md). 114 short videos give 19 Expr validation videos.
+    # A cast of 4 people filmed in 2 scenes, each person in videos of every split: with a new person
+    # per video, a few dozen training videos let fine-tuning recognise the video instead of reading
+    # its expressions (docs/results.md). 114 short videos give 19 Expr validation videos.
     PRESETS: ClassVar[dict[str, dict]] = {
         "tiny": dict(videos=9, frames_per_video=220, pairs=1, long_video_factor=3.0),
         "demo": dict(videos=114, frames_per_video=200, people=4, scenes=2),
