@@ -10,12 +10,12 @@ always frame i + 1.
 A video is *listed* when the dataset names it anywhere: an image folder, an annotation file, a test
 list and the organisers' example file, or the record ``mae-affect faces`` writes beside its crops
 (``cropped_aligned*/<video>.json``, which gives the video's true length, frames after its last face
-included). A listed video of known length without any image (no face was ever found, or its folder is
-missing from the copy) is a video whose every frame has no face: the stages store it as all-absent and
-fill it like any frame without a face, with one warning naming it.
+included). A listed video of known length without any image (no face was ever found, or its folder
+is missing from the copy) is a video whose every frame has no face: the stages store it as
+all-absent and fill it like any frame without a face, with one warning naming it.
 
-Every frame keeps its real file name from discovery to decoding (``00001.jpg`` as released, ``000001.jpg``
-from ffmpeg's ``%06d``, ``1.jpg``...): the frame number is the name's integer value.
+Every frame keeps its real file name from discovery to decoding (``00001.jpg`` as released,
+``000001.jpg`` from ffmpeg's ``%06d``, ``1.jpg``...): the frame number is the name's integer value.
 
 Every malformed file raises :class:`InputError` naming the file and line and saying what is wrong.
 """
@@ -35,7 +35,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # the frame and image files every re
 TASKS = ("va", "expr", "au")
 SPLITS = ("Train_Set", "Validation_Set")
 EXPR_CLASSES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other")
-AU_NAMES = ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26")
+AU_NAMES = ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25",
+            "AU26")
 VA_NAMES = ("valence", "arousal")
 
 # Older releases call the expression folder EXPR_Classification_Challenge.
@@ -123,7 +124,8 @@ def check_task(task: str) -> str:
     return task
 
 
-def parse_annotation(path: Path, task: str, split: str = "", video: str | None = None) -> Annotation:
+def parse_annotation(path: Path, task: str, split: str = "",
+                     video: str | None = None) -> Annotation:
     """Parse one annotation file, checking header, field count, numbers and ranges line by line."""
     task = check_task(task)
     path = Path(path)
@@ -135,12 +137,14 @@ def parse_annotation(path: Path, task: str, split: str = "", video: str | None =
     while lines and not lines[-1].strip():
         lines.pop()  # a trailing blank line is common in the release
     if not lines:
-        raise InputError(f"{path}: empty annotation file; expected a header line and one line per frame")
+        raise InputError(f"{path}: empty annotation file; expected a header line and one line per "
+                         "frame")
     expected = HEADERS[task]
     header = tuple(h.strip() for h in lines[0].split(","))
     if header != expected:
         raise InputError(
-            f"{path}:1: wrong or missing header {lines[0]!r}; a {task} file starts with {','.join(expected)!r}"
+            f"{path}:1: wrong or missing header {lines[0]!r}; a {task} file starts with "
+            f"{','.join(expected)!r}"
         )
     if len(lines) == 1:
         raise InputError(f"{path}: header only, no frame lines")
@@ -149,7 +153,8 @@ def parse_annotation(path: Path, task: str, split: str = "", video: str | None =
     for lineno, line in enumerate(lines[1:], start=2):
         fields = line.split(",")
         if len(fields) != width:
-            raise InputError(f"{path}:{lineno}: {len(fields)} fields, expected {width} for {task}: {line!r}")
+            raise InputError(f"{path}:{lineno}: {len(fields)} fields, expected {width} for {task}: "
+                             f"{line!r}")
         try:
             rows.append([float(f) for f in fields])
         except ValueError:
@@ -157,7 +162,8 @@ def parse_annotation(path: Path, task: str, split: str = "", video: str | None =
     values = np.asarray(rows, dtype=np.float64)  # (T, K)
     if not np.isfinite(values).all():
         line = int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0]) + 2
-        raise InputError(f"{path}:{line}: non-finite value (nan or inf); use the invalid marker instead")
+        raise InputError(f"{path}:{line}: non-finite value (nan or inf); use the invalid marker "
+                         "instead")
     labels, valid = _check_values(values, task, path)
     return Annotation(video or path.stem, task, split, path, labels, valid)
 
@@ -173,7 +179,8 @@ def _check_values(values: np.ndarray, task: str, path: Path) -> tuple[np.ndarray
         invalid = (values == -1).any(axis=1)
         allowed = np.arange(len(EXPR_CLASSES)) if task == "expr" else np.array([0, 1])
         bad = ~invalid & ~np.isin(values, allowed).all(axis=1)
-        what = "Expr labels are integers 0..7 (or -1)" if task == "expr" else "AU labels are 0 or 1 (or -1)"
+        what = ("Expr labels are integers 0..7 (or -1)" if task == "expr"
+                else "AU labels are 0 or 1 (or -1)")
         labels = values.astype(np.int64)
         if task == "expr":
             labels = labels[:, 0]
@@ -195,13 +202,14 @@ class AffWild2:
     def __init__(self, root: Path, image_dirs: list[Path] | None = None):
         self.root = Path(root)
         if not self.root.is_dir():
-            raise InputError(f"{self.root}: dataset folder not found; pass --data with an Aff-Wild2 root")
+            raise InputError(f"{self.root}: dataset folder not found; pass --data with an "
+                             "Aff-Wild2 root")
         if image_dirs is None:
             image_dirs = sorted(p for p in self.root.glob("cropped_aligned*") if p.is_dir())
         if not image_dirs:
             raise InputError(
-                f"{self.root}: no cropped_aligned*/ image folder; point --data at the Aff-Wild2 root "
-                "(or run `mae-affect synth --out DIR` for a synthetic one)"
+                f"{self.root}: no cropped_aligned*/ image folder; point --data at the Aff-Wild2 "
+                "root (or run `mae-affect synth --out DIR` for a synthetic one)"
             )
         self.image_dirs = [Path(p) for p in image_dirs]
         self._annotations: dict[tuple[str, str], dict[str, Annotation]] = {}
@@ -227,7 +235,8 @@ class AffWild2:
 
     @cached_property
     def recorded_frames(self) -> dict[str, int]:
-        """Decoded frames per video from the records ``mae-affect faces`` writes (empty for a release)."""
+        """Decoded frames per video from the records ``mae-affect faces`` writes (empty for a
+        release)."""
         counts: dict[str, int] = {}
         for image_root in self.image_dirs:
             if image_root.is_dir():
@@ -237,13 +246,15 @@ class AffWild2:
     def annotation_dir(self, task: str, split: str) -> Path | None:
         """``<Challenge>/<Split>`` at the root or one level down; None when the release lacks it."""
         for name in CHALLENGE_DIRS[check_task(task)]:
-            for candidate in (self.root / name / split, *sorted(self.root.glob(f"*/{name}/{split}"))):
+            for candidate in (self.root / name / split,
+                              *sorted(self.root.glob(f"*/{name}/{split}"))):
                 if candidate.is_dir():
                     return candidate
         return None
 
     def annotations(self, task: str, split: str) -> dict[str, Annotation]:
-        """Every annotation of ``task`` in ``split`` (``Train_Set`` or ``Validation_Set``), by video.
+        """Every annotation of ``task`` in ``split`` (``Train_Set`` or ``Validation_Set``), by
+        video.
 
         A video may be annotated and have no images (see :meth:`imageless_videos`).
         """
@@ -252,14 +263,17 @@ class AffWild2:
             folder = self.annotation_dir(task, split)
             if folder is None:
                 raise InputError(
-                    f"{self.root}: no {CHALLENGE_DIRS[task][0]}/{split}/ folder (looked at the root and one "
-                    "level down); is this an Aff-Wild2 root with its annotations?"
+                    f"{self.root}: no {CHALLENGE_DIRS[task][0]}/{split}/ folder (looked at the "
+                    "root and one level down); is this an Aff-Wild2 root with its annotations?"
                 )
-            found = {path.stem: parse_annotation(path, task, split) for path in sorted(folder.glob("*.txt"))}
+            found = {path.stem: parse_annotation(path, task, split)
+                     for path in sorted(folder.glob("*.txt"))}
             if found and not set(found) & set(self.videos):
                 raise InputError(
-                    f"{folder}: none of its {len(found)} annotated videos (e.g. {next(iter(found))!r}) has images "
-                    f"under {', '.join(map(str, self.image_dirs))}; do the annotations belong to these images?"
+                    f"{folder}: none of its {len(found)} annotated videos (e.g. "
+                    f"{next(iter(found))!r}) has images under "
+                    f"{', '.join(map(str, self.image_dirs))}; do the annotations belong to these "
+                    "images?"
                 )
             self._annotations[key] = found
         return self._annotations[key]
@@ -276,17 +290,19 @@ class AffWild2:
                         yield ann
 
     def num_frames(self, video: str) -> int:
-        """Frames of a video: the largest of its last image number, its longest annotation and the frame
-        count of its ``faces`` record; a test video with none of them takes the number of rows the
-        organisers' example file has for it (0 when nothing gives its length)."""
+        """Frames of a video: the largest of its last image number, its longest annotation and the
+        frame count of its ``faces`` record; a test video with none of them takes the number of rows
+        the organisers' example file has for it (0 when nothing gives its length)."""
         image = self.videos[video].last_frame if video in self.videos else 0
         longest = max((ann.num_frames for ann in self._all_annotations(video)), default=0)
-        return max(image, longest, self.recorded_frames.get(video, 0)) or self.example_lengths.get(video, 0)
+        return (max(image, longest, self.recorded_frames.get(video, 0))
+                or self.example_lengths.get(video, 0))
 
     def listed_videos(self) -> list[str]:
-        """Every video the dataset lists, sorted: image folders, annotation files of every task and split,
-        the test videos of the example files (those of the test lists alone have no known length) and the
-        videos ``faces`` recorded (a video without any face has a record and no crops)."""
+        """Every video the dataset lists, sorted: image folders, annotation files of every task and
+        split, the test videos of the example files (those of the test lists alone have no known
+        length) and the videos ``faces`` recorded (a video without any face has a record and no
+        crops)."""
         names = set(self.videos) | set(self.example_lengths) | set(self.recorded_frames)
         for task in TASKS:
             for split in SPLITS:
@@ -297,11 +313,13 @@ class AffWild2:
     def imageless_videos(self) -> dict[str, int]:
         """Listed videos of known length without a single image, with their lengths: every frame of
         them is a frame without a face."""
-        return {v: self.num_frames(v) for v in self.listed_videos() if v not in self.videos and self.num_frames(v)}
+        return {v: self.num_frames(v) for v in self.listed_videos() if v not in self.videos
+                and self.num_frames(v)}
 
     @cached_property
     def example_lengths(self) -> dict[str, int]:
-        """Video -> the last frame number the organisers' example files (any task) have a row for."""
+        """Video -> the last frame number the organisers' example files (any task) have a row
+        for."""
         lengths: dict[str, int] = {}
         for task in TASKS:
             try:
@@ -320,7 +338,8 @@ class AffWild2:
             if any(k in p.name.lower() for k in keys)
         ]
         if not matches:
-            raise InputError(f"{self.root}: no {what} for {task} (looked for {pattern} under the root)")
+            raise InputError(f"{self.root}: no {what} for {task} (looked for {pattern} under the "
+                             "root)")
         return matches[0]
 
     def test_list(self, task: str) -> Path:
@@ -330,7 +349,8 @@ class AffWild2:
         """The test-set videos of a task, as listed in ``names_of_videos_in_each_test_set`` (a video
         without images is a listed video like any other: see :meth:`imageless_videos`)."""
         path = self.test_list(task)
-        return [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        return [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()
+                if line.strip()]
 
     def example_submission(self, task: str) -> Path:
         """The organisers' example submission file of a task (one row per test frame)."""
@@ -347,12 +367,14 @@ def _example_rows(path: Path):
         video, _, image = location.rpartition("/")
         stem = image.rsplit(".", 1)[0]
         if not video or not stem.isdigit():
-            raise InputError(f"{path}:{lineno}: {location!r} is not a <video>/<NNNNN>.jpg image location")
+            raise InputError(f"{path}:{lineno}: {location!r} is not a <video>/<NNNNN>.jpg image "
+                             "location")
         yield video, int(stem)
 
 
 def _folders_near(root: Path, depth: int) -> list[Path]:
-    """``root`` and its sub-folders down to ``depth``, skipping the image folders (millions of files)."""
+    """``root`` and its sub-folders down to ``depth``, skipping the image folders (millions of
+    files)."""
     found, level = [root], [root]
     for _ in range(depth):
         level = [
@@ -364,24 +386,27 @@ def _folders_near(root: Path, depth: int) -> list[Path]:
 
 
 def _scan_frames(folder: Path) -> tuple[np.ndarray, str, tuple[str, ...]]:
-    """Frame numbers that have an image in a video folder (sorted), the image suffix, and each frame's
-    real file name (the number is the name's integer value, whatever its zero padding)."""
+    """Frame numbers that have an image in a video folder (sorted), the image suffix, and each
+    frame's real file name (the number is the name's integer value, whatever its zero padding)."""
     found: dict[int, str] = {}
     suffixes = set()
     for path in folder.iterdir():
         if path.suffix.lower() in IMAGE_SUFFIXES and _FRAME_NAME.match(path.stem):
             frame = int(path.stem)
             if frame < 1:
-                raise InputError(f"{path}: frame number {frame}; frames are numbered from 1 (00001.jpg)")
+                raise InputError(f"{path}: frame number {frame}; frames are numbered from 1 "
+                                 "(00001.jpg)")
             if frame in found:
                 first, second = sorted((found[frame], path.name))
                 raise InputError(
-                    f"{folder}: {first} and {second} are both frame {frame}; keep one numbering per video"
+                    f"{folder}: {first} and {second} are both frame {frame}; keep one numbering "
+                    "per video"
                 )
             found[frame] = path.name
             suffixes.add(path.suffix)
     if len(suffixes) > 1:
-        raise InputError(f"{folder}: mixed image suffixes {sorted(suffixes)}; use one format per video")
+        raise InputError(f"{folder}: mixed image suffixes {sorted(suffixes)}; use one format per "
+                         "video")
     frames = sorted(found)
     return (np.array(frames, dtype=np.int64), (suffixes.pop() if suffixes else ".jpg"),
             tuple(found[k] for k in frames))

@@ -83,7 +83,8 @@ class FrameParams:
     talk: float  # extra mouth opening from speech, face units
     gain: float  # brightness
     blur: float  # Gaussian blur radius in output pixels, 0 = sharp
-    # cx, cy, rx, ry as fractions of the image side, and a colour; None = nothing in front of the face
+    # cx, cy, rx, ry as fractions of the image side, and a colour; None = nothing in front of the
+    # face
     occluder: tuple[float, float, float, float, tuple[int, int, int]] | None
 
 
@@ -180,7 +181,8 @@ class FaceRenderer:
         }
 
     def _background(self) -> np.ndarray:
-        """Low-frequency two-colour texture with a few flat shapes, a margin larger than the canvas."""
+        """Low-frequency two-colour texture with a few flat shapes, a margin larger than the
+        canvas."""
         rng = np.random.default_rng(self.scene.texture_seed)
         side = self.canvas + 2 * self.margin
         coarse = Image.fromarray((rng.random((5, 5)) * 255).astype(np.uint8))
@@ -203,8 +205,8 @@ class FaceRenderer:
         return shade[..., None] * np.array(self.scene.colour_cast, dtype=np.float32)
 
     def _placement(self, f: FrameParams) -> tuple[float, np.ndarray, np.ndarray]:
-        """Face units -> canvas pixels in one frame: the unit u, the centre (2,) and the scaled rotation
-        (2, 2), so that pixel = p @ rot.T + centre."""
+        """Face units -> canvas pixels in one frame: the unit u, the centre (2,) and the scaled
+        rotation (2, 2), so that pixel = p @ rot.T + centre."""
         W = self.canvas
         u = 0.3 * W * self.identity.scale
         centre = np.array([W * 0.5 + f.dx * u, W * 0.53 + f.dy * u])
@@ -212,8 +214,9 @@ class FaceRenderer:
         return u, centre, np.array([[c, -s], [s, c]]) * u
 
     def eye_centres(self, f: FrameParams) -> np.ndarray:
-        """(2, 2) true centres (x, y) of the left and right eye in the output image, pixels (pixel centres
-        at integers): where ``render`` draws them, so face alignment can be measured against them."""
+        """(2, 2) true centres (x, y) of the left and right eye in the output image, pixels (pixel
+        centres at integers): where ``render`` draws them, so face alignment can be measured against
+        them."""
         _, centre, rot = self._placement(f)
         eyes = np.array([[-0.36, -0.3], [0.36, -0.3]]) + np.array([0.12 * f.yaw, 0.08 * f.pitch])
         canvas = eyes @ rot.T + centre  # canvas pixels, supersampled
@@ -233,7 +236,8 @@ class FaceRenderer:
         u, centre, rot = self._placement(f)
 
         def px(pts: np.ndarray, depth: float = 1.0) -> list[float]:
-            """Face units (K, 2) -> flat pixel list; depth 1 = on the face plane, 0 = at the outline."""
+            """Face units (K, 2) -> flat pixel list; depth 1 = on the face plane, 0 = at the
+            outline."""
             p = pts + depth * np.array([0.12 * f.yaw, 0.08 * f.pitch])
             return (p @ rot.T + centre).ravel().tolist()
 
@@ -247,7 +251,8 @@ class FaceRenderer:
 
         # Hair and neck behind the face.
         if idt.hair_style == 1:
-            long_hair = np.array([[-1.12, -0.4 * R], [-1.25, 2.2 * R], [1.25, 2.2 * R], [1.12, -0.4 * R]])
+            long_hair = np.array([[-1.12, -0.4 * R], [-1.25, 2.2 * R], [1.25, 2.2 * R],
+                                  [1.12, -0.4 * R]])
             d.polygon(px(long_hair, 0), fill=idt.hair)
         neck = np.array([[-0.45, 0.5 * R], [-0.5, 2.5 * R], [0.5, 2.5 * R], [0.45, 0.5 * R]])
         d.polygon(px(neck, 0), fill=col["shade"])
@@ -321,7 +326,8 @@ class FaceRenderer:
 
         # Nose; AU10 lifts the nostrils and deepens the nasolabial folds (AU12 deepens them too).
         d.line(px(np.array([[0.0, -0.2], [0.03, 0.08]])), fill=col["shade"], width=max(1, W // 70))
-        d.polygon(px(_ellipse(0.0, 0.13 - 0.02 * au10, 0.13 + 0.03 * au10, 0.06)), fill=col["shade"])
+        d.polygon(px(_ellipse(0.0, 0.13 - 0.02 * au10, 0.13 + 0.03 * au10, 0.06)),
+                  fill=col["shade"])
         for side in (-1, 1):
             nostril = _ellipse(side * 0.055, 0.16 - 0.03 * au10, 0.03 + 0.01 * au10, 0.018)
             d.polygon(px(nostril), fill=(40, 25, 22))
@@ -350,14 +356,15 @@ class FaceRenderer:
         return np.clip(arr, 0, 255, out=arr).astype(np.uint8)
 
     def _mouth(self, d: ImageDraw.ImageDraw, px, f: FrameParams) -> None:
-        """Lips as two parabolic bands meeting at the corners; valence, AU12 and AU15 move the corners,
-        AU25/AU26 and speech open the mouth, AU10 lifts the upper lip over the teeth, AU23/AU24 thin
-        and narrow the lips."""
+        """Lips as two parabolic bands meeting at the corners; valence, AU12 and AU15 move the
+        corners, AU25/AU26 and speech open the mouth, AU10 lifts the upper lip over the teeth,
+        AU23/AU24 thin and narrow the lips."""
         idt, col = self.identity, self.colours
         au1, au2, au4, au6, au7, au10, au12, au15, au23, au24, au25, au26 = f.au
         my = 0.5 + 0.05 * au26
         w = 0.3 * idt.mouth_width * (1.0 + 0.2 * au12 - 0.18 * au23 - 0.06 * au24)
-        corner = my + idt.mouth_curve - 0.065 * f.valence * idt.valence_gain - 0.1 * au12 + 0.09 * au15
+        corner = (my + idt.mouth_curve - 0.065 * f.valence * idt.valence_gain - 0.1 * au12
+                  + 0.09 * au15)
         gap = 0.035 * au25 + 0.17 * au26 + f.talk
         lift = 0.035 * au10
         thin = max(1.0 - 0.55 * au24 - 0.3 * au23, 0.25)
@@ -374,15 +381,18 @@ class FaceRenderer:
         lips = np.concatenate([curve(upper_in - tu), curve(lower_in + tl)[::-1]])
         d.polygon(px(lips), fill=lip_colour)
         if gap + lift > 0.012:
-            d.polygon(px(np.concatenate([curve(upper_in), curve(lower_in)[::-1]])), fill=MOUTH_INSIDE)
+            d.polygon(px(np.concatenate([curve(upper_in), curve(lower_in)[::-1]])),
+                      fill=MOUTH_INSIDE)
             teeth = min(0.05, 0.6 * (gap + lift))
-            d.polygon(px(np.concatenate([curve(upper_in), curve(upper_in + teeth)[::-1]])), fill=TEETH)
+            d.polygon(px(np.concatenate([curve(upper_in), curve(upper_in + teeth)[::-1]])),
+                      fill=TEETH)
         else:
             d.line(px(curve(my)), fill=(60, 25, 25), width=max(1, self.canvas // 150))
         for side in (-1, 1):
             if au15 > 0.25:  # depressor lines below the corners
                 d.line(px(np.array([[side * w, corner], [side * (w + 0.03), corner + 0.08]])),
-                       fill=_mix(col["skin"], col["line"], 0.7 * au15), width=max(1, self.canvas // 150))
+                       fill=_mix(col["skin"], col["line"], 0.7 * au15),
+                       width=max(1, self.canvas // 150))
         if au24 > 0.25:  # chin boss pushed up under pressed lips
             chin = _ellipse(0.0, lower_in + tl + 0.12, 0.16, 0.05)
             d.polygon(px(chin), fill=_mix(col["skin"], col["shade"], 0.8 * au24))

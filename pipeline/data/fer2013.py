@@ -1,14 +1,16 @@
-"""FER2013's ``fer2013.csv`` as a source of pretraining images (one of the paper's four pretraining sets).
+"""FER2013's ``fer2013.csv`` as a source of pretraining images (one of the paper's four pretraining
+sets).
 
 FER2013 (Goodfellow et al. 2013, "Challenges in Representation Learning: A report on three machine
 learning contests") ships its 35,887 faces inside one CSV: columns ``emotion,pixels,Usage``, where
-``pixels`` holds 2,304 space-separated grey values (0-255) of a 48 x 48 face, row by row. FER+ (Barsoum
-et al. 2016) relabels the same images in a label-only file, so this CSV serves both; Kaggle's split
-files (``train.csv`` with ``emotion,pixels``, ``test.csv`` with ``pixels``) read the same way. MAE
-pretraining uses the images only: labels are ignored.
+``pixels`` holds 2,304 space-separated grey values (0-255) of a 48 x 48 face, row by row. FER+
+(Barsoum et al. 2016) relabels the same images in a label-only file, so this CSV serves both;
+Kaggle's split files (``train.csv`` with ``emotion,pixels``, ``test.csv`` with ``pixels``) read the
+same way. MAE pretraining uses the images only: labels are ignored.
 
-A row that does not hold 2,304 values in 0..255 is skipped and reported in one warning line naming the
-file and its first bad line; a file without a ``pixels`` column or without one good row is an InputError.
+A row that does not hold 2,304 values in 0..255 is skipped and reported in one warning line naming
+the file and its first bad line; a file without a ``pixels`` column or without one good row is an
+InputError.
 """
 
 import csv
@@ -26,7 +28,8 @@ PIXELS = "pixels"
 
 @dataclass(frozen=True, eq=False)
 class CsvImage:
-    """One image held in a row of a CSV file; ``str()`` names the file and line (as a path names a file).
+    """One image held in a row of a CSV file; ``str()`` names the file and line (as a path names a
+    file).
 
     Args:
         path: the CSV file.
@@ -69,8 +72,8 @@ def read_fer2013(path: Path, warn=None) -> list[CsvImage]:
 
     Args:
         path: the CSV file.
-        warn: called with one line naming the file, the first bad line and how many rows were skipped
-            (default: no report).
+        warn: called with one line naming the file, the first bad line and how many rows were
+            skipped (default: no report).
     Raises:
         InputError naming the file when it cannot be read, has no ``pixels`` column, or no good row.
     """
@@ -81,14 +84,15 @@ def read_fer2013(path: Path, warn=None) -> list[CsvImage]:
             reader = csv.reader(f)
             header = [h.strip() for h in next(reader, [])]
             if PIXELS not in header:
-                raise InputError(f"{path}:1: no {PIXELS!r} column in the header {','.join(header)!r}; "
-                                 "expected FER2013's emotion,pixels,Usage")
+                raise InputError(f"{path}:1: no {PIXELS!r} column in the header "
+                                 f"{','.join(header)!r}; expected FER2013's emotion,pixels,Usage")
             column = header.index(PIXELS)
             for row in reader:
                 line = reader.line_num
                 if not any(cell.strip() for cell in row):
                     continue  # a blank line
-                result = _parse(row[column]) if column < len(row) else f"{len(row)} fields, no pixels field"
+                result = (_parse(row[column]) if column < len(row)
+                          else f"{len(row)} fields, no pixels field")
                 if isinstance(result, str):
                     bad.append((line, result))
                 else:
@@ -100,5 +104,6 @@ def read_fer2013(path: Path, warn=None) -> list[CsvImage]:
         more = f" (and {len(bad) - 1} more bad rows)" if len(bad) > 1 else ""
         warn(f"{path}:{line}: {why}; row skipped{more}")
     if not images:
-        raise InputError(f"{path}: no usable image row (each needs {SIDE * SIDE} grey values in its pixels field)")
+        raise InputError(f"{path}: no usable image row (each needs {SIDE * SIDE} grey values in "
+                         "its pixels field)")
     return images

@@ -1,16 +1,16 @@
 """Labelled Aff-Wild2 frames for expression fine-tuning (stage 2 of Zhou et al. 2024, ABAW6).
 
-A frame enters when it has an image and a valid Expr label (-1 rows and frames without a face are left
-out here, so they never reach a loss). Where the same video of the same split also has AU or VA labels,
-they ride along for the optional auxiliary heads, with their own validity masks.
+A frame enters when it has an image and a valid Expr label (-1 rows and frames without a face are
+left out here, so they never reach a loss). Where the same video of the same split also has AU or VA
+labels, they ride along for the optional auxiliary heads, with their own validity masks.
 
-An epoch does not visit every frame: consecutive frames are nearly identical and a real epoch would hold
-about a million of them, so each epoch takes at most ``frames_per_video`` frames of each video (a fresh
-seeded draw per epoch), then either shuffles that pool or, with ``balance="sampler"``, redraws it with
-replacement at probabilities inverse to each class's count in the pool (Aff-Wild2's 8 classes are very
-unbalanced). Everything is a function of ``(seed, epoch)``; the augmentation of the frame at position
-``draw`` of an epoch's order is seeded by ``(seed, epoch, draw)``, so neither the number of workers nor
-a resume changes what a run sees.
+An epoch does not visit every frame: consecutive frames are nearly identical and a real epoch would
+hold about a million of them, so each epoch takes at most ``frames_per_video`` frames of each video
+(a fresh seeded draw per epoch), then either shuffles that pool or, with ``balance="sampler"``,
+redraws it with replacement at probabilities inverse to each class's count in the pool (Aff-Wild2's
+8 classes are very unbalanced). Everything is a function of ``(seed, epoch)``; the augmentation of
+the frame at position ``draw`` of an epoch's order is seeded by ``(seed, epoch, draw)``, so neither
+the number of workers nor a resume changes what a run sees.
 """
 
 import math
@@ -82,8 +82,10 @@ def _rows_by_video(video_id: np.ndarray) -> list[np.ndarray]:
     return [rows for rows in np.split(order, bounds) if len(rows)]
 
 
-def _aligned(annotation, frames: np.ndarray, width: int, fill: float, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Labels (F, width) and validity (F,) of ``frames`` (1-based) from an annotation, or all invalid."""
+def _aligned(annotation, frames: np.ndarray, width: int, fill: float,
+             dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (F, width) and validity (F,) of ``frames`` (1-based) from an annotation, or all
+    invalid."""
     labels = np.full((len(frames), width), fill, dtype=dtype)
     valid = np.zeros(len(frames), dtype=bool)
     if annotation is None:
@@ -99,12 +101,14 @@ def _aligned(annotation, frames: np.ndarray, width: int, fill: float, dtype) -> 
 def expr_frames(ds: AffWild2, split: str) -> FrameIndex:
     """The frames of ``split`` that have an image and a valid Expr label, with any AU/VA labels.
 
-    Raises InputError when the split has no Expr annotations or none of its labelled frames has an image.
+    Raises InputError when the split has no Expr annotations or none of its labelled frames has an
+    image.
     """
     expr = ds.annotations("expr", split)
     au = ds.annotations("au", split) if ds.available("au", split) else {}
     va = ds.annotations("va", split) if ds.available("va", split) else {}
-    names, paths, parts = [], [], {k: [] for k in ("vid", "frame", "expr", "au", "au_ok", "va", "va_ok")}
+    names, paths, parts = [], [], {k: []
+                                   for k in ("vid", "frame", "expr", "au", "au_ok", "va", "va_ok")}
     for name, ann in expr.items():
         video = ds.videos.get(name)
         if video is None:
@@ -126,8 +130,8 @@ def expr_frames(ds: AffWild2, split: str) -> FrameIndex:
         names.append(name)
     if not names:
         raise InputError(
-            f"{ds.annotation_dir('expr', split)}: no frame with both a valid Expr label and an image; "
-            "check that the annotations belong to the images under --data"
+            f"{ds.annotation_dir('expr', split)}: no frame with both a valid Expr label and an "
+            "image; check that the annotations belong to the images under --data"
         )
     cat = {k: np.concatenate(v) for k, v in parts.items()}
     return FrameIndex(split, tuple(names), tuple(paths), cat["vid"], cat["frame"], cat["expr"],
@@ -135,13 +139,15 @@ def expr_frames(ds: AffWild2, split: str) -> FrameIndex:
 
 
 def class_weights(counts: np.ndarray) -> np.ndarray:
-    """Inverse-frequency loss weights (8,), mean 1 over the classes present; absent classes get 0."""
+    """Inverse-frequency loss weights (8,), mean 1 over the classes present; absent classes get
+    0."""
     counts = np.asarray(counts, dtype=np.float64)
     weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1), 0.0)
     return weights / weights[counts > 0].mean()
 
 
-def epoch_rows(index: FrameIndex, epoch: int, seed: int, frames_per_video: int, balance: str) -> np.ndarray:
+def epoch_rows(index: FrameIndex, epoch: int, seed: int, frames_per_video: int,
+               balance: str) -> np.ndarray:
     """The rows of ``index`` one training epoch visits, in order (the same on every rank).
 
     Args:
@@ -168,8 +174,9 @@ def epoch_rows(index: FrameIndex, epoch: int, seed: int, frames_per_video: int, 
 class EpochSampler(Sampler):
     """Yields ``(row, epoch, draw)`` for this rank's share of :func:`epoch_rows`.
 
-    The epoch's order is padded (by wrapping) to a multiple of ``world_size`` and rank r takes positions
-    r, r + W, ...; ``draw`` is the position in the whole epoch's order, which seeds the augmentation.
+    The epoch's order is padded (by wrapping) to a multiple of ``world_size`` and rank r takes
+    positions r, r + W, ...; ``draw`` is the position in the whole epoch's order, which seeds the
+    augmentation.
     """
 
     def __init__(self, index: FrameIndex, seed: int, frames_per_video: int, balance: str,
@@ -201,20 +208,24 @@ class EpochSampler(Sampler):
 
 
 def jitter_colour(img: Image.Image, strength: float, rng: np.random.Generator) -> Image.Image:
-    """Brightness, contrast and saturation scaled by factors in [1 - s, 1 + s], hue turned by up to s / 4."""
+    """Brightness, contrast and saturation scaled by factors in [1 - s, 1 + s], hue turned by up to
+    s / 4."""
     low, high = max(0.0, 1.0 - strength), 1.0 + strength
     for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
         img = enhancer(img).enhance(float(rng.uniform(low, high)))
     shift = int(round(rng.uniform(-strength / 4, strength / 4) * 256))
     if shift:
-        hsv = np.array(img.convert("HSV"), dtype=np.uint8)  # (S, S, 3); hue is 0..255 around the circle
+        # (S, S, 3); hue is 0..255 around the circle
+        hsv = np.array(img.convert("HSV"), dtype=np.uint8)
         hsv[..., 0] += np.uint8(shift % 256)  # uint8 arithmetic wraps: a turn of the circle
         img = Image.fromarray(hsv, "HSV").convert("RGB")
     return img
 
 
-def erase_box(arr: np.ndarray, rng: np.random.Generator, area=(0.02, 1 / 3), ratio=(0.3, 3.3)) -> None:
-    """Fill one random box of ``arr`` (H, W, C) uint8 with uniform noise, in place (random erasing)."""
+def erase_box(arr: np.ndarray, rng: np.random.Generator, area=(0.02, 1 / 3),
+              ratio=(0.3, 3.3)) -> None:
+    """Fill one random box of ``arr`` (H, W, C) uint8 with uniform noise, in place (random
+    erasing)."""
     h, w, c = arr.shape
     for _ in range(10):
         target = h * w * rng.uniform(*area)
@@ -229,25 +240,25 @@ def erase_box(arr: np.ndarray, rng: np.random.Generator, area=(0.02, 1 / 3), rat
 class ExprFrames(Dataset):
     """uint8 face crops with their labels.
 
-    ``dataset[row]`` (evaluation) decodes the frame resized to ``img_size``; ``dataset[(row, epoch, draw)]``
-    (training, from :class:`EpochSampler`) adds a random resized crop with a high minimum area, a
-    horizontal flip and, when asked, colour jitter, grayscale and random erasing, all seeded by
-    ``(seed, epoch, draw)``. Items are dicts: ``image`` uint8 (3, S, S),
-    ``expr`` int64, ``au`` (12,) int64, ``au_valid`` bool, ``va`` (2,) float32, ``va_valid`` bool, ``row``
-    int64 and ``ok`` (False when the file could not be decoded: the image is then zeros and the loop
-    leaves the item out).
+    ``dataset[row]`` (evaluation) decodes the frame resized to ``img_size``;
+    ``dataset[(row, epoch, draw)]`` (training, from :class:`EpochSampler`) adds a random resized
+    crop with a high minimum area, a horizontal flip and, when asked, colour jitter, grayscale and
+    random erasing, all seeded by ``(seed, epoch, draw)``. Items are dicts: ``image`` uint8
+    (3, S, S), ``expr`` int64, ``au`` (12,) int64, ``au_valid`` bool, ``va`` (2,) float32,
+    ``va_valid`` bool, ``row`` int64 and ``ok`` (False when the file could not be decoded: the image
+    is then zeros and the loop leaves the item out).
 
     Args:
         index: the frames (see :func:`expr_frames`).
         img_size: output side S.
         seed: the run's seed.
         crop_scale: area fraction range of the training crop.
-        color_jitter: strength s: brightness, contrast and saturation factors in [1 - s, 1 + s] and a hue
-            shift of up to s / 4 of the colour circle (0: off). Skin, hair and background colours name the
-            person in a video; jitter makes them a less reliable cue for the label.
+        color_jitter: strength s: brightness, contrast and saturation factors in [1 - s, 1 + s] and
+            a hue shift of up to s / 4 of the colour circle (0: off). Skin, hair and background
+            colours name the person in a video; jitter makes them a less reliable cue for the label.
         grayscale: probability of turning the crop gray (kept as 3 channels).
-        erase: probability of filling one random box (2-33 % of the area, aspect 0.3-3.3) with noise,
-            as in MAE's fine-tuning recipe (random erasing, 0.25 there).
+        erase: probability of filling one random box (2-33 % of the area, aspect 0.3-3.3) with
+            noise, as in MAE's fine-tuning recipe (random erasing, 0.25 there).
     """
 
     def __init__(self, index: FrameIndex, img_size: int, seed: int = 0,
@@ -265,10 +276,11 @@ class ExprFrames(Dataset):
         return len(self.index)
 
     def _augment(self, img: Image.Image, rng: np.random.Generator) -> torch.Tensor:
-        """An RGB image -> uint8 (C, S, S): a random crop resized (bicubic, as evaluation), maybe flipped,
-        then the optional colour and erasing steps."""
+        """An RGB image -> uint8 (C, S, S): a random crop resized (bicubic, as evaluation), maybe
+        flipped, then the optional colour and erasing steps."""
         box = random_resized_box(img.width, img.height, rng, scale=self.crop_scale)
-        # PIL, not torch ops: a handful of small tensor ops per item costs more than the decode itself
+        # PIL, not torch ops: a handful of small tensor ops per item costs more than the decode
+        # itself
         img = img.resize((self.img_size, self.img_size), Image.BICUBIC, box=box)
         if rng.random() < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)

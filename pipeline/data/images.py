@@ -1,10 +1,10 @@
 """Face-image folders for MAE pretraining, and the one image decoder every stage uses.
 
-Pretraining reads any folders of jpg/png images, searched recursively (Aff-Wild2's ``cropped_aligned``
-and the output of ``mae-affect faces`` included), and FER2013's ``fer2013.csv`` (``pipeline.data.fer2013``),
-with MAE's augmentation: a random resized crop (area 0.2-1.0 by default, aspect 3/4-4/3,
-bicubic) and a horizontal flip. Samples are uint8 (C, H, W); normalisation happens on the device
-(:func:`pipeline.models.encoder.normalize`), so workers ship 4x fewer bytes.
+Pretraining reads any folders of jpg/png images, searched recursively (Aff-Wild2's
+``cropped_aligned`` and the output of ``mae-affect faces`` included), and FER2013's ``fer2013.csv``
+(``pipeline.data.fer2013``), with MAE's augmentation: a random resized crop (area 0.2-1.0 by
+default, aspect 3/4-4/3, bicubic) and a horizontal flip. Samples are uint8 (C, H, W); normalisation
+happens on the device (:func:`pipeline.models.encoder.normalize`), so workers ship 4x fewer bytes.
 
 The augmentation of sample ``i`` in epoch ``e`` draws from its own generator seeded by
 ``(seed, e, i)``: the pictures a run sees do not depend on the number of workers or on a resume.
@@ -30,9 +30,9 @@ class UnreadableImage(Exception):
 
 
 def find_images(folders: Iterable[Path], warn=None) -> list[Path | CsvImage]:
-    """All jpg/png files under each folder, recursively, sorted (so runs are reproducible); a ``.csv``
-    file given instead of a folder is read as FER2013 (its images in file order, bad rows passed to
-    ``warn``).
+    """All jpg/png files under each folder, recursively, sorted (so runs are reproducible); a
+    ``.csv`` file given instead of a folder is read as FER2013 (its images in file order, bad rows
+    passed to ``warn``).
 
     Raises InputError naming the folder when one is missing or holds no image.
     """
@@ -42,16 +42,18 @@ def find_images(folders: Iterable[Path], warn=None) -> list[Path | CsvImage]:
             found += read_fer2013(folder, warn)
             continue
         if not folder.is_dir():
-            raise InputError(f"image folder {folder} does not exist (or is not a folder or a FER2013 .csv); "
-                             "check --images")
-        images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            raise InputError(f"image folder {folder} does not exist (or is not a folder or a "
+                             "FER2013 .csv); check --images")
+        images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                        and p.is_file())
         if not images:
             raise InputError(f"no .jpg/.jpeg/.png image under {folder}; check --images")
         found += images
     return found
 
 
-# Modes that carry 16 significant bits per sample (PNG's 16-bit grey opens as I;16, or I in older Pillow).
+# Modes that carry 16 significant bits per sample (PNG's 16-bit grey opens as I;16, or I in older
+# Pillow).
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA = ("RGBA", "RGBa", "LA", "La", "PA")
 # What transparent pixels show: white, as a browser or an image viewer shows them on a page.
@@ -62,11 +64,12 @@ def load_rgb(path: Path) -> Image.Image:
     """An image file as an 8-bit RGB PIL image, as a viewer shows it.
 
     - EXIF orientation is applied (a phone photo stored sideways comes out upright);
-    - 16-bit grey (PNG ``I;16``) is scaled to 8 bits (v / 257), not clipped at 255 (which turns it white);
-    - transparency (an alpha channel, or a palette or colour key with a transparent entry) is composited
-      onto a white background instead of dropped;
-    - palette, grey, bilevel and CMYK images are converted to RGB (CMYK with its embedded ICC profile
-      when it has one, through LittleCMS, else by Pillow's formula).
+    - 16-bit grey (PNG ``I;16``) is scaled to 8 bits (v / 257), not clipped at 255 (which turns it
+      white);
+    - transparency (an alpha channel, or a palette or colour key with a transparent entry) is
+      composited onto a white background instead of dropped;
+    - palette, grey, bilevel and CMYK images are converted to RGB (CMYK with its embedded ICC
+      profile when it has one, through LittleCMS, else by Pillow's formula).
 
     Raises UnreadableImage (naming the file) when PIL cannot decode it.
     """
@@ -83,14 +86,16 @@ def _as_rgb(img: Image.Image) -> Image.Image:
     if img.mode in _SIXTEEN_BIT:
         values = np.asarray(img, dtype=np.float64)  # (H, W), 0..65535
         grey = Image.fromarray(np.clip(np.rint(values / 257), 0, 255).astype(np.uint8), "L")
-        if "transparency" in img.info:  # a 16-bit colour key: the pixels equal to it are transparent
+        # a 16-bit colour key: the pixels equal to it are transparent
+        if "transparency" in img.info:
             alpha = np.where(values == img.info["transparency"], 0, 255).astype(np.uint8)
             grey = Image.merge("LA", (grey, Image.fromarray(alpha, "L")))
         img = grey
     if img.mode == "CMYK" and img.info.get("icc_profile"):
         try:
             profile = ImageCms.ImageCmsProfile(io.BytesIO(img.info["icc_profile"]))
-            return ImageCms.profileToProfile(img, profile, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            return ImageCms.profileToProfile(img, profile, ImageCms.createProfile("sRGB"),
+                                             outputMode="RGB")
         except (ImageCms.PyCMSError, OSError):
             pass  # an unusable profile: Pillow's formula below
     if img.mode in _ALPHA or "transparency" in img.info:
@@ -101,7 +106,8 @@ def _as_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_source(source: Path | CsvImage) -> Image.Image:
-    """A pretraining source as an 8-bit RGB image: a file through :func:`load_rgb`, or a FER2013 CSV row.
+    """A pretraining source as an 8-bit RGB image: a file through :func:`load_rgb`, or a FER2013 CSV
+    row.
 
     Raises UnreadableImage (naming the file) when a file cannot be decoded.
     """
@@ -109,7 +115,8 @@ def load_source(source: Path | CsvImage) -> Image.Image:
 
 
 def decode_source(source: Path | CsvImage, img_size: int | None = None) -> torch.Tensor:
-    """:func:`decode_image` for any pretraining source: uint8 (3, H, W), square-resized if ``img_size``."""
+    """:func:`decode_image` for any pretraining source: uint8 (3, H, W), square-resized if
+    ``img_size``."""
     if not isinstance(source, CsvImage):
         return decode_image(source, img_size)
     img = source.rgb()
@@ -123,11 +130,13 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
 
 
 def square_resize(img: Image.Image, img_size: int) -> Image.Image:
-    """Resize so the short side is ``img_size`` pixels, then keep the centre square (bicubic, one resample).
+    """Resize so the short side is ``img_size`` pixels, then keep the centre square (bicubic, one
+    resample).
 
-    Face pipelines evaluate this way (DeiT's and MAE's evaluation transform: resize the short side, centre
-    crop); stretching a non-square image to a square would distort the face the encoder has only seen
-    undistorted or within the training crop's 3/4-4/3 aspect range. A square image is simply resized.
+    Face pipelines evaluate this way (DeiT's and MAE's evaluation transform: resize the short side,
+    centre crop); stretching a non-square image to a square would distort the face the encoder has
+    only seen undistorted or within the training crop's 3/4-4/3 aspect range. A square image is
+    simply resized.
     """
     w, h = img.size
     side = min(w, h)
@@ -140,8 +149,9 @@ def decode_rgb(path: Path, img_size: int | None = None) -> Image.Image:
 
     Args:
         path: a jpg/png (any mode Pillow reads).
-        img_size: if given, the output is img_size x img_size pixels: the short side resized to ``img_size``
-            and the centre square kept (:func:`square_resize`); else the image at its own size.
+        img_size: if given, the output is img_size x img_size pixels: the short side resized to
+            ``img_size`` and the centre square kept (:func:`square_resize`); else the image at its
+            own size.
 
     Raises UnreadableImage (naming the file) when PIL cannot decode it.
     """
@@ -160,14 +170,16 @@ def decode_image(path: Path, img_size: int | None = None) -> torch.Tensor:
 
 
 def decode_batch(paths: Sequence[Path], img_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image files decoded (:func:`decode_rgb`) straight into one batch: (uint8 (B, 3, S, S), readable
-    (B,) bool); an unreadable file's image is zeros. One array for the whole batch, not a tensor per image
-    and then a stack of them: for small frames that overhead is a noticeable share of the decode."""
+    """Image files decoded (:func:`decode_rgb`) straight into one batch: (uint8 (B, 3, S, S),
+    readable (B,) bool); an unreadable file's image is zeros. One array for the whole batch, not a
+    tensor per image and then a stack of them: for small frames that overhead is a noticeable share
+    of the decode."""
     batch = np.zeros((len(paths), 3, img_size, img_size), np.uint8)  # (B, C, S, S)
     readable = np.ones(len(paths), bool)
     for i, path in enumerate(paths):
         try:
-            batch[i] = np.asarray(decode_rgb(path, img_size)).transpose(2, 0, 1)  # (S, S, C) -> (C, S, S)
+            # (S, S, C) -> (C, S, S)
+            batch[i] = np.asarray(decode_rgb(path, img_size)).transpose(2, 0, 1)
         except UnreadableImage:  # reported by the caller
             readable[i] = False
     return torch.from_numpy(batch), torch.from_numpy(readable)
@@ -177,8 +189,9 @@ def random_resized_box(width: int, height: int, rng: np.random.Generator,
                        scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
     """A crop box (left, top, right, bottom) covering a random area fraction and aspect ratio.
 
-    Same distribution as torchvision's ``RandomResizedCrop``: ten tries at a uniform area in ``scale`` and
-    a log-uniform aspect in ``ratio``; if none fits, the largest central box within ``ratio``.
+    Same distribution as torchvision's ``RandomResizedCrop``: ten tries at a uniform area in
+    ``scale`` and a log-uniform aspect in ``ratio``; if none fits, the largest central box within
+    ``ratio``.
     """
     area = width * height
     for _ in range(10):
@@ -204,9 +217,10 @@ def random_resized_box(width: int, height: int, rng: np.random.Generator,
 class PretrainImages(Dataset):
     """Augmented uint8 images for MAE pretraining.
 
-    ``dataset[i] -> (image uint8 (3, S, S), bad)``, where ``bad`` is ``i`` when file ``i`` could not be
-    read (the image is then the next readable file's, so batches keep their size) and -1 otherwise. The
-    training loop reports each bad file once and adds it to ``skip`` so later epochs do not retry it.
+    ``dataset[i] -> (image uint8 (3, S, S), bad)``, where ``bad`` is ``i`` when file ``i`` could not
+    be read (the image is then the next readable file's, so batches keep their size) and -1
+    otherwise. The training loop reports each bad file once and adds it to ``skip`` so later epochs
+    do not retry it.
 
     Args:
         paths: image files (or images held in a CSV, ``find_images``).
@@ -228,7 +242,8 @@ class PretrainImages(Dataset):
         return len(self.paths)
 
     def set_epoch(self, epoch: int) -> None:
-        """Call before each epoch's DataLoader iterator is made (workers get a fresh copy per epoch)."""
+        """Call before each epoch's DataLoader iterator is made (workers get a fresh copy per
+        epoch)."""
         self.epoch = epoch
 
     def _augment(self, img: Image.Image, index: int) -> torch.Tensor:
@@ -250,4 +265,5 @@ class PretrainImages(Dataset):
                 continue
             # Moving past step 0 means file ``index`` itself could not be used.
             return self._augment(img, index), (index if step else -1)
-        raise InputError(f"none of the {len(self.paths)} images could be read (first: {self.paths[0]})")
+        raise InputError(f"none of the {len(self.paths)} images could be read (first: "
+                         f"{self.paths[0]})")

@@ -1,12 +1,13 @@
-"""Synthetic mini-Aff-Wild2: cartoon faces driven by a hidden affect state, in the exact release layout.
+"""Synthetic mini-Aff-Wild2: cartoon faces driven by a hidden affect state, in the exact release
+layout.
 
 Each video has a hidden per-frame state: valence and arousal (slow random processes plus short
 events), 12 action units (each driven by valence/arousal and its own slow latent, thresholded with
 hysteresis so runs last many frames) and an expression class derived from both (smoothed, minimum
 run length). ``faces.py`` draws the state; the labels are the state itself. Per-person baselines,
 head motion, blinks, speech, noise, blur, occluders and missing faces make one frame ambiguous, so
-temporal context helps. The files follow the Aff-Wild2 release layout (and its quirks: gaps, invalid runs,
-CRLF, trailing blank lines, ``_left``/``_right`` pairs, a second image root), plus
+temporal context helps. The files follow the Aff-Wild2 release layout (and its quirks: gaps, invalid
+runs, CRLF, trailing blank lines, ``_left``/``_right`` pairs, a second image root), plus
 ``synthetic_ground_truth/`` with the test labels, which real Aff-Wild2 does not ship.
 
 Everything is a function of (config, seed): video k draws from ``default_rng([seed, stream, k])``,
@@ -126,10 +127,12 @@ def check_config(cfg: SynthConfig) -> None:
     sources = cfg.videos - cfg.pairs
     n_val, n_test = _split_counts(cfg)
     if cfg.pairs < 0 or 2 * cfg.pairs > cfg.videos:
-        raise ConfigError("pairs", f"{cfg.pairs}: need 0 <= pairs <= videos / 2 (videos={cfg.videos})")
+        raise ConfigError("pairs",
+                          f"{cfg.pairs}: need 0 <= pairs <= videos / 2 (videos={cfg.videos})")
     if sources - n_val - n_test < MIN_VIDEOS["Train_Set"]:
-        raise ConfigError("videos", f"{cfg.videos} is too few for a train, validation and test split of every "
-                                    f"task; use {cfg.pairs + n_val + n_test + 2} or more")
+        raise ConfigError("videos",
+                          f"{cfg.videos} is too few for a train, validation and test split of "
+                          f"every task; use {cfg.pairs + n_val + n_test + 2} or more")
     if cfg.img_size < 16:
         raise ConfigError("img_size", f"{cfg.img_size} is too small to draw a face; use 16 or more")
     for key in ("people", "scenes"):
@@ -196,16 +199,17 @@ def plan_videos(cfg: SynthConfig) -> list[VideoPlan]:
 
     plans = []
     for s in range(n_src):
-        scene = sample_scene(np.random.default_rng([cfg.seed, SCENE, s if cfg.scenes is None else s % cfg.scenes]))
+        scene = sample_scene(np.random.default_rng([cfg.seed, SCENE,
+                                                    s if cfg.scenes is None else s % cfg.scenes]))
         for side in ("_left", "_right") if paired[s] else ("",):
             k = len(plans)
             person = k if cfg.people is None else k % cfg.people
             plans.append(VideoPlan(
-                index=k, name=names[s] + side, source=names[s], source_index=s, frames=int(lengths[s]),
-                image_root=IMAGE_ROOTS[s in new_root], split=split[s],
+                index=k, name=names[s] + side, source=names[s], source_index=s,
+                frames=int(lengths[s]), image_root=IMAGE_ROOTS[s in new_root], split=split[s],
                 tasks=tuple(t for t in TASKS if t in tasks[s]),
-                identity=sample_identity(np.random.default_rng([cfg.seed, IDENTITY, person])), scene=scene,
-                crlf=bool(quirks[s, 0]), trailing_blank=bool(quirks[s, 1]),
+                identity=sample_identity(np.random.default_rng([cfg.seed, IDENTITY, person])),
+                scene=scene, crlf=bool(quirks[s, 0]), trailing_blank=bool(quirks[s, 1]),
             ))
     return plans
 
@@ -260,8 +264,8 @@ def _expression(v: np.ndarray, a: np.ndarray, au: np.ndarray, min_run: int = 10)
 
 
 def merge_short_runs(expr: np.ndarray, min_run: int) -> np.ndarray:
-    """Runs shorter than ``min_run`` join the run before them; the short runs before the first long one
-    join it (merged into each other, they could still be short). In place; returns ``expr``."""
+    """Runs shorter than ``min_run`` join the run before them; the short runs before the first long
+    one join it (merged into each other, they could still be short). In place; returns ``expr``."""
     starts = np.flatnonzero(np.diff(expr, prepend=-1))
     ends = np.append(starts[1:], len(expr))
     long = np.flatnonzero(ends - starts >= min_run)
@@ -280,7 +284,8 @@ def simulate(plan: VideoPlan, cfg: SynthConfig) -> Timeline:
     shared = np.random.default_rng([cfg.seed, SHARED, plan.source_index])  # same for _left, _right
     t = np.arange(T)
 
-    # Valence/arousal: a mood shared by a pair's two subjects, own slow and fast parts, short events.
+    # Valence/arousal: a mood shared by a pair's two subjects, own slow and fast parts, short
+    # events.
     slow, mid = rng.uniform(60, 300), rng.uniform(15, 50)
     mood = np.stack([_smooth(shared, T, shared.uniform(100, 400)) for _ in range(2)])  # (2, T)
     mean = rng.normal((0.15, 0.15), (0.35, 0.3))
@@ -298,13 +303,15 @@ def simulate(plan: VideoPlan, cfg: SynthConfig) -> Timeline:
     talking = _smooth(rng, T, 40) > 0.3
     talk = talking * 0.045 * np.abs(_smooth(rng, T, 1.5))
     latent = np.stack([_smooth(rng, T, s) for s in rng.uniform(10, 50, 12)], axis=1)  # (T, 12)
-    drive = np.stack([v, a, np.ones(T)], axis=1) @ AU_DRIVE.T + 0.55 * latent + rng.normal(0, 0.25, 12)
+    drive = (np.stack([v, a, np.ones(T)], axis=1) @ AU_DRIVE.T + 0.55 * latent
+             + rng.normal(0, 0.25, 12))
     drive[:, AU_NAMES.index("AU25")] += 0.8 * talking
     drive[:, AU_NAMES.index("AU26")] += 0.3 * talking
     au = _hysteresis(drive, AU_HYSTERESIS)
     expr = _expression(v, a, au)
 
-    # Rendered AU intensity: onsets and offsets take a few frames; each person shows AUs differently.
+    # Rendered AU intensity: onsets and offsets take a few frames; each person shows AUs
+    # differently.
     alpha = 0.35
     ema = alpha * (1 - alpha) ** np.arange(15)
     intensity = np.stack([np.convolve(c, ema)[:T] for c in au.T.astype(float)], axis=1)
@@ -315,7 +322,8 @@ def simulate(plan: VideoPlan, cfg: SynthConfig) -> Timeline:
     energy = (0.35 + 0.65 / (1 + np.exp(-3 * a))) * rng.uniform(0.6, 1.4)
     # (5, 2): drift and jitter amplitude of dx, dy, roll, yaw, pitch
     amp = np.array([[0.05, 0.04], [0.03, 0.03], [0.06, 0.06], [0.35, 0.25], [0.25, 0.2]])
-    pose = np.stack([d * _smooth(rng, T, 60) + j * energy * _smooth(rng, T, 3) for d, j in amp], axis=1)
+    pose = np.stack([d * _smooth(rng, T, 60) + j * energy * _smooth(rng, T, 3) for d, j in amp],
+                    axis=1)
 
     blink = np.zeros(T)
     starts = np.flatnonzero(rng.random(T) < 1 / rng.uniform(60, 120))
@@ -349,14 +357,15 @@ def simulate(plan: VideoPlan, cfg: SynthConfig) -> Timeline:
     for task in TASKS:
         count = rng.poisson(T / 900) + int(rng.random() < 0.5)
         invalid[task] = _runs(rng, T, count, 20, 100) | (no_face & hide_no_face)
-    return Timeline(v, a, au, expr, ~no_face, invalid, intensity, pose, blink, gaze, talk, gain, blur,
-                    occluders)
+    return Timeline(v, a, au, expr, ~no_face, invalid, intensity, pose, blink, gaze, talk, gain,
+                    blur, occluders)
 
 
 def label_lines(tl: Timeline, task: str) -> list[str]:
     """One text line per frame in the annotation format, invalid markers included."""
     if task == "va":
-        va = np.round(np.stack([tl.valence, tl.arousal], axis=1), 3) + 0.0  # + 0.0 turns -0.0 into 0.0
+        # + 0.0 turns -0.0 into 0.0
+        va = np.round(np.stack([tl.valence, tl.arousal], axis=1), 3) + 0.0
         lines = [f"{x:.3f},{y:.3f}" for x, y in va]
     elif task == "expr":
         lines = [str(c) for c in tl.expr]
@@ -379,14 +388,17 @@ def _label_summary(tl: Timeline, task: str) -> dict:
     return summary
 
 
-def _write_text(path: Path, lines: list[str], crlf: bool = False, trailing_blank: bool = False) -> None:
+def _write_text(path: Path, lines: list[str], crlf: bool = False,
+                trailing_blank: bool = False) -> None:
     end = "\r\n" if crlf else "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(("".join(line + end for line in lines) + (end if trailing_blank else "")).encode())
+    path.write_bytes(("".join(line + end for line in lines)
+                      + (end if trailing_blank else "")).encode())
 
 
 def make_video(plan: VideoPlan, cfg: SynthConfig, root: Path) -> dict:
-    """Simulate, render and annotate one video under ``root``; returns its summary for synth.json."""
+    """Simulate, render and annotate one video under ``root``; returns its summary for
+    synth.json."""
     tl = simulate(plan, cfg)
     rng = np.random.default_rng([cfg.seed, RENDER, plan.index])
     renderer = FaceRenderer(plan.identity, plan.scene, cfg.img_size)
@@ -472,14 +484,16 @@ def generate(out_dir: Path, config: SynthConfig, progress: bool = True,
         meta = json.loads(existing.read_text())
         made, asked = meta.get("config", {}), asdict(config)
         if made != asked:
-            diff = ", ".join(f"{k}={made.get(k)} (asked {v})" for k, v in asked.items() if made.get(k) != v)
+            diff = ", ".join(f"{k}={made.get(k)} (asked {v})" for k, v in asked.items()
+                             if made.get(k) != v)
             raise InputError(
                 f"{existing}: holds a dataset made with another config: {diff}; "
                 "pass a new --out or delete the folder"
             )
         return _summary(out_dir, meta, seconds=0.0, skipped=True)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise InputError(f"{out_dir}: exists and is not an empty folder; pass a new --out or delete it")
+        raise InputError(f"{out_dir}: exists and is not an empty folder; pass a new --out or "
+                         "delete it")
 
     start = time.perf_counter()
     staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
@@ -487,7 +501,8 @@ def generate(out_dir: Path, config: SynthConfig, progress: bool = True,
     try:
         for folder in IMAGE_ROOTS:
             (staging / folder).mkdir(parents=True)
-        jobs = [(p, config, staging) for p in sorted(plans, key=lambda p: -p.frames)]  # longest first
+        # longest first
+        jobs = [(p, config, staging) for p in sorted(plans, key=lambda p: -p.frames)]
         n = workers or _default_workers(config)
         videos = {}
         total = sum(p.frames for p in plans)

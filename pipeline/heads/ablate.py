@@ -1,9 +1,9 @@
 """Ablations: every combination of a grid of settings, for several seeds, on data loaded once.
 
 This is how a user repeats the paper's Table 5 on their own features:
-``--grid "model=temporal_tcn,temporal_transformer,temporal_tcn_transformer" --seeds 3``. Any TrainConfig or HeadConfig field
-can be a grid key. The table reports the official validation score (whole videos, best epoch) before
-and after post-processing as mean ± std (sample std) over seeds.
+``--grid "model=temporal_tcn,temporal_transformer,temporal_tcn_transformer" --seeds 3``. Any
+TrainConfig or HeadConfig field can be a grid key. The table reports the official validation score
+(whole videos, best epoch) before and after post-processing as mean ± std (sample std) over seeds.
 """
 
 import csv
@@ -33,9 +33,11 @@ def parse_grid(specs) -> dict[str, list]:
         key, sep, values = spec.partition("=")
         key = key.strip()
         if not sep or not values.strip():
-            raise InputError(f"--grid {spec!r}: use KEY=V1,V2,..., e.g. --grid \"model=temporal_tcn,temporal_tcn_transformer\"")
+            raise InputError(f"--grid {spec!r}: use KEY=V1,V2,..., e.g. --grid "
+                             "\"model=temporal_tcn,temporal_tcn_transformer\"")
         if key in FIXED:
-            raise InputError(f"--grid {key}: the {key} is fixed for an ablation; run one ablation per {key}")
+            raise InputError(f"--grid {key}: the {key} is fixed for an ablation; run one ablation "
+                             f"per {key}")
         if key in grid:
             raise InputError(f"--grid {key} given twice; list all its values in one option")
         known = settable(TrainConfig)
@@ -53,20 +55,21 @@ def _label(value) -> str:
     return "-".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
-def ablate(settings: dict, grid: dict[str, list], seeds: int, out_dir: Path, progress: bool = True) -> dict:
+def ablate(settings: dict, grid: dict[str, list], seeds: int, out_dir: Path,
+           progress: bool = True) -> dict:
     """Train every grid combination for seeds seed .. seed + seeds - 1.
 
     Args:
-        settings: the fixed settings (task, stores, data and any other TrainConfig / HeadConfig field),
-            as for ``TrainConfig.create``.
+        settings: the fixed settings (task, stores, data and any other TrainConfig / HeadConfig
+            field), as for ``TrainConfig.create``.
         grid: setting -> values (``parse_grid``).
         seeds: runs per combination.
         out_dir: where the runs and tables go.
 
     Returns:
-        {"rows": per-combination means and stds, "runs": per-run scores, "markdown": the table}; writes
-        OUT/ablation.md, OUT/ablation.csv (the table) and OUT/runs.csv (every run), one run directory
-        per combination and seed.
+        {"rows": per-combination means and stds, "runs": per-run scores, "markdown": the table};
+        writes OUT/ablation.md, OUT/ablation.csv (the table) and OUT/runs.csv (every run), one run
+        directory per combination and seed.
     """
     if seeds < 1:
         raise InputError(f"--seeds {seeds}: give at least 1")
@@ -76,17 +79,20 @@ def ablate(settings: dict, grid: dict[str, list], seeds: int, out_dir: Path, pro
     configs = []
     for combo in combos:  # every config is built (and checked) before the first run starts
         try:
-            configs.append(TrainConfig.create(**{**settings, **dict(zip(keys, combo, strict=True))}))
+            configs.append(TrainConfig.create(**{**settings,
+                                                 **dict(zip(keys, combo, strict=True))}))
         except ConfigError as err:
             if err.key not in keys:
                 raise
-            raise InputError(f"--grid {err.key}={_label(combo[keys.index(err.key)])}: {err.problem}") from None
+            raise InputError(f"--grid {err.key}={_label(combo[keys.index(err.key)])}: "
+                             f"{err.problem}") from None
     base = configs[0]
     ds = AffWild2(Path(base.data))
     tables: dict[str, FeatureTable] = {}
     datasets: dict[tuple, TaskData] = {}
     runs, rows = [], []
-    bar = tqdm(total=len(configs) * seeds, desc=f"ablate {base.task}", unit="run", disable=not progress)
+    bar = tqdm(total=len(configs) * seeds, desc=f"ablate {base.task}", unit="run",
+               disable=not progress)
     for combo, cfg in zip(combos, configs, strict=True):
         if cfg.fill not in tables:
             tables[cfg.fill] = load_features(cfg.stores, cfg.fill)
@@ -98,11 +104,14 @@ def ablate(settings: dict, grid: dict[str, list], seeds: int, out_dir: Path, pro
         scores, afters = [], []
         for s in range(seeds):
             seed_cfg = dataclasses.replace(cfg, seed=cfg.seed + s)
-            summary = train_run(datasets[split_key], seed_cfg, out_dir / name / f"seed{seed_cfg.seed}",
-                                progress=False, make_plots=False)
-            runs.append({**{k: _label(v) for k, v in zip(keys, combo, strict=True)}, "seed": seed_cfg.seed,
-                         "score": summary["before"]["score"], "score_postprocessed": summary["after"]["score"],
-                         "best_epoch": summary["best_epoch"], "seconds": round(summary["seconds"], 2)})
+            summary = train_run(datasets[split_key], seed_cfg,
+                                out_dir / name / f"seed{seed_cfg.seed}", progress=False,
+                                make_plots=False)
+            runs.append({**{k: _label(v) for k, v in zip(keys, combo, strict=True)},
+                         "seed": seed_cfg.seed, "score": summary["before"]["score"],
+                         "score_postprocessed": summary["after"]["score"],
+                         "best_epoch": summary["best_epoch"],
+                         "seconds": round(summary["seconds"], 2)})
             scores.append(summary["before"]["score"])
             afters.append(summary["after"]["score"])
             bar.update()
@@ -110,7 +119,8 @@ def ablate(settings: dict, grid: dict[str, list], seeds: int, out_dir: Path, pro
         m, sd = _mean_std(scores)
         pm, psd = _mean_std(afters)
         rows.append({**{k: _label(v) for k, v in zip(keys, combo, strict=True)}, "seeds": seeds,
-                     "score_mean": m, "score_std": sd, "postprocessed_mean": pm, "postprocessed_std": psd})
+                     "score_mean": m, "score_std": sd, "postprocessed_mean": pm,
+                     "postprocessed_std": psd})
     bar.close()
     markdown = markdown_table(base.task, keys, rows)
     atomic_write_text(out_dir / "ablation.md", markdown)
@@ -121,13 +131,15 @@ def ablate(settings: dict, grid: dict[str, list], seeds: int, out_dir: Path, pro
 
 
 def markdown_table(task: str, keys: list[str], rows: list[dict]) -> str:
-    """Validation score (mean ± std over seeds) before and after post-processing, one row per combination."""
+    """Validation score (mean ± std over seeds) before and after post-processing, one row per
+    combination."""
     seeds = rows[0]["seeds"] if rows else 0
     head = [*keys, f"{task} score (mean ± std, {seeds} seeds)", "post-processed"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         cells = [r[k] for k in keys] + [f"{r['score_mean']:.4f} ± {r['score_std']:.4f}",
-                                        f"{r['postprocessed_mean']:.4f} ± {r['postprocessed_std']:.4f}"]
+                                        f"{r['postprocessed_mean']:.4f} ± "
+                                        f"{r['postprocessed_std']:.4f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

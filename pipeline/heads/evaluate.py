@@ -83,14 +83,15 @@ class Run:
     @property
     def postprocess(self) -> postprocess.PostProcess:
         pp = self.checkpoint.get("postprocess")
-        return postprocess.PostProcess(self.task) if pp is None else postprocess.PostProcess.from_dict(pp)
+        return (postprocess.PostProcess(self.task) if pp is None
+                else postprocess.PostProcess.from_dict(pp))
 
     def resolve_input(self, key: str, index: int | None = None) -> Path:
-        """A store (``key="stores"``, ``index``) or the dataset (``key="data"``) of the run, found by one rule:
-        the absolute path recorded at training if it exists, else the path recorded relative to the run
-        directory, taken from where the run directory is now (a run moved or copied together with its
-        inputs, their relative place kept); else InputError naming both. Runs written before inputs were
-        recorded give the path as it was passed."""
+        """A store (``key="stores"``, ``index``) or the dataset (``key="data"``) of the run, found
+        by one rule: the absolute path recorded at training if it exists, else the path recorded
+        relative to the run directory, taken from where the run directory is now (a run moved or
+        copied together with its inputs, their relative place kept); else InputError naming both.
+        Runs written before inputs were recorded give the path as it was passed."""
         inputs = self.checkpoint.get("inputs")
         if inputs is None:
             given = self.config[key]
@@ -120,43 +121,49 @@ class Run:
         trained = self.checkpoint["stores"]
         if len(trained) != len(table.identities):
             raise InputError(
-                f"{self.path} was trained on {len(trained)} store(s) side by side, {len(table.identities)} given: "
-                "pass the same --store options as in training"
+                f"{self.path} was trained on {len(trained)} store(s) side by side, "
+                f"{len(table.identities)} given: pass the same --store options as in training"
             )
         for i, (want, got) in enumerate(zip(trained, table.identities, strict=True)):
             differ = [k for k in want if want[k] != got.get(k)]
             if differ:
                 raise InputError(
-                    f"store {table.paths[i]} differs from the one {self.path} was trained on in {', '.join(differ)} "
-                    f"(trained {differ[0]}={want[differ[0]]!r}, given {got.get(differ[0])!r}): "
-                    "use features from the same encoder checkpoint"
+                    f"store {table.paths[i]} differs from the one {self.path} was trained on in "
+                    f"{', '.join(differ)} (trained {differ[0]}={want[differ[0]]!r}, given "
+                    f"{got.get(differ[0])!r}): use features from the same encoder checkpoint"
                 )
 
-    def infer(self, table: FeatureTable, videos, device: torch.device, progress: bool = False) -> dict[str, np.ndarray]:
+    def infer(self, table: FeatureTable, videos, device: torch.device,
+              progress: bool = False) -> dict[str, np.ndarray]:
         c = self.config
         self.model.to(device)
-        return infer(self.model, self.task, table, videos, c["window"], c["stride"], c["batch_size"], device,
-                     c["bf16"], progress)
+        return infer(self.model, self.task, table, videos, c["window"], c["stride"],
+                     c["batch_size"], device, c["bf16"], progress)
 
 
 def load_run(run_dir: Path) -> Run:
-    """Load ``RUN/best.pt`` (InputError naming the file when it is missing or not a head checkpoint)."""
+    """Load ``RUN/best.pt`` (InputError naming the file when it is missing or not a head
+    checkpoint)."""
     import pipeline.models.temporal  # noqa: F401  (registers the heads)
 
     run_dir = Path(run_dir)
     path = run_dir / "best.pt"
     if not path.is_file():
-        raise InputError(f"{path}: no checkpoint; is {run_dir} a run directory of `mae-affect train`?")
+        raise InputError(f"{path}: no checkpoint; is {run_dir} a run directory of "
+                         "`mae-affect train`?")
     ckpt = read_checkpoint(path, "head checkpoint", "--run")  # plain data only, as every checkpoint
     if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path} is not a temporal-head checkpoint (written by `mae-affect train`)")
-    model = build_model(ckpt["model"], in_dim=ckpt["in_dim"], out_dim=ckpt["out_dim"], **ckpt["head"])
+        raise InputError(f"{path} is not a temporal-head checkpoint (written by "
+                         "`mae-affect train`)")
+    model = build_model(ckpt["model"], in_dim=ckpt["in_dim"], out_dim=ckpt["out_dim"],
+                        **ckpt["head"])
     model.load_state_dict(ckpt["state_dict"])
     return Run(run_dir, ckpt, model.eval())
 
 
 def tables_for(runs: list[Run], stores=None) -> dict[str, FeatureTable]:
-    """One feature table per fill rule the runs use, from the given stores (else the first run's)."""
+    """One feature table per fill rule the runs use, from the given stores (else the first
+    run's)."""
     stores = list(stores) if stores else runs[0].stores
     tables: dict[str, FeatureTable] = {}
     for run in runs:
@@ -167,14 +174,15 @@ def tables_for(runs: list[Run], stores=None) -> dict[str, FeatureTable]:
     return tables
 
 
-def evaluate_run(run_dir: Path, split: str | None = None, data_root: Path | None = None, stores=None,
-                 device: str = "auto", progress: bool = True) -> dict:
+def evaluate_run(run_dir: Path, split: str | None = None, data_root: Path | None = None,
+                 stores=None, device: str = "auto", progress: bool = True) -> dict:
     """The official figures of a run before and after its post-processing.
 
     Args:
         run_dir: a run directory of ``mae-affect train``.
-        split: None for the run's own validation videos (the official Validation_Set on fold 0), or a
-            split with annotations (Train_Set, Validation_Set, or Test_Set where ground truth exists).
+        split: None for the run's own validation videos (the official Validation_Set on fold 0), or
+            a split with annotations (Train_Set, Validation_Set, or Test_Set where ground truth
+            exists).
         data_root, stores: default to those the run was trained with.
     """
     run = load_run(run_dir)
@@ -188,7 +196,9 @@ def evaluate_run(run_dir: Path, split: str | None = None, data_root: Path | None
         videos = sorted(annotations)
     table.require(videos)
     raw = run.infer(table, videos, resolve_device(device), progress)
-    before = postprocess.score(run.task, postprocess.apply_all(postprocess.PostProcess(run.task), raw), annotations)
+    before = postprocess.score(run.task,
+                               postprocess.apply_all(postprocess.PostProcess(run.task), raw),
+                               annotations)
     after = postprocess.score(run.task, postprocess.apply_all(run.postprocess, raw), annotations)
     return {
         "run": str(run.path), "task": run.task, "split": split or "validation (the run's)",

@@ -1,9 +1,10 @@
-"""Train / validation splits of a task: the official one (fold 0) and N folds grouped by source video.
+"""Train / validation splits of a task: the official one (fold 0) and N folds grouped by source
+video.
 
-The authors' folds split videos one by one, so ``X_left`` and ``X_right`` (two subjects of one source
-video, same scene) could land on both sides and leak. Here Train_Set + Validation_Set videos are grouped
-by source video and the groups dealt to N folds, largest first, each to the fold with the fewest
-annotated frames so far: deterministic and balanced in frames.
+The authors' folds split videos one by one, so ``X_left`` and ``X_right`` (two subjects of one
+source video, same scene) could land on both sides and leak. Here Train_Set + Validation_Set videos
+are grouped by source video and the groups dealt to N folds, largest first, each to the fold with
+the fewest annotated frames so far: deterministic and balanced in frames.
 """
 
 from pipeline.data.affwild2 import AffWild2, source_video
@@ -21,7 +22,8 @@ def official_split(ds: AffWild2, task: str) -> tuple[list[str], list[str]]:
     return sorted(ds.annotations(task, "Train_Set")), sorted(ds.annotations(task, "Validation_Set"))
 
 
-def fold_split(ds: AffWild2, task: str, fold: int = 0, folds: int = 5) -> tuple[list[str], list[str]]:
+def fold_split(ds: AffWild2, task: str, fold: int = 0,
+               folds: int = 5) -> tuple[list[str], list[str]]:
     """Train and validation videos of ``fold``: 0 is the official split, 1..folds the grouped folds.
 
     Args:
@@ -31,7 +33,8 @@ def fold_split(ds: AffWild2, task: str, fold: int = 0, folds: int = 5) -> tuple[
         folds: number of grouped folds.
     """
     if folds < 2 or not 0 <= fold <= folds:
-        raise InputError(f"--fold {fold} --folds {folds}: use --folds N >= 2 and --fold 0 (official split) .. N")
+        raise InputError(f"--fold {fold} --folds {folds}: use --folds N >= 2 and --fold 0 "
+                         "(official split) .. N")
     if fold == 0:
         return official_split(ds, task)
     frames: dict[str, int] = {}
@@ -42,7 +45,8 @@ def fold_split(ds: AffWild2, task: str, fold: int = 0, folds: int = 5) -> tuple[
     for video in sorted(frames):
         groups.setdefault(source_video(video), []).append(video)
     if len(groups) < folds:
-        raise InputError(f"{task}: {len(groups)} source videos cannot make {folds} folds; use --folds {len(groups)} or fewer")
+        raise InputError(f"{task}: {len(groups)} source videos cannot make {folds} folds; use "
+                         f"--folds {len(groups)} or fewer")
     parts = balance(list(groups), lambda s: sum(frames[v] for v in groups[s]), folds)
     members = [[v for source in part for v in groups[source]] for part in parts]
     val = sorted(members[fold - 1])

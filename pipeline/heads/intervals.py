@@ -2,9 +2,10 @@
 
 Frames of one video are strongly correlated, so a score's uncertainty comes from which videos the
 validation set happens to hold: whole videos are drawn with replacement (a video bootstrap, as
-``bench.compare_stages`` does for the encoder), the same draws for every run, and the official metric is
-recomputed on each draw from per-video sufficient statistics (:func:`pipeline.metrics.video_statistics`).
-A difference between two runs whose interval straddles 0 is not resolved by this validation set.
+``bench.compare_stages`` does for the encoder), the same draws for every run, and the official
+metric is recomputed on each draw from per-video sufficient statistics
+(:func:`pipeline.metrics.video_statistics`). A difference between two runs whose interval straddles
+0 is not resolved by this validation set.
 
 The runs' post-processed validation predictions come from their ``val_predictions.npz``
 (``pipeline.heads.train``), so the point estimates are the runs' own ``score``.
@@ -27,20 +28,23 @@ def run_statistics(run_dir: Path, task: str) -> tuple[list[str], np.ndarray]:
     """
     path = Path(run_dir) / "val_predictions.npz"
     if not path.is_file():
-        raise InputError(f"{path} does not exist; is {run_dir} a finished run of `mae-affect train`?")
+        raise InputError(f"{path} does not exist; is {run_dir} a finished run of "
+                         "`mae-affect train`?")
     with np.load(path) as npz:  # plain arrays only: no pickled objects are loaded
         videos = [str(v) for v in npz["videos"]]
         stats = []
         for i in range(len(videos)):
             labels, valid = npz[f"labels_{i}"], npz[f"valid_{i}"].astype(bool)
-            pred = extend(npz[f"pred_{i}"], len(labels))  # annotation rows beyond T: the last frame's
+            # annotation rows beyond T: the last frame's
+            pred = extend(npz[f"pred_{i}"], len(labels))
             stats.append(video_statistics(task, pred[valid], labels[valid]))
     return videos, np.stack(stats)
 
 
 def intervals(runs: dict[str, Path], task: str, reference: str, resamples: int = 2000,
               seed: int = 0) -> dict:
-    """Scores with 95 % intervals for several runs of one task, and each run's difference to ``reference``.
+    """Scores with 95 % intervals for several runs of one task, and each run's difference to
+    ``reference``.
 
     Args:
         runs: name -> head run directory; every run must be validated on the same videos.
@@ -50,7 +54,8 @@ def intervals(runs: dict[str, Path], task: str, reference: str, resamples: int =
         seed: seed of the draws.
     Returns:
         {"videos": V, "resamples": R, "runs": {name: {"score", "ci95": [lo, hi]}},
-         "differences": {name: {"diff", "ci95", "share_above_0"}}} (name minus reference; not for it).
+         "differences": {name: {"diff", "ci95", "share_above_0"}}} (name minus reference; not for
+         it).
     Raises:
         InputError: a run is missing its predictions, or the runs were validated on other videos.
     """
@@ -59,8 +64,8 @@ def intervals(runs: dict[str, Path], task: str, reference: str, resamples: int =
     for name, run in runs.items():
         these, stats[name] = run_statistics(run, task)
         if videos is not None and these != videos:
-            raise InputError(f"{run} was validated on other videos than {runs[reference]}; compare runs of "
-                             "one split")
+            raise InputError(f"{run} was validated on other videos than {runs[reference]}; compare "
+                             "runs of one split")
         videos = these
     draws = video_bootstrap(len(videos), resamples, seed).astype(np.float64)  # (R, V)
     scores = {name: score_from_statistics(task, s.sum(0)) for name, s in stats.items()}

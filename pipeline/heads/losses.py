@@ -1,7 +1,8 @@
 """Per-task losses over the counted frames of a batch (Zhou et al. 2024, ABAW6, "Losses").
 
 Only frames whose label is valid and that are not window padding enter a loss: they are selected
-before any arithmetic, so an uncounted label's value (even NaN) cannot reach the loss or its gradient.
+before any arithmetic, so an uncounted label's value (even NaN) cannot reach the loss or its
+gradient.
 
 - VA: 1 - CCC per dimension, summed over valence and arousal (optionally plus MSE).
 - Expr: cross-entropy, optionally class-weighted or focal.
@@ -39,7 +40,8 @@ class TaskLoss:
         self.task, self.va_loss = task, va_loss
         self.class_weight, self.focal_gamma, self.pos_weight = class_weight, focal_gamma, pos_weight
 
-    def __call__(self, out: torch.Tensor, labels: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+    def __call__(self, out: torch.Tensor, labels: torch.Tensor,
+                 counted: torch.Tensor) -> torch.Tensor:
         """
         Args:
             out: model outputs (B, T, K).
@@ -71,22 +73,27 @@ class TaskLoss:
 
 
 def balanced_class_weight(labels: np.ndarray, num_classes: int) -> torch.Tensor:
-    """Expr weights N / (C * n_c) from the training frames' labels (a class absent from them gets 0)."""
+    """Expr weights N / (C * n_c) from the training frames' labels (a class absent from them gets
+    0)."""
     counts = np.bincount(labels.astype(np.int64), minlength=num_classes).astype(np.float64)
-    weight = np.divide(len(labels), num_classes * counts, out=np.zeros(num_classes), where=counts > 0)
+    weight = np.divide(len(labels), num_classes * counts, out=np.zeros(num_classes),
+                       where=counts > 0)
     return torch.tensor(weight, dtype=torch.float32)
 
 
 def balanced_pos_weight(labels: np.ndarray) -> torch.Tensor:
-    """AU positive weights n_neg / n_pos per AU from the training frames (1 where an AU never fires)."""
+    """AU positive weights n_neg / n_pos per AU from the training frames (1 where an AU never
+    fires)."""
     pos = labels.sum(axis=0)
     neg = len(labels) - pos
-    return torch.tensor(np.divide(neg, pos, out=np.ones(labels.shape[1]), where=pos > 0), dtype=torch.float32)
+    return torch.tensor(np.divide(neg, pos, out=np.ones(labels.shape[1]), where=pos > 0),
+                        dtype=torch.float32)
 
 
 def make_loss(task: str, va_loss: str, class_weights: str, focal_gamma: float, pos_weight: str,
               train_labels: np.ndarray) -> TaskLoss:
     """The configured loss; balanced weights come from the training frames' labels (N, K)."""
-    cw = balanced_class_weight(train_labels[:, 0], len(EXPR_CLASSES)) if task == "expr" and class_weights == "balanced" else None
+    cw = (balanced_class_weight(train_labels[:, 0], len(EXPR_CLASSES))
+          if task == "expr" and class_weights == "balanced" else None)
     pw = balanced_pos_weight(train_labels) if task == "au" and pos_weight == "balanced" else None
     return TaskLoss(task, va_loss, cw, focal_gamma, pw)

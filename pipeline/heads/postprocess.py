@@ -1,10 +1,10 @@
 """Post-processing of whole-video outputs, chosen on validation and stored in the run.
 
 Raw outputs per video are (T, K): VA values, Expr class probabilities, AU probabilities. The paper
-clips VA, mode-filters Expr over 40 frames and thresholds AUs at 0.5; here each knob is chosen on the
-validation set by the official metric: a centred moving-average window per VA dimension, the mode
-filter's length, and one threshold per AU (per-AU F1 is independent across AUs, so choosing each
-threshold alone maximises the mean). Filters act within a video, never across two.
+clips VA, mode-filters Expr over 40 frames and thresholds AUs at 0.5; here each knob is chosen on
+the validation set by the official metric: a centred moving-average window per VA dimension, the
+mode filter's length, and one threshold per AU (per-AU F1 is independent across AUs, so choosing
+each threshold alone maximises the mean). Filters act within a video, never across two.
 """
 
 from dataclasses import asdict, dataclass, field
@@ -33,7 +33,8 @@ class PostProcess:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PostProcess":
-        return cls(d["task"], tuple(d["va_windows"]), int(d["expr_window"]), tuple(d["au_thresholds"]))
+        return cls(d["task"], tuple(d["va_windows"]), int(d["expr_window"]),
+                   tuple(d["au_thresholds"]))
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
         """One video's raw outputs (T, K) -> final predictions: VA (T, 2) in [-1, 1], Expr (T,)
@@ -68,13 +69,14 @@ def mode_filter(classes: np.ndarray, num_classes: int, w: int) -> np.ndarray:
     T = len(classes)
     lo = np.clip(np.arange(T) - r, 0, T)
     hi = np.clip(np.arange(T) + r + 1, 0, T)
-    counts = csum[hi] - csum[lo] + 0.5 * onehot  # (T, C); the half breaks ties toward the frame's own class
+    # (T, C); the half breaks ties toward the frame's own class
+    counts = csum[hi] - csum[lo] + 0.5 * onehot
     return counts.argmax(axis=1).astype(np.int64)
 
 
 def combine(pps: list[PostProcess]) -> PostProcess:
-    """One post-processing for an ensemble of runs: the lower median of the smoothing windows (one of
-    the runs' own), the mean of the AU thresholds."""
+    """One post-processing for an ensemble of runs: the lower median of the smoothing windows (one
+    of the runs' own), the mean of the AU thresholds."""
     if len(pps) == 1:
         return pps[0]
 
@@ -125,13 +127,15 @@ def choose(task: str, raw: dict[str, np.ndarray], annotations: dict) -> PostProc
     if task == "expr":
         best = max(
             EXPR_WINDOWS,
-            key=lambda w: score(task, apply_all(PostProcess(task, expr_window=w), raw), annotations)["score"],
+            key=lambda w: score(task, apply_all(PostProcess(task, expr_window=w), raw),
+                                annotations)["score"],
         )
         return PostProcess(task, expr_window=best)
     prob, true = valid_pairs(raw, annotations)  # (N, 12) probabilities and labels
     by_closeness = sorted(AU_THRESHOLDS, key=lambda t: abs(t - 0.5))  # ties go to the paper's 0.5
     thresholds = tuple(
-        max(by_closeness, key=lambda t, j=j: binary_f1(prob[:, j] >= t, true[:, j])) for j in range(prob.shape[1])
+        max(by_closeness, key=lambda t, j=j: binary_f1(prob[:, j] >= t, true[:, j]))
+        for j in range(prob.shape[1])
     )
     return PostProcess(task, au_thresholds=thresholds)
 

@@ -4,10 +4,10 @@ For the test set the rows are exactly those of the organisers' example file, in 
 frame of every test video, frames without a face included (their features come from the run's fill
 rule, as in training). Runs' outputs are averaged before post-processing (VA values, Expr / AU
 probabilities), then post-processed once. A frame beyond a video's length in the store gets the last
-frame's prediction (the nearest). For a split with annotations (``Validation_Set``, ``Train_Set``, or
-``Test_Set`` where ground truth exists) the rows are every frame 1..T of each annotated video, so
-``mae-affect score`` can check the file against the figures ``evaluate`` prints. ``predict_videos`` is
-the prediction path itself, shared with ``analyze`` (new, unannotated footage).
+frame's prediction (the nearest). For a split with annotations (``Validation_Set``, ``Train_Set``,
+or ``Test_Set`` where ground truth exists) the rows are every frame 1..T of each annotated video, so
+``mae-affect score`` can check the file against the figures ``evaluate`` prints. ``predict_videos``
+is the prediction path itself, shared with ``analyze`` (new, unannotated footage).
 """
 
 from pathlib import Path
@@ -36,12 +36,14 @@ def _rows_of_example(ds: AffWild2, task: str) -> tuple[list[str], list[tuple[str
         except ValueError as err:
             raise InputError(f"{example}:{i + 2}: {err}") from None
         if k < 1:
-            raise InputError(f"{example}:{i + 2}: frame number {k} in {loc!r}; frames are numbered from 1")
+            raise InputError(f"{example}:{i + 2}: frame number {k} in {loc!r}; frames are numbered "
+                             "from 1")
         frames.append((video, k))
     return locations, frames
 
 
-def _rows_of_split(ds: AffWild2, task: str, split: str, lengths: dict[str, int]) -> tuple[list[str], list[tuple[str, int]]]:
+def _rows_of_split(ds: AffWild2, task: str, split: str,
+                   lengths: dict[str, int]) -> tuple[list[str], list[tuple[str, int]]]:
     locations, frames = [], []
     for video, ann in sorted(ds.annotations(task, split).items()):
         suffix = ds.videos[video].suffix if video in ds.videos else ".jpg"
@@ -58,8 +60,8 @@ def load_runs(run_dirs) -> list[Run]:
         raise InputError("no run given: pass --run RUN (once per run of an ensemble)")
     other = [r for r in runs if r.task != runs[0].task]
     if other:
-        raise InputError(f"{other[0].path} is a {other[0].task} run but {runs[0].path} is {runs[0].task}: "
-                         "ensemble one task")
+        raise InputError(f"{other[0].path} is a {other[0].task} run but {runs[0].path} is "
+                         f"{runs[0].task}: ensemble one task")
     return runs
 
 
@@ -75,8 +77,9 @@ def predict_videos(runs: list[Run], tables: dict[str, FeatureTable], videos: lis
         videos: the videos to predict (InputError naming one the stores lack).
         device: where the heads run.
     Returns:
-        video -> (T, K) raw outputs averaged over the runs (VA values, Expr / AU probabilities), and the
-        runs' combined post-processing (``PostProcess.apply`` turns raw outputs into final predictions).
+        video -> (T, K) raw outputs averaged over the runs (VA values, Expr / AU probabilities), and
+        the runs' combined post-processing (``PostProcess.apply`` turns raw outputs into final
+        predictions).
     """
     next(iter(tables.values())).require(videos)
     raw = {v: 0.0 for v in videos}
@@ -105,16 +108,18 @@ def predict(run_dirs, out: Path, split: str = TEST, data_root: Path | None = Non
     if split == TEST:
         locations, frames = _rows_of_example(ds, task)
     else:
-        locations, frames = _rows_of_split(ds, task, split, {v: first.length(v) for v in first.videos})
+        locations, frames = _rows_of_split(ds, task, split,
+                                           {v: first.length(v) for v in first.videos})
     videos = list(dict.fromkeys(v for v, _ in frames))
     raw, pp = predict_videos(runs, tables, videos, resolve_device(device), progress)
     last = {}
     for v, k in frames:
         last[v] = max(last.get(v, 0), k)
-    final = {v: postprocess.extend(pp.apply(raw[v]), last[v]) for v in videos}  # frames 1..max needed
+    # frames 1..max needed
+    final = {v: postprocess.extend(pp.apply(raw[v]), last[v]) for v in videos}
     values = np.stack([final[v][k - 1] for v, k in frames]) if frames else np.zeros((0, 1))
     write_submission(Path(out), task, locations, values)
     return {
-        "out": str(out), "task": task, "split": split, "rows": len(locations), "videos": len(videos),
-        "runs": [str(r.path) for r in runs], "postprocess": pp.to_dict(),
+        "out": str(out), "task": task, "split": split, "rows": len(locations),
+        "videos": len(videos), "runs": [str(r.path) for r in runs], "postprocess": pp.to_dict(),
     }

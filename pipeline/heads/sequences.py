@@ -1,14 +1,15 @@
 """Sequences for the temporal heads: features and labels in memory once, windows as slices.
 
 One or more feature stores are loaded with ``load_all`` and concatenated along the feature axis
-(frames aligned), so a second extractor's features can be added. A task's annotations are laid on the
-same rows. Time stays contiguous: invalid labels, absent faces and window padding are masks, never
-deletions. Absent-face rows are filled by one explicit rule (``fill``), the same in training and
-inference. A video's length T is the store's; annotation rows beyond T are masked in training (and
-predicted from the last frame at evaluation), missing annotation rows are invalid.
+(frames aligned), so a second extractor's features can be added. A task's annotations are laid on
+the same rows. Time stays contiguous: invalid labels, absent faces and window padding are masks,
+never deletions. Absent-face rows are filled by one explicit rule (``fill``), the same in training
+and inference. A video's length T is the store's; annotation rows beyond T are masked in training
+(and predicted from the last frame at evaluation), missing annotation rows are invalid.
 
-Windows of W frames with stride S cover every frame: starts 0, S, 2S, ... while the window fits, then
-a last window aligned to the video's end; a video shorter than W is one window, padded to W in a batch.
+Windows of W frames with stride S cover every frame: starts 0, S, 2S, ... while the window fits,
+then a last window aligned to the video's end; a video shorter than W is one window, padded to W in
+a batch.
 """
 
 from dataclasses import dataclass
@@ -63,8 +64,9 @@ class FeatureTable:
         missing = [v for v in videos if v not in self.offsets]
         if missing:
             raise InputError(
-                f"{len(missing)} video(s) are not in the feature store {', '.join(self.paths)}, e.g. "
-                f"{missing[0]!r}: extract features for them (`mae-affect extract`) or use a store that has them"
+                f"{len(missing)} video(s) are not in the feature store {', '.join(self.paths)}, "
+                f"e.g. {missing[0]!r}: extract features for them (`mae-affect extract`) or use a "
+                "store that has them"
             )
 
 
@@ -84,19 +86,23 @@ def load_features(stores, fill: str = "nearest") -> FeatureTable:
             if reference is None:
                 reference = (path, store.videos(), {v: store.num_frames(v) for v in store.videos()})
                 if not store.videos():
-                    raise InputError(f"{path}: the feature store holds no complete video; run `mae-affect extract`")
+                    raise InputError(f"{path}: the feature store holds no complete video; run "
+                                     "`mae-affect extract`")
             else:
                 _check_aligned(reference, path, store)
             identities.append(store_identity(store.attrs))
-            dtype = np.float16 if store.dtype == np.float16 else np.float32  # float16 halves the memory
+            # float16 halves the memory
+            dtype = np.float16 if store.dtype == np.float16 else np.float32
             parts.append(store.load_all(videos=reference[1], dtype=dtype, fill=fill))
     dtype = np.result_type(*(p.features.dtype for p in parts))
     if len(parts) == 1:
         features = parts[0].features
     else:
-        features = np.concatenate([p.features.astype(dtype, copy=False) for p in parts], axis=1)  # (sum T, D1 + D2 ...)
+        # (sum T, D1 + D2 ...)
+        features = np.concatenate([p.features.astype(dtype, copy=False) for p in parts], axis=1)
     present = np.logical_and.reduce([p.present for p in parts])
-    return FeatureTable(features, present, dict(parts[0].offsets), identities, [str(p) for p in stores], fill)
+    return FeatureTable(features, present, dict(parts[0].offsets), identities,
+                        [str(p) for p in stores], fill)
 
 
 def _check_aligned(reference, path: Path, store) -> None:
@@ -105,16 +111,17 @@ def _check_aligned(reference, path: Path, store) -> None:
     if store.videos() != videos:
         only_first = sorted(set(videos) - set(store.videos()))
         only_here = sorted(set(store.videos()) - set(videos))
-        example = f"{only_first[0]!r} only in {first_path}" if only_first else f"{only_here[0]!r} only in {path}"
+        example = (f"{only_first[0]!r} only in {first_path}" if only_first
+                   else f"{only_here[0]!r} only in {path}")
         raise InputError(
-            f"stores {first_path} and {path} hold different videos ({example}): stores combined with "
-            "several --store options must be extracted from the same videos"
+            f"stores {first_path} and {path} hold different videos ({example}): stores combined "
+            "with several --store options must be extracted from the same videos"
         )
     for v in videos:
         if store.num_frames(v) != frames[v]:
             raise InputError(
-                f"video {v!r} has {frames[v]} frames in {first_path} but {store.num_frames(v)} in {path}: "
-                "combined stores must be extracted with the same frame counts"
+                f"video {v!r} has {frames[v]} frames in {first_path} but {store.num_frames(v)} in "
+                f"{path}: combined stores must be extracted with the same frame counts"
             )
 
 
@@ -139,7 +146,8 @@ class TaskData:
         return sum(self.table.length(v) for v in videos)
 
 
-def lay_labels(task: str, table: FeatureTable, annotations: dict[str, Annotation]) -> tuple[np.ndarray, np.ndarray]:
+def lay_labels(task: str, table: FeatureTable,
+               annotations: dict[str, Annotation]) -> tuple[np.ndarray, np.ndarray]:
     """Annotations on the table's rows: labels (sum T, K) float32, valid (sum T,) bool."""
     K = OUT_DIMS[task]
     labels = np.zeros((len(table.features), K), np.float32)  # (sum T, K)
@@ -162,7 +170,8 @@ def task_data(task: str, table: FeatureTable, train_videos, val_videos,
 
 
 def window_starts(T: int, W: int, S: int) -> np.ndarray:
-    """Start rows of the windows over a video of T frames: 0, S, 2S, ... then one aligned to the end.
+    """Start rows of the windows over a video of T frames: 0, S, 2S, ... then one aligned to the
+    end.
 
     A video of T <= W frames is one window starting at 0 (of length T, padded in a batch).
     """
@@ -207,15 +216,18 @@ class Batcher:
         labels, valid: (sum T, K) and (sum T,) from ``lay_labels`` (None at inference).
     """
 
-    def __init__(self, features: np.ndarray, labels: np.ndarray | None = None, valid: np.ndarray | None = None):
+    def __init__(self, features: np.ndarray, labels: np.ndarray | None = None,
+                 valid: np.ndarray | None = None):
         self.features = torch.from_numpy(features)
         self.labels = None if labels is None else torch.from_numpy(labels)
         self.valid = None if valid is None else torch.from_numpy(valid)
 
     def batch(self, windows: np.ndarray, W: int) -> dict[str, torch.Tensor]:
         """x (B, W, D) float32 with zeros on padding, keep (B, W), rows (B, W); labels (B, W, K) and
-        counted (B, W) (valid label and real frame: the frames the loss counts) when labels were given."""
-        W = min(W, int(windows[:, 1].max()))  # a batch of short videos needs no more than its longest
+        counted (B, W) (valid label and real frame: the frames the loss counts) when labels were
+        given."""
+        # a batch of short videos needs no more than its longest
+        W = min(W, int(windows[:, 1].max()))
         rows, keep = window_index(windows, W)
         x = self.features[rows].float() * keep[..., None]  # (B, W, D)
         out = {"x": x, "keep": keep, "rows": rows}

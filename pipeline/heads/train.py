@@ -54,14 +54,16 @@ from pipeline.runs import (
 )
 
 
-def feature_stats(features: np.ndarray, rows: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and standard deviation (float32, (D,)) over the selected rows of (N, D) features,
-    accumulated in float64 chunk by chunk (no float64 copy of a multi-GB table)."""
+def feature_stats(features: np.ndarray, rows: np.ndarray,
+                  chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation (float32, (D,)) over the selected rows of (N, D)
+    features, accumulated in float64 chunk by chunk (no float64 copy of a multi-GB table)."""
     total = np.zeros(features.shape[1])
     squares = np.zeros(features.shape[1])
     n = 0
     for start in range(0, len(features), chunk):
-        block = features[start:start + chunk][rows[start:start + chunk]].astype(np.float64)  # (n_chunk, D)
+        # (n_chunk, D)
+        block = features[start:start + chunk][rows[start:start + chunk]].astype(np.float64)
         total += block.sum(0)
         squares += (block**2).sum(0)
         n += len(block)
@@ -72,16 +74,16 @@ def feature_stats(features: np.ndarray, rows: np.ndarray, chunk: int = 65536) ->
 
 
 def warmup_epochs(cfg: TrainConfig) -> float:
-    """The warm-up a run uses: ``cfg.warmup_epochs``, but at most half the run, so that a short run (one
-    epoch, as often in an ablation or a smoke test) is not all warm-up."""
+    """The warm-up a run uses: ``cfg.warmup_epochs``, but at most half the run, so that a short run
+    (one epoch, as often in an ablation or a smoke test) is not all warm-up."""
     return min(cfg.warmup_epochs, cfg.epochs / 2)
 
 
 def learning_rate(cfg: TrainConfig, epoch: float) -> float:
-    """The rate at a fractional epoch: linear warm-up (:func:`warmup_epochs`), then cosine annealing with
-    warm restarts. The loop gives each step the rate at the point of training the step completes, so the
-    first step of a warm-up of n steps runs at lr / n, never at 0 (a step at lr 0 learns nothing: a
-    one-epoch run of one step kept its untrained head)."""
+    """The rate at a fractional epoch: linear warm-up (:func:`warmup_epochs`), then cosine annealing
+    with warm restarts. The loop gives each step the rate at the point of training the step
+    completes, so the first step of a warm-up of n steps runs at lr / n, never at 0 (a step at lr 0
+    learns nothing: a one-epoch run of one step kept its untrained head)."""
     warmup = warmup_epochs(cfg)
     if epoch < warmup:
         return cfg.lr * epoch / warmup
@@ -94,31 +96,36 @@ def learning_rate(cfg: TrainConfig, epoch: float) -> float:
 
 
 def build_head(cfg: TrainConfig, in_dim: int) -> torch.nn.Module:
-    return build_model(cfg.model, in_dim=in_dim, out_dim=OUT_DIMS[cfg.task], **dataclasses.asdict(cfg.head))
+    return build_model(cfg.model, in_dim=in_dim, out_dim=OUT_DIMS[cfg.task],
+                       **dataclasses.asdict(cfg.head))
 
 
-def prepare(cfg: TrainConfig, table: FeatureTable | None = None, ds: AffWild2 | None = None) -> TaskData:
+def prepare(cfg: TrainConfig, table: FeatureTable | None = None,
+            ds: AffWild2 | None = None) -> TaskData:
     """Load the stores (unless a table is given) and lay the task's fold on them.
 
     Raises:
-        ConfigError: no dataset (``data``) given; InputError: a fold without training or validation videos.
+        ConfigError: no dataset (``data``) given; InputError: a fold without training or validation
+            videos.
     """
     if ds is None and not cfg.data:
-        raise ConfigError("data", "is required; give the Aff-Wild2-layout root the stores were extracted from")
+        raise ConfigError("data", "is required; give the Aff-Wild2-layout root the stores were "
+                                  "extracted from")
     ds = ds if ds is not None else AffWild2(Path(cfg.data))
     table = table if table is not None else load_features(cfg.stores, cfg.fill)
     train, val = fold_split(ds, cfg.task, cfg.fold, cfg.folds)
     if not train or not val:
-        raise InputError(f"{ds.root}: {cfg.task} fold {cfg.fold} has {len(train)} training and {len(val)} "
-                         "validation videos; both need at least one")
+        raise InputError(f"{ds.root}: {cfg.task} fold {cfg.fold} has {len(train)} training and "
+                         f"{len(val)} validation videos; both need at least one")
     return task_data(cfg.task, table, train, val, pooled_annotations(ds, cfg.task, train + val))
 
 
-def _checkpoint(cfg: TrainConfig, model, data: TaskData, epoch: int, val: dict, out_dir: Path, pp=None,
-                after=None) -> dict:
+def _checkpoint(cfg: TrainConfig, model, data: TaskData, epoch: int, val: dict, out_dir: Path,
+                pp=None, after=None) -> dict:
     return {
         "format": CHECKPOINT_FORMAT, "version": 1, "task": cfg.task, "model": cfg.model,
-        "head": dataclasses.asdict(cfg.head), "in_dim": data.table.dim, "out_dim": OUT_DIMS[cfg.task],
+        "head": dataclasses.asdict(cfg.head), "in_dim": data.table.dim,
+        "out_dim": OUT_DIMS[cfg.task],
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "config": to_jsonable(cfg), "stores": to_jsonable(data.table.identities), "epoch": epoch,
         # plain Python numbers: the checkpoint loads with torch.load(..., weights_only=True)
@@ -130,9 +137,10 @@ def _checkpoint(cfg: TrainConfig, model, data: TaskData, epoch: int, val: dict, 
 
 
 def run_inputs(cfg: TrainConfig, out_dir: Path) -> dict:
-    """Where a run's stores and dataset are: each as an absolute path and as a path relative to the run
-    directory, so that ``evaluate`` and ``predict`` find them from any working directory, and after the
-    run directory moved together with them (``heads.evaluate.Run.resolve_input`` has the rule)."""
+    """Where a run's stores and dataset are: each as an absolute path and as a path relative to the
+    run directory, so that ``evaluate`` and ``predict`` find them from any working directory, and
+    after the run directory moved together with them (``heads.evaluate.Run.resolve_input`` has the
+    rule)."""
     run = os.path.abspath(out_dir)
 
     def where(path: str) -> dict:
@@ -142,7 +150,8 @@ def run_inputs(cfg: TrainConfig, out_dir: Path) -> dict:
     return {"stores": [where(s) for s in cfg.stores], "data": where(cfg.data)}
 
 
-def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = True, make_plots: bool = True) -> dict:
+def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = True,
+              make_plots: bool = True) -> dict:
     """Train one head and write its run directory.
 
     Args:
@@ -160,13 +169,15 @@ def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # An earlier run's outputs go first, so a crash never leaves its head beside this run's config.
-    for stale in ["log.jsonl", "best.pt", "summary.json", "val_predictions.npz", *(p.name for p in out_dir.glob("*.png"))]:
+    for stale in ["log.jsonl", "best.pt", "summary.json", "val_predictions.npz",
+                  *(p.name for p in out_dir.glob("*.png"))]:
         (out_dir / stale).unlink(missing_ok=True)
     shutil.rmtree(out_dir / "tensorboard", ignore_errors=True)
     write_config(out_dir, cfg)
     if warmup_epochs(cfg) < cfg.warmup_epochs:
-        tqdm.write(f"warning: a warm-up of {cfg.warmup_epochs:g} epoch(s) would fill most of this {cfg.epochs}-epoch "
-                   f"run; it warms up for {warmup_epochs(cfg):g}", file=sys.stderr)
+        tqdm.write(f"warning: a warm-up of {cfg.warmup_epochs:g} epoch(s) would fill most of this "
+                   f"{cfg.epochs}-epoch run; it warms up for {warmup_epochs(cfg):g}",
+                   file=sys.stderr)
     log = RunLog(out_dir, cfg.tensorboard)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -177,7 +188,8 @@ def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = 
     in_train = np.zeros(len(data.valid), bool)
     for v in data.train_videos:
         in_train[slice(*data.table.offsets[v])] = True
-    if cfg.standardize:  # z-score every feature with the statistics of the training frames with a face
+    # z-score every feature with the statistics of the training frames with a face
+    if cfg.standardize:
         mean, std = feature_stats(data.table.features, in_train & data.table.present)
         model.set_input_stats(torch.from_numpy(mean), torch.from_numpy(std))
     counted = data.valid if cfg.absent_in_loss else data.valid & data.table.present  # (sum T,)
@@ -186,17 +198,20 @@ def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = 
     batcher = Batcher(data.table.features, data.labels, counted)
     val_annotations = {v: data.annotations[v] for v in data.val_videos}
     steps = math.ceil(len(windows) / cfg.batch_size)
-    bar = tqdm(total=cfg.epochs * steps, desc=f"train {cfg.task}", unit="step", disable=not progress)
+    bar = tqdm(total=cfg.epochs * steps, desc=f"train {cfg.task}", unit="step",
+               disable=not progress)
     best, best_state, history = -math.inf, None, []
     t_start = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         t_epoch = time.perf_counter()
-        batches = np.array_split(rng.permutation(len(windows)), steps)  # shuffled windows, `steps` batches
+        # shuffled windows, `steps` batches
+        batches = np.array_split(rng.permutation(len(windows)), steps)
         losses, frames, t_data = [], 0, 0.0
         model.train()
         for step, batch in enumerate(batches):
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, epoch - 1 + (step + 1) / steps)  # where this step ends
+                # where this step ends
+                group["lr"] = learning_rate(cfg, epoch - 1 + (step + 1) / steps)
             t0 = time.perf_counter()
             b = batcher.batch(windows[batch], cfg.window)
             t_data += time.perf_counter() - t0
@@ -205,14 +220,16 @@ def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = 
             bar.update()
             bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}", best=f"{best:.3f}")
         seconds = time.perf_counter() - t_epoch
-        raw = infer(model, cfg.task, data.table, data.val_videos, cfg.window, cfg.stride, cfg.batch_size,
-                    device, cfg.bf16)
-        val = postprocess.score(cfg.task, postprocess.apply_all(postprocess.PostProcess(cfg.task), raw), val_annotations)
+        raw = infer(model, cfg.task, data.table, data.val_videos, cfg.window, cfg.stride,
+                    cfg.batch_size, device, cfg.bf16)
+        val = postprocess.score(cfg.task,
+                                postprocess.apply_all(postprocess.PostProcess(cfg.task), raw),
+                                val_annotations)
         record = {
-            "epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": float(np.mean(losses)),
-            "val_score": val["score"], "val": val, "train_seconds": seconds,
-            "frames_per_s": frames / seconds, "data_share": t_data / seconds,
-            "eval_seconds": time.perf_counter() - t_epoch - seconds,
+            "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": float(np.mean(losses)), "val_score": val["score"], "val": val,
+            "train_seconds": seconds, "frames_per_s": frames / seconds,
+            "data_share": t_data / seconds, "eval_seconds": time.perf_counter() - t_epoch - seconds,
         }
         log.log(record, tag="epoch", step=epoch)
         history.append(record)
@@ -224,13 +241,17 @@ def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = 
     bar.close()
     log.close()
     model.load_state_dict(best_state)
-    raw = infer(model, cfg.task, data.table, data.val_videos, cfg.window, cfg.stride, cfg.batch_size, device, cfg.bf16)
+    raw = infer(model, cfg.task, data.table, data.val_videos, cfg.window, cfg.stride,
+                cfg.batch_size, device, cfg.bf16)
     pp = postprocess.choose(cfg.task, raw, val_annotations)
     final = postprocess.apply_all(pp, raw)
-    before = postprocess.score(cfg.task, postprocess.apply_all(postprocess.PostProcess(cfg.task), raw), val_annotations)
+    before = postprocess.score(cfg.task,
+                               postprocess.apply_all(postprocess.PostProcess(cfg.task), raw),
+                               val_annotations)
     after = postprocess.score(cfg.task, final, val_annotations)
     best_epoch = max(history, key=lambda r: r["val_score"])["epoch"]
-    atomic_torch_save(_checkpoint(cfg, model, data, best_epoch, before, out_dir, pp, after), out_dir / "best.pt")
+    atomic_torch_save(_checkpoint(cfg, model, data, best_epoch, before, out_dir, pp, after),
+                      out_dir / "best.pt")
     _save_predictions(out_dir / "val_predictions.npz", raw, final, val_annotations)
     if make_plots:
         _write_plots(out_dir, cfg.task, history, final, val_annotations, before, after)
@@ -262,8 +283,8 @@ def _json(obj) -> str:
 
 
 def _save_predictions(path: Path, raw: dict, final: dict, annotations: dict) -> None:
-    """``videos`` names; per video i: ``raw_i`` (T, K) outputs, ``pred_i`` post-processed predictions,
-    ``labels_i`` and ``valid_i`` (the annotation's rows)."""
+    """``videos`` names; per video i: ``raw_i`` (T, K) outputs, ``pred_i`` post-processed
+    predictions, ``labels_i`` and ``valid_i`` (the annotation's rows)."""
     arrays = {"videos": np.array(list(raw))}
     for i, v in enumerate(raw):
         arrays.update({f"raw_{i}": raw[v], f"pred_{i}": final[v],

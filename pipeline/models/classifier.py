@@ -1,9 +1,11 @@
-"""The fine-tuning model: the shared ViT encoder, one pooled embedding per frame, a linear Expr head.
+"""The fine-tuning model: the shared ViT encoder, one pooled embedding per frame, a linear Expr
+head.
 
-Stage 2 of Zhou et al. (2024, ABAW6): "decoder dropped, a fully connected head on the encoder". The embedding
-is exactly what extraction stores (:func:`pipeline.models.encoder.pool_tokens` of the encoder's own
-``forward_features``), so the head is trained on the features the temporal heads will read. Optional
-frame-level heads for AU (12 logits) and VA (2 values in [-1, 1]) share that embedding.
+Stage 2 of Zhou et al. (2024, ABAW6): "decoder dropped, a fully connected head on the encoder". The
+embedding is exactly what extraction stores (:func:`pipeline.models.encoder.pool_tokens` of the
+encoder's own ``forward_features``), so the head is trained on the features the temporal heads will
+read. Optional frame-level heads for AU (12 logits) and VA (2 values in [-1, 1]) share that
+embedding.
 
 For a linear probe MAE puts a BatchNorm without affine parameters before the head (He et al. 2022,
 appendix A.2): features of a frozen MAE encoder have very different scales per channel.
@@ -31,8 +33,8 @@ class ExprClassifier(nn.Module):
             BatchNorm before the heads.
     """
 
-    def __init__(self, encoder: VisionTransformer, num_classes: int, pooling: str = "mean", num_aus: int = 0,
-                 aux_va: bool = False, linear_probe: bool = False):
+    def __init__(self, encoder: VisionTransformer, num_classes: int, pooling: str = "mean",
+                 num_aus: int = 0, aux_va: bool = False, linear_probe: bool = False):
         super().__init__()
         self.encoder = encoder
         self.pooling = pooling
@@ -40,14 +42,15 @@ class ExprClassifier(nn.Module):
         width = encoder.embed_dim
         if linear_probe:
             encoder.requires_grad_(False)
-        self.probe_norm = nn.BatchNorm1d(width, affine=False, eps=PROBE_NORM_EPS) if linear_probe else nn.Identity()
+        self.probe_norm = (nn.BatchNorm1d(width, affine=False, eps=PROBE_NORM_EPS) if linear_probe
+                           else nn.Identity())
         self.head = nn.Linear(width, num_classes)
         self.au_head = nn.Linear(width, num_aus) if num_aus else None
         self.va_head = nn.Linear(width, 2) if aux_va else None
         for head in (self.head, self.au_head, self.va_head):
             if head is not None:
-                # MAE's fine-tuning init: near-zero logits, so the pretrained features are not disturbed
-                # by a random head's large gradients in the first steps.
+                # MAE's fine-tuning init: near-zero logits, so the pretrained features are not
+                # disturbed by a random head's large gradients in the first steps.
                 nn.init.trunc_normal_(head.weight, std=2e-5)
                 nn.init.zeros_(head.bias)
 
@@ -63,7 +66,8 @@ class ExprClassifier(nn.Module):
             return pool_tokens(self.encoder.forward_features(images), self.pooling)
 
     def forward_heads(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        """features (B, D) -> {"expr": (B, C) logits, "au": (B, num_aus) logits, "va": (B, 2) in [-1, 1]}."""
+        """features (B, D) -> {"expr": (B, C) logits, "au": (B, num_aus) logits, "va": (B, 2) in
+        [-1, 1]}."""
         z = self.probe_norm(features)
         out = {"expr": self.head(z)}
         if self.au_head is not None:

@@ -1,13 +1,14 @@
-"""The image encoder every stage shares: a plain timm ViT with fixed 2-D sin-cos position embeddings.
+"""The image encoder every stage shares: a plain timm ViT with fixed 2-D sin-cos position
+embeddings.
 
-MAE (He et al. 2022, facebookresearch/mae ``util/pos_embed.py``) fixes the position embedding to a 2-D
-sin-cos table instead of learning it. Here the table is written into a standard timm
+MAE (He et al. 2022, facebookresearch/mae ``util/pos_embed.py``) fixes the position embedding to a
+2-D sin-cos table instead of learning it. Here the table is written into a standard timm
 ``VisionTransformer``'s ``pos_embed`` parameter, so the encoder stays a plain timm model: its own
-``forward_features(x) -> (B, 1+N, D)`` is the one feature path for pretraining checks, fine-tuning and
-extraction, and its ``state_dict`` has timm's key names.
+``forward_features(x) -> (B, 1+N, D)`` is the one feature path for pretraining checks, fine-tuning
+and extraction, and its ``state_dict`` has timm's key names.
 
-Images enter as uint8 (B, C, H, W) and are normalised on the device with :func:`normalize`, using the
-ImageNet mean/std that every checkpoint records (``pixel_mean`` / ``pixel_std``).
+Images enter as uint8 (B, C, H, W) and are normalised on the device with :func:`normalize`, using
+the ImageNet mean/std that every checkpoint records (``pixel_mean`` / ``pixel_std``).
 """
 
 from collections.abc import Sequence
@@ -39,14 +40,16 @@ def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int, cls_token: bool = Tr
         raise ValueError(f"sin-cos position embedding needs a width divisible by 4, got {dim}")
     omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))  # (D/4,)
     rows, cols = torch.meshgrid(
-        torch.arange(grid_h, dtype=torch.float64), torch.arange(grid_w, dtype=torch.float64), indexing="ij"
+        torch.arange(grid_h, dtype=torch.float64), torch.arange(grid_w, dtype=torch.float64),
+        indexing="ij"
     )
 
     def encode(pos: torch.Tensor) -> torch.Tensor:
         angles = pos.reshape(-1, 1) * omega  # (N, D/4)
         return torch.cat([angles.sin(), angles.cos()], dim=1)  # (N, D/2)
 
-    # MAE's order: the first half of the channels encodes the column (w), the second half the row (h).
+    # MAE's order: the first half of the channels encodes the column (w), the second half the row
+    # (h).
     table = torch.cat([encode(cols), encode(rows)], dim=1)  # (N, D)
     if cls_token:
         table = torch.cat([torch.zeros(1, dim, dtype=table.dtype), table], dim=0)  # (1+N, D)
@@ -54,7 +57,8 @@ def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int, cls_token: bool = Tr
 
 
 def init_mae_weights(module: nn.Module) -> None:
-    """MAE's initialisation: xavier-uniform linears (patch projection treated as one), unit norms."""
+    """MAE's initialisation: xavier-uniform linears (patch projection treated as one), unit
+    norms."""
     if isinstance(module, nn.Linear):
         nn.init.xavier_uniform_(module.weight)
         if module.bias is not None:
@@ -78,11 +82,12 @@ def vit_encoder(
     mlp_ratio: float = 4.0,
     drop_path_rate: float = 0.0,
 ) -> VisionTransformer:
-    """A headless timm ViT (class token, final norm) whose ``pos_embed`` holds the fixed sin-cos table.
+    """A headless timm ViT (class token, final norm) whose ``pos_embed`` holds the fixed sin-cos
+    table.
 
-    ``pos_embed`` stays an ``nn.Parameter`` (so timm's key names and loaders keep working) but does not
-    require grad, as in MAE. Weights get MAE's initialisation (:func:`init_mae_weights`) instead of timm's
-    (which would be overwritten anyway and costs seconds for the large sizes).
+    ``pos_embed`` stays an ``nn.Parameter`` (so timm's key names and loaders keep working) but does
+    not require grad, as in MAE. Weights get MAE's initialisation (:func:`init_mae_weights`) instead
+    of timm's (which would be overwritten anyway and costs seconds for the large sizes).
     """
     encoder = VisionTransformer(
         img_size=img_size,
@@ -102,13 +107,16 @@ def vit_encoder(
     nn.init.normal_(encoder.cls_token, std=0.02)
     grid_h, grid_w = encoder.patch_embed.grid_size
     with torch.no_grad():
-        encoder.pos_embed.copy_(sincos_pos_embed_2d(embed_dim, grid_h, grid_w).unsqueeze(0))  # (1, 1+N, D)
+        # (1, 1+N, D)
+        encoder.pos_embed.copy_(sincos_pos_embed_2d(embed_dim, grid_h, grid_w).unsqueeze(0))
     encoder.pos_embed.requires_grad_(False)
     return encoder
 
 
-def normalize(images: torch.Tensor, mean: Sequence[float] = PIXEL_MEAN, std: Sequence[float] = PIXEL_STD) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> float32 (B, C, H, W), scaled to [0, 1] then standardised per channel."""
+def normalize(images: torch.Tensor, mean: Sequence[float] = PIXEL_MEAN,
+              std: Sequence[float] = PIXEL_STD) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float32 (B, C, H, W), scaled to [0, 1] then standardised per
+    channel."""
     mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
     return (images.float() / 255 - mean_t) / std_t
@@ -119,7 +127,8 @@ def pool_tokens(tokens: torch.Tensor, mode: str = "cls") -> torch.Tensor:
 
     Args:
         tokens: (B, 1+N, D), the class token first.
-        mode: ``cls`` (the class token) or ``mean`` (mean of the N patch tokens, MAE fine-tuning's choice).
+        mode: ``cls`` (the class token) or ``mean`` (mean of the N patch tokens, MAE fine-tuning's
+            choice).
 
     Returns:
         (B, D)

@@ -1,10 +1,11 @@
-"""Masked autoencoder with a timm ViT encoder (He et al. 2022, "Masked Autoencoders Are Scalable Vision
-Learners"; follows facebookresearch/mae ``models_mae.py``).
+"""Masked autoencoder with a timm ViT encoder (He et al. 2022, "Masked Autoencoders Are Scalable
+Vision Learners"; follows facebookresearch/mae ``models_mae.py``).
 
-The encoder is a plain timm ``VisionTransformer`` (``self.encoder``, see :mod:`pipeline.models.encoder`):
-the masked path below uses only its public parts (``patch_embed``, ``cls_token``, ``pos_embed``,
-``blocks``, ``norm``), and after pretraining the same object runs standalone through its own
-``forward_features``. Stage 1 of Zhou et al. (2024, ABAW6) (ViT-Base/16, 75 % masking).
+The encoder is a plain timm ``VisionTransformer`` (``self.encoder``, see
+:mod:`pipeline.models.encoder`): the masked path below uses only its public parts (``patch_embed``,
+``cls_token``, ``pos_embed``, ``blocks``, ``norm``), and after pretraining the same object runs
+standalone through its own ``forward_features``. Stage 1 of Zhou et al. (2024, ABAW6) (ViT-Base/16,
+75 % masking).
 
 Shapes: B images, N patches per image, D encoder width, Dd decoder width, P = patch_size**2 * C.
 """
@@ -62,15 +63,16 @@ def mae_config(name: str, **overrides) -> MAEConfig:
     known = {f.name for f in fields(MAEConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise InputError(f"unknown MAE config key(s) {unknown} for {name}; known keys: {sorted(known)}")
+        raise InputError(f"unknown MAE config key(s) {unknown} for {name}; known keys: "
+                         f"{sorted(known)}")
     return replace(MAEConfig(**MAE_SIZES[name]), **overrides)
 
 
 def build_encoder(name: str, **config) -> VisionTransformer:
     """The encoder alone, from a registered name and a (possibly full MAE) config dict.
 
-    Decoder and loss keys in ``config`` are accepted and ignored, so a checkpoint's ``model_config`` can
-    be passed as it is.
+    Decoder and loss keys in ``config`` are accepted and ignored, so a checkpoint's ``model_config``
+    can be passed as it is.
     """
     cfg = mae_config(name, **config)
     return vit_encoder(cfg.img_size, cfg.patch_size, cfg.embed_dim, cfg.depth, cfg.num_heads,
@@ -85,15 +87,17 @@ class MaskedAutoencoderViT(nn.Module):
         if config.in_chans != 3:
             raise InputError(f"in_chans={config.in_chans}: the encoder reads RGB images; use 3")
         self.config = config
-        self.encoder = vit_encoder(config.img_size, config.patch_size, config.embed_dim, config.depth,
-                                   config.num_heads, config.mlp_ratio, config.drop_path_rate)
+        self.encoder = vit_encoder(config.img_size, config.patch_size, config.embed_dim,
+                                   config.depth, config.num_heads, config.mlp_ratio,
+                                   config.drop_path_rate)
         grid_h, grid_w = self.encoder.patch_embed.grid_size
         dd = config.decoder_embed_dim
 
         self.decoder_embed = nn.Linear(config.embed_dim, dd)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))
         self.decoder_pos_embed = nn.Parameter(
-            sincos_pos_embed_2d(dd, grid_h, grid_w).unsqueeze(0), requires_grad=False  # (1, 1+N, Dd)
+            # (1, 1+N, Dd)
+            sincos_pos_embed_2d(dd, grid_h, grid_w).unsqueeze(0), requires_grad=False
         )
         self.decoder_blocks = nn.Sequential(*[
             Block(dd, config.decoder_num_heads, config.mlp_ratio, qkv_bias=True,
@@ -106,7 +110,8 @@ class MaskedAutoencoderViT(nn.Module):
 
     def _init_weights(self) -> None:
         """MAE's init for the decoder (the encoder initialised itself); pos embeds stay sin-cos."""
-        for module in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
+        for module in (self.decoder_embed, self.decoder_blocks, self.decoder_norm,
+                       self.decoder_pred):
             module.apply(init_mae_weights)
         nn.init.normal_(self.mask_token, std=0.02)
 
@@ -123,7 +128,8 @@ class MaskedAutoencoderViT(nn.Module):
         return x.reshape(b, (h // p) * (w // p), p * p * c)  # (B, N, P)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, N, p*p*C) -> (B, C, H, W); the inverse of :meth:`patchify` for the model's grid."""
+        """x: (B, N, p*p*C) -> (B, C, H, W); the inverse of :meth:`patchify` for the model's
+        grid."""
         p = self.patch_size
         h, w = self.encoder.patch_embed.grid_size
         b, _, patch_dim = x.shape
@@ -141,9 +147,9 @@ class MaskedAutoencoderViT(nn.Module):
             mask_ratio: fraction of patches to hide.
 
         Returns:
-            x_kept (B, K, D) with K = int(N * (1 - mask_ratio)), MAE's ``len_keep`` (rounded down: 19 of
-            196 patches at 0.9) ; mask (B, N), 1 = hidden, in the original patch order ; ids_restore (B, N),
-            the permutation that un-shuffles.
+            x_kept (B, K, D) with K = int(N * (1 - mask_ratio)), MAE's ``len_keep`` (rounded down:
+            19 of 196 patches at 0.9) ; mask (B, N), 1 = hidden, in the original patch order ;
+            ids_restore (B, N), the permutation that un-shuffles.
         """
         b, n, d = x.shape
         keep = int(n * (1 - mask_ratio))
@@ -160,8 +166,8 @@ class MaskedAutoencoderViT(nn.Module):
     def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float):
         """imgs: (B, C, H, W) normalised -> latent (B, 1+K, D), mask (B, N), ids_restore (B, N).
 
-        The same steps as the encoder's ``forward_features`` (patch embed, position, blocks, norm) with
-        the masking between the position embedding and the class token.
+        The same steps as the encoder's ``forward_features`` (patch embed, position, blocks, norm)
+        with the masking between the position embedding and the class token.
         """
         enc = self.encoder
         x = enc.patch_embed(imgs)  # (B, N, D)
@@ -186,7 +192,8 @@ class MaskedAutoencoderViT(nn.Module):
         return x[:, 1:]  # (B, N, P), class token dropped
 
     def target(self, imgs: torch.Tensor) -> torch.Tensor:
-        """imgs (B, C, H, W) -> the regression target (B, N, P): patches, per-patch normalised if set."""
+        """imgs (B, C, H, W) -> the regression target (B, N, P): patches, per-patch normalised if
+        set."""
         target = self.patchify(imgs)  # (B, N, P)
         if self.config.norm_pix_loss:
             mean = target.mean(dim=-1, keepdim=True)
@@ -195,10 +202,12 @@ class MaskedAutoencoderViT(nn.Module):
         return target
 
     def patch_loss(self, imgs: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-        """Squared error of every patch, visible or not: imgs (B, C, H, W), pred (B, N, P) -> (B, N)."""
+        """Squared error of every patch, visible or not: imgs (B, C, H, W), pred (B, N, P) -> (B,
+        N)."""
         return ((pred.float() - self.target(imgs).float()) ** 2).mean(dim=-1)
 
-    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
         """Mean squared error over the masked patches only.
 
         Args:
@@ -207,7 +216,8 @@ class MaskedAutoencoderViT(nn.Module):
         return (self.patch_loss(imgs, pred) * mask).sum() / mask.sum()
 
     def forward(self, imgs: torch.Tensor, mask_ratio: float | None = None):
-        """imgs (B, C, H, W) -> (loss, pred (B, N, P), mask (B, N)); ``mask_ratio`` defaults to the config's."""
+        """imgs (B, C, H, W) -> (loss, pred (B, N, P), mask (B, N)); ``mask_ratio`` defaults to the
+        config's."""
         ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
         latent, mask, ids_restore = self.forward_encoder(imgs, ratio)
         pred = self.forward_decoder(latent, ids_restore)

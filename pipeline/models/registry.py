@@ -1,8 +1,9 @@
-"""Models built by name, as timm does: ``@register_model`` on a builder, ``build_model(name, **cfg)``.
+"""Models built by name, as timm does: ``@register_model`` on a builder,
+``build_model(name, **cfg)``.
 
-A registered name starts with its family (``mae_vit_base_patch16``, ``temporal_tcn_transformer``), so that
-``list_models(family)`` finds every model of one kind; the tests build every registered model by walking
-the registry, family by family, as timm's tests do.
+A registered name starts with its family (``mae_vit_base_patch16``, ``temporal_tcn_transformer``),
+so that ``list_models(family)`` finds every model of one kind; the tests build every registered
+model by walking the registry, family by family, as timm's tests do.
 """
 
 from collections.abc import Callable
@@ -22,13 +23,15 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     if fn.__name__ in _REGISTRY:
         raise ValueError(f"model {fn.__name__!r} is registered twice")
     if not fn.__name__.startswith(FAMILIES):
-        raise ValueError(f"model {fn.__name__!r} must start with its family, one of {', '.join(FAMILIES)}")
+        raise ValueError(f"model {fn.__name__!r} must start with its family, one of "
+                         f"{', '.join(FAMILIES)}")
     _REGISTRY[fn.__name__] = fn
     return fn
 
 
 def list_models(family: str = "") -> list[str]:
-    """Registered names starting with ``family`` (e.g. ``"mae_"``, ``"temporal_"``; all by default)."""
+    """Registered names starting with ``family`` (e.g. ``"mae_"``, ``"temporal_"``; all by
+    default)."""
     return sorted(name for name in _REGISTRY if name.startswith(family))
 
 

@@ -1,16 +1,16 @@
 """Temporal heads on per-frame embeddings: TCN -> Transformer encoder -> frame-wise head.
 
 Zhou et al. (2024), "Boosting Continuous Emotion Recognition with Self-Pretraining using Masked
-Autoencoders, Temporal Convolutional Networks, and Transformers" (ABAW6, CVPR 2024 workshops); the TCN
-follows Bai et al. (2018) and locuslab/TCN, with the non-deprecated
+Autoencoders, Temporal Convolutional Networks, and Transformers" (ABAW6, CVPR 2024 workshops); the
+TCN follows Bai et al. (2018) and locuslab/TCN, with the non-deprecated
 ``torch.nn.utils.parametrizations.weight_norm``.
 
 Every model maps features (B, T, D) and a ``keep`` mask (B, T) (false on the padding of a window
 longer than its video) to one output per frame (B, T, out). Padding is invisible: padded rows are
 zeroed after every convolution (so a centred TCN sees the zeros a shorter input would be padded
-with), the Transformer masks them as keys, and the head's BatchNorm takes statistics over real frames
-only. A padded window therefore gives the same outputs on its real frames as the unpadded video,
-which is what lets training pad short videos and inference average overlapping windows.
+with), the Transformer masks them as keys, and the head's BatchNorm takes statistics over real
+frames only. A padded window therefore gives the same outputs on its real frames as the unpadded
+video, which is what lets training pad short videos and inference average overlapping windows.
 """
 
 import math
@@ -32,9 +32,9 @@ def _masked(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
 class TemporalConv(nn.Module):
     """Weight-normed dilated Conv1d whose output has its input's length T.
 
-    Causal: all (k - 1) * d padding goes on the left, so output t sees inputs <= t only. (The authors
-    pad both sides and trim the end, as locuslab/TCN's ``Chomp1d`` does: the same result, with a
-    wasted tail.) Centred: the padding is split, output t sees t - r .. t + r.
+    Causal: all (k - 1) * d padding goes on the left, so output t sees inputs <= t only. (The
+    authors pad both sides and trim the end, as locuslab/TCN's ``Chomp1d`` does: the same result,
+    with a wasted tail.) Centred: the padding is split, output t sees t - r .. t + r.
     """
 
     def __init__(self, c_in: int, c_out: int, kernel_size: int, dilation: int, causal: bool):
@@ -48,9 +48,11 @@ class TemporalConv(nn.Module):
 
 
 class TemporalBlock(nn.Module):
-    """Two (conv, PReLU, dropout) stages plus a residual (1x1 conv where widths differ), then PReLU."""
+    """Two (conv, PReLU, dropout) stages plus a residual (1x1 conv where widths differ), then
+    PReLU."""
 
-    def __init__(self, c_in: int, c_out: int, kernel_size: int, dilation: int, causal: bool, dropout: float):
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, dilation: int, causal: bool,
+                 dropout: float):
         super().__init__()
         self.conv1 = TemporalConv(c_in, c_out, kernel_size, dilation, causal)
         self.act1 = nn.PReLU()
@@ -69,7 +71,8 @@ class TemporalBlock(nn.Module):
 class TemporalConvNet(nn.Module):
     """Residual blocks with dilations 1, 2, 4, ...; takes and returns (B, C, T)."""
 
-    def __init__(self, c_in: int, channels: tuple[int, ...], kernel_size: int, causal: bool, dropout: float):
+    def __init__(self, c_in: int, channels: tuple[int, ...], kernel_size: int, causal: bool,
+                 dropout: float):
         super().__init__()
         widths = (c_in, *channels)
         self.blocks = nn.ModuleList(
@@ -79,7 +82,8 @@ class TemporalConvNet(nn.Module):
 
     @property
     def receptive_field(self) -> int:
-        return 1 + sum(2 * (b.conv1.conv.kernel_size[0] - 1) * b.conv1.conv.dilation[0] for b in self.blocks)
+        return 1 + sum(2 * (b.conv1.conv.kernel_size[0] - 1) * b.conv1.conv.dilation[0]
+                       for b in self.blocks)
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         for block in self.blocks:
@@ -104,10 +108,12 @@ class PositionalEncoding(nn.Module):
         T, D = x.shape[1], x.shape[2]
         if self.kind == "learned":
             if T > self.max_len:
-                raise ValueError(f"a window of {T} frames exceeds the learned positional table ({self.max_len})")
+                raise ValueError(f"a window of {T} frames exceeds the learned positional table "
+                                 f"({self.max_len})")
             return x + self.table[:T]
         position = torch.arange(T, device=x.device, dtype=torch.float32)[:, None]  # (T, 1)
-        freq = torch.exp(torch.arange(0, D, 2, device=x.device, dtype=torch.float32) * (-math.log(10000.0) / D))
+        freq = torch.exp(torch.arange(0, D, 2, device=x.device, dtype=torch.float32)
+                         * (-math.log(10000.0) / D))
         code = torch.zeros(T, D, device=x.device)
         code[:, 0::2] = torch.sin(position * freq)
         code[:, 1::2] = torch.cos(position * freq[: D // 2])
@@ -115,14 +121,16 @@ class PositionalEncoding(nn.Module):
 
 
 class TransformerStage(nn.Module):
-    """Conv1d (kernel 1) to d_model, optional position code, post-norm Transformer encoder (ReLU)."""
+    """Conv1d (kernel 1) to d_model, optional position code, post-norm Transformer encoder
+    (ReLU)."""
 
     def __init__(self, c_in: int, cfg: HeadConfig):
         super().__init__()
         self.proj = nn.Conv1d(c_in, cfg.d_model, 1)
         self.pos = PositionalEncoding(cfg.pos_encoding, cfg.d_model, cfg.max_len)
         layer = nn.TransformerEncoderLayer(
-            cfg.d_model, cfg.num_heads, cfg.ff_dim, cfg.dropout, activation="relu", batch_first=True, norm_first=False
+            cfg.d_model, cfg.num_heads, cfg.ff_dim, cfg.dropout, activation="relu",
+            batch_first=True, norm_first=False
         )
         self.encoder = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
 
@@ -133,7 +141,8 @@ class TransformerStage(nn.Module):
 
 
 class MaskedBatchNorm(nn.BatchNorm1d):
-    """BatchNorm1d over the real frames of (B, T, C): padded rows neither shift the statistics nor the output."""
+    """BatchNorm1d over the real frames of (B, T, C): padded rows neither shift the statistics nor
+    the output."""
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         B, T, C = x.shape
@@ -144,7 +153,8 @@ class MaskedBatchNorm(nn.BatchNorm1d):
 
 
 class FrameHead(nn.Module):
-    """The paper's per-frame head: Linear, BatchNorm, Linear (no activation between, as the authors')."""
+    """The paper's per-frame head: Linear, BatchNorm, Linear (no activation between, as the
+    authors')."""
 
     def __init__(self, c_in: int, hidden: int, out_dim: int):
         super().__init__()
@@ -157,7 +167,8 @@ class FrameHead(nn.Module):
 
 
 class TemporalModel(nn.Module):
-    """Optional TCN, optional Transformer, then the frame head; the four registered heads are its cases.
+    """Optional TCN, optional Transformer, then the frame head; the four registered heads are its
+    cases.
 
     Args:
         in_dim: feature width D (from the store).
@@ -166,22 +177,24 @@ class TemporalModel(nn.Module):
         use_tcn, use_transformer: which temporal stages to build.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, cfg: HeadConfig, use_tcn: bool, use_transformer: bool):
+    def __init__(self, in_dim: int, out_dim: int, cfg: HeadConfig, use_tcn: bool,
+                 use_transformer: bool):
         super().__init__()
         self.cfg = cfg
         self.in_dim, self.out_dim = in_dim, out_dim
         width = in_dim
         self.tcn = None
         if use_tcn:
-            self.tcn = TemporalConvNet(in_dim, cfg.tcn_channels, cfg.kernel_size, cfg.causal, cfg.dropout)
+            self.tcn = TemporalConvNet(in_dim, cfg.tcn_channels, cfg.kernel_size, cfg.causal,
+                                       cfg.dropout)
             width = cfg.tcn_channels[-1]
         self.transformer = None
         if use_transformer:
             self.transformer = TransformerStage(width, cfg)
             width = cfg.d_model
         self.head = FrameHead(width, cfg.head_hidden, out_dim)
-        # Feature standardisation (identity until set_input_stats): saved with the weights, so a head
-        # carries the statistics of the features it was trained on into inference.
+        # Feature standardisation (identity until set_input_stats): saved with the weights, so a
+        # head carries the statistics of the features it was trained on into inference.
         self.register_buffer("input_mean", torch.zeros(in_dim))
         self.register_buffer("input_std", torch.ones(in_dim))
 
@@ -192,7 +205,8 @@ class TemporalModel(nn.Module):
         self.input_std.copy_(std.clamp_min(1e-6))
 
     def forward_temporal(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-        """(B, T, D) -> (B, T, C): the TCN and Transformer stages, in (B, C, T) for the convolutions."""
+        """(B, T, D) -> (B, T, C): the TCN and Transformer stages, in (B, C, T) for the
+        convolutions."""
         if self.tcn is None and self.transformer is None:
             return x
         # The one transpose: convolutions over time take (B, C, T).
@@ -214,7 +228,8 @@ class TemporalModel(nn.Module):
             (B, T, out) raw outputs (VA values, Expr or AU logits).
         """
         if keep is not None and bool(keep.all()):
-            keep = None  # nothing padded: skip the masking work (a third of a small head's step on CPU)
+            # nothing padded: skip the masking work (a third of a small head's step on CPU)
+            keep = None
         x = (x - self.input_mean) / self.input_std  # padded rows are zeroed again by the masks
         return self.head(self.forward_temporal(x, keep), keep)
 

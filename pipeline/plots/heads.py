@@ -1,7 +1,7 @@
 """PNG plots of a head run: training curves, VA traces, the Expr confusion matrix, per-AU F1 bars.
 
-Each figure is rendered to memory and written atomically, so a killed run leaves no half-written PNG.
-Figures are built with matplotlib's object API (``Figure``), not pyplot: no global state and no
+Each figure is rendered to memory and written atomically, so a killed run leaves no half-written
+PNG. Figures are built with matplotlib's object API (``Figure``), not pyplot: no global state and no
 display backend, so plotting is safe in a headless training job.
 """
 

@@ -1,8 +1,9 @@
-"""The MAE's reconstruction picture: original | masked | reconstruction | reconstruction + visible patches.
+"""The MAE's reconstruction picture: original | masked | reconstruction | reconstruction + visible
+patches.
 
-As facebookresearch/mae's visualisation notebook: with ``norm_pix_loss`` the model predicts each patch
-standardised, so the prediction is shown at the true patch's mean and std (colour levels from the image,
-the structure inside each patch from the model), and a footer line says so.
+As facebookresearch/mae's visualisation notebook: with ``norm_pix_loss`` the model predicts each
+patch standardised, so the prediction is shown at the true patch's mean and std (colour levels from
+the image, the structure inside each patch from the model), and a footer line says so.
 """
 
 import io
@@ -20,8 +21,8 @@ from pipeline.runs import atomic_write_bytes
 
 
 def fixed_images(paths: list, n: int, img_size: int) -> torch.Tensor:
-    """n readable images spread evenly over the list (files or FER2013 rows), un-augmented: the picture's
-    rows, uint8 (B, C, H, W).
+    """n readable images spread evenly over the list (files or FER2013 rows), un-augmented: the
+    picture's rows, uint8 (B, C, H, W).
 
     Raises:
         InputError: none of the images can be read.
@@ -46,8 +47,8 @@ def reconstruction_grid(model: MaskedAutoencoderViT, images: torch.Tensor, seed:
 
     Args:
         model: the MAE (its training mode is restored afterwards).
-        images: uint8 (B, C, H, W) on the model's device. The mask is drawn from ``seed`` (same every epoch)
-            without touching the training RNG.
+        images: uint8 (B, C, H, W) on the model's device. The mask is drawn from ``seed`` (same
+            every epoch) without touching the training RNG.
         mean, std: the normalisation the model was trained with.
     Returns:
         A PIL RGB picture of 4 columns and B rows of (H, W) tiles.
@@ -59,12 +60,15 @@ def reconstruction_grid(model: MaskedAutoencoderViT, images: torch.Tensor, seed:
         torch.manual_seed(seed)
         _, pred, mask = model(x)  # (B, N, P), (B, N)
     model.train(was_training)
-    if model.config.norm_pix_loss:  # predictions are per-patch standardised: undo with the true patch stats
+    # predictions are per-patch standardised: undo with the true patch stats
+    if model.config.norm_pix_loss:
         target = model.patchify(x)  # (B, N, P)
-        pred = pred * (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(dim=-1, keepdim=True)
+        pred = (pred * (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5
+                + target.mean(dim=-1, keepdim=True))
     recon = model.unpatchify(pred.float())  # (B, C, H, W), normalised space
     p = model.patch_size
-    mask_img = model.unpatchify(mask.unsqueeze(-1).expand(-1, -1, p * p * 3))  # (B, C, H, W), 1 = hidden
+    # (B, C, H, W), 1 = hidden
+    mask_img = model.unpatchify(mask.unsqueeze(-1).expand(-1, -1, p * p * 3))
     mean_t = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
 
@@ -80,11 +84,14 @@ def reconstruction_grid(model: MaskedAutoencoderViT, images: torch.Tensor, seed:
     b, _, h, w = images.shape
     gap, header = 2, 12
     footer = header if model.config.norm_pix_loss else 0
-    canvas = Image.new("RGB", (len(columns) * (w + gap) - gap, header + b * (h + gap) - gap + footer), "white")
+    canvas = Image.new("RGB",
+                       (len(columns) * (w + gap) - gap, header + b * (h + gap) - gap + footer),
+                       "white")
     draw = ImageDraw.Draw(canvas)
-    if footer:  # say so: with per-patch normalised targets the shown colour level of each patch is the truth's
-        draw.text((1, canvas.height - footer), "norm-pix: hidden patches shown at the true patch mean/std",
-                  fill="black")
+    # say so: with per-patch normalised targets the shown colour level of each patch is the truth's
+    if footer:
+        draw.text((1, canvas.height - footer),
+                  "norm-pix: hidden patches shown at the true patch mean/std", fill="black")
     for c, (column, name) in enumerate(zip(columns, names, strict=True)):
         draw.text((c * (w + gap) + 1, 0), name[: max(1, w // 6)], fill="black")
         for r in range(b):

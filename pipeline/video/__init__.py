@@ -1,5 +1,5 @@
-"""Raw videos in: decoding, face detection, alignment and tracking, the ``faces`` stage that writes the
-Aff-Wild2 layout, and ``analyze``, which runs a trained encoder and heads over new footage.
+"""Raw videos in: decoding, face detection, alignment and tracking, the ``faces`` stage that writes
+the Aff-Wild2 layout, and ``analyze``, which runs a trained encoder and heads over new footage.
 
 The decoder (PyAV) and the detector (facenet-pytorch's MTCNN) are the optional ``video`` extra
 (``pip install -e '.[video]'``): they are imported inside the functions that use them, through

@@ -1,15 +1,15 @@
 """``analyze``: new footage -> per-frame valence, arousal, expression and action units.
 
 The method's own path, end to end, on videos without annotations: ``faces`` (crops in the Aff-Wild2
-layout, kept under ``OUT/faces``) -> ``extract`` with the given encoder into a feature store (kept, and
-shareable like any other: ``OUT/features.zarr``) -> each head run's own prediction path
-(``heads.predict.predict_videos``: overlapping windows averaged, the run's fill rule for frames without a
-face, the post-processing tuned on its validation set). Nothing here predicts by itself.
+layout, kept under ``OUT/faces``) -> ``extract`` with the given encoder into a feature store (kept,
+and shareable like any other: ``OUT/features.zarr``) -> each head run's own prediction path
+(``heads.predict.predict_videos``: overlapping windows averaged, the run's fill rule for frames
+without a face, the post-processing tuned on its validation set). Nothing here predicts by itself.
 
 Per output video it writes ``OUT/<video>.csv`` (one row per source frame) and ``OUT/<video>.png`` (a
-timeline), one ``OUT/report.html`` over all videos, and with ``render`` ``OUT/<source>.mp4`` with the
-boxes and predictions drawn. ``analyze`` returns the per-frame tables as well (column -> array, what
-``pandas.DataFrame`` takes).
+timeline), one ``OUT/report.html`` over all videos, and with ``render`` ``OUT/<source>.mp4`` with
+the boxes and predictions drawn. ``analyze`` returns the per-frame tables as well (column -> array,
+what ``pandas.DataFrame`` takes).
 """
 
 import csv
@@ -42,30 +42,34 @@ def load_heads(run_dirs) -> dict[str, Run]:
     for run_dir in run_dirs:
         run = load_run(run_dir)
         if run.task in runs:
-            raise InputError(f"{run_dir} and {runs[run.task].path} are both {run.task} runs: give one run per task")
+            raise InputError(f"{run_dir} and {runs[run.task].path} are both {run.task} runs: give "
+                             "one run per task")
         runs[run.task] = run
     if not runs:
-        raise InputError("no head run given: pass --heads RUN [RUN ...] (runs of `mae-affect train`)")
+        raise InputError("no head run given: pass --heads RUN [RUN ...] (runs of "
+                         "`mae-affect train`)")
     return runs
 
 
 def check_encoder(runs: dict[str, Run], encoder: Path) -> None:
-    """Refuse, before any work, heads trained on features of another encoder checkpoint than ``encoder``
-    (the full identity check follows on the store, ``Run.check_stores``)."""
+    """Refuse, before any work, heads trained on features of another encoder checkpoint than
+    ``encoder`` (the full identity check follows on the store, ``Run.check_stores``)."""
     if not Path(encoder).is_file():
-        raise InputError(f"{encoder}: encoder checkpoint not found; pass --encoder with the checkpoint the "
-                         "heads' feature store was extracted with")
+        raise InputError(f"{encoder}: encoder checkpoint not found; pass --encoder with the "
+                         "checkpoint the heads' feature store was extracted with")
     sha = sha256_file(encoder)
     for run in runs.values():
         trained = [s.get("checkpoint_sha256") for s in run.checkpoint["stores"]]
         if len(trained) == 1 and trained[0] != sha:
             raise InputError(
-                f"{run.path} was trained on features of the encoder with checkpoint_sha256 {trained[0][:12]}..., "
-                f"but {encoder} has {sha[:12]}...: pass the encoder its feature store was extracted with"
+                f"{run.path} was trained on features of the encoder with checkpoint_sha256 "
+                f"{trained[0][:12]}..., but {encoder} has {sha[:12]}...: pass the encoder its "
+                "feature store was extracted with"
             )
 
 
-def frame_table(record: dict, present: np.ndarray, predictions: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
+def frame_table(record: dict, present: np.ndarray,
+                predictions: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
     """One video's per-frame table: column -> (T,) array, one row per decoded source frame.
 
     Args:
@@ -73,15 +77,16 @@ def frame_table(record: dict, present: np.ndarray, predictions: dict[str, tuple[
         present: (T,) bool, a face was found (and its crop read) in the frame.
         predictions: task -> (raw (T, K), final) from ``predict_videos`` and the post-processing.
     Returns:
-        ``frame`` (1-based), ``time_s``, ``face`` (0/1); with VA ``valence``, ``arousal``; with Expr the
-        eight ``<class>_prob`` and ``expression`` (the class name); with AU the twelve ``<AU>_prob`` and
-        the twelve ``<AU>`` 0/1 at the run's thresholds.
+        ``frame`` (1-based), ``time_s``, ``face`` (0/1); with VA ``valence``, ``arousal``; with Expr
+        the eight ``<class>_prob`` and ``expression`` (the class name); with AU the twelve
+        ``<AU>_prob`` and the twelve ``<AU>`` 0/1 at the run's thresholds.
     """
     T = len(present)
     times = np.asarray(record["times"], np.float64)
     if len(times) != T:
-        raise InputError(f"{record['video']}: its record has {len(times)} frame times, the store {T} frames; "
-                         "the store was extracted from other crops: delete it and analyze again")
+        raise InputError(f"{record['video']}: its record has {len(times)} frame times, the store "
+                         f"{T} frames; the store was extracted from other crops: delete it and "
+                         "analyze again")
     table = {"frame": np.arange(1, T + 1), "time_s": times, "face": present.astype(np.int64)}
     if "va" in predictions:
         _, final = predictions["va"]
@@ -123,16 +128,17 @@ def analyze(inputs, out: Path, config: AnalyzeConfig, progress: bool = True) -> 
     Args:
         inputs: video files and folders of videos.
         out: the output folder (``faces/``, ``features.zarr``, CSVs, PNGs, ``report.html``, MP4s).
-        config: the settings: ``encoder`` (the checkpoint the heads' feature store was extracted with),
-            ``heads`` (head run directories of ``mae-affect train``, at most one per task), the faces
-            stage's, extraction's, rendering.
+        config: the settings: ``encoder`` (the checkpoint the heads' feature store was extracted
+            with), ``heads`` (head run directories of ``mae-affect train``, at most one per task),
+            the faces stage's, extraction's, rendering.
         progress: show progress bars.
     Returns:
         a summary (``videos``: per output video its source, frames, faces, CSV and PNG; ``report``;
-        ``faces`` and ``extraction`` summaries) and ``tables``: video -> per-frame table (``frame_table``).
+        ``faces`` and ``extraction`` summaries) and ``tables``: video -> per-frame table
+        (``frame_table``).
     Raises:
-        InputError for unusable videos (one, or all), head runs of one task given twice, or heads trained
-        on features of another encoder than ``encoder``.
+        InputError for unusable videos (one, or all), head runs of one task given twice, or heads
+        trained on features of another encoder than ``encoder``.
     """
     from pipeline.video.render import render_video
     from pipeline.video.timeline import report_page, timeline_png
@@ -151,7 +157,8 @@ def analyze(inputs, out: Path, config: AnalyzeConfig, progress: bool = True) -> 
     extracted = extract(ExtractConfig(
         data=str(root), ckpt=str(encoder), store=str(store), batch_size=config.extract_batch_size,
         workers=config.workers, device=config.faces.device, bf16=config.bf16), progress=progress)
-    tables = tables_for(list(runs.values()), [store])  # refuses heads trained on another encoder's features
+    # refuses heads trained on another encoder's features
+    tables = tables_for(list(runs.values()), [store])
     device = resolve_device(config.faces.device)
     predictions: dict[str, dict] = {v: {} for v in videos}
     for task in TASKS:
@@ -169,20 +176,23 @@ def analyze(inputs, out: Path, config: AnalyzeConfig, progress: bool = True) -> 
         result_tables[v] = table
         atomic_write_text(out / f"{v}.csv", table_csv(table))
         timeline_png(table, f"{v} ({Path(records[v]['source']).name})", out / f"{v}.png")
-        summaries[v] = {"source": records[v]["source"], "frames": len(present), "faces": int(present.sum()),
-                        "fps": records[v]["fps"], "csv": f"{v}.csv", "png": f"{v}.png"}
+        summaries[v] = {"source": records[v]["source"], "frames": len(present),
+                        "faces": int(present.sum()), "fps": records[v]["fps"], "csv": f"{v}.csv",
+                        "png": f"{v}.png"}
     if config.render:
         for source, names in found["outputs"].items():
             mp4 = out / f"{Path(source).stem}.mp4"
-            render_video(Path(source), [records[n] for n in names], [result_tables[n] for n in names], mp4,
-                         progress=progress)
+            render_video(Path(source), [records[n] for n in names],
+                         [result_tables[n] for n in names], mp4, progress=progress)
             for n in names:
                 summaries[n]["mp4"] = mp4.name
     heads_used = {task: str(run.path) for task, run in runs.items()}
-    report = report_page(out / "report.html", summaries, result_tables, out, heads_used, str(encoder))
+    report = report_page(out / "report.html", summaries, result_tables, out, heads_used,
+                         str(encoder))
     summary = {
-        "out": str(out), "videos": summaries, "report": str(report), "heads": heads_used, "encoder": str(encoder),
-        "store": str(store), "faces": {k: v for k, v in found.items() if k != "outputs"},
+        "out": str(out), "videos": summaries, "report": str(report), "heads": heads_used,
+        "encoder": str(encoder), "store": str(store),
+        "faces": {k: v for k, v in found.items() if k != "outputs"},
         "extraction": {k: extracted[k] for k in ("extracted", "skipped", "frames", "frames_per_s")},
         "config": to_jsonable(config),
     }

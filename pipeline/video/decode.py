@@ -1,15 +1,17 @@
-"""Video decoding with PyAV (FFmpeg's libraries): frames in presentation order, upright, with time stamps.
+"""Video decoding with PyAV (FFmpeg's libraries): frames in presentation order, upright, with time
+stamps.
 
 - Presentation order: packets are demuxed in file order and FFmpeg's decoder returns frames in
   presentation order (B-frames reordered); frame k (1-based) is the k-th frame it returns, as every
   FFmpeg-based reader numbers them.
-- Rotation: phones store portrait video as landscape frames plus a display matrix; ``VideoFrame.rotation``
-  (degrees counter-clockwise, PyAV >= 14) is honoured, so frames come out as a player shows them.
-- Time stamps: each frame keeps ``pts * time_base`` in seconds, so variable-frame-rate video maps back to
-  real time; a frame without a pts gets the previous one's plus one frame period.
-- Damage: a packet the decoder rejects is skipped and counted (``DecodeReport``); frames after it keep
-  their own time stamps, so the record still maps every frame to its time. A file that cannot be opened,
-  has no video stream or yields no frame raises :class:`VideoError`.
+- Rotation: phones store portrait video as landscape frames plus a display matrix;
+  ``VideoFrame.rotation`` (degrees counter-clockwise, PyAV >= 14) is honoured, so frames come out as
+  a player shows them.
+- Time stamps: each frame keeps ``pts * time_base`` in seconds, so variable-frame-rate video maps
+  back to real time; a frame without a pts gets the previous one's plus one frame period.
+- Damage: a packet the decoder rejects is skipped and counted (``DecodeReport``); frames after it
+  keep their own time stamps, so the record still maps every frame to its time. A file that cannot
+  be opened, has no video stream or yields no frame raises :class:`VideoError`.
 """
 
 import queue
@@ -25,8 +27,8 @@ from pipeline.errors import InputError
 from pipeline.video import require
 
 # Suffixes taken from a folder; a file given by name is tried whatever its suffix.
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp",
-                  ".ts", ".mts", ".m2ts", ".ogv")
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
+                  ".3gp", ".ts", ".mts", ".m2ts", ".ogv")
 
 
 class VideoError(InputError):
@@ -41,7 +43,8 @@ class VideoInfo:
         path: the file.
         width, height: frame size in pixels as a player shows it (after rotation).
         rate: average frame rate (frames/s) as a fraction; 0 when the container does not say.
-        frames: frame count the container declares (0 when unknown); the decoded count is authoritative.
+        frames: frame count the container declares (0 when unknown); the decoded count is
+            authoritative.
         codec: decoder name.
         rotation: display rotation in degrees counter-clockwise, from the first frame (0 when none).
     """
@@ -81,7 +84,8 @@ class DecodeReport:
         """One line naming the file, or None when decoding was clean."""
         parts = []
         if self.bad_packets:
-            where = f" (first near {self.first_bad_time:.2f} s)" if self.first_bad_time is not None else ""
+            where = (f" (first near {self.first_bad_time:.2f} s)"
+                     if self.first_bad_time is not None else "")
             parts.append(f"{self.bad_packets} corrupt packet(s) skipped{where}")
         if self.stopped_early:
             parts.append(f"reading stopped early: {self.stopped_early}")
@@ -101,7 +105,8 @@ def _open(path: Path):
 
 
 def probe(path: Path) -> VideoInfo:
-    """The first video stream's size, rate, declared frame count and rotation, without decoding it all."""
+    """The first video stream's size, rate, declared frame count and rotation, without decoding it
+    all."""
     av = require("av")
     with _open(path) as container:
         stream = container.streams.video[0]
@@ -129,14 +134,18 @@ def _upright(frame) -> np.ndarray:
     """A decoded frame as an RGB array (H, W, 3), rotated as its display matrix asks."""
     rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3)
     turns = _quarter_turns(frame.rotation)
-    return np.ascontiguousarray(np.rot90(rgb, k=turns)) if turns else rgb  # rot90: counter-clockwise
+    # rot90: counter-clockwise
+    return np.ascontiguousarray(np.rot90(rgb, k=turns)) if turns else rgb
 
 
-def iter_frames(path: Path, report: DecodeReport | None = None) -> Iterator[tuple[np.ndarray, float | None]]:
-    """Every frame of the first video stream in presentation order: (RGB (H, W, 3) uint8, seconds or None).
+def iter_frames(path: Path,
+                report: DecodeReport | None = None) -> Iterator[tuple[np.ndarray, float | None]]:
+    """Every frame of the first video stream in presentation order: (RGB (H, W, 3) uint8, seconds or
+    None).
 
     Packets the decoder rejects are skipped and counted in ``report``; demuxing errors end the video
-    early (noted in ``report``). Raises VideoError when the file cannot be opened or has no video stream.
+    early (noted in ``report``). Raises VideoError when the file cannot be opened or has no video
+    stream.
     """
     av = require("av")
     report = report if report is not None else DecodeReport()
@@ -219,7 +228,8 @@ def read_batches(path: Path, batch_size: int, report: DecodeReport | None = None
 
 
 def find_videos(inputs: list[Path]) -> tuple[list[Path], list[Path]]:
-    """The videos to process: each file given, and each folder's files with a video suffix (recursively).
+    """The videos to process: each file given, and each folder's files with a video suffix
+    (recursively).
 
     Returns:
         (videos, ignored): the video files in the order given (folders sorted), and the other files
@@ -231,8 +241,10 @@ def find_videos(inputs: list[Path]) -> tuple[list[Path], list[Path]]:
         if path.is_file():
             videos.append(path)
         elif path.is_dir():
-            for p in sorted(q for q in path.rglob("*") if q.is_file() and not q.name.startswith(".")):
+            for p in sorted(q for q in path.rglob("*") if q.is_file()
+                            and not q.name.startswith(".")):
                 (videos if p.suffix.lower() in VIDEO_SUFFIXES else ignored).append(p)
         else:
-            raise InputError(f"{path}: no such file or folder; pass video files or folders of videos")
+            raise InputError(f"{path}: no such file or folder; pass video files or folders of "
+                             "videos")
     return videos, ignored

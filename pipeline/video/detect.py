@@ -1,10 +1,11 @@
 """Face detectors behind one small interface, built by name from a registry.
 
-A detector takes a batch of frames and returns, per frame, face boxes, scores and five landmarks (eye
-centres, nose tip, mouth corners, in image left-to-right order) in pixels: what the 5-point alignment of
-face-recognition pipelines needs. ``mtcnn`` (facenet-pytorch, Zhang et al. 2016, "Joint Face Detection
-and Alignment using Multi-task Cascaded Convolutional Networks") is registered here; another detector
-(e.g. MediaPipe's) is added with ``@register_detector("name")`` and a class with the same three members.
+A detector takes a batch of frames and returns, per frame, face boxes, scores and five landmarks
+(eye centres, nose tip, mouth corners, in image left-to-right order) in pixels: what the 5-point
+alignment of face-recognition pipelines needs. ``mtcnn`` (facenet-pytorch, Zhang et al. 2016, "Joint
+Face Detection and Alignment using Multi-task Cascaded Convolutional Networks") is registered here;
+another detector (e.g. MediaPipe's) is added with ``@register_detector("name")`` and a class with
+the same three members.
 """
 
 from collections.abc import Callable
@@ -25,8 +26,8 @@ class Detections:
     Args:
         boxes: (K, 4) float32 pixels, x1, y1, x2, y2.
         scores: (K,) float32 detection confidence in [0, 1].
-        landmarks: (K, 5, 2) float32 pixels (x, y): left eye, right eye, nose tip, left and right mouth
-            corner, left and right as seen in the image.
+        landmarks: (K, 5, 2) float32 pixels (x, y): left eye, right eye, nose tip, left and right
+            mouth corner, left and right as seen in the image.
     """
 
     boxes: np.ndarray
@@ -35,7 +36,8 @@ class Detections:
 
     @classmethod
     def empty(cls) -> "Detections":
-        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                   np.zeros((0, 5, 2), np.float32))
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -51,7 +53,8 @@ class FaceDetector(Protocol):
     version: str  # the detector package and its version, for the record
 
     def detect(self, frames: torch.Tensor) -> list[Detections]:
-        """Faces in a batch of frames: uint8 (B, H, W, 3) RGB, on the detector's device -> B Detections."""
+        """Faces in a batch of frames: uint8 (B, H, W, 3) RGB, on the detector's device -> B
+        Detections."""
         ...
 
     def settings(self) -> dict:
@@ -75,7 +78,8 @@ def register_detector(name: str):
 def build_detector(name: str, device: torch.device, **settings) -> FaceDetector:
     """The registered detector ``name`` on ``device``; InputError for an unknown name."""
     if name not in DETECTORS:
-        raise InputError(f"unknown face detector {name!r}; use one of {', '.join(sorted(DETECTORS))}")
+        raise InputError(f"unknown face detector {name!r}; use one of "
+                         f"{', '.join(sorted(DETECTORS))}")
     return DETECTORS[name](device=device, **settings)
 
 
@@ -92,7 +96,8 @@ class MTCNNDetector:
 
     name = "mtcnn"
 
-    def __init__(self, device: torch.device, min_face: int = 20, thresholds=(0.6, 0.7, 0.7), factor: float = 0.709):
+    def __init__(self, device: torch.device, min_face: int = 20, thresholds=(0.6, 0.7, 0.7),
+                 factor: float = 0.709):
         require("facenet_pytorch")
         from importlib.metadata import version
 
@@ -103,15 +108,17 @@ class MTCNNDetector:
         self.thresholds = tuple(float(t) for t in thresholds)
         self.factor = float(factor)
         self.version = f"facenet-pytorch {version('facenet-pytorch')}"
-        self.model = MTCNN(min_face_size=self.min_face, thresholds=list(self.thresholds), factor=self.factor,
-                           keep_all=True, device=self.device).eval()
+        self.model = MTCNN(min_face_size=self.min_face, thresholds=list(self.thresholds),
+                           factor=self.factor, keep_all=True, device=self.device).eval()
 
     def settings(self) -> dict:
-        return {"min_face": self.min_face, "thresholds": list(self.thresholds), "factor": self.factor}
+        return {"min_face": self.min_face, "thresholds": list(self.thresholds),
+                "factor": self.factor}
 
     def detect(self, frames: torch.Tensor) -> list[Detections]:
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
-            raise ValueError(f"frames must be uint8 (B, H, W, 3), got {tuple(frames.shape)} {frames.dtype}")
+            raise ValueError(f"frames must be uint8 (B, H, W, 3), got {tuple(frames.shape)} "
+                             f"{frames.dtype}")
         # MTCNN.detect returns per frame None or arrays, in object arrays (largest face first).
         boxes, probs, points = self.model.detect(frames, landmarks=True)
         out = []

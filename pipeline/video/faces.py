@@ -1,16 +1,17 @@
 """The ``faces`` stage: raw videos -> aligned face crops in exactly the Aff-Wild2 layout.
 
-A frame's way: video file -> PyAV decode (background thread, presentation order, upright, time stamp)
--> uint8 batch on the device -> detector (boxes, scores, 5 landmarks) -> tracker (which face is which
-subject) -> similarity onto the 5-point template -> ``grid_sample`` crop on the device -> JPEG (thread
-pool) -> ``ROOT/cropped_aligned/<video>/<NNNNN>.jpg``, 1-based frame numbers of the source, no image
-where no face was found; two subjects give ``<video>_left`` and ``<video>_right``. Beside each folder,
-``<video>.json`` (``pipeline.video.record``) maps every frame back to its time and place.
+A frame's way: video file -> PyAV decode (background thread, presentation order, upright, time
+stamp) -> uint8 batch on the device -> detector (boxes, scores, 5 landmarks) -> tracker (which face
+is which subject) -> similarity onto the 5-point template -> ``grid_sample`` crop on the device ->
+JPEG (thread pool) -> ``ROOT/cropped_aligned/<video>/<NNNNN>.jpg``, 1-based frame numbers of the
+source, no image where no face was found; two subjects give ``<video>_left`` and ``<video>_right``.
+Beside each folder, ``<video>.json`` (``pipeline.video.record``) maps every frame back to its time
+and place.
 
 A video is built in a hidden folder under ROOT and renamed into place; its record, written last and
-atomically, marks it complete. A rerun skips complete videos (and refuses ones made with other settings
-or from another file of the same name), and redoes any a killed run left behind. Under torchrun the
-videos are split between ranks by file size, as extraction splits them by frames.
+atomically, marks it complete. A rerun skips complete videos (and refuses ones made with other
+settings or from another file of the same name), and redoes any a killed run left behind. Under
+torchrun the videos are split between ranks by file size, as extraction splits them by frames.
 """
 
 import shutil
@@ -49,8 +50,10 @@ def output_settings(config: FacesConfig) -> dict:
     return {k: getattr(config, k) for k in OUTPUT_KEYS}
 
 
-def existing_outputs(image_root: Path, stem: str, source: Path, config: FacesConfig) -> list[str] | None:
-    """The output videos of a source that a complete earlier run wrote, or None when it must be (re)done.
+def existing_outputs(image_root: Path, stem: str, source: Path,
+                     config: FacesConfig) -> list[str] | None:
+    """The output videos of a source that a complete earlier run wrote, or None when it must be
+    (re)done.
 
     Raises InputError when a complete output of that name comes from another file or other settings.
     """
@@ -60,14 +63,16 @@ def existing_outputs(image_root: Path, stem: str, source: Path, config: FacesCon
             continue
         if Path(record["source"]) != source.resolve():
             raise InputError(
-                f"{record_path(image_root, first)}: {first!r} was made from {record['source']}, not {source}; "
-                "rename one of the videos or use another --out"
+                f"{record_path(image_root, first)}: {first!r} was made from {record['source']}, "
+                f"not {source}; rename one of the videos or use another --out"
             )
         if record["config"] != output_settings(config):
-            changed = sorted(k for k in OUTPUT_KEYS if record["config"].get(k) != getattr(config, k))
+            changed = sorted(k for k in OUTPUT_KEYS
+                             if record["config"].get(k) != getattr(config, k))
             raise InputError(
-                f"{record_path(image_root, first)}: made with other settings ({', '.join(changed)}); "
-                "use another --out, or delete that video's folder and record to redo it"
+                f"{record_path(image_root, first)}: made with other settings "
+                f"({', '.join(changed)}); use another --out, or delete that video's folder and "
+                "record to redo it"
             )
         outputs = record["outputs"]
         if all(read_record(record_path(image_root, o)) is not None for o in outputs):
@@ -79,8 +84,9 @@ def _unique_stems(videos: list[Path]) -> None:
     seen: dict[str, Path] = {}
     for v in videos:
         if v.stem in seen:
-            raise InputError(f"two videos named {v.stem!r}: {seen[v.stem]} and {v}; their crops would share "
-                             "one folder: rename one or run them into different --out folders")
+            raise InputError(f"two videos named {v.stem!r}: {seen[v.stem]} and {v}; their crops "
+                             "would share one folder: rename one or run them into different --out "
+                             "folders")
         seen[v.stem] = v
 
 
@@ -88,18 +94,19 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
     """Detect, track and align the faces of videos into an Aff-Wild2-layout root.
 
     Args:
-        inputs: video files and folders of videos (searched recursively; other files are ignored with
-            one warning line).
+        inputs: video files and folders of videos (searched recursively; other files are ignored
+            with one warning line).
         out: the root to write: ``out/cropped_aligned/<video>/`` and ``<video>.json`` beside it.
         config: the stage's options (default: ``FacesConfig()``).
         progress: show a frames/s bar.
     Returns:
         a summary: root, videos found, written now, skipped (complete already), failed (with why),
-        ``outputs`` (source file -> its output videos, skipped ones included), frames, faces, seconds,
-        frames/s.
+        ``outputs`` (source file -> its output videos, skipped ones included), frames, faces,
+        seconds, frames/s.
     Raises:
         InputError when no input is a usable video (a single bad file, an empty folder), for options
-        out of range, and for a name clash with an earlier run; a bad file among others is a warning.
+        out of range, and for a name clash with an earlier run; a bad file among others is a
+        warning.
     """
     config = config or FacesConfig()
     require("av")
@@ -109,7 +116,8 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
         shown = ", ".join(p.name for p in ignored[:3]) + (", ..." if len(ignored) > 3 else "")
         warn(f"{len(ignored)} file(s) without a video suffix ignored: {shown}")
     if not videos:
-        raise InputError(f"no video file in {', '.join(map(str, inputs))}; pass videos (.mp4, .avi, .mov, ...)")
+        raise InputError(f"no video file in {', '.join(map(str, inputs))}; pass videos (.mp4, "
+                         ".avi, .mov, ...)")
     _unique_stems(videos)
     root = Path(out)
     image_root = root / IMAGE_DIR
@@ -136,7 +144,8 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
     device = resolve_device(config.device)
     detector = build_detector(config.detector, device, min_face=config.min_face) if infos else None
     total = sum(i.frames for i in infos.values())
-    bar = tqdm(total=total or None, unit="frame", desc=f"faces{f' [rank {dist.rank}]' if dist.enabled else ''}",
+    bar = tqdm(total=total or None, unit="frame",
+               desc=f"faces{f' [rank {dist.rank}]' if dist.enabled else ''}",
                disable=not progress or not infos, dynamic_ncols=True)
     frames = found = written_now = 0
     start = time.perf_counter()
@@ -156,15 +165,16 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
     seconds = time.perf_counter() - start
 
     distributed.barrier()
-    ranks = distributed.gather_objects({"outputs": outputs, "failed": failed, "frames": frames, "faces": found,
-                                        "seconds": seconds, "written": written_now})
+    ranks = distributed.gather_objects({"outputs": outputs, "failed": failed, "frames": frames,
+                                        "faces": found, "seconds": seconds, "written": written_now})
     failed = {k: v for r in ranks for k, v in r["failed"].items()}
     merged = {k: v for r in ranks for k, v in r["outputs"].items()}
     outputs = {str(p): merged[str(p)] for p in videos if str(p) in merged}  # in the order given
     if failed:
         if not outputs:
             first = next(iter(failed.values()))
-            raise InputError(first if len(failed) == 1 else f"{first} (and {len(failed) - 1} more unusable videos)")
+            raise InputError(first if len(failed) == 1
+                             else f"{first} (and {len(failed) - 1} more unusable videos)")
         if dist.is_main:
             for message in failed.values():
                 warn(f"{message}; video skipped")
@@ -190,8 +200,8 @@ class _Track:
     scores: list
 
 
-def process_video(path: Path, info: VideoInfo, root: Path, config: FacesConfig, detector, device: torch.device,
-                  bar=None) -> list[dict]:
+def process_video(path: Path, info: VideoInfo, root: Path, config: FacesConfig, detector,
+                  device: torch.device, bar=None) -> list[dict]:
     """Decode, detect, track and align one video; write its output videos and records atomically.
 
     Returns:
@@ -230,7 +240,8 @@ def process_video(path: Path, info: VideoInfo, root: Path, config: FacesConfig, 
                 if crops_of:
                     lmk = torch.from_numpy(np.stack([c[3] for c in crops_of]))  # (N, 5, 2)
                     index = torch.tensor([c[0] for c in crops_of])
-                    crops = warp_faces(x, index, estimate_similarity(lmk, dst), config.size).cpu().numpy()
+                    crops = warp_faces(x, index, estimate_similarity(lmk, dst),
+                                       config.size).cpu().numpy()
                     for (_, t, k, _), crop in zip(crops_of, crops):
                         target = tracks[t].folder / f"{k:05d}.jpg"
                         pending.append(pool.submit(_save_jpeg, crop, target, config.jpeg_quality))
@@ -239,8 +250,9 @@ def process_video(path: Path, info: VideoInfo, root: Path, config: FacesConfig, 
                     bar.update(len(batch.frames))
             for job in pending:
                 job.result()  # raises a failed write here
-        names = name_tracks(stem, [float(np.mean([(b[0] + b[2]) / 2 for b in t.boxes])) if t.boxes else None
-                                   for t in tracks], [len(t.frames) for t in tracks], config.subjects, info.width,
+        names = name_tracks(stem, [float(np.mean([(b[0] + b[2]) / 2 for b in t.boxes])) if t.boxes
+                                   else None for t in tracks],
+                            [len(t.frames) for t in tracks], config.subjects, info.width,
                             config.second_share)
         kept = [(name, t) for name, t in zip(names, tracks) if name is not None]
         warning = report.warning(path)
@@ -251,9 +263,10 @@ def process_video(path: Path, info: VideoInfo, root: Path, config: FacesConfig, 
             "width": info.width, "height": info.height, "rotation": info.rotation, "fps": info.fps,
             "rate": str(info.rate), "codec": info.codec, "num_frames": len(times),
             "times": [round(t, 6) for t in times], "template": dst.tolist(),
-            "detector": {"name": detector.name, "version": detector.version, "settings": detector.settings()},
-            "decoder": {"name": "pyav", "version": av.__version__}, "config": output_settings(config),
-            "warnings": [warning] if warning else [],
+            "detector": {"name": detector.name, "version": detector.version,
+                         "settings": detector.settings()},
+            "decoder": {"name": "pyav", "version": av.__version__},
+            "config": output_settings(config), "warnings": [warning] if warning else [],
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         records = []
@@ -263,7 +276,8 @@ def process_video(path: Path, info: VideoInfo, root: Path, config: FacesConfig, 
                 "video": name, "subject": subject, **common, "faces": len(track.frames),
                 "frames": track.frames,
                 "boxes": np.round(np.asarray(track.boxes, np.float64).reshape(-1, 4), 2).tolist(),
-                "landmarks": np.round(np.asarray(track.landmarks, np.float64).reshape(-1, 5, 2), 2).tolist(),
+                "landmarks": np.round(np.asarray(track.landmarks, np.float64).reshape(-1, 5, 2),
+                                      2).tolist(),
                 "scores": [round(s, 5) for s in track.scores],
             })
         _publish(image_root, stem, kept, records)

@@ -1,13 +1,14 @@
 """The per-video record ``faces`` writes beside the crops: ``cropped_aligned/<video>.json``.
 
-One record per output video (``<video>``, or ``<video>_left`` / ``<video>_right`` for two subjects). It
-says where every frame came from: the source file, its frame rate, the number of decoded frames, each
-frame's time stamp in seconds, and for every frame with a face its box, five landmarks and detection score,
-with the detector, its version and the settings used. A video is complete only when its record says so
-(``"complete": true``); the record is written atomically, last, after its crops are in place.
+One record per output video (``<video>``, or ``<video>_left`` / ``<video>_right`` for two subjects).
+It says where every frame came from: the source file, its frame rate, the number of decoded frames,
+each frame's time stamp in seconds, and for every frame with a face its box, five landmarks and
+detection score, with the detector, its version and the settings used. A video is complete only when
+its record says so (``"complete": true``); the record is written atomically, last, after its crops
+are in place.
 
-This module reads and writes plain JSON and needs none of the video extra's packages, so that the dataset
-reader (:class:`pipeline.data.affwild2.AffWild2`) can take frame counts from the records.
+This module reads and writes plain JSON and needs none of the video extra's packages, so that the
+dataset reader (:class:`pipeline.data.affwild2.AffWild2`) can take frame counts from the records.
 """
 
 import json
@@ -30,7 +31,8 @@ def read_record(path: Path) -> dict | None:
         record = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT or record.get("complete") is not True:
+    if (not isinstance(record, dict) or record.get("format") != RECORD_FORMAT
+            or record.get("complete") is not True):
         return None
     return record
 
@@ -42,7 +44,8 @@ def write_record(path: Path, record: dict) -> None:
 
 
 def frame_counts(image_root: Path) -> dict[str, int]:
-    """Decoded frames per video of every complete record in an image root (empty without records)."""
+    """Decoded frames per video of every complete record in an image root (empty without
+    records)."""
     counts = {}
     for path in sorted(Path(image_root).glob("*.json")):
         record = read_record(path)

@@ -1,9 +1,10 @@
 """``analyze --render``: the source video again, with each subject's face box and predictions drawn.
 
-Frames are decoded by the same reader as ``faces`` (same order, same upright frames, so the records' boxes
-fit), enlarged so that the text stays legible on small videos, drawn with PIL and encoded with PyAV
-(H.264 where the FFmpeg build has libx264, else MPEG-4 Part 2). Each frame keeps its source time stamp
-(millisecond time base), so variable frame rate plays as filmed. Written to a temporary name, then renamed.
+Frames are decoded by the same reader as ``faces`` (same order, same upright frames, so the records'
+boxes fit), enlarged so that the text stays legible on small videos, drawn with PIL and encoded with
+PyAV (H.264 where the FFmpeg build has libx264, else MPEG-4 Part 2). Each frame keeps its source
+time stamp (millisecond time base), so variable frame rate plays as filmed. Written to a temporary
+name, then renamed.
 """
 
 import math
@@ -37,7 +38,8 @@ def _caption(table: dict, i: int) -> list[str]:
     return lines
 
 
-def render_video(source: Path, records: list[dict], tables: list[dict], out: Path, progress: bool = True) -> Path:
+def render_video(source: Path, records: list[dict], tables: list[dict], out: Path,
+                 progress: bool = True) -> Path:
     """Write ``out`` (.mp4): the source with every subject's box and predictions on each frame.
 
     Args:
@@ -64,11 +66,12 @@ def render_video(source: Path, records: list[dict], tables: list[dict], out: Pat
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             stream.codec_context.time_base = TIME_BASE
             last_pts = -1
-            for i, (image, t) in enumerate(tqdm(iter_frames(source), total=T, desc="render", unit="frame",
-                                                disable=not progress, leave=False)):
+            for i, (image, t) in enumerate(tqdm(iter_frames(source), total=T, desc="render",
+                                                unit="frame", disable=not progress, leave=False)):
                 if i >= T:
                     break
-                canvas = Image.fromarray(image).resize((first["width"] * scale, first["height"] * scale),
+                canvas = Image.fromarray(image).resize((first["width"] * scale,
+                                                        first["height"] * scale),
                                                        Image.BILINEAR)
                 frame_image = Image.new("RGB", (width, height))
                 frame_image.paste(canvas)

@@ -1,10 +1,12 @@
-"""What ``analyze`` shows: a PNG timeline per video and one self-contained HTML page over all videos.
+"""What ``analyze`` shows: a PNG timeline per video and one self-contained HTML page over all
+videos.
 
-The timeline puts the per-frame table on the time axis (seconds, each frame at its own time stamp, so
-variable frame rate is drawn as it was filmed): valence and arousal traces, the expression as a colour
-strip, the AU probabilities as a heat map; frames without a face are shaded grey (their values are the
-heads' fill, not a reading of a face). Figures use matplotlib's object API (``Figure``), as
-``pipeline.heads.plots`` does: no global state, safe headless; files are written atomically.
+The timeline puts the per-frame table on the time axis (seconds, each frame at its own time stamp,
+so variable frame rate is drawn as it was filmed): valence and arousal traces, the expression as a
+colour strip, the AU probabilities as a heat map; frames without a face are shaded grey (their
+values are the heads' fill, not a reading of a face). Figures use matplotlib's object API
+(``Figure``), as ``pipeline.heads.plots`` does: no global state, safe headless; files are written
+atomically.
 """
 
 import base64
@@ -21,7 +23,8 @@ from matplotlib.patches import Patch
 from pipeline.data.affwild2 import AU_NAMES, EXPR_CLASSES
 from pipeline.runs import atomic_write_bytes, atomic_write_text
 
-EXPR_COLOURS = ("#9e9e9e", "#d62728", "#8c564b", "#9467bd", "#ffbf00", "#1f77b4", "#17becf", "#2ca02c")
+EXPR_COLOURS = ("#9e9e9e", "#d62728", "#8c564b", "#9467bd", "#ffbf00", "#1f77b4", "#17becf",
+                "#2ca02c")
 
 
 def _edges(times: np.ndarray) -> np.ndarray:
@@ -38,11 +41,14 @@ def _absent_runs(face: np.ndarray, edges: np.ndarray) -> list[tuple[float, float
 
 
 def timeline_png(table: dict, title: str, path: Path) -> Path:
-    """VA traces, the expression strip and the AU heat map of one video's table (``frame_table``)."""
+    """VA traces, the expression strip and the AU heat map of one video's table
+    (``frame_table``)."""
     edges = _edges(np.asarray(table["time_s"], np.float64))
-    rows = [r for r in ("va", "expr", "au") if {"va": "valence", "expr": "expression", "au": "AU1"}[r] in table]
+    rows = [r for r in ("va", "expr", "au")
+            if {"va": "valence", "expr": "expression", "au": "AU1"}[r] in table]
     heights = {"va": 2.2, "expr": 0.9, "au": 2.6}
-    fig = Figure(figsize=(12, 0.8 + sum(heights[r] for r in rows) if rows else 2), layout="constrained")
+    fig = Figure(figsize=(12, 0.8 + sum(heights[r] for r in rows) if rows else 2),
+                 layout="constrained")
     axes = fig.subplots(max(len(rows), 1), 1, sharex=True, squeeze=False,
                         gridspec_kw={"height_ratios": [heights[r] for r in rows] or [1]})[:, 0]
     centres = (edges[:-1] + edges[1:]) / 2
@@ -54,15 +60,18 @@ def timeline_png(table: dict, title: str, path: Path) -> Path:
             ax.set(ylim=(-1.05, 1.05), ylabel="VA")
             ax.legend(loc="upper right", fontsize=8, ncol=2)
         elif row == "expr":
-            index = np.array([EXPR_CLASSES.index(c) for c in table["expression"]])[None, :]  # (1, T)
+            # (1, T)
+            index = np.array([EXPR_CLASSES.index(c) for c in table["expression"]])[None, :]
             cmap = ListedColormap(EXPR_COLOURS)
             ax.pcolormesh(edges, [0, 1], index, cmap=cmap, norm=BoundaryNorm(np.arange(9) - 0.5, 8))
             ax.set(yticks=[], ylabel="Expr")
             ax.legend(handles=[Patch(color=c, label=n) for c, n in zip(EXPR_COLOURS, EXPR_CLASSES)],
-                      loc="upper center", bbox_to_anchor=(0.5, -0.05), ncol=8, fontsize=7, frameon=False)
+                      loc="upper center", bbox_to_anchor=(0.5, -0.05), ncol=8, fontsize=7,
+                      frameon=False)
         else:
             probs = np.stack([table[f"{a}_prob"] for a in AU_NAMES])  # (12, T)
-            mesh = ax.pcolormesh(edges, np.arange(len(AU_NAMES) + 1), probs, cmap="viridis", vmin=0, vmax=1)
+            mesh = ax.pcolormesh(edges, np.arange(len(AU_NAMES) + 1), probs, cmap="viridis",
+                                 vmin=0, vmax=1)
             ax.set_yticks(np.arange(len(AU_NAMES)) + 0.5, AU_NAMES, fontsize=7)
             ax.invert_yaxis()
             fig.colorbar(mesh, ax=ax, label="AU probability", pad=0.01)
@@ -81,9 +90,10 @@ def timeline_png(table: dict, title: str, path: Path) -> Path:
     return Path(path)
 
 
-def report_page(path: Path, videos: dict[str, dict], tables: dict[str, dict], out: Path, heads: dict,
-                encoder: str) -> Path:
-    """One self-contained HTML page (timelines embedded) over every analysed video; links are relative."""
+def report_page(path: Path, videos: dict[str, dict], tables: dict[str, dict], out: Path,
+                heads: dict, encoder: str) -> Path:
+    """One self-contained HTML page (timelines embedded) over every analysed video; links are
+    relative."""
     rows, sections = [], []
     for name, v in videos.items():
         table = tables[name]
@@ -93,16 +103,20 @@ def report_page(path: Path, videos: dict[str, dict], tables: dict[str, dict], ou
         if "mp4" in v:
             links.append(f'<a href="{html.escape(v["mp4"])}">MP4</a>')
         rows.append(f"<tr><td><a href=\"#{html.escape(name)}\">{html.escape(name)}</a></td>"
-                    f"<td>{html.escape(Path(v['source']).name)}</td><td>{v['frames']}</td><td>{duration:.1f}</td>"
+                    f"<td>{html.escape(Path(v['source']).name)}</td><td>{v['frames']}</td>"
+                    f"<td>{duration:.1f}</td>"
                     f"<td>{v['faces']} ({share:.0%})</td><td>{' '.join(links)}</td></tr>")
         png = base64.b64encode((Path(out) / v["png"]).read_bytes()).decode()
         sections.append(f'<section id="{html.escape(name)}"><h2>{html.escape(name)}</h2>'
-                        f"<p>{html.escape(v['source'])}: {v['frames']} frames at {v['fps']:.2f} frames/s, "
-                        f"a face in {v['faces']} ({share:.0%}). {' '.join(links)}</p>"
-                        f'<img alt="{html.escape(name)} timeline" src="data:image/png;base64,{png}"></section>')
-    heads_list = "".join(f"<li>{task}: <code>{html.escape(run)}</code></li>" for task, run in heads.items())
+                        f"<p>{html.escape(v['source'])}: {v['frames']} frames at {v['fps']:.2f} "
+                        f"frames/s, a face in {v['faces']} ({share:.0%}). {' '.join(links)}</p>"
+                        f'<img alt="{html.escape(name)} timeline" '
+                        f'src="data:image/png;base64,{png}"></section>')
+    heads_list = "".join(f"<li>{task}: <code>{html.escape(run)}</code></li>"
+                         for task, run in heads.items())
     body = (f"<p>Encoder <code>{html.escape(encoder)}</code>; heads:</p><ul>{heads_list}</ul>"
-            "<table><tr><th>video</th><th>source</th><th>frames</th><th>seconds</th><th>faces</th><th>files</th></tr>"
+            "<table><tr><th>video</th><th>source</th><th>frames</th><th>seconds</th>"
+            "<th>faces</th><th>files</th></tr>"
             + "".join(rows) + "</table>" + "".join(sections))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     atomic_write_text(Path(path), _PAGE.format(body=body, stamp=stamp))
@@ -118,8 +132,10 @@ th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
 th:first-child, td:first-child, td:nth-child(2) {{ text-align: left; }}
 img {{ max-width: 100%; }} code {{ font-size: 0.85em; }}
 </style></head><body>
-<h1>mae-affect analyze</h1><p>Written {stamp}. Frames without a face carry the heads' fill (the nearest
-face's features, as in training and in submissions) and are marked <code>face=0</code> in the CSVs.</p>
+<h1>mae-affect analyze</h1><p>Written {stamp}. Frames without a face carry the heads' \
+fill (the nearest
+face's features, as in training and in submissions) and are marked <code>face=0</code> in the \
+CSVs.</p>
 {body}
 </body></html>
 """

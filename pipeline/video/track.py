@@ -1,14 +1,16 @@
-"""Following one or two people across frames, so that a subject is decided once per video, not per frame.
+"""Following one or two people across frames, so that a subject is decided once per video, not per
+frame.
 
-A greedy online tracker over face boxes (the IoU association of SORT, Bewley et al. 2016, without its
-motion model): each frame, a track takes the detection that overlaps its last box most (IoU >= 0.3);
-tracks left over take the nearest remaining detection (centre distance in units of the track's box
-width), which re-finds a face after a missed frame or a jump; free slots start a new track on the largest
-remaining face. There are never more tracks than subjects, so an extra face (a passer-by, a false
-detection) is ignored while the subjects are in view.
+A greedy online tracker over face boxes (the IoU association of SORT, Bewley et al. 2016, without
+its motion model): each frame, a track takes the detection that overlaps its last box most (IoU >=
+0.3); tracks left over take the nearest remaining detection (centre distance in units of the track's
+box width), which re-finds a face after a missed frame or a jump; free slots start a new track on
+the largest remaining face. There are never more tracks than subjects, so an extra face (a
+passer-by, a false detection) is ignored while the subjects are in view.
 
-After the video, :func:`name_tracks` decides once which track is ``left`` and which ``right`` (by the
-mean centre of its boxes), and, for ``--subjects auto``, whether a second track is a subject at all.
+After the video, :func:`name_tracks` decides once which track is ``left`` and which ``right`` (by
+the mean centre of its boxes), and, for ``--subjects auto``, whether a second track is a subject at
+all.
 """
 
 import numpy as np
@@ -21,7 +23,8 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     x1, y1 = np.maximum(a[0], b[:, 0]), np.maximum(a[1], b[:, 1])
     x2, y2 = np.minimum(a[2], b[:, 2]), np.minimum(a[3], b[:, 3])
     inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = lambda r: np.clip(r[..., 2] - r[..., 0], 0, None) * np.clip(r[..., 3] - r[..., 1], 0, None)  # noqa: E731
+    area = lambda r: (np.clip(r[..., 2] - r[..., 0], 0, None)  # noqa: E731
+                      * np.clip(r[..., 3] - r[..., 1], 0, None))
     union = area(a) + area(b) - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
@@ -43,13 +46,15 @@ class Tracker:
         self.last: list[np.ndarray | None] = [None] * tracks  # each track's last box (4,)
 
     def update(self, boxes: np.ndarray) -> list[int]:
-        """One frame's boxes (K, 4) -> per track the index of its detection, or -1 when it has none."""
+        """One frame's boxes (K, 4) -> per track the index of its detection, or -1 when it has
+        none."""
         n, K = len(self.last), len(boxes)
         assigned, free = [-1] * n, set(range(K))
         if K:
             live = [t for t in range(n) if self.last[t] is not None]
             # 1. overlap with the last box
-            pairs = [(o, t, k) for t in live for k, o in enumerate(iou(self.last[t], boxes)) if o >= IOU_MATCH]
+            pairs = [(o, t, k) for t in live for k, o in enumerate(iou(self.last[t], boxes))
+                     if o >= IOU_MATCH]
             for _, t, k in sorted(pairs, key=lambda p: (-p[0], p[1], p[2])):
                 if assigned[t] < 0 and k in free:
                     assigned[t] = k
@@ -60,7 +65,8 @@ class Tracker:
                 if assigned[t] < 0:
                     width = max(float(self.last[t][2] - self.last[t][0]), 1.0)
                     for k in free:
-                        gap = float(np.linalg.norm(_centre(self.last[t]) - _centre(boxes[k]))) / width
+                        gap = float(np.linalg.norm(_centre(self.last[t])
+                                                   - _centre(boxes[k]))) / width
                         pairs.append((gap, t, k))
             for _, t, k in sorted(pairs):
                 if assigned[t] < 0 and k in free:
@@ -89,8 +95,8 @@ def name_tracks(stem: str, mean_x: list[float | None], counts: list[int], subjec
         counts: per track, the frames it has a face in.
         subjects: "1", "2" or "auto".
         width: frame width, pixels (a lone track of two is named by the half of the frame it is in).
-        min_share: with "auto", a second track is a subject when it has a face in at least this share of
-            the frames the first has one in.
+        min_share: with "auto", a second track is a subject when it has a face in at least this
+            share of the frames the first has one in.
     Returns:
         per track its name (``stem``, ``stem_left`` or ``stem_right``), or None for a track dropped.
     """
