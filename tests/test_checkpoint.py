@@ -47,8 +47,8 @@ def features(encoder, x):
 
 def test_project_checkpoint_round_trip(mae, imgs, tmp_path, capsys):
     path = tmp_path / "mae.pt"
-    save_checkpoint(encoder_checkpoint("mae", "mae_vit_tiny_patch16", TINY32.__dict__, mae.encoder, 32,
-                                       model=mae.state_dict(), epoch=3), path)
+    save_checkpoint(encoder_checkpoint("mae", "mae_vit_tiny_patch16", TINY32.__dict__, mae.encoder,
+                                       32, model=mae.state_dict(), epoch=3), path)
     assert torch.load(path, weights_only=True)["epoch"] == 3  # plain types only
     encoder, info = load_encoder(path)
     assert torch.equal(features(encoder, imgs), features(mae.encoder, imgs))
@@ -61,14 +61,15 @@ def test_project_checkpoint_round_trip(mae, imgs, tmp_path, capsys):
 
 
 def test_official_mae_layout_loads_and_infers_the_model(mae, imgs, tmp_path, capsys):
-    # facebookresearch/mae checkpoints: {'model': sd} with encoder keys at the top level, decoder keys
-    # beside them (pretraining) or fc_norm/head (fine-tuned).
+    # facebookresearch/mae checkpoints: {'model': sd} with encoder keys at the top level, decoder
+    # keys beside them (pretraining) or fc_norm/head (fine-tuned).
     sd = {k.removeprefix("encoder."): v for k, v in mae.state_dict().items()}
     sd["head.weight"], sd["head.bias"] = torch.zeros(7, 192), torch.zeros(7)
     path = tmp_path / "mae_pretrain_vit_tiny.pth"
     torch.save({"model": sd, "epoch": 799}, path)
     encoder, info = load_encoder(path)
-    assert (info.kind, info.model_name, info.img_size) == ("official-mae", "mae_vit_tiny_patch16", 32)
+    assert ((info.kind, info.model_name, info.img_size)
+            == ("official-mae", "mae_vit_tiny_patch16", 32))
     assert torch.equal(features(encoder, imgs), features(mae.encoder, imgs))
     assert "mask_token" in info.ignored_keys and "head.weight" in info.ignored_keys
     assert not info.missing_keys and "warning" not in capsys.readouterr().err
@@ -101,12 +102,14 @@ def test_unregistered_size_needs_the_model_and_its_overrides(tmp_path):
 
 def test_pos_embed_is_resampled_for_another_input_size(mae, tmp_path):
     path = tmp_path / "mae.pt"
-    save_checkpoint(encoder_checkpoint("mae", "mae_vit_tiny_patch16", TINY32.__dict__, mae.encoder, 32), path)
+    save_checkpoint(encoder_checkpoint("mae", "mae_vit_tiny_patch16", TINY32.__dict__, mae.encoder,
+                                       32), path)
     encoder, info = load_encoder(path, img_size=64)  # grid 2x2 -> 4x4
     assert info.img_size == 64 and info.pos_embed_grid == (2, 2)
     assert encoder.pos_embed.shape == (1, 17, 192)
     assert torch.equal(encoder.pos_embed[:, 0], mae.encoder.pos_embed[:, 0])  # class token kept
-    # Bicubic upsampling of the 2x2 table: the four corners of the 4x4 grid move towards the originals.
+    # Bicubic upsampling of the 2x2 table: the four corners of the 4x4 grid move towards the
+    # originals.
     old = mae.encoder.pos_embed[0, 1:].reshape(2, 2, -1)
     new = encoder.pos_embed[0, 1:].reshape(4, 4, -1)
     assert (new[0, 0] - old[0, 0]).abs().mean() < (new[0, 0] - old[1, 1]).abs().mean()
@@ -114,7 +117,8 @@ def test_pos_embed_is_resampled_for_another_input_size(mae, tmp_path):
 
 
 @pytest.mark.parametrize("case, pattern", [
-    ("width", r"key 'cls_token' has shape \(1, 1, 192\) in the file but mae_vit_small_patch16 .* needs \(1, 1, 384\)"),
+    ("width", r"key 'cls_token' has shape \(1, 1, 192\) in the file but mae_vit_small_patch16 .* "
+              r"needs \(1, 1, 384\)"),
     ("depth", r"the file's encoder has 6 blocks .* mae_vit_tiny_patch16 \(--model\) has 12"),
     ("patch", r"key 'patch_embed.proj.weight' has shape \(192, 3, 8, 8\)"),
 ])
@@ -125,7 +129,8 @@ def test_shapes_that_cannot_fit_are_refused(mae, tmp_path, case, pattern):
     if case == "width":
         name = "mae_vit_small_patch16"
     elif case == "depth":
-        sd = {k: v for k, v in sd.items() if not k.startswith("blocks.") or int(k.split(".")[1]) < 6}
+        sd = {k: v for k, v in sd.items()
+              if not k.startswith("blocks.") or int(k.split(".")[1]) < 6}
     else:
         sd = build_encoder(name, img_size=32, patch_size=8).state_dict()
     torch.save(sd, path)
@@ -140,7 +145,8 @@ def test_missing_and_unexpected_keys_are_reported(mae, tmp_path, capsys):
     sd["extra.scale"] = torch.ones(1)
     torch.save(sd, tmp_path / "partial.pt")
     _, info = load_encoder(tmp_path / "partial.pt")
-    assert info.missing_keys == ("norm.weight", "norm.bias") and info.unexpected_keys == ("extra.scale",)
+    assert (info.missing_keys == ("norm.weight", "norm.bias")
+            and info.unexpected_keys == ("extra.scale",))
     err = capsys.readouterr().err
     assert "warning:" in err and "norm.weight" in err and "extra.scale" in err
 
@@ -166,14 +172,16 @@ def test_unloadable_files_are_refused(tmp_path):
 
 
 def save_like_facebookresearch_mae(path, model: torch.nn.Module, epoch: int = 799) -> None:
-    """What facebookresearch/mae's util/misc.py save_model writes (RETFound and others inherit it)."""
-    args = argparse.Namespace(batch_size=64, epochs=800, accum_iter=1, model="mae_vit_tiny_patch16", input_size=32,
-                              mask_ratio=0.75, norm_pix_loss=True, weight_decay=0.05, lr=None, blr=1.5e-4,
-                              min_lr=0.0, warmup_epochs=40, data_path="/datasets01/imagenet_full_size/061417/",
-                              output_dir="./output_dir", log_dir="./output_dir", device="cuda", seed=0,
-                              resume="", start_epoch=0, num_workers=10, pin_mem=True, world_size=8, local_rank=-1,
-                              dist_on_itp=False, dist_url="env://", distributed=True, rank=0, gpu=0,
-                              dist_backend="nccl")
+    """What facebookresearch/mae's util/misc.py save_model writes (RETFound and others inherit
+    it)."""
+    args = argparse.Namespace(batch_size=64, epochs=800, accum_iter=1, model="mae_vit_tiny_patch16",
+                              input_size=32, mask_ratio=0.75, norm_pix_loss=True, weight_decay=0.05,
+                              lr=None, blr=1.5e-4, min_lr=0.0, warmup_epochs=40,
+                              data_path="/datasets01/imagenet_full_size/061417/",
+                              output_dir="./output_dir", log_dir="./output_dir", device="cuda",
+                              seed=0, resume="", start_epoch=0, num_workers=10, pin_mem=True,
+                              world_size=8, local_rank=-1, dist_on_itp=False, dist_url="env://",
+                              distributed=True, rank=0, gpu=0, dist_backend="nccl")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
     scaler = torch.amp.GradScaler("cpu")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
@@ -229,16 +237,19 @@ def test_a_position_table_with_an_extra_token_says_what_the_file_holds(mae, tmp_
     sd = build_encoder("mae_vit_tiny_patch16", img_size=64).state_dict()
     sd["pos_embed"] = torch.zeros(1, 18, 192)
     torch.save(sd, tmp_path / "reg.pt")
-    with pytest.raises(InputError, match=r"18 rows, 2 token row\(s\) before a 4 x 4 patch grid") as err:
+    with pytest.raises(InputError,
+                       match=r"18 rows, 2 token row\(s\) before a 4 x 4 patch grid") as err:
         load_encoder(tmp_path / "reg.pt")
     assert "--model" not in str(err.value)
 
 
 def test_a_shape_that_does_not_fit_blames_the_model_only_when_one_was_given(mae, tmp_path):
     sd = dict(mae.encoder.state_dict())
-    sd["blocks.0.attn.qkv.weight"] = torch.zeros(3 * 192 + 3, 192)  # inferred as tiny, but this key differs
+    # inferred as tiny, but this key differs
+    sd["blocks.0.attn.qkv.weight"] = torch.zeros(3 * 192 + 3, 192)
     torch.save(sd, tmp_path / "odd.pt")
-    with pytest.raises(InputError, match="inferred from the file's shapes.*not a registered ViT layout") as err:
+    with pytest.raises(InputError,
+                       match="inferred from the file's shapes.*not a registered ViT layout") as err:
         load_encoder(tmp_path / "odd.pt")
     assert "--model" not in str(err.value)
 
@@ -276,4 +287,5 @@ def test_load_encoder_resamples_as_mae_does(mae, tmp_path):
     torch.save(big.state_dict(), path)
     encoder, info = load_encoder(path, img_size=112)  # 14 x 14 -> 7 x 7
     assert info.pos_embed_grid == (14, 14)
-    assert torch.equal(encoder.pos_embed.detach(), mae_interpolate_pos_embed(big.pos_embed.detach(), 49, 1))
+    assert torch.equal(encoder.pos_embed.detach(),
+                       mae_interpolate_pos_embed(big.pos_embed.detach(), 49, 1))

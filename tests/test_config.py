@@ -1,5 +1,6 @@
-"""Settings written once: every field of every stage config is reachable from its command, a run's own
-config.json is a valid --config, layers win in order, and a bad value is named where it was given."""
+"""Settings written once: every field of every stage config is reachable from its command, a run's
+own config.json is a valid --config, layers win in order, and a bad value is named where it was
+given."""
 
 import json
 import typing
@@ -23,7 +24,8 @@ from pipeline.configs import (
 )
 from pipeline.runs import to_jsonable
 
-# command -> (config class, arguments the command needs besides the settings, settings it takes another way)
+# command -> (config class, arguments the command needs besides the settings, settings it takes
+# another way)
 COMMANDS = {
     "pretrain": (PretrainConfig, [], ()),
     "finetune": (FinetuneConfig, ["--init", "probe-start.pt"], ()),
@@ -92,10 +94,12 @@ def test_every_setting_is_reachable_from_its_command(command):
         if name in skip:
             continue
         value = sample(name, f, kind)
-        if value is None:  # a dict: --set takes JSON-free text only for scalars; the file layer covers it
+        # a dict: --set takes JSON-free text only for scalars; the file layer covers it
+        if value is None:
             continue
         got = printed(command, [*fixed, *as_args(option_name(f), value)])
-        assert got[name] == (list(value) if isinstance(value, tuple) else value), (command, name, got[name])
+        assert got[name] == (list(value) if isinstance(value, tuple) else value), (
+            command, name, got[name])
         reached.append(name)
     assert reached, command
 
@@ -104,18 +108,23 @@ def test_a_runs_config_json_is_a_valid_config_and_layers_win_in_order(tmp_path):
     run_config = tmp_path / "config.json"  # as `pretrain` writes it: the settings under "pretrain"
     settings = {**json.loads(json.dumps(to_jsonable(config.preset(PretrainConfig, "demo")))),
                 "images": ["faces"], "epochs": 5}
-    run_config.write_text(json.dumps({"pretrain": settings, "model_config": {"embed_dim": 192}, "peak_lr": 1e-3}))
+    run_config.write_text(json.dumps({"pretrain": settings, "model_config": {"embed_dim": 192},
+                                      "peak_lr": 1e-3}))
     got = printed("pretrain", ["--config", str(run_config)])
     assert got == settings
-    got = printed("pretrain", ["--config", str(run_config), "--set", "epochs=7", "--set", "lr=none"])
+    got = printed("pretrain",
+                  ["--config", str(run_config), "--set", "epochs=7", "--set", "lr=none"])
     assert (got["epochs"], got["lr"]) == (7, None)
     got = printed("pretrain", ["--config", str(run_config), "--set", "epochs=7", "--epochs", "9"])
-    assert got["epochs"] == 9  # an option given wins over --set, --set over the file, the file over a preset
+    # an option given wins over --set, --set over the file, the file over a preset
+    assert got["epochs"] == 9
     got = printed("pretrain", ["--preset", "demo", "--config", str(run_config)])
     assert got["epochs"] == 5
 
-    heads = tmp_path / "heads.json"  # a head run's config.json: nested head sizes, set by their own names
-    heads.write_text(json.dumps(to_jsonable(TrainConfig.create(task="va", d_model=64, num_heads=2))))
+    # a head run's config.json: nested head sizes, set by their own names
+    heads = tmp_path / "heads.json"
+    heads.write_text(json.dumps(to_jsonable(
+        TrainConfig.create(task="va", d_model=64, num_heads=2))))
     got = printed("train", ["va", "--out", "x", "--config", str(heads)])
     assert got["d_model"] == 64 and got["num_heads"] == 2
 
@@ -129,29 +138,35 @@ def test_a_runs_config_json_is_a_valid_config_and_layers_win_in_order(tmp_path):
     (["--crop-scale", "0.9", "0.2"], "error: --crop-scale 0.9 0.2: need 0 < MIN <= MAX <= 1"),
 ])
 def test_a_bad_setting_is_named_where_it_was_given(args, message, tmp_path):
-    result = CliRunner().invoke(cli, ["pretrain", "--images", str(tmp_path), "--out", str(tmp_path / "r"), *args])
+    result = CliRunner().invoke(cli, ["pretrain", "--images", str(tmp_path), "--out",
+                                      str(tmp_path / "r"), *args])
     assert result.exit_code == 2 and result.output.startswith(message), result.output
     assert result.output.count("\n") == 1 and not (tmp_path / "r").exists()
 
 
 def test_a_bad_config_file_is_named_with_its_key(tmp_path):
     path = tmp_path / "run.json"
-    for content, message in ((json.dumps({"pretrain": {"epochs": 0}}), f"error: {path}: epochs 0: use 1 or more"),
-                             (json.dumps({"epoch": 3}), f"error: {path}: epoch is not a setting"),
-                             ("{not json", f"error: {path}: not a JSON config file"),
-                             ("[1, 2]", f"error: {path}: holds a JSON list")):
+    for content, message in (
+            (json.dumps({"pretrain": {"epochs": 0}}), f"error: {path}: epochs 0: use 1 or more"),
+            (json.dumps({"epoch": 3}), f"error: {path}: epoch is not a setting"),
+            ("{not json", f"error: {path}: not a JSON config file"),
+            ("[1, 2]", f"error: {path}: holds a JSON list")):
         path.write_text(content)
-        result = CliRunner().invoke(cli, ["pretrain", "--config", str(path), "--out", str(tmp_path / "r")])
+        result = CliRunner().invoke(cli, ["pretrain", "--config", str(path), "--out",
+                                          str(tmp_path / "r")])
         assert result.exit_code == 2 and result.output.startswith(message), result.output
     result = CliRunner().invoke(cli, ["pretrain", "--config", str(tmp_path / "none.json")])
-    assert result.exit_code == 2 and "config file" in result.output and "does not exist" in result.output
+    assert (result.exit_code == 2 and "config file" in result.output
+            and "does not exist" in result.output)
 
 
 def test_library_errors_speak_in_field_names():
-    with pytest.raises(config.ConfigError, match="^mask_ratio 1.5 must lie strictly between 0 and 1$"):
+    with pytest.raises(config.ConfigError,
+                       match="^mask_ratio 1.5 must lie strictly between 0 and 1$"):
         PretrainConfig(mask_ratio=1.5)
     with pytest.raises(config.ConfigError, match="^pooling 'max' is not one of cls, mean$"):
         FinetuneConfig(pooling="max")
     with pytest.raises(config.ConfigError, match="^task is required"):
         config.build(TrainConfig, {})
-    assert config.preset(PretrainConfig, "paper") == PretrainConfig()  # the paper's preset is the defaults
+    # the paper's preset is the defaults
+    assert config.preset(PretrainConfig, "paper") == PretrainConfig()

@@ -14,8 +14,8 @@ from pipeline.table5 import ABLATIONS
 
 @pytest.mark.slow
 def test_demo_writes_every_stage_and_a_complete_report(tmp_path):
-    cfg = DemoConfig(out=str(tmp_path / "run"), data=str(tmp_path / "data"), preset="tiny", workers=0,
-                     device="cpu")
+    cfg = DemoConfig(out=str(tmp_path / "run"), data=str(tmp_path / "data"), preset="tiny",
+                     workers=0, device="cpu")
     figures = run_demo(cfg, progress=False)
     run = tmp_path / "run"
 
@@ -28,12 +28,13 @@ def test_demo_writes_every_stage_and_a_complete_report(tmp_path):
     # LP-FT: the fine-tune started from the linear probe's head, and the report says so
     config = json.loads((run / "finetune" / "config.json").read_text())
     assert config["encoder"]["head_init"] == str((run / "probe" / "best.pt").resolve())
-    assert figures["probe"]["best_f1"] >= 0 and read_checkpoint(run / "probe" / "best.pt")["linear_probe"]
+    assert (figures["probe"]["best_f1"] >= 0
+            and read_checkpoint(run / "probe" / "best.pt")["linear_probe"])
 
     page = (run / "report.html").read_text()
     assert "LP-FT" in page
-    for section in ("summary", "store", "mae", "finetune", "task-va", "task-expr", "task-au", "ablation",
-                    "submissions"):
+    for section in ("summary", "store", "mae", "finetune", "task-va", "task-expr", "task-au",
+                    "ablation", "submissions"):
         assert f'id="{section}"' in page, section
     images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,', page)
     # MAE loss + first/last reconstructions, fine-tuning curve, per task its curves and its own plot
@@ -41,10 +42,12 @@ def test_demo_writes_every_stage_and_a_complete_report(tmp_path):
     for name in ("va_traces", "expr_confusion", "au_f1", "training_curves"):
         assert name in images
     ablation = page.split('id="ablation"')[1].split("</section>")[0]
-    assert ablation.count("<tr>") == (1 + len(ABLATIONS)) + len(ABLATIONS)  # scores; differences from the full model
+    # scores; differences from the full model
+    assert ablation.count("<tr>") == (1 + len(ABLATIONS)) + len(ABLATIONS)
     for task in ("va", "expr", "au"):  # every row has its interval over the validation videos
         spread = figures["intervals"][task]
-        assert set(spread["runs"]) == set(figures["table"]) and len(spread["differences"]) == len(ABLATIONS) - 1
+        assert (set(spread["runs"]) == set(figures["table"])
+                and len(spread["differences"]) == len(ABLATIONS) - 1)
         for row, scored in spread["runs"].items():
             assert scored["score"] == pytest.approx(figures["table"][row][task], abs=1e-6)
             assert scored["ci95"][0] <= scored["score"] <= scored["ci95"][1]

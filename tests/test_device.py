@@ -42,7 +42,8 @@ def test_cuda_gives_the_workers_all_but_one_core(cores):
 def test_given_numbers_are_kept_and_auto_threads_respect_a_limit(cores):
     cores(8)
     assert dev.cpu_budget(CPU, workers=0, threads=3) == (0, 3)
-    cores(8, torch_threads=1)  # OMP_NUM_THREADS=1 (torchrun) or torch.set_num_threads(1) by the caller
+    # OMP_NUM_THREADS=1 (torchrun) or torch.set_num_threads(1) by the caller
+    cores(8, torch_threads=1)
     assert dev.cpu_budget(CPU) == (1, 1)
     cores(2, torch_threads=1)
     assert dev.cpu_budget(CPU) == (0, 1)

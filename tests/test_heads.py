@@ -1,5 +1,6 @@
-"""Temporal heads on cached features: sequences, windows, masks, losses, post-processing, folds, and
-end-to-end runs (train -> evaluate -> predict -> check-submission -> score) on the tiny synthetic set.
+"""Temporal heads on cached features: sequences, windows, masks, losses, post-processing, folds,
+and end-to-end runs (train -> evaluate -> predict -> check-submission -> score) on the tiny
+synthetic set.
 
 The tiny store's features are cheap but carry a real signal: an 8x8 grayscale thumbnail of the
 face's centre (eyes to chin) of each frame (D=64), zeros where there is no face.
@@ -42,14 +43,16 @@ from pipeline.models import build_model
 
 FACE_BOX = (28, 36, 84, 92)  # eyes to chin in a 112-pixel crop
 SMALL = ["--set", "tcn_channels=64-32-32", "--set", "d_model=32", "--set", "num_layers=2",
-         "--set", "num_heads=2", "--set", "ff_dim=64", "--set", "head_hidden=32", "--set", "dropout=0.1"]
-FAST = ["--window", "100", "--stride", "50", "--batch-size", "8", "--lr", "1e-3", "--device", "cpu", *SMALL]
+         "--set", "num_heads=2", "--set", "ff_dim=64", "--set", "head_hidden=32",
+         "--set", "dropout=0.1"]
+FAST = ["--window", "100", "--stride", "50", "--batch-size", "8", "--lr", "1e-3", "--device", "cpu",
+        *SMALL]
 
 
 def store_attrs(dim: int, sha: str = "0" * 64) -> dict:
-    return dict(encoder="thumbnail8", encoder_config={"box": list(FACE_BOX)}, checkpoint_sha256=sha,
-                input_size=8, pixel_mean=[0.5], pixel_std=[0.25], pooling="mean", feature_dim=dim,
-                dtype="float32")
+    return dict(encoder="thumbnail8", encoder_config={"box": list(FACE_BOX)},
+                checkpoint_sha256=sha, input_size=8, pixel_mean=[0.5], pixel_std=[0.25],
+                pooling="mean", feature_dim=dim, dtype="float32")
 
 
 def thumbnails(ds: AffWild2, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -65,7 +68,8 @@ def thumbnails(ds: AffWild2, name: str) -> tuple[np.ndarray, np.ndarray]:
     return feats, present
 
 
-def write_store(path: Path, rows: dict[str, tuple[np.ndarray, np.ndarray]], sha: str = "0" * 64) -> Path:
+def write_store(path: Path, rows: dict[str, tuple[np.ndarray, np.ndarray]],
+                sha: str = "0" * 64) -> Path:
     dim = next(iter(rows.values()))[0].shape[1]
     with create_store(path, store_attrs(dim, sha), overwrite=True) as writer:
         for name, (feats, present) in rows.items():
@@ -111,7 +115,8 @@ def test_windows_cover_every_frame(T, W, S):
 
 
 def test_batches_pad_and_mask_short_videos():
-    feats = np.arange(30, dtype=np.float32).reshape(15, 2)  # rows 0..14: one 5-frame and one 10-frame video
+    # rows 0..14: one 5-frame and one 10-frame video
+    feats = np.arange(30, dtype=np.float32).reshape(15, 2)
     labels = np.arange(15, dtype=np.float32)[:, None]
     valid = np.ones(15, bool)
     valid[3] = False
@@ -159,14 +164,18 @@ def test_labels_beyond_the_store_or_missing_are_masked(tiny_store):
     video = table.videos[0]
     T = table.length(video)
     start = table.offsets[video][0]
-    long = Annotation(video, "va", "Train_Set", Path("x"), np.full((T + 5, 2), 0.5, np.float32), np.ones(T + 5, bool))
+    long = Annotation(video, "va", "Train_Set", Path("x"), np.full((T + 5, 2), 0.5, np.float32),
+                      np.ones(T + 5, bool))
     labels, valid = lay_labels("va", table, {video: long})
-    assert valid[start : start + T].all() and valid.sum() == T  # rows beyond T are not laid anywhere
-    short = Annotation(video, "va", "Train_Set", Path("x"), np.full((T - 4, 2), 0.5, np.float32), np.ones(T - 4, bool))
+    # rows beyond T are not laid anywhere
+    assert valid[start : start + T].all() and valid.sum() == T
+    short = Annotation(video, "va", "Train_Set", Path("x"), np.full((T - 4, 2), 0.5, np.float32),
+                       np.ones(T - 4, bool))
     labels, valid = lay_labels("va", table, {video: short})
     assert valid.sum() == T - 4 and not valid[start + T - 4 : start + T].any()
     # at evaluation, rows beyond T take the last frame's prediction
-    pred, true = postprocess.valid_pairs({video: np.arange(T, dtype=float)[:, None]}, {video: long})
+    pred, true = postprocess.valid_pairs({video: np.arange(T, dtype=float)[:, None]},
+                                         {video: long})
     assert len(pred) == T + 5 and (pred[T:, 0] == T - 1).all()
 
 
@@ -227,7 +236,8 @@ def test_au_thresholds_chosen_on_validation_do_not_lower_f1():
     ann = {"v": Annotation("v", "au", "Validation_Set", Path("v"), labels, np.ones(T, bool))}
     raw = {"v": prob}
     pp = postprocess.choose("au", raw, ann)
-    at_half = postprocess.score("au", postprocess.apply_all(postprocess.PostProcess("au"), raw), ann)
+    at_half = postprocess.score(
+        "au", postprocess.apply_all(postprocess.PostProcess("au"), raw), ann)
     chosen = postprocess.score("au", postprocess.apply_all(pp, raw), ann)
     assert chosen["score"] > at_half["score"] + 0.3
     assert postprocess.PostProcess.from_dict(pp.to_dict()) == pp
@@ -237,11 +247,13 @@ def test_folds_group_sources_and_fold_zero_is_official(tiny_root):
     ds = AffWild2(tiny_root)
     task = "va"
     train, val = fold_split(ds, task, 0)
-    assert (train, val) == (sorted(ds.annotations(task, "Train_Set")), sorted(ds.annotations(task, "Validation_Set")))
+    assert (train, val) == (sorted(ds.annotations(task, "Train_Set")),
+                            sorted(ds.annotations(task, "Validation_Set")))
     pool = set(train) | set(val)
     folds = 2
     vals = [fold_split(ds, task, k, folds)[1] for k in range(1, folds + 1)]
-    assert sorted(v for fold in vals for v in fold) == sorted(pool)  # a partition of Train + Validation
+    # a partition of Train + Validation
+    assert sorted(v for fold in vals for v in fold) == sorted(pool)
     from pipeline.data.affwild2 import source_video
 
     for k in range(1, folds + 1):
@@ -256,25 +268,30 @@ def test_schedule_warms_up_then_anneals_with_restarts():
     assert learning_rate(cfg, 0) == 0 and learning_rate(cfg, 0.5) == pytest.approx(0.5)
     assert learning_rate(cfg, 1) == pytest.approx(1.0)
     assert learning_rate(cfg, 2.5) == pytest.approx(0.5)
-    assert learning_rate(cfg, 3.99) < 0.01 and learning_rate(cfg, 4) == pytest.approx(1.0)  # restart
+    assert (learning_rate(cfg, 3.99) < 0.01
+            and learning_rate(cfg, 4) == pytest.approx(1.0))  # restart
     assert learning_rate(cfg, 7) == pytest.approx(0.5)  # the second period is twice as long
     paper = TrainConfig("va")
-    assert (paper.epochs, paper.lr, paper.batch_size, paper.window, paper.stride) == (40, 3e-5, 32, 300, 200)
+    assert ((paper.epochs, paper.lr, paper.batch_size, paper.window, paper.stride)
+            == (40, 3e-5, 32, 300, 200))
     assert (TrainConfig("expr").epochs, TrainConfig("au").epochs) == (10, 30)
 
 
 def test_warm_up_never_fills_a_short_run():
     cfg = TrainConfig("va", epochs=1, lr=1.0, warmup_epochs=1, min_lr=0.0)
     assert warmup_epochs(cfg) == 0.5
-    assert learning_rate(cfg, 0.25) == pytest.approx(0.5) and learning_rate(cfg, 0.5) == pytest.approx(1.0)
-    assert learning_rate(cfg, 1.0) > 0.5  # half the run at a high rate, annealing over a period of 1.5
+    assert (learning_rate(cfg, 0.25) == pytest.approx(0.5)
+            and learning_rate(cfg, 0.5) == pytest.approx(1.0))
+    # half the run at a high rate, annealing over a period of 1.5
+    assert learning_rate(cfg, 1.0) > 0.5
     assert warmup_epochs(TrainConfig("va", epochs=40)) == 1.0  # the paper's runs: unchanged
 
 
 def test_a_one_epoch_run_of_one_step_trains_its_head(tiny_root, tiny_store, tmp_path, capsys):
-    cfg = TrainConfig.create(task="va", stores=(str(tiny_store),), data=str(tiny_root), epochs=1, window=400,
-                             stride=400, batch_size=64, device="cpu", tcn_channels=(8, 8, 8), d_model=8,
-                             num_layers=1, num_heads=2, ff_dim=8, head_hidden=8)
+    cfg = TrainConfig.create(task="va", stores=(str(tiny_store),), data=str(tiny_root), epochs=1,
+                             window=400, stride=400, batch_size=64, device="cpu",
+                             tcn_channels=(8, 8, 8), d_model=8, num_layers=1, num_heads=2, ff_dim=8,
+                             head_hidden=8)
     data = prepare(cfg)
     summary = train_run(data, cfg, tmp_path / "one", progress=False, make_plots=False)
     assert "warm-up of 1 epoch(s) would fill" in capsys.readouterr().err
@@ -282,13 +299,15 @@ def test_a_one_epoch_run_of_one_step_trains_its_head(tiny_root, tiny_store, tmp_
     torch.manual_seed(cfg.seed)
     untrained = build_head(cfg, data.table.dim).state_dict()
     trained = read_checkpoint(tmp_path / "one" / "best.pt")["state_dict"]
-    assert any(not torch.equal(trained[k], v) for k, v in untrained.items() if v.is_floating_point())
+    assert any(not torch.equal(trained[k], v)
+               for k, v in untrained.items() if v.is_floating_point())
 
 
 def test_settings_parse_by_field_type():
     assert parse_settings(TrainConfig, ["tcn_channels=256-128-64", "causal=false", "lr=1e-3",
                                         "restart_epochs=none", "model=temporal_tcn"]) == {
-        "tcn_channels": (256, 128, 64), "causal": False, "lr": 1e-3, "restart_epochs": None, "model": "temporal_tcn"}
+        "tcn_channels": (256, 128, 64), "causal": False, "lr": 1e-3, "restart_epochs": None,
+        "model": "temporal_tcn"}
     cfg = TrainConfig.create(task="va", d_model=64, window=100)
     assert cfg.head.d_model == 64 and (cfg.window, cfg.stride) == (100, 66)
     with pytest.raises(InputError, match="dmodel is not a setting"):
@@ -303,9 +322,10 @@ def test_settings_parse_by_field_type():
 
 
 def test_training_is_deterministic(tiny_root, tiny_store, tmp_path):
-    cfg = TrainConfig.create(task="au", stores=(str(tiny_store),), data=str(tiny_root), epochs=1, window=100,
-                             stride=50, batch_size=8, device="cpu", tcn_channels=(16, 16, 8), d_model=16,
-                             num_layers=1, num_heads=2, ff_dim=16, head_hidden=8, absent_in_loss=False)
+    cfg = TrainConfig.create(task="au", stores=(str(tiny_store),), data=str(tiny_root), epochs=1,
+                             window=100, stride=50, batch_size=8, device="cpu",
+                             tcn_channels=(16, 16, 8), d_model=16, num_layers=1, num_heads=2,
+                             ff_dim=16, head_hidden=8, absent_in_loss=False)
     data = prepare(cfg)
     a = train_run(data, cfg, tmp_path / "a", progress=False, make_plots=False)
     b = train_run(data, cfg, tmp_path / "b", progress=False, make_plots=False)
@@ -317,28 +337,34 @@ def test_training_is_deterministic(tiny_root, tiny_store, tmp_path):
 
 @pytest.mark.slow
 def test_va_train_evaluate_predict_score(tiny_root, tiny_store, tmp_path):
-    """A short VA training learns (validation CCC well above zero); predict writes a valid submission
-    whose `score` equals what `evaluate` printed for the same frames."""
+    """A short VA training learns (validation CCC well above zero); predict writes a valid
+    submission whose `score` equals what `evaluate` printed for the same frames."""
     run = tmp_path / "va"
-    out = run_cli("train", "va", "--store", tiny_store, "--data", tiny_root, "--out", run, "--epochs", 8, *FAST, "--json")
+    out = run_cli("train", "va", "--store", tiny_store, "--data", tiny_root, "--out", run,
+                  "--epochs", 8, *FAST, "--json")
     summary = json.loads(out)
     assert summary["before"]["score"] > 0.2 and summary["before"]["valence"] > 0.5
-    for name in ("config.json", "log.jsonl", "best.pt", "val_predictions.npz", "training_curves.png", "va_traces.png"):
+    for name in ("config.json", "log.jsonl", "best.pt", "val_predictions.npz",
+                 "training_curves.png", "va_traces.png"):
         assert (run / name).is_file(), name
     assert len((run / "log.jsonl").read_text().splitlines()) == 8
 
     evaluated = json.loads(run_cli("evaluate", "--run", run, "--device", "cpu", "--json"))
     assert evaluated["after"]["score"] == pytest.approx(summary["after"]["score"], abs=1e-9)
-    run_cli("predict", "--run", run, "--split", "Validation_Set", "--out", tmp_path / "val.csv", "--device", "cpu")
-    scored = json.loads(run_cli("score", "--task", "va", "--pred", tmp_path / "val.csv", "--data", tiny_root, "--json"))
+    run_cli("predict", "--run", run, "--split", "Validation_Set", "--out", tmp_path / "val.csv",
+            "--device", "cpu")
+    scored = json.loads(run_cli("score", "--task", "va", "--pred", tmp_path / "val.csv", "--data",
+                                tiny_root, "--json"))
     assert scored["score"] == pytest.approx(evaluated["after"]["score"], abs=1e-5)
 
     ds = AffWild2(tiny_root)
-    test_eval = json.loads(run_cli("evaluate", "--run", run, "--split", "Test_Set", "--device", "cpu", "--json"))
+    test_eval = json.loads(run_cli("evaluate", "--run", run, "--split", "Test_Set", "--device",
+                                   "cpu", "--json"))
     run_cli("predict", "--run", run, "--out", tmp_path / "test.csv", "--device", "cpu")
-    run_cli("check-submission", tmp_path / "test.csv", "--task", "va", "--example", ds.example_submission("va"))
-    scored = json.loads(run_cli("score", "--task", "va", "--pred", tmp_path / "test.csv", "--data", tiny_root,
-                                "--split", "Test_Set", "--json"))
+    run_cli("check-submission", tmp_path / "test.csv", "--task", "va", "--example",
+            ds.example_submission("va"))
+    scored = json.loads(run_cli("score", "--task", "va", "--pred", tmp_path / "test.csv", "--data",
+                                tiny_root, "--split", "Test_Set", "--json"))
     assert scored["score"] == pytest.approx(test_eval["after"]["score"], abs=1e-5)
     assert scored["frames"] == test_eval["after"]["frames"]
 
@@ -348,18 +374,20 @@ def test_expr_au_runs_ensemble_and_submit(task, tiny_root, tiny_store, tmp_path)
     runs = []
     for seed in (0, 1):
         runs.append(tmp_path / f"{task}{seed}")
-        run_cli("train", task, "--store", tiny_store, "--data", tiny_root, "--out", runs[-1], "--epochs", 2,
-                "--seed", seed, "--model", "temporal_tcn", *FAST)
+        run_cli("train", task, "--store", tiny_store, "--data", tiny_root, "--out", runs[-1],
+                "--epochs", 2, "--seed", seed, "--model", "temporal_tcn", *FAST)
     plot = {"expr": "expr_confusion.png", "au": "au_f1.png"}[task]
     assert (runs[0] / plot).is_file()
     ckpt = torch.load(runs[0] / "best.pt", weights_only=True)
-    assert ckpt["postprocess"]["task"] == task and ckpt["stores"][0]["checkpoint_sha256"] == "0" * 64
+    assert (ckpt["postprocess"]["task"] == task
+            and ckpt["stores"][0]["checkpoint_sha256"] == "0" * 64)
 
     ds = AffWild2(tiny_root)
     sub = tmp_path / f"{task}.csv"
     run_cli("predict", "--run", runs[0], "--run", runs[1], "--out", sub, "--device", "cpu")
     run_cli("check-submission", sub, "--task", task, "--example", ds.example_submission(task))
-    scored = json.loads(run_cli("score", "--task", task, "--pred", sub, "--data", tiny_root, "--split", "Test_Set", "--json"))
+    scored = json.loads(run_cli("score", "--task", task, "--pred", sub, "--data", tiny_root,
+                                "--split", "Test_Set", "--json"))
     assert 0 <= scored["score"] <= 1
 
 
@@ -368,32 +396,38 @@ def test_predict_refuses_a_store_of_another_encoder(tiny_root, tiny_rows, tiny_s
     run_cli("train", "va", "--store", tiny_store, "--data", tiny_root, "--out", run, "--epochs", 1,
             "--model", "temporal_linear", *FAST)
     other = write_store(tmp_path / "other.zarr", tiny_rows, sha="f" * 64)
-    result = CliRunner().invoke(cli, ["predict", "--run", str(run), "--store", str(other), "--out", str(tmp_path / "x.csv")])
+    result = CliRunner().invoke(cli, ["predict", "--run", str(run), "--store", str(other), "--out",
+                                      str(tmp_path / "x.csv")])
     assert result.exit_code == 2
     assert "checkpoint_sha256" in result.output and not (tmp_path / "x.csv").exists()
 
 
 def test_ablate_grid_by_seeds(tiny_root, tiny_store, tmp_path):
     out = run_cli("ablate", "--task", "va", "--store", tiny_store, "--data", tiny_root,
-                  "--grid", "model=temporal_linear,temporal_tcn", "--grid", "window=50,100", "--seeds", 2, "--out", tmp_path / "abl", "--epochs", 1, *FAST[2:])
-    assert "| model | window |" in out and out.count("±") == 1 + 2 * 4  # the header, then 2 per row
+                  "--grid", "model=temporal_linear,temporal_tcn", "--grid", "window=50,100",
+                  "--seeds", 2, "--out", tmp_path / "abl", "--epochs", 1, *FAST[2:])
+    # the header, then 2 per row
+    assert "| model | window |" in out and out.count("±") == 1 + 2 * 4
     rows = (tmp_path / "abl" / "ablation.csv").read_text().splitlines()
-    assert len(rows) == 1 + 4 and len((tmp_path / "abl" / "runs.csv").read_text().splitlines()) == 1 + 8
+    assert (len(rows) == 1 + 4
+            and len((tmp_path / "abl" / "runs.csv").read_text().splitlines()) == 1 + 8)
     assert (tmp_path / "abl" / "model-temporal_tcn_window-100" / "seed1" / "best.pt").is_file()
 
 
 def test_a_run_directory_works_from_anywhere_and_after_a_move(mini_root, tmp_path, monkeypatch):
-    """Trained with relative --store/--data, a run finds them from any working directory (by the absolute
-    paths it recorded) and after the whole folder moved (by their places relative to the run)."""
+    """Trained with relative --store/--data, a run finds them from any working directory (by the
+    absolute paths it recorded) and after the whole folder moved (by their places relative to the
+    run)."""
     project = tmp_path / "project"
     project.mkdir()
     mini_root.rename(project / "aw2")
     rng = np.random.default_rng(0)
-    write_store(project / "f.zarr", {v: (rng.standard_normal((t, 4)).astype(np.float32), np.ones(t, bool))
-                                     for v, t in (("vid_left", 6), ("105", 3))})
+    write_store(project / "f.zarr",
+                {v: (rng.standard_normal((t, 4)).astype(np.float32), np.ones(t, bool))
+                 for v, t in (("vid_left", 6), ("105", 3))})
     monkeypatch.chdir(project)
-    run_cli("train", "va", "--store", "f.zarr", "--data", "aw2", "--out", "runs/va", "--preset", "demo",
-            "--epochs", 1, "--window", 4, "--device", "cpu", "--json")
+    run_cli("train", "va", "--store", "f.zarr", "--data", "aw2", "--out", "runs/va", "--preset",
+            "demo", "--epochs", 1, "--window", 4, "--device", "cpu", "--json")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -403,9 +437,13 @@ def test_a_run_directory_works_from_anywhere_and_after_a_move(mini_root, tmp_pat
     project.rename(tmp_path / "moved")  # the run, its store and its dataset, moved together
     run_cli("predict", "--run", "../moved/runs/va", "--out", "b.csv", *args)
     assert (elsewhere / "a.csv").read_text() == (elsewhere / "b.csv").read_text()
-    (tmp_path / "moved" / "f.zarr").rename(tmp_path / "moved" / "g.zarr")  # its store gone from both places
-    result = CliRunner().invoke(cli, ["predict", "--run", "../moved/runs/va", "--out", "c.csv", *args])
+    # its store gone from both places
+    (tmp_path / "moved" / "f.zarr").rename(tmp_path / "moved" / "g.zarr")
+    result = CliRunner().invoke(cli, ["predict", "--run", "../moved/runs/va", "--out", "c.csv",
+                                      *args])
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
-    assert f"{project / 'f.zarr'}" in result.stderr and f"{tmp_path / 'moved' / 'f.zarr'}" in result.stderr
+    assert (f"{project / 'f.zarr'}" in result.stderr
+            and f"{tmp_path / 'moved' / 'f.zarr'}" in result.stderr)
     assert "--store" in result.stderr and not (elsewhere / "c.csv").exists()
-    run_cli("predict", "--run", "../moved/runs/va", "--out", "c.csv", "--store", "../moved/g.zarr", *args)
+    run_cli("predict", "--run", "../moved/runs/va", "--out", "c.csv", "--store", "../moved/g.zarr",
+            *args)

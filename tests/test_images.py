@@ -1,5 +1,6 @@
 """The one image decoder: every kind of file comes out as a viewer shows it (bit depth, orientation,
-transparency, palette, CMYK), and a non-square image is resized by its short side and centre-cropped."""
+transparency, palette, CMYK), and a non-square image is resized by its short side and
+centre-cropped."""
 
 import numpy as np
 import pytest
@@ -29,7 +30,8 @@ def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):
 def test_exif_orientation_is_applied(tmp_path, orientation, turn):
     upright = np.zeros((24, 40, 3), np.uint8)  # (H, W, C): wide, a red block top-left
     upright[:8, :8] = (255, 0, 0)
-    stored = np.rot90(upright, k=-turn).copy()  # as the camera stored it; the tag says how to undo it
+    # as the camera stored it; the tag says how to undo it
+    stored = np.rot90(upright, k=-turn).copy()
     exif = Image.Exif()
     exif[0x0112] = orientation
     Image.fromarray(stored).save(tmp_path / "photo.png", exif=exif)
@@ -78,8 +80,9 @@ def test_non_square_is_resized_by_its_short_side_and_centre_cropped(tmp_path):
     Image.fromarray(wide).save(tmp_path / "wide.png")
     out = pixels(tmp_path / "wide.png", 10)
     assert out.shape == (10, 10, 3)
-    # the centre 20 x 20 square only (its edge columns blend with their outside neighbours, as when the
-    # whole image is resized first); stretching would put the black thirds in columns 0-2 and 7-9
+    # the centre 20 x 20 square only (its edge columns blend with their outside neighbours, as when
+    # the whole image is resized first); stretching would put the black thirds in columns 0-2
+    # and 7-9
     assert (out[:, 1:-1] == 255).all() and out.min() > 200
     tall = np.zeros((60, 20, 3), np.uint8)
     tall[20:40] = 255

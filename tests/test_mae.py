@@ -1,5 +1,5 @@
-"""The MAE model: every registered size builds and trains, masking and patchify properties, the masked path
-is the encoder's own network, the loss looks at hidden patches only."""
+"""The MAE model: every registered size builds and trains, masking and patchify properties, the
+masked path is the encoder's own network, the loss looks at hidden patches only."""
 
 import pytest
 import torch
@@ -20,11 +20,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_every_mae_size_is_registered_and_every_model_has_a_family():
     assert set(MAE_SIZES) == set(list_models("mae_"))
-    assert set(list_models()) == {n for family in FAMILIES for n in list_models(family)}  # each family is tested
+    # each family is tested
+    assert set(list_models()) == {n for family in FAMILIES for n in list_models(family)}
 
 
-# Every registered MAE, from the registry itself; base and large take seconds just to allocate: slow-marked.
-SIZES = [pytest.param(n, marks=pytest.mark.slow) if n in {"mae_vit_base_patch16", "mae_vit_large_patch16"} else n
+# Every registered MAE, from the registry itself; base and large take seconds just to allocate:
+# slow-marked.
+SIZES = [pytest.param(n, marks=pytest.mark.slow)
+         if n in {"mae_vit_base_patch16", "mae_vit_large_patch16"} else n
          for n in list_models("mae_")]
 
 
@@ -47,7 +50,8 @@ def test_registered_model_trains_on_cpu(name):
 def test_masking_keeps_exact_count_and_unshuffle_restores_order(ratio):
     torch.manual_seed(1)
     b, n, d = 4, 49, 3
-    x = torch.arange(b * n * d, dtype=torch.float32).reshape(b, n, d)  # (B, N, D), every token distinct
+    # (B, N, D), every token distinct
+    x = torch.arange(b * n * d, dtype=torch.float32).reshape(b, n, d)
     kept, mask, ids_restore = MaskedAutoencoderViT.random_masking(x, ratio)
     keep = int(n * (1 - ratio))
     assert kept.shape == (b, keep, d)
@@ -61,10 +65,11 @@ def test_masking_keeps_exact_count_and_unshuffle_restores_order(ratio):
     assert not all(torch.equal(mask[0], mask[i]) for i in range(1, b))  # per-sample masks
 
 
-@pytest.mark.parametrize("n, ratio, kept", [(196, 0.9, 19), (196, 0.75, 49), (49, 0.9, 4), (49, 0.5, 24),
-                                           (196, 0.6, 78), (64, 0.85, 9)])
+@pytest.mark.parametrize("n, ratio, kept", [(196, 0.9, 19), (196, 0.75, 49), (49, 0.9, 4),
+                                           (49, 0.5, 24), (196, 0.6, 78), (64, 0.85, 9)])
 def test_masking_keeps_mae_len_keep(n, ratio, kept):
-    # facebookresearch/mae: len_keep = int(L * (1 - mask_ratio)); rounding would keep 20 of 196 at 0.9
+    # facebookresearch/mae: len_keep = int(L * (1 - mask_ratio)); rounding would keep 20 of
+    # 196 at 0.9
     assert kept == int(n * (1 - ratio))
     x = torch.zeros(2, n, 4)
     x_kept, mask, _ = MaskedAutoencoderViT.random_masking(x, ratio)
@@ -88,9 +93,11 @@ def test_masked_path_is_the_encoders_own_network():
     torch.manual_seed(0)
     model = MaskedAutoencoderViT(SMALL).eval()
     imgs = torch.randn(3, 3, 32, 32)
-    latent, mask, ids_restore = model.forward_encoder(imgs, mask_ratio=0.0)  # nothing hidden, shuffled
+    # nothing hidden, shuffled
+    latent, mask, ids_restore = model.forward_encoder(imgs, mask_ratio=0.0)
     assert mask.sum() == 0
-    patches = torch.gather(latent[:, 1:], 1, ids_restore.unsqueeze(-1).expand(-1, -1, latent.shape[-1]))
+    patches = torch.gather(latent[:, 1:], 1,
+                           ids_restore.unsqueeze(-1).expand(-1, -1, latent.shape[-1]))
     expected = model.encoder.forward_features(imgs)  # (B, 1+N, D)
     torch.testing.assert_close(latent[:, :1], expected[:, :1], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(patches, expected[:, 1:], atol=1e-5, rtol=1e-5)
@@ -106,7 +113,8 @@ def test_loss_sees_hidden_patches_only(norm_pix):
     _, pred, mask = model(imgs)
     changed = pred.clone()
     changed[mask == 0] += 100.0  # visible patches: must not matter
-    assert torch.equal(model.forward_loss(imgs, pred, mask), model.forward_loss(imgs, changed, mask))
+    assert torch.equal(model.forward_loss(imgs, pred, mask),
+                       model.forward_loss(imgs, changed, mask))
     perfect = model.target(imgs)
     assert model.forward_loss(imgs, perfect, mask).item() == pytest.approx(0.0, abs=1e-10)
     if norm_pix:
@@ -123,7 +131,8 @@ def test_position_embeddings_are_fixed_sincos():
     torch.testing.assert_close(enc.pos_embed[0], sincos_pos_embed_2d(32, 4, 4))
     table = sincos_pos_embed_2d(8, 2, 3, cls_token=False)  # (N, D)
     assert table.shape == (6, 8)
-    # First half encodes the column, second half the row: patches of one column share the first half.
+    # First half encodes the column, second half the row: patches of one column share
+    # the first half.
     torch.testing.assert_close(table[0, :4], table[3, :4])
     torch.testing.assert_close(table[0, 4:], table[1, 4:])
 

@@ -1,4 +1,5 @@
-"""Metric parity: our CCC and F1s against scikit-learn and a plain numpy reference on random inputs."""
+"""Metric parity: our CCC and F1s against scikit-learn and a plain numpy reference on random
+inputs."""
 
 import numpy as np
 import pytest
@@ -76,15 +77,18 @@ def test_uniform_guess_f1_is_what_random_guessing_scores():
 @pytest.mark.parametrize("seed", range(10))
 def test_f1_from_confusion_is_expr_f1_and_sums_over_videos(seed):
     rng = np.random.default_rng(seed)
-    videos = [(rng.integers(0, rng.integers(1, 9), n), rng.integers(0, 8, n)) for n in rng.integers(1, 200, 5)]
+    videos = [(rng.integers(0, rng.integers(1, 9), n), rng.integers(0, 8, n))
+              for n in rng.integers(1, 200, 5)]
     confusions = np.stack([expr_confusion(pred, true) for pred, true in videos])  # (5, 8, 8)
     pred, true = (np.concatenate(x) for x in zip(*videos, strict=True))
     assert confusions.sum() == len(true) and np.trace(confusions.sum(0)) == (pred == true).sum()
-    assert expr_f1_from_confusion(confusions.sum(0)) == pytest.approx(expr_f1(pred, true)["score"], abs=1e-12)
+    assert expr_f1_from_confusion(confusions.sum(0)) == pytest.approx(
+        expr_f1(pred, true)["score"], abs=1e-12)
     batched = expr_f1_from_confusion(confusions)  # one score per video at once
     assert batched == pytest.approx([expr_f1(p, t)["score"] for p, t in videos], abs=1e-12)
     counts = np.stack([np.bincount(t, minlength=8) for _, t in videos])
-    assert uniform_guess_f1_from_counts(counts) == pytest.approx([uniform_guess_expr_f1(t) for _, t in videos])
+    assert uniform_guess_f1_from_counts(counts) == pytest.approx(
+        [uniform_guess_expr_f1(t) for _, t in videos])
 
 
 def test_video_bootstrap_draws_whole_videos_with_replacement():
@@ -115,29 +119,36 @@ def test_va_score_is_mean_of_the_two_cccs():
     true = rng.uniform(-1, 1, (300, 2))
     pred = true + rng.normal(0, 0.3, (300, 2))
     result = va_score(pred, true)
-    assert result["score"] == pytest.approx((ccc(pred[:, 0], true[:, 0]) + ccc(pred[:, 1], true[:, 1])) / 2)
+    assert result["score"] == pytest.approx(
+        (ccc(pred[:, 0], true[:, 0]) + ccc(pred[:, 1], true[:, 1])) / 2)
     assert set(result) >= {"score", "valence", "arousal"}
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_scores_from_summed_video_statistics_are_the_official_ones(seed):
-    """A set's score from its videos' summed statistics equals the metric on the concatenated frames, and a
-    bootstrap draw is the metric on the videos drawn, repeated as often as drawn."""
+    """A set's score from its videos' summed statistics equals the metric on the concatenated
+    frames, and a bootstrap draw is the metric on the videos drawn, repeated as often as drawn."""
     rng = np.random.default_rng(seed)
     lengths = rng.integers(5, 60, 6)
     videos = {
-        "va": [(rng.uniform(-1, 1, (n, 2)), np.clip(rng.normal(0.2, 0.4, (n, 2)), -1, 1)) for n in lengths],
+        "va": [(rng.uniform(-1, 1, (n, 2)), np.clip(rng.normal(0.2, 0.4, (n, 2)), -1, 1))
+               for n in lengths],
         "expr": [(rng.integers(0, 8, n), rng.integers(0, 6, n)) for n in lengths],
-        "au": [(rng.integers(0, 2, (n, 12)), (rng.random((n, 12)) < 0.2).astype(int)) for n in lengths],
+        "au": [(rng.integers(0, 2, (n, 12)), (rng.random((n, 12)) < 0.2).astype(int))
+               for n in lengths],
     }
     metric = {"va": va_score, "expr": expr_f1, "au": au_f1}
     for task, pairs in videos.items():
         stats = np.stack([video_statistics(task, p, t) for p, t in pairs])
-        whole = metric[task](np.concatenate([p for p, _ in pairs]), np.concatenate([t for _, t in pairs]))
-        assert score_from_statistics(task, stats.sum(0)) == pytest.approx(whole["score"], abs=1e-9), task
+        whole = metric[task](np.concatenate([p for p, _ in pairs]),
+                             np.concatenate([t for _, t in pairs]))
+        assert score_from_statistics(task, stats.sum(0)) == pytest.approx(
+            whole["score"], abs=1e-9), task
         draw = np.array([2, 0, 1, 0, 3, 0])
         picked = [pairs[i] for i, k in enumerate(draw) for _ in range(k)]
-        again = metric[task](np.concatenate([p for p, _ in picked]), np.concatenate([t for _, t in picked]))
-        assert score_from_statistics(task, draw @ stats) == pytest.approx(again["score"], abs=1e-9), task
+        again = metric[task](np.concatenate([p for p, _ in picked]),
+                             np.concatenate([t for _, t in picked]))
+        assert score_from_statistics(task, draw @ stats) == pytest.approx(
+            again["score"], abs=1e-9), task
     constant = video_statistics("va", np.full((5, 2), 0.3), np.full((5, 2), 0.3))
     assert score_from_statistics("va", constant) == 0.0  # both constant and equal: 0, as ccc() says

@@ -1,5 +1,6 @@
-"""MAE pretraining: images found and decoded, the schedule, a resumed run equals an uninterrupted one,
-unreadable images reported once and skipped, the loss falls on synthetic faces, two gloo ranks."""
+"""MAE pretraining: images found and decoded, the schedule, a resumed run equals an uninterrupted
+one, unreadable images reported once and skipped, the loss falls on synthetic faces, two gloo
+ranks."""
 
 import json
 import shutil
@@ -22,10 +23,12 @@ from pipeline.pretrain import pretrain
 from pipeline.runs import read_jsonl
 from tests.conftest import run_two_ranks
 
-# Tiny encoder at 32 px with 8 px patches (16 patches, 4 visible) and a one-block decoder: seconds per run.
-FAST = dict(model="mae_vit_tiny_patch16", img_size=32, patch_size=8, epochs=2, batch_size=4, accum_iter=2,
-            warmup_epochs=1, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2, max_images=24, workers=0,
-            device="cpu", bf16=False, recon_images=3, log_every=1)
+# Tiny encoder at 32 px with 8 px patches (16 patches, 4 visible) and a one-block decoder: seconds
+# per run.
+FAST = dict(model="mae_vit_tiny_patch16", img_size=32, patch_size=8, epochs=2, batch_size=4,
+            accum_iter=2, warmup_epochs=1, decoder_embed_dim=32, decoder_depth=1,
+            decoder_num_heads=2, max_images=24, workers=0, device="cpu", bf16=False,
+            recon_images=3, log_every=1)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -58,7 +61,8 @@ def test_find_images_recursive_and_refusals(tmp_path):
 
 
 def test_cli_refuses_a_missing_folder_with_one_line(tmp_path):
-    result = CliRunner().invoke(cli, ["pretrain", "--images", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
+    result = CliRunner().invoke(cli, ["pretrain", "--images", str(tmp_path / "nope"), "--out",
+                                      str(tmp_path / "r")])
     assert result.exit_code == 2
     assert result.output.count("\n") == 1 and "nope does not exist" in result.output
 
@@ -81,12 +85,12 @@ def test_augmentation_is_seeded_per_sample_and_epoch(faces):
 
 
 def test_cli_refuses_a_bad_crop_scale_or_image_count(faces, tmp_path):
-    result = CliRunner().invoke(cli, ["pretrain", "--images", str(faces), "--out", str(tmp_path / "r"),
-                                      "--crop-scale", "0.6", "0.3"])
+    result = CliRunner().invoke(cli, ["pretrain", "--images", str(faces), "--out",
+                                      str(tmp_path / "r"), "--crop-scale", "0.6", "0.3"])
     assert result.exit_code == 2 and "--crop-scale 0.6 0.3" in result.output
     assert not (tmp_path / "r").exists()
-    result = CliRunner().invoke(cli, ["pretrain", "--images", str(faces), "--out", str(tmp_path / "r"),
-                                      "--max-images", "0"])
+    result = CliRunner().invoke(cli, ["pretrain", "--images", str(faces), "--out",
+                                      str(tmp_path / "r"), "--max-images", "0"])
     assert result.exit_code == 2 and "--max-images 0: use a positive number" in result.output
     assert not (tmp_path / "r").exists()
 
@@ -107,20 +111,25 @@ def test_resumed_run_equals_uninterrupted_run(faces, tmp_path):
         f.write(json.dumps({"epoch": 2, "step": 4, "loss": 9.9, "lr": 0.0}) + "\n")
     resumed = pretrain(run_config(faces, cut, workers=2), progress=False)  # workers may change
 
-    a, b = read_checkpoint(tmp_path / "whole" / "checkpoint-last.pt"), read_checkpoint(cut / "checkpoint-last.pt")
+    a, b = (read_checkpoint(tmp_path / "whole" / "checkpoint-last.pt"),
+            read_checkpoint(cut / "checkpoint-last.pt"))
     assert a["epoch"] == b["epoch"] == 2 and a["scheduler"] == b["scheduler"]
     assert a["model"].keys() == b["model"].keys()
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(),
+                      strict=True):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert without_timing(read_jsonl(tmp_path / "whole" / "log.jsonl")) == without_timing(read_jsonl(cut / "log.jsonl"))
+    assert (without_timing(read_jsonl(tmp_path / "whole" / "log.jsonl"))
+            == without_timing(read_jsonl(cut / "log.jsonl")))
     assert resumed["loss_end"] == whole["loss_end"]
 
     # What a run directory holds: resolved config, a recon picture per epoch, a loadable encoder.
     config = json.loads((cut / "config.json").read_text())
     assert config["effective_batch"] == 8 and config["peak_lr"] == pytest.approx(1.25e-4 * 8 / 256)
-    assert config["model_config"]["patch_size"] == 8 and config["pixel_mean"] == [0.485, 0.456, 0.406]
-    assert (config["pretrain"]["workers"], config["pretrain"]["threads"]) == (2, 1)  # resolved (one_thread)
+    assert (config["model_config"]["patch_size"] == 8
+            and config["pixel_mean"] == [0.485, 0.456, 0.406])
+    # resolved (one_thread)
+    assert (config["pretrain"]["workers"], config["pretrain"]["threads"]) == (2, 1)
     pngs = sorted(p.name for p in (cut / "recon").iterdir())
     assert pngs == ["epoch-001.png", "epoch-002.png"]
     assert Image.open(cut / "recon" / "epoch-002.png").size == (4 * 34 - 2, 12 + 3 * 34 - 2 + 12)
@@ -135,8 +144,9 @@ def test_resumed_run_equals_uninterrupted_run(faces, tmp_path):
 
 
 def test_a_finished_run_is_extended_over_a_longer_schedule(faces, tmp_path):
-    """MAE users train on (400 -> 800 -> 1600 epochs): a larger epochs continues a finished run, the cosine
-    is stretched over the new length, and the change is recorded; fewer epochs than done is refused."""
+    """MAE users train on (400 -> 800 -> 1600 epochs): a larger epochs continues a finished run, the
+    cosine is stretched over the new length, and the change is recorded; fewer epochs than done is
+    refused."""
     run = tmp_path / "run"
     pretrain(run_config(faces, run, epochs=1), progress=False)
     first = read_checkpoint(run / "checkpoint-last.pt")
@@ -152,7 +162,8 @@ def test_a_finished_run_is_extended_over_a_longer_schedule(faces, tmp_path):
     assert json.loads((run / "config.json").read_text())["epochs_history"] == [change]
     records = read_jsonl(run / "log.jsonl")
     assert {"epoch": 1, "event": "epochs changed", **change} in records
-    # the second epoch's lr follows the 2-epoch cosine: above the floor the 1-epoch schedule had reached
+    # the second epoch's lr follows the 2-epoch cosine: above the floor the 1-epoch
+    # schedule had reached
     second = [r for r in records if r.get("step", 0) > steps]
     assert second and all(r["lr"] > 0 for r in second)
     assert [r["epoch"] for r in records if "seconds" in r] == [1, 2]
@@ -171,11 +182,13 @@ def test_tensorboard_gets_the_logs_scalars_and_the_reconstruction(faces, tmp_pat
     records = read_jsonl(run / "log.jsonl")
     steps = [r for r in records if "step" in r]
     assert [e.step for e in events.Scalars("train/loss")] == [r["step"] for r in steps]
-    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx([r["loss"] for r in steps])
+    assert ([e.value for e in events.Scalars("train/loss")]
+            == pytest.approx([r["loss"] for r in steps]))
     assert [e.step for e in events.Scalars("epoch/loss")] == [1, 2]
     assert [e.step for e in events.Images("reconstruction")] == [1, 2]
     assert not (tmp_path / "off" / "tensorboard").exists() and pretrain(
-        run_config(faces, tmp_path / "off", epochs=1, tensorboard=False), progress=False)["epochs_done"] == 1
+        run_config(faces, tmp_path / "off", epochs=1, tensorboard=False),
+        progress=False)["epochs_done"] == 1
     assert not (tmp_path / "off" / "tensorboard").exists()
 
 
@@ -197,13 +210,15 @@ def test_unreadable_images_are_reported_once_and_skipped(faces, tmp_path, capsys
 
 def test_too_few_images_for_one_step(faces, tmp_path):
     with pytest.raises(InputError, match="lower batch_size or accum_iter"):
-        pretrain(run_config(faces, tmp_path / "r", max_images=6, batch_size=4, accum_iter=2), progress=False)
+        pretrain(run_config(faces, tmp_path / "r", max_images=6, batch_size=4, accum_iter=2),
+                 progress=False)
 
 
 @pytest.mark.slow
 def test_loss_falls_on_synthetic_faces(faces, tmp_path):
-    summary = pretrain(run_config(faces, tmp_path / "run", epochs=4, batch_size=16, accum_iter=1, lr=1.5e-3,
-                                  decoder_embed_dim=64, decoder_num_heads=4, max_images=96), progress=False)
+    summary = pretrain(run_config(faces, tmp_path / "run", epochs=4, batch_size=16, accum_iter=1,
+                                  lr=1.5e-3, decoder_embed_dim=64, decoder_num_heads=4,
+                                  max_images=96), progress=False)
     # Per-patch normalised targets: predicting each patch's mean scores 1.0.
     assert summary["loss_end"] < 0.95 and summary["loss_end"] < 0.75 * summary["loss_start"]
 
@@ -211,17 +226,19 @@ def test_loss_falls_on_synthetic_faces(faces, tmp_path):
 @pytest.mark.slow
 def test_two_gloo_processes(faces, tmp_path):
     out = tmp_path / "ddp"
-    args = ["--images", str(faces), "--out", str(out), "--model", "mae_vit_tiny_patch16", "--img-size", "32",
-            "--patch-size", "8", "--epochs", "1", "--batch-size", "4", "--accum-iter", "1", "--warmup-epochs", "1",
-            "--decoder-embed-dim", "32", "--decoder-depth", "1", "--decoder-num-heads", "2", "--max-images", "32",
+    args = ["--images", str(faces), "--out", str(out), "--model", "mae_vit_tiny_patch16",
+            "--img-size", "32", "--patch-size", "8", "--epochs", "1", "--batch-size", "4",
+            "--accum-iter", "1", "--warmup-epochs", "1", "--decoder-embed-dim", "32",
+            "--decoder-depth", "1", "--decoder-num-heads", "2", "--max-images", "32",
             "--workers", "0", "--device", "cpu", "--no-bf16"]
     summary, stdout = run_two_ranks("pretrain", *args)
     assert summary["epochs_done"] == 1 and stdout.count('"epochs_done"') == 1  # rank 0 only
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-last.pt", "config.json", "log.jsonl", "recon",
-                                                     "tensorboard"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-last.pt", "config.json",
+                                                     "log.jsonl", "recon", "tensorboard"]
     config = json.loads((out / "config.json").read_text())
     assert config["world_size"] == 2 and config["effective_batch"] == 8
-    assert read_checkpoint(out / "checkpoint-last.pt")["scheduler"]["step"] == 4  # 32 images / 8 per step
+    # 32 images / 8 per step
+    assert read_checkpoint(out / "checkpoint-last.pt")["scheduler"]["step"] == 4
     assert [r["epoch"] for r in read_jsonl(out / "log.jsonl") if "seconds" in r] == [1]
 
 
@@ -232,14 +249,16 @@ def test_loss_map_reads_where_the_decoder_draws_detail(faces, tmp_path, capsys):
     run = tmp_path / "r"
     pretrain(run_config(faces, run, epochs=1), progress=False)
     ckpt_path = run / "checkpoint-last.pt"
-    result = loss_map_main(["--ckpt", str(ckpt_path), "--images", str(faces), "--frames", "16", "--json"])
+    result = loss_map_main(["--ckpt", str(ckpt_path), "--images", str(faces), "--frames", "16",
+                            "--json"])
     assert json.loads(capsys.readouterr().out) == result
     grid = np.array(result["grid"])
     assert grid.shape == (4, 4) and np.isfinite(grid).all() and (grid > 0).all()
     assert result["frames"] == 16 and result["norm_pix_loss"] and result["epoch"] == 1
 
-    # A decoder that predicts 0 draws every hidden patch flat at its own mean: norm-pix loss (P - 1) / P
-    # everywhere, P = 8 * 8 * 3 values a patch (the target divides by the unbiased variance).
+    # A decoder that predicts 0 draws every hidden patch flat at its own mean: norm-pix loss
+    # (P - 1) / P everywhere, P = 8 * 8 * 3 values a patch (the target divides by the unbiased
+    # variance).
     model, ckpt = load_mae(ckpt_path)
     torch.nn.init.zeros_(model.decoder_pred.weight)
     torch.nn.init.zeros_(model.decoder_pred.bias)

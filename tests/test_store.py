@@ -1,5 +1,6 @@
-"""The feature store: round trips in both containers, plain zarr/h5py readers, resumability, attribute
-checks, fill modes, packing, export, verify, merging, and two processes writing one Zarr store."""
+"""The feature store: round trips in both containers, plain zarr/h5py readers, resumability,
+attribute checks, fill modes, packing, export, verify, merging, and two processes writing one Zarr
+store."""
 
 import json
 import multiprocessing as mp
@@ -47,7 +48,8 @@ def write_video(writer, name: str, feats, present, block: int = 3) -> None:
     vw.finish()
 
 
-VIDEOS = {"vid_left": make_video(13, 0), "105": make_video(4, 1), "4-30-1920x1080": make_video(9, 2)}
+VIDEOS = {"vid_left": make_video(13, 0), "105": make_video(4, 1),
+          "4-30-1920x1080": make_video(9, 2)}
 
 
 @pytest.fixture(params=["zarr", "h5"])
@@ -88,7 +90,8 @@ def test_plain_zarr_and_h5py_read_the_same_values(store_path):
             attrs = json.loads(h.attrs["attrs_json"])
             assert h.attrs["feature_dim"] == D  # mirrored natively too
             group = h["videos/vid_left"]
-            got_f, got_p, complete = group["features"][:], group["present"][:], group.attrs["complete"]
+            got_f, got_p, complete = (group["features"][:], group["present"][:],
+                                      group.attrs["complete"])
     assert attrs["pooling"] == "cls" and attrs["feature_dim"] == D and complete
     np.testing.assert_array_equal(got_f, stored(f, p))
     np.testing.assert_array_equal(got_p, p)
@@ -145,8 +148,8 @@ def test_bad_attrs_and_paths_are_refused(tmp_path):
     with pytest.raises(features.StoreError, match="refusing to overwrite"):
         features.create_store(precious, make_attrs(), overwrite=True)
     assert (precious / "00001.jpg").exists()
-    for path, match in [(tmp_path / "none.zarr", "no feature store"), (precious, "without zarr.json"),
-                        (precious / "00001.jpg", "neither")]:
+    for path, match in [(tmp_path / "none.zarr", "no feature store"),
+                        (precious, "without zarr.json"), (precious / "00001.jpg", "neither")]:
         with pytest.raises(features.StoreError, match=match):
             features.open_store(path)
 
@@ -216,7 +219,8 @@ def assert_same_stores(a, b) -> None:
 
 def test_export_round_trips_exactly(store_path, tmp_path):
     other = ".zarr" if store_path.suffix == ".h5" else ".h5"
-    there, back, zipped = tmp_path / f"there{other}", tmp_path / f"back{store_path.suffix}", tmp_path / "f.zarr.zip"
+    there, back, zipped = (tmp_path / f"there{other}", tmp_path / f"back{store_path.suffix}",
+                           tmp_path / "f.zarr.zip")
     features.export_store(store_path, there)
     features.export_store(there, back)
     features.export_store(store_path, zipped)
@@ -226,7 +230,8 @@ def test_export_round_trips_exactly(store_path, tmp_path):
         assert s.format == "zip"
     zs = zarr.storage.ZipStore(zipped, mode="r")  # a collaborator with plain zarr
     f, p = VIDEOS["105"]
-    np.testing.assert_array_equal(zarr.open_group(zs, mode="r")["videos/105/features"][:], stored(f, p))
+    np.testing.assert_array_equal(zarr.open_group(zs, mode="r")["videos/105/features"][:],
+                                  stored(f, p))
     zs.close()
     with pytest.raises(features.StoreError, match="exists"):
         features.export_store(store_path, there)
@@ -353,7 +358,8 @@ def test_cli_info_verify_export(mini_root, tmp_path):
     assert "encoder     mae_vit_tiny_patch16" in run(cli, ["features", "info", str(store)]).output
 
     bad = run(cli, ["features", "verify", str(store), "--data", str(mini_root)])
-    assert bad.exit_code == 1 and "video 105: missing (the dataset has it with 3 frames)" in bad.output
+    assert (bad.exit_code == 1
+            and "video 105: missing (the dataset has it with 3 frames)" in bad.output)
     with features.create_store(store, make_attrs(), chunk_rows=4) as w:
         write_video(w, "105", *make_video(3, 1))
     good = run(cli, ["features", "verify", str(store), "--data", str(mini_root), "--json"])
@@ -450,8 +456,9 @@ def _foreign_zip(path) -> None:
 
 
 @pytest.mark.parametrize("make, name", [
-    (_foreign_hdf5, "model.h5"), (_foreign_truncated_hdf5, "feats.h5"), (_foreign_zarr, "feats.zarr"),
-    (_foreign_folder, "feats.zarr"), (_text_file, "feats.h5"), (_foreign_zip, "feats.zarr.zip"),
+    (_foreign_hdf5, "model.h5"), (_foreign_truncated_hdf5, "feats.h5"),
+    (_foreign_zarr, "feats.zarr"), (_foreign_folder, "feats.zarr"), (_text_file, "feats.h5"),
+    (_foreign_zip, "feats.zarr.zip"),
 ])
 def test_overwrite_never_deletes_what_is_not_a_store_of_ours(tmp_path, make, name):
     path = tmp_path / name
@@ -491,7 +498,8 @@ def test_a_store_changed_by_hand_reads_as_verify_sees_it(tmp_path, change):
     assert problems
     assert any("105" in p for p in problems)
     with features.open_store(path) as s:
-        assert s.videos() == ["4-30-1920x1080", "vid_left"]  # what verify sees: not a video of zeros
+        # what verify sees: not a video of zeros
+        assert s.videos() == ["4-30-1920x1080", "vid_left"]
         assert s.info()["videos"] == 2 and s.info()["listing_stale"]
         with pytest.raises(features.StoreError, match="105"):
             s.read("105")

@@ -1,4 +1,5 @@
-"""Submission files: write/read round trip, the checker, and `mae-affect score` against the metrics."""
+"""Submission files: write/read round trip, the checker, and `mae-affect score` against the
+metrics."""
 
 import json
 
@@ -52,10 +53,12 @@ def test_score_agrees_with_independent_metrics(mini_root, tmp_path):
     write_submission(tmp_path / "au.csv", "au", locs, au)
     ann = ds.annotations("au", "Validation_Set")["105"]
     result = CliRunner().invoke(
-        cli, ["score", "--task", "au", "--pred", str(tmp_path / "au.csv"), "--data", str(mini_root), "--json"]
+        cli, ["score", "--task", "au", "--pred", str(tmp_path / "au.csv"), "--data", str(mini_root),
+              "--json"]
     )
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["score"] == pytest.approx(au_f1(au[ann.valid], ann.labels[ann.valid])["score"])
+    assert json.loads(result.output)["score"] == pytest.approx(
+        au_f1(au[ann.valid], ann.labels[ann.valid])["score"])
 
 
 def test_score_refuses_missing_rows(mini_root, tmp_path):
@@ -89,12 +92,14 @@ def test_score_refuses_what_check_submission_refuses(mini_root, tmp_path, task, 
         lines[row + 1] = f"{locs[row]},{bad}"
     path.write_text("\n".join(lines) + "\n")
     example = tmp_path / "example.txt"
-    write_submission(example, task, locs, np.zeros((len(locs), {"va": 2, "expr": 1, "au": 12}[task])))
+    write_submission(example, task, locs,
+                     np.zeros((len(locs), {"va": 2, "expr": 1, "au": 12}[task])))
     assert any(expected in p for p in check_submission(path, task, example))
-    result = CliRunner().invoke(cli, ["score", "--task", task, "--pred", str(path), "--data", str(mini_root),
-                                      "--split", split, "--json"])
+    result = CliRunner().invoke(cli, ["score", "--task", task, "--pred", str(path), "--data",
+                                      str(mini_root), "--split", split, "--json"])
     assert result.exit_code == 2, result.output
-    assert result.stderr.count("\n") == 1 and f"{path}{expected}" in result.stderr and not result.stdout
+    assert (result.stderr.count("\n") == 1 and f"{path}{expected}" in result.stderr
+            and not result.stdout)
 
 
 def test_check_submission_names_the_first_problem(tmp_path):
@@ -117,7 +122,8 @@ def test_check_submission_names_the_first_problem(tmp_path):
     bad.write_text(good.read_text().replace("v/00003.jpg,7", "v/00003.jpg,9"))
     assert ":4: value out of range" in check_submission(bad, "expr", example)[0]
 
-    result = CliRunner().invoke(cli, ["check-submission", str(bad), "--task", "expr", "--example", str(example)])
+    result = CliRunner().invoke(cli, ["check-submission", str(bad), "--task", "expr", "--example",
+                                      str(example)])
     assert result.exit_code == 2
     assert "value out of range" in result.output
 
@@ -128,7 +134,8 @@ def test_check_submission_names_the_first_problem(tmp_path):
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     result = CliRunner().invoke(
-        cli, ["score", "--task", "va", "--pred", str(tmp_path / "x.csv"), "--data", str(tmp_path / "none")]
+        cli, ["score", "--task", "va", "--pred", str(tmp_path / "x.csv"), "--data",
+              str(tmp_path / "none")]
     )
     assert result.exit_code == 2
     assert result.output.startswith("error: ") and result.output.count("\n") == 1

@@ -74,8 +74,8 @@ def test_rerun_is_a_no_op_and_a_foreign_folder_is_refused(tmp_path):
     assert not list(tmp_path.glob(".*partial*"))
 
 
-@pytest.mark.parametrize("bad", [{"videos": 4}, {"img_size": 8}, {"pairs": 5, "videos": 8}, {"people": 0},
-                                 {"scenes": 0}])
+@pytest.mark.parametrize("bad", [{"videos": 4}, {"img_size": 8}, {"pairs": 5, "videos": 8},
+                                 {"people": 0}, {"scenes": 0}])
 def test_unusable_configs_are_input_errors(bad):
     with pytest.raises(InputError):
         plan_videos(replace(preset(SynthConfig, "tiny"), **bad))
@@ -108,7 +108,8 @@ def test_release_layout(tiny_root, meta):
 def test_quirks_of_the_release_are_present(tiny_root, meta):
     videos = meta["videos"].values()
     assert any(v["images"] < v["last_image"] - v["first_image"] + 1 for v in videos), "no gaps"
-    assert any(v["last_image"] < v["frames"] for v in videos), "annotation longer than the last image"
+    assert any(v["last_image"] < v["frames"] for v in videos), (
+        "annotation longer than the last image")
     assert {v["image_root"] for v in videos} == set(IMAGE_ROOTS)
     lengths = sorted(v["frames"] for v in videos)
     assert lengths[0] < 300 and lengths[-1] > 1.5 * lengths[-2]
@@ -171,7 +172,8 @@ def test_every_split_of_every_task_is_populated(name):
     sources = {}
     for p in plans:
         sources.setdefault(p.source, set()).add((p.split, p.tasks, p.frames))
-    assert all(len(v) == 1 for v in sources.values()), "a pair's two subjects differ in split or tasks"
+    assert all(len(v) == 1 for v in sources.values()), (
+        "a pair's two subjects differ in split or tasks")
 
 
 def test_people_and_scenes_limit_the_cast_and_the_sets_and_change_nothing_else():
@@ -191,7 +193,8 @@ def test_short_expression_runs_join_a_long_one():
     def runs(labels):
         expr = merge_short_runs(np.repeat(*np.array(labels).T), min_run=10)
         starts = np.flatnonzero(np.diff(expr, prepend=-1))
-        return [(int(expr[s]), int(n)) for s, n in zip(starts, np.diff(np.append(starts, len(expr))))]
+        return [(int(expr[s]), int(n))
+                for s, n in zip(starts, np.diff(np.append(starts, len(expr))))]
 
     # two short runs at the start used to merge into each other and stay short
     assert runs([(1, 3), (2, 6), (3, 20), (4, 4), (5, 12)]) == [(3, 33), (5, 12)]
@@ -220,7 +223,8 @@ def test_every_action_unit_valence_and_arousal_change_the_face():
 
     def draw(valence=0.0, arousal=0.0, au=None) -> np.ndarray:
         au = np.zeros(12) if au is None else au
-        f = FrameParams(valence, arousal, au, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, (0.0, 0.0), 0.0, 1.0, 0.0, None)
+        f = FrameParams(valence, arousal, au, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, (0.0, 0.0), 0.0, 1.0,
+                        0.0, None)
         return renderer.render(f, np.random.default_rng(1)).astype(float)  # same noise every call
 
     neutral = draw()

@@ -9,7 +9,8 @@ import pipeline.models.temporal as temporal
 from pipeline.configs.heads import POS_ENCODINGS
 from pipeline.models import build_model, list_models
 
-SMALL = dict(tcn_channels=(24, 16, 8), d_model=16, num_layers=2, num_heads=2, ff_dim=32, head_hidden=8)
+SMALL = dict(tcn_channels=(24, 16, 8), d_model=16, num_layers=2, num_heads=2, ff_dim=32,
+             head_hidden=8)
 
 
 def small(name: str, in_dim: int = 12, out_dim: int = 3, **sizes) -> temporal.TemporalModel:
@@ -39,8 +40,10 @@ def test_paper_sizes_by_default():
     assert model.tcn.blocks[0].conv1.conv.kernel_size == (5,)
     assert len(model.transformer.encoder.layers) == 8
     layer = model.transformer.encoder.layers[0]
-    assert layer.self_attn.num_heads == 4 and layer.linear1.out_features == 512 and not layer.norm_first
-    assert (model.head.fc1.in_features, model.head.fc1.out_features, model.head.fc2.out_features) == (512, 256, 2)
+    assert (layer.self_attn.num_heads == 4 and layer.linear1.out_features == 512
+            and not layer.norm_first)
+    assert ((model.head.fc1.in_features, model.head.fc1.out_features, model.head.fc2.out_features)
+            == (512, 256, 2))
     # the non-deprecated weight norm: a parametrization, not weight_g / weight_v attributes
     assert hasattr(model.tcn.blocks[0].conv1.conv, "parametrizations")
 
