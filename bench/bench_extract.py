@@ -112,7 +112,7 @@ def fast_depth(model: str, img_size: int, images: torch.Tensor, fps: float,
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="mae_vit_tiny_patch16")
     parser.add_argument("--img-size", type=int, default=112)
     parser.add_argument("--videos", type=int, default=12,

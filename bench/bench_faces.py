@@ -130,7 +130,7 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=240)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=360)

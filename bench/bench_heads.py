@@ -181,7 +181,7 @@ def report(r: dict) -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dim", type=int, default=768)

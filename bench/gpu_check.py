@@ -1,6 +1,6 @@
-"""``make gpu-check``: every stage once on CUDA, on the synthetic ``bench`` set: which CUDA \
-branches ran (as
-observed while they ran), each loop's speed against its bare step, and each stage's peak memory.
+"""``make gpu-check``: every stage once on CUDA, on the synthetic ``bench`` set: which CUDA
+branches ran (as observed while they ran), each loop's speed against its bare step, and each
+stage's peak memory.
 
 One process runs the stages through their own library functions (``pretrain``, ``finetune``,
 ``extract``, ``train_run``) and measures beside each what it is compared with
@@ -537,7 +537,7 @@ def run_check(out: Path, data: Path | None = None, device: torch.device | None =
 
 
 def main(argv=None) -> dict | None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None,
                         help="Folder for the runs (default: a temporary one, deleted at the end).")
     parser.add_argument("--data", type=Path, default=None,

@@ -118,9 +118,10 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
             out / "heads" / task / slug(ABLATIONS[0][0]), out / "submissions" / f"{task}.csv",
             data, cfg))
 
-    # A uniform guess on the frames fine-tuning's validation scored (evenly spaced ones when capped).
+    # A uniform guess on the frames fine-tuning's validation scored (evenly spaced when capped).
     val_index = expr_frames(AffWild2(data), "Validation_Set")
-    guess = uniform_guess_expr_f1(val_index.expr[val_index.capped(configs["finetune"].val_frames_per_video)])
+    scored = val_index.capped(configs["finetune"].val_frames_per_video)
+    guess = uniform_guess_expr_f1(val_index.expr[scored])
     figures = {
         "preset": cfg.preset, "frame_guess_f1": guess,
         "pretrain": pre, "probe": probe, "finetune": fine, "extraction": extraction,

@@ -74,12 +74,12 @@ class FinetuneConfig:
     tensorboard: bool = setting(True, "Also write TensorBoard event files (when TensorBoard is "
                                       "installed).")
 
-    # Named budgets over the defaults. `demo-full`: the longer CPU demo's, 10 epochs of at most 100
-    # frames a video (4,352 frames an epoch on the demo set; 3 epochs fitted nothing on a set without
-    # the per-video shortcut, docs/results.md); `demo`: the 15-minute demo's, 4 epochs of 50 frames a
-    # video, the best epoch chosen on 60 evenly spaced frames of each validation video; `*-probe`:
-    # their linear probes, whose heads start the fine-tuning (LP-FT); `tiny` and `tiny-probe`: a
-    # smoke test in seconds.
+    # Named budgets over the defaults. `demo-full`: the longer CPU demo's, 10 epochs of at most
+    # 100 frames a video (4,352 frames an epoch on the demo set; 3 epochs fitted nothing on a set
+    # without the per-video shortcut, docs/results.md); `demo`: the 15-minute demo's, 4 epochs of
+    # 50 frames a video, the best epoch chosen on 60 evenly spaced frames of each validation video;
+    # `*-probe`: their linear probes, whose heads start the fine-tuning (LP-FT); `tiny` and
+    # `tiny-probe`: a smoke test in seconds.
     PRESETS: ClassVar[dict[str, dict]] = {
         "paper": {},
         "demo": dict(epochs=4, batch_size=64, lr=5e-4, frames_per_video=50,

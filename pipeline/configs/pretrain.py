@@ -52,11 +52,11 @@ class PretrainConfig:
     tensorboard: bool = setting(True, "Also write TensorBoard event files (when TensorBoard is "
                                       "installed).")
 
-    # Named budgets over the defaults: `demo-full` is the longer CPU demo's (a tiny ViT at 112 px for
-    # 8 epochs of every frame, ~2,750 steps, with a 128 x 2 decoder at half the registered one's cost;
-    # lr absolute, as MAE's blr rule is tuned for batch 1024; a 0.8-1.0 crop keeps the aligned
-    # geometry fine-tuning sees); `demo` is the 15-minute demo's (the same for 3 epochs of a seeded
-    # 6,000 images, 279 steps); `tiny` is a smoke test of every stage in seconds.
+    # Named budgets over the defaults: `demo-full` is the longer CPU demo's (a tiny ViT at 112 px
+    # for 8 epochs of every frame, ~2,750 steps, with a 128 x 2 decoder at half the registered
+    # one's cost; lr absolute, as MAE's blr rule is tuned for batch 1024; a 0.8-1.0 crop keeps the
+    # aligned geometry fine-tuning sees); `demo` is the 15-minute demo's (the same for 3 epochs of
+    # a seeded 6,000 images, 279 steps); `tiny` is a smoke test of every stage in seconds.
     PRESETS: ClassVar[dict[str, dict]] = {
         "paper": {},
         "demo": dict(model="mae_vit_tiny_patch16", img_size=112, epochs=3, max_images=6000,
