@@ -12,8 +12,9 @@ CLI      := $(BIN)/mae-affect
 # PRESET names the synthetic dataset and every stage's preset (the stage configs' PRESETS in pipeline/configs):
 # demo (the CPU demo, about 15 minutes), demo-full (the longer demo whose encoder learns the expressions) or
 # tiny (a smoke test). The stages' budgets live there only, so `make extract` after
-# `make demo` resumes and reuses what the demo made. On real Aff-Wild2 and a GPU: PRESET=paper (the
-# defaults) with DATA=/path/to/affwild2 (used as it is: synth skips a root that is not a synthetic set).
+# `make demo` resumes and reuses what the demo made. DATA=/path/to/affwild2 runs these budgets on a real
+# copy (used as it is: synth skips a root that is not a synthetic set); the paper's budgets are the
+# commands' defaults (README, "Using a real Aff-Wild2 copy").
 PRESET   ?= demo
 # demo-full (the longer demo) runs on the demo's synthetic set
 BASE     := $(subst -full,,$(PRESET))

@@ -201,6 +201,9 @@ def main(argv=None) -> dict:
         "fast_extract_over_forward": round(fast["summary"]["frames_per_s"]
                                            / fast["forward_only_fps"], 3),
         "loader_fps": round(loader, 1),
+        # When the same cores decode and run the encoder in turn (no decode workers), the most
+        # extraction can reach over forward only: forward time over forward + decode time.
+        "serial_ceiling": round(1 / (1 + fwd_same / loader), 3),
         "per_frame_loop_fps": round(loop, 1), "extract_over_loop": round(e2e / loop, 1),
         "per_frame_loop_same_precision_fps": round(loop_same, 1),
         "extract_over_loop_same_precision": round(e2e / loop_same, 1),
@@ -225,6 +228,9 @@ def main(argv=None) -> dict:
     print(f"  fast encoder ({depth} blocks)      {fast['forward_only_fps']:8.1f} frames/s forward "
           f"only, extract {fast['summary']['frames_per_s']:.1f}  ratio "
           f"{result['fast_extract_over_forward']:.3f}; loader alone {loader:.0f} frames/s")
+    print(f"  decoding and the encoder in turn on the same cores reach at most "
+          f"{result['serial_ceiling']:.3f} of forward only at its own settings (1 / (1 + "
+          f"forward / loader))")
     print(f"  per-frame loop + .npy, fp32   {loop:8.1f} frames/s  extract is {e2e / loop:.1f}x "
           "faster (goal >= 10x)")
     print(f"  the same loop, bf16={args.bf16!s:5}  {loop_same:8.1f} frames/s  extract is "

@@ -24,8 +24,10 @@ class DemoConfig:
     out: str = setting("runs/demo", "Demo run directory (pretrain/, finetune/, stores, heads/, "
                                     "report.html).")
     data: str = setting("data/synth-demo", "Where the synthetic dataset is made (once) and read.")
-    preset: str = setting("demo", "The budget: demo (the CPU demo) or tiny (a smoke test of every "
-                                  "stage).", choices=tuple(DEMO_PRESETS))
+    preset: str = setting("demo", "The budget: demo (the 15-minute CPU demo), demo-full (the "
+                                  "longer one, about 30 minutes) or tiny (a smoke test of every "
+                                  "stage).",
+                          choices=tuple(DEMO_PRESETS))
     lp_ft: bool = setting(True, "Fine-tune from a linear probe's head (LP-FT); false: from a fresh "
                                 "head, as the paper.")
     workers: int | None = setting(None, "DataLoader processes of every stage (none: chosen from "
