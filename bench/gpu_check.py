@@ -222,19 +222,28 @@ def _ratios(loops: list[float], bares: list[float]) -> dict:
             "rounds": {"loop": loops, "bare": bares}}
 
 
-def check_pretrain(cfg: PretrainConfig, device: torch.device, rounds: int, steps: int) -> dict:
-    """The pretraining loop against its bare step, alternated: each round a bare-step rate over
-    ``steps`` steps, then one more epoch of the run ``cfg.out`` (the first round starts it, the next
-    extend it)."""
-    bare = reference.PretrainStep(cfg, device)
+def _alternate(bare: reference.BareStep, run, cfg, device: torch.device, rounds: int,
+               steps: int) -> tuple[list[float], list[float], list, dict]:
+    """Rounds of a bare-step rate over ``steps`` steps, then one more epoch of the run ``cfg.out``
+    through the stage's function ``run`` (the first round starts it, the next extend it). Returns
+    the loop's and the bare step's images/s per round, the peak memory of each epoch, and the run's
+    last summary."""
     loops, bares, peaks = [], [], []
     for r in range(rounds):
         bares.append(bare.rate(steps))
         held = _reset_peak(device)
-        summary = pretrain(replace(cfg, epochs=r + 1), progress=False)
+        summary = run(replace(cfg, epochs=r + 1), progress=False)
         peaks.append(_peak_gib(device, held))
         loops.append(_epoch_rates(cfg.out)[-1])
-    del bare
+    return loops, bares, peaks, summary
+
+
+def check_pretrain(cfg: PretrainConfig, device: torch.device, rounds: int, steps: int) -> dict:
+    """The pretraining loop against its bare step, alternated: each round a bare-step rate over
+    ``steps`` steps, then one more epoch of the run ``cfg.out`` (the first round starts it, the next
+    extend it)."""
+    loops, bares, peaks, summary = _alternate(reference.PretrainStep(cfg, device), pretrain, cfg,
+                                              device, rounds, steps)
     resolved = json.loads((Path(cfg.out) / "config.json").read_text())["pretrain"]
     return {"model": cfg.model, "img_size": cfg.img_size, "batch_size": cfg.batch_size,
             "bf16": cfg.bf16, "workers": resolved["workers"], "threads": resolved["threads"],
@@ -245,15 +254,8 @@ def check_pretrain(cfg: PretrainConfig, device: torch.device, rounds: int, steps
 def check_finetune(cfg: FinetuneConfig, device: torch.device, rounds: int, steps: int) -> dict:
     """The fine-tuning loop (the epoch's rate, validation apart) against its bare step, alternated
     as :func:`check_pretrain`."""
-    bare = reference.FinetuneStep(cfg, device)
-    loops, bares, peaks = [], [], []
-    for r in range(rounds):
-        bares.append(bare.rate(steps))
-        held = _reset_peak(device)
-        summary = finetune(replace(cfg, epochs=r + 1), progress=False)
-        peaks.append(_peak_gib(device, held))
-        loops.append(_epoch_rates(cfg.out)[-1])
-    del bare
+    loops, bares, peaks, summary = _alternate(reference.FinetuneStep(cfg, device), finetune, cfg,
+                                              device, rounds, steps)
     resolved = json.loads((Path(cfg.out) / "config.json").read_text())["finetune"]
     return {"batch_size": cfg.batch_size, "bf16": cfg.bf16, "workers": resolved["workers"],
             "threads": resolved["threads"], "train_frames_per_epoch": summary["train_frames"],

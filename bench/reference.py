@@ -45,7 +45,23 @@ def timed_rate(fn, items: int, device: torch.device) -> float:
     return items / (time.perf_counter() - start)
 
 
-class PretrainStep:
+class BareStep:
+    """A stage's training step and nothing else; subclasses set ``cfg``, ``device`` and ``step``."""
+
+    cfg: PretrainConfig | FinetuneConfig
+    device: torch.device
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def rate(self, steps: int) -> float:
+        """Images/s over ``steps`` steps (after one untimed step)."""
+        self.step()
+        return timed_rate(lambda: [self.step() for _ in range(steps)], steps * self.cfg.batch_size,
+                          self.device)
+
+
+class PretrainStep(BareStep):
     """A bare MAE pretraining step of a :class:`PretrainConfig`: its model, fused AdamW, masking and
     precision, on one uint8 batch (B, 3, S, S) already on the device."""
 
@@ -64,14 +80,8 @@ class PretrainStep:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def rate(self, steps: int) -> float:
-        """Images/s over ``steps`` steps (after one untimed step)."""
-        self.step()
-        return timed_rate(lambda: [self.step() for _ in range(steps)], steps * self.cfg.batch_size,
-                          self.device)
 
-
-class FinetuneStep:
+class FinetuneStep(BareStep):
     """A bare fine-tuning step of a :class:`FinetuneConfig`: its classifier (from ``cfg.init``),
     optimizer, mixing, loss and precision, on one batch of the loader's layout already on the device
     (uint8 images (B, 3, S, S), random labels)."""
@@ -107,12 +117,6 @@ class FinetuneStep:
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-
-    def rate(self, steps: int) -> float:
-        """Images/s over ``steps`` steps (after one untimed step)."""
-        self.step()
-        return timed_rate(lambda: [self.step() for _ in range(steps)], steps * self.cfg.batch_size,
-                          self.device)
 
 
 def forward_only(encoder: torch.nn.Module, images: torch.Tensor, batch_size: int,
