@@ -89,13 +89,15 @@ bench: setup
 	$(BIN)/python -m bench
 
 # Every stage once on CUDA (ViT-B/16 at 224 px on the synthetic bench set, torchrun over every visible GPU):
-# which CUDA branches ran, each loop against its bare step, peak memory; about 8 minutes on one modern GPU.
+# which CUDA branches ran, each loop against its bare step, peak memory; sized for a few minutes on one
+# modern GPU (not yet run on one: docs/results-speed.md).
 # Without CUDA the same code runs scaled down on the CPU and says so.
 gpu-check: setup
 	$(BIN)/python -m bench.gpu_check
 
 # What MAE pretraining and fine-tuning each add: (a) linear probe, (b) fine-tune, (c) from random, (d) LP-FT,
-# (e) and (f) the probe and LP-FT from random; 3 seeds at the demo's budget (about 45 min a seed on 2 CPU cores).
+# (e) and (f) the probe and LP-FT from random; 3 seeds at PRESET's fine-tuning budget (at demo-full's, about
+# 45 min a seed on 2 CPU cores: docs/results.md).
 compare-stages: pretrain
 	$(BIN)/python -m bench.compare_stages --preset $(PRESET) --data $(DATA) --init $(PRETRAIN)/checkpoint-last.pt \
 		--out $(RUNS)/compare-stages --workers $(WORKERS) --settings abcdef
