@@ -4,7 +4,7 @@
 
 VENV     ?= .venv
 PYTHON   ?= python3
-# CUDA builds that also run on the CPU; PyPI's torchvision does not import beside the 2.13.0 CPU build.
+# CUDA builds that also run on the CPU; torch and torchvision are pinned as a matching pair.
 TORCH    ?= torch==2.14.1 torchvision==0.29.1
 BIN      := $(VENV)/bin
 CLI      := $(BIN)/mae-affect

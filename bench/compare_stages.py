@@ -178,7 +178,8 @@ def _compare(argv) -> dict:
                              "of (a) and (e) (default: the demo's budget).")
     parser.add_argument("--set", dest="set_items", action="append", default=[], metavar="KEY=VALUE",
                         help="A FinetuneConfig setting for every run, e.g. epochs=3 (repeatable).")
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", default="none",
+                        help="Decode workers of every run (default none: chosen from the cores).")
     parser.add_argument("--settings", default="abc",
                         help="Which of a-f to run (d needs a, f needs e).")
     parser.add_argument("--bootstrap", type=int, default=2000,
@@ -197,8 +198,8 @@ def _compare(argv) -> dict:
     if args.bootstrap < 0:
         parser.error("--bootstrap must be >= 0")
 
-    given = {**config.parse_settings(FinetuneConfig, args.set_items), "data": args.data,
-             "workers": args.workers}
+    given = {**config.parse_settings(FinetuneConfig, [*args.set_items, f"workers={args.workers}"]),
+             "data": args.data}
     base, probe = (config.build(FinetuneConfig,
                                 {**config.preset_values(FinetuneConfig, name), **given})
                    for name in (args.preset, f"{args.preset}-probe"))
