@@ -99,18 +99,19 @@ def run(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-faces-") as tmp:
         clip = make_clip(Path(tmp) / "clip.mp4", args.frames, args.width, args.height)
         detector = build_detector(config.detector, device, min_face=config.min_face)
-        decode_detect(clip, args.batch_size, detector, device)  # warm-up (allocator, thread pools)
+        # warm-up (allocator, thread pools)
+        decode_detect(clip, config.batch_size, detector, device)
         load_before = os.getloadavg()
         dec = det = e2e = e2e_wall = 0.0
         for _ in range(args.repeats):
-            dec = max(dec, decode_only(clip, args.batch_size))
-            det = max(det, decode_detect(clip, args.batch_size, detector, device))
+            dec = max(dec, decode_only(clip, config.batch_size))
+            det = max(det, decode_detect(clip, config.batch_size, detector, device))
             loop, wall, found = end_to_end(clip, Path(tmp) / "out", config)
             e2e, e2e_wall = max(e2e, loop), max(e2e_wall, wall)
         load_after = os.getloadavg()
     result = {
         "frames": args.frames, "width": args.width, "height": args.height,
-        "batch_size": args.batch_size, "device": str(device), "threads": torch.get_num_threads(),
+        "batch_size": config.batch_size, "device": str(device), "threads": torch.get_num_threads(),
         "repeats": args.repeats, "decode_fps": round(dec, 1), "decode_detect_fps": round(det, 1),
         "faces_fps": round(e2e, 1), "faces_fps_with_startup": round(e2e_wall, 1),
         "faces_over_decode_detect": round(e2e / det, 3),
@@ -118,7 +119,7 @@ def run(args) -> dict:
         "load_average_1min": [round(load_before[0], 2), round(load_after[0], 2)],
     }
     print(f"faces benchmark: {args.frames} frames at {args.width} x {args.height} "
-          f"(carphone, enlarged), batch {args.batch_size}, {device}, "
+          f"(carphone, enlarged), batch {config.batch_size}, {device}, "
           f"{torch.get_num_threads()} threads, best of {args.repeats}; load average "
           f"{load_before[0]:.2f} -> {load_after[0]:.2f}")
     print(f"  decode only                {dec:8.1f} frames/s")

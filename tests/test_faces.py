@@ -370,3 +370,15 @@ def test_two_processes_share_the_videos(carphone, tmp_path):
     assert list(summary["outputs"]) == [str(folder / f"{n}.mp4") for n in "abc"]
     for name, n in (("a", 8), ("b", 8), ("c", 6)):
         assert record_of(tmp_path / "out", name)["num_frames"] == n
+
+
+def test_the_faces_benchmark_runs_with_its_default_batch(carphone):
+    """bench/bench_faces.py end to end on a few frames, the detector's batch left to FacesConfig (a
+    run without --batch-size once passed None to the decoder)."""
+    from bench.bench_faces import main as bench_faces
+
+    result = bench_faces(["--frames", "8", "--width", "176", "--height", "144", "--repeats", "1",
+                          "--device", "cpu"])
+    assert result["batch_size"] == FacesConfig().batch_size
+    assert result["faces_found"] == 8
+    assert result["decode_fps"] > 0 and result["faces_over_decode_detect"] > 0
