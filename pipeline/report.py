@@ -6,16 +6,15 @@ ablation table beside the paper's Table 5, and the test submissions. Sources are
 directories: a demo directory (``demo.json``), or any pretraining, fine-tuning and head runs.
 """
 
-import base64
 import html
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import features
 from pipeline.data.affwild2 import AU_NAMES, EXPR_CLASSES, TASKS, VA_NAMES
 from pipeline.errors import InputError
+from pipeline.html_page import page, png_img
 from pipeline.plots import curves
 from pipeline.runs import atomic_write_text, read_jsonl
 from pipeline.table5 import ABLATIONS, PAPER_TABLE5, slug
@@ -78,9 +77,7 @@ def write_report(out: Path, demo_dir: Path | None = None, runs: list[Path] | Non
     parts += [_task(task, src.heads[task]) for task in TASKS if task in src.heads]
     parts += [_ablation(src), _submissions(src)]
     body = "\n".join(p for p in parts if p)
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    page = _PAGE.format(body=body, stamp=stamp)
-    atomic_write_text(Path(out), page)
+    atomic_write_text(Path(out), page("mae-affect report", body, css=_FIGURES))
     return Path(out)
 
 
@@ -269,26 +266,11 @@ def _table(header, rows) -> str:
 
 
 def _png(path: Path) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f'<img alt="{html.escape(Path(path).stem)}" src="data:image/png;base64,{data}">'
+    return png_img(Path(path).read_bytes(), Path(path).stem)
 
 
 def _embed(png: bytes) -> str:
-    data = base64.b64encode(png).decode()
-    return f'<figure><img alt="plot" src="data:image/png;base64,{data}"></figure>'
+    return f"<figure>{png_img(png, 'plot')}</figure>"
 
 
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>mae-affect report</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
-th:first-child, td:first-child {{ text-align: left; }}
-figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 100%; }}
-code {{ font-size: 0.85em; }}
-</style></head><body>
-<h1>mae-affect report</h1><p>Written {stamp}.</p>
-{body}
-</body></html>
-"""
+_FIGURES = "figure { display: inline-block; margin: 0.5em; }\n"

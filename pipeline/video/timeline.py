@@ -9,10 +9,8 @@ values are the heads' fill, not a reading of a face). Figures use matplotlib's o
 atomically.
 """
 
-import base64
 import html
 import io
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from pipeline.data.affwild2 import AU_NAMES, EXPR_CLASSES
+from pipeline.html_page import page, png_img
 from pipeline.runs import atomic_write_bytes, atomic_write_text
 
 EXPR_COLOURS = ("#9e9e9e", "#d62728", "#8c564b", "#9467bd", "#ffbf00", "#1f77b4", "#17becf",
@@ -106,36 +105,21 @@ def report_page(path: Path, videos: dict[str, dict], tables: dict[str, dict], ou
                     f"<td>{html.escape(Path(v['source']).name)}</td><td>{v['frames']}</td>"
                     f"<td>{duration:.1f}</td>"
                     f"<td>{v['faces']} ({share:.0%})</td><td>{' '.join(links)}</td></tr>")
-        png = base64.b64encode((Path(out) / v["png"]).read_bytes()).decode()
         sections.append(f'<section id="{html.escape(name)}"><h2>{html.escape(name)}</h2>'
                         f"<p>{html.escape(v['source'])}: {v['frames']} frames at {v['fps']:.2f} "
                         f"frames/s, a face in {v['faces']} ({share:.0%}). {' '.join(links)}</p>"
-                        f'<img alt="{html.escape(name)} timeline" '
-                        f'src="data:image/png;base64,{png}"></section>')
+                        + png_img((Path(out) / v["png"]).read_bytes(), f"{name} timeline")
+                        + "</section>")
     heads_list = "".join(f"<li>{task}: <code>{html.escape(run)}</code></li>"
                          for task, run in heads.items())
     body = (f"<p>Encoder <code>{html.escape(encoder)}</code>; heads:</p><ul>{heads_list}</ul>"
             "<table><tr><th>video</th><th>source</th><th>frames</th><th>seconds</th>"
             "<th>faces</th><th>files</th></tr>"
             + "".join(rows) + "</table>" + "".join(sections))
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    atomic_write_text(Path(path), _PAGE.format(body=body, stamp=stamp))
+    atomic_write_text(Path(path), page("mae-affect analyze", body, intro=_INTRO, width=1250,
+                                       css="td:nth-child(2) { text-align: left; }\n"))
     return Path(path)
 
 
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>mae-affect analyze</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 1250px; margin: 2em auto; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
-th:first-child, td:first-child, td:nth-child(2) {{ text-align: left; }}
-img {{ max-width: 100%; }} code {{ font-size: 0.85em; }}
-</style></head><body>
-<h1>mae-affect analyze</h1><p>Written {stamp}. Frames without a face carry the heads' \
-fill (the nearest
-face's features, as in training and in submissions) and are marked <code>face=0</code> in the \
-CSVs.</p>
-{body}
-</body></html>
-"""
+_INTRO = ("Frames without a face carry the heads' fill (the nearest face's features, as in "
+          "training and in submissions) and are marked <code>face=0</code> in the CSVs.")
