@@ -10,10 +10,10 @@ POOL_MODES = ("cls", "mean")
 
 
 def check_host_share(config) -> None:
-    """``workers`` (0 or more) and ``threads`` (1 or more) of a stage config, each None for "auto"
-    (``pipeline.device.cpu_budget`` resolves them). Raises ConfigError naming the field."""
+    """``workers`` (0 or more) and ``threads`` (1 or more) of a config that has them, each None for
+    "auto" (``pipeline.device.cpu_budget`` resolves them). Raises ConfigError naming the field."""
     for name, least in (("workers", 0), ("threads", 1)):
-        value = getattr(config, name)
+        value = getattr(config, name, None)
         if value is not None and value < least:
             raise ConfigError(name, f"{value}: use {least} or more, or none to choose from the "
                                     "cores")

@@ -2,8 +2,8 @@
 
 from dataclasses import dataclass
 
-from pipeline.config import ConfigError, check_choices, setting
-from pipeline.configs.common import DEVICES
+from pipeline.config import check_choices, setting
+from pipeline.configs.common import DEVICES, check_host_share
 
 # A demo preset names the synthetic dataset and each stage's preset (the stage configs' PRESETS).
 DEMO_PRESETS = {
@@ -37,6 +37,4 @@ class DemoConfig:
 
     def __post_init__(self):
         check_choices(self)
-        if self.workers is not None and self.workers < 0:
-            raise ConfigError("workers", f"{self.workers}: use 0 or more, or none to choose from "
-                                         "the cores")
+        check_host_share(self)

@@ -5,7 +5,7 @@ them."""
 from dataclasses import dataclass
 
 from pipeline.config import ConfigError, check_choices, setting
-from pipeline.configs.common import DEVICES
+from pipeline.configs.common import DEVICES, check_host_share
 
 # the folder of crops under the output root, as in the Aff-Wild2 release
 IMAGE_DIR = "cropped_aligned"
@@ -76,6 +76,4 @@ class AnalyzeConfig:
     def __post_init__(self):
         if self.extract_batch_size is not None and self.extract_batch_size < 1:
             raise ConfigError("extract_batch_size", f"{self.extract_batch_size}: use 1 or more")
-        if self.workers is not None and self.workers < 0:
-            raise ConfigError("workers", f"{self.workers}: use 0 or more, or none to choose from "
-                                         "the cores")
+        check_host_share(self)
