@@ -54,7 +54,7 @@ from pipeline.data.images import decode_image
 from pipeline.data.synth import generate
 from pipeline.device import host_cores
 from pipeline.errors import InputError
-from pipeline.extract import extract, load_extraction_encoder
+from pipeline.extract import batch_size_for, extract, load_extraction_encoder
 from pipeline.finetune import finetune
 from pipeline.heads.train import prepare, train_run
 from pipeline.pretrain import pretrain
@@ -271,7 +271,7 @@ def check_extract(cfg: ExtractConfig, scale: Scale, device: torch.device, out: P
     paths = [v.image_path(k) for v in ds.videos.values() for k in v.frames]
     encoder, info = load_extraction_encoder(Path(cfg.ckpt), device)
     pooling = cfg.pooling or info.pooling or "cls"
-    batch_size = cfg.batch_size or (256 if device.type == "cuda" else 64)
+    batch_size = batch_size_for(cfg, device)
     frames = torch.stack([decode_image(p, info.img_size)
                           for p in paths[: scale.forward_frames]]).to(device)
 

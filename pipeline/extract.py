@@ -113,6 +113,12 @@ def frame_loader(paths: list[Path], img_size: int, batch_size: int, workers: int
                       worker_init_fn=lower_priority, persistent_workers=False)
 
 
+def batch_size_for(config: ExtractConfig, device: torch.device) -> int:
+    """Frames per forward pass: ``config.batch_size``, else 256 on CUDA and 64 on the CPU (larger
+    batches gained nothing on the 2-core test machine; docs/results-speed.md)."""
+    return config.batch_size or (256 if device.type == "cuda" else 64)
+
+
 def load_extraction_encoder(ckpt: Path,
                             device: torch.device) -> tuple[torch.nn.Module, EncoderInfo]:
     """The encoder of a checkpoint (:func:`pipeline.checkpoint.load_encoder`), ready for
@@ -252,7 +258,7 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
     dist = distributed.init_distributed()
     device = resolve_device(config.device)
     workers, threads = cpu_budget(device, config.workers, config.threads, dist.local_world_size)
-    batch_size = config.batch_size or (256 if device.type == "cuda" else 64)
+    batch_size = batch_size_for(config, device)
     ds = AffWild2(data_root)
     videos = select_videos(ds, config.splits)
     if not videos:
