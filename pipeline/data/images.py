@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from pipeline.data.affwild2 import IMAGE_SUFFIXES
 from pipeline.data.fer2013 import CsvImage, is_image_csv, read_fer2013
+from pipeline.data.jpeg import decode_plain_jpeg
 from pipeline.errors import InputError
 
 
@@ -70,6 +71,24 @@ def load_rgb(path: Path) -> Image.Image:
       composited onto a white background instead of dropped;
     - palette, grey, bilevel and CMYK images are converted to RGB (CMYK with its embedded ICC
       profile when it has one, through LittleCMS, else by Pillow's formula).
+
+    Plain colour JPEGs (no EXIF, like the frames of ``cropped_aligned``) take the fast path of
+    :mod:`pipeline.data.jpeg`, with the same pixels; every other file is Pillow's
+    (:func:`pillow_rgb`).
+
+    Raises UnreadableImage (naming the file) when PIL cannot decode it.
+    """
+    return _rgb_image(decode_plain_jpeg(path), path)
+
+
+def _rgb_image(plain: np.ndarray | None, path: Path) -> Image.Image:
+    """The fast path's pixels (H, W, 3) as an image, else the file through Pillow."""
+    return Image.fromarray(plain) if plain is not None else pillow_rgb(path)
+
+
+def pillow_rgb(path: Path) -> Image.Image:
+    """:func:`load_rgb` with every file through Pillow (no fast JPEG path): the reference the fast
+    path is compared with.
 
     Raises UnreadableImage (naming the file) when PIL cannot decode it.
     """
@@ -155,7 +174,10 @@ def decode_rgb(path: Path, img_size: int | None = None) -> Image.Image:
 
     Raises UnreadableImage (naming the file) when PIL cannot decode it.
     """
-    img = load_rgb(path)
+    return _fit(load_rgb(path), img_size)
+
+
+def _fit(img: Image.Image, img_size: int | None) -> Image.Image:
     if img_size is not None and img.size != (img_size, img_size):
         img = square_resize(img, img_size)
     return img
@@ -173,15 +195,18 @@ def decode_batch(paths: Sequence[Path], img_size: int) -> tuple[torch.Tensor, to
     """Image files decoded (:func:`decode_rgb`) straight into one batch: (uint8 (B, 3, S, S),
     readable (B,) bool); an unreadable file's image is zeros. One array for the whole batch, not a
     tensor per image and then a stack of them: for small frames that overhead is a noticeable share
-    of the decode."""
+    of the decode. A plain JPEG already at the input size goes in without a PIL image on the way."""
     batch = np.zeros((len(paths), 3, img_size, img_size), np.uint8)  # (B, C, S, S)
     readable = np.ones(len(paths), bool)
     for i, path in enumerate(paths):
+        plain = decode_plain_jpeg(path)  # (H, W, C) or None
         try:
-            # (S, S, C) -> (C, S, S)
-            batch[i] = np.asarray(decode_rgb(path, img_size)).transpose(2, 0, 1)
+            if plain is None or plain.shape[:2] != (img_size, img_size):
+                plain = np.asarray(_fit(_rgb_image(plain, path), img_size))  # (S, S, C)
         except UnreadableImage:  # reported by the caller
             readable[i] = False
+            continue
+        batch[i] = plain.transpose(2, 0, 1)  # (S, S, C) -> (C, S, S)
     return torch.from_numpy(batch), torch.from_numpy(readable)
 
 
