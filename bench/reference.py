@@ -5,13 +5,16 @@
   (no loader, no schedule, no logging, no host sync per step);
 - forward only: extraction's own :func:`pipeline.extract.encode` on frames already on the device;
 - the authors' per-frame extraction: one frame per forward pass, one ``.npy`` file per frame;
-- the loader alone: extraction's own :func:`pipeline.extract.frame_loader`, no encoder.
+- the loader alone: extraction's own :func:`pipeline.extract.frame_loader`, no encoder (with the
+  fast JPEG path, or every file through Pillow: :func:`pillow_only`).
 
 Rates are per second of wall time, the device synchronised before the clock is read.
 """
 
+import contextlib
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -173,6 +176,18 @@ def per_frame_loop(encoder: torch.nn.Module, paths: list[Path], out_dir: Path, i
 
     with torch.inference_mode():
         return timed_rate(run, len(paths), device)
+
+
+@contextlib.contextmanager
+def pillow_only(enabled: bool = True):
+    """Within the block (when ``enabled``), every image file goes through Pillow: the fast JPEG
+    path (:mod:`pipeline.data.jpeg`) off in this process and in DataLoader workers forked from it,
+    for a side-by-side figure of what it gains."""
+    if not enabled:
+        yield
+        return
+    with mock.patch("pipeline.data.images.decode_plain_jpeg", lambda path: None):
+        yield
 
 
 def loader_rate(paths: list[Path], img_size: int, batch_size: int, workers: int,
