@@ -182,7 +182,8 @@ def per_frame_loop(encoder: torch.nn.Module, paths: list[Path], out_dir: Path, i
 def pillow_only(enabled: bool = True):
     """Within the block (when ``enabled``), every image file goes through Pillow: the fast JPEG
     path (:mod:`pipeline.data.jpeg`) off in this process and in DataLoader workers forked from it,
-    for a side-by-side figure of what it gains."""
+    for a side-by-side figure of what it gains. Workers started by spawn or forkserver (the default
+    from Python 3.14) do not see the patch: measure with 0 workers there."""
     if not enabled:
         yield
         return

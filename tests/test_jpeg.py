@@ -94,3 +94,30 @@ def test_a_batch_of_frames_at_the_input_size_matches_pillow(tmp_path):
         expected = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
         assert torch.equal(images[row], expected)
     assert not images[3].any()
+
+
+def test_an_xmp_orientation_and_an_odd_marker_are_left_to_pillow(tmp_path):
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/'
+           b'22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" '
+           b'tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    Image.fromarray(noisy_face()).save(tmp_path / "xmp.jpg", xmp=xmp)
+    assert decode_plain_jpeg(tmp_path / "xmp.jpg") is None
+    assert np.asarray(load_rgb(tmp_path / "xmp.jpg")).shape == np.asarray(
+        pillow_rgb(tmp_path / "xmp.jpg")).shape
+    Image.fromarray(noisy_face()).save(tmp_path / "plain.jpg")
+    data = (tmp_path / "plain.jpg").read_bytes()
+    (tmp_path / "tem.jpg").write_bytes(data[:2] + b"\xff\x01" + data[2:])  # a TEM marker
+    assert decode_plain_jpeg(tmp_path / "tem.jpg") is None
+
+
+def test_plain_frames_take_the_fast_path(tmp_path, monkeypatch):
+    Image.fromarray(noisy_face(48, 48)).save(tmp_path / "f.jpg")
+    expected = np.asarray(pillow_rgb(tmp_path / "f.jpg"))
+
+    def refuse(path):
+        raise AssertionError(f"{path} went through Pillow")
+
+    monkeypatch.setattr("pipeline.data.images.pillow_rgb", refuse)
+    np.testing.assert_array_equal(np.asarray(load_rgb(tmp_path / "f.jpg")), expected)
+    images, readable = decode_batch([tmp_path / "f.jpg"], 48)
+    assert readable.all() and np.array_equal(images[0].permute(1, 2, 0).numpy(), expected)
