@@ -9,7 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.data.images import UnreadableImage, decode_batch, load_rgb, pillow_rgb
+from pipeline.data.images import (
+    UnreadableImage,
+    decode_batch,
+    load_rgb,
+    pillow_rgb,
+    square_resize,
+)
 from pipeline.data.jpeg import decode_plain_jpeg
 
 
@@ -88,9 +94,7 @@ def test_a_batch_of_frames_at_the_input_size_matches_pillow(tmp_path):
     for row, path in enumerate(paths):
         image = pillow_rgb(path)
         if image.size != (48, 48):
-            side = min(image.size)
-            box = ((image.width - side) / 2, (image.height - side) / 2)
-            image = image.resize((48, 48), Image.BICUBIC, box=(*box, box[0] + side, box[1] + side))
+            image = square_resize(image, 48)
         expected = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
         assert torch.equal(images[row], expected)
     assert not images[3].any()

@@ -72,8 +72,8 @@ def load_rgb(path: Path) -> Image.Image:
     - palette, grey, bilevel and CMYK images are converted to RGB (CMYK with its embedded ICC
       profile when it has one, through LittleCMS, else by Pillow's formula).
 
-    Plain colour JPEGs (no EXIF, like the frames of ``cropped_aligned``) take the fast path of
-    :mod:`pipeline.data.jpeg`, with the same pixels; every other file is Pillow's
+    Plain colour JPEGs (no EXIF or XMP, like the frames of ``cropped_aligned``) take the fast path
+    of :mod:`pipeline.data.jpeg`, with the same pixels; every other file is Pillow's
     (:func:`pillow_rgb`).
 
     Raises UnreadableImage (naming the file) when PIL cannot decode it.
