@@ -2,9 +2,12 @@
 CPU runs the same code path."""
 
 import contextlib
+import functools
 import os
+import sys
 
 import torch
+from tqdm import tqdm
 
 from pipeline.errors import InputError
 
@@ -32,10 +35,29 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def autocast(device: torch.device, bf16: bool = True):
     """bf16 autocast on CUDA, and on the CPU too when asked (CPUs with native bf16 units gain from
-    it; docs/results.md has the measured speed-ups)."""
-    if not bf16:
+    it; docs/results.md has the measured speed-ups). A GPU without bf16 units (before Ampere, e.g.
+    a T4 or V100) would emulate it, slower than float32: there the run stays in float32, with one
+    warning."""
+    if not bf16 or (device.type == "cuda" and not _native_bf16(device)):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+@functools.cache
+def _native_bf16(device: torch.device) -> bool:
+    """Whether a CUDA device computes in bf16 natively (compute capability 8.0 or later, or ROCm);
+    warns once where it does not."""
+    native = bool(torch.version.hip) or torch.cuda.get_device_properties(device).major >= 8
+    if not native:
+        tqdm.write(f"warning: {torch.cuda.get_device_name(device)} has no bf16 units; running in "
+                   "float32 instead of bf16 autocast (pass --no-bf16 to say so)", file=sys.stderr)
+    return native
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on a CUDA device (a no-op on the CPU), before reading a clock."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def pin_memory(device: torch.device) -> bool:

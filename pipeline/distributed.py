@@ -1,14 +1,23 @@
 """torchrun support: one process per device, rank 0 writes.
 
 Set up from the environment torchrun provides (RANK, WORLD_SIZE, LOCAL_RANK); a plain ``python`` run
-is a world of one. NCCL on CUDA, gloo on the CPU (the tests run two gloo ranks).
+is a world of one. NCCL on CUDA, gloo on the CPU (the tests run two gloo ranks), chosen from the
+device the run resolved, not from what the machine has.
 """
 
+import datetime
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from pipeline.errors import InputError
+
+# How long a rank waits for the others at a barrier. Ranks wait there for the slowest one (face
+# detection splits videos by file size, rank 0 merges HDF5 parts), longer than NCCL's default of 10
+# minutes, after which its watchdog would end the whole job.
+BARRIER_TIMEOUT = datetime.timedelta(hours=2)
 
 
 @dataclass(frozen=True)
@@ -27,18 +36,30 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed() -> DistInfo:
-    """Join the process group torchrun set up, if any; idempotent."""
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group torchrun set up, if any; idempotent.
+
+    ``device``: the run's (:func:`pipeline.device.resolve_device`, which gives each rank
+    ``cuda:LOCAL_RANK``): NCCL with that GPU as the rank's current device for CUDA, gloo otherwise.
+
+    Raises:
+        InputError: a rank's LOCAL_RANK has no GPU (more processes per node than visible GPUs).
+    """
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     if world_size == 1:
         return DistInfo()
     info = DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", 0)),
                     int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend=backend)
+        if device.type == "cuda":
+            if device.index is not None and device.index >= torch.cuda.device_count():
+                raise InputError(
+                    f"torchrun rank {info.rank} has LOCAL_RANK {device.index} but "
+                    f"{torch.cuda.device_count()} GPU(s) are visible; start at most that many "
+                    "processes per node (--nproc_per_node) or widen CUDA_VISIBLE_DEVICES")
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                timeout=BARRIER_TIMEOUT)
     return info
 
 

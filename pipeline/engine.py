@@ -27,6 +27,7 @@ each stage keeps only its step loop. What the engine does, once for every stage:
 import contextlib
 import math
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +103,8 @@ class Engine:
     step: int = field(default=0, init=False)
     epochs_history: list = field(default_factory=list, init=False)
     log: RunLog | None = field(default=None, init=False)
+    # seconds from the start of the last ``batches`` to its first batch (the loader's start-up)
+    first_batch_s: float = field(default=0.0, init=False)
     _bar: tqdm | None = field(default=None, init=False, repr=False)
     _epoch: int = field(default=0, init=False)
     _lr: float = field(default=0.0, init=False)
@@ -178,14 +181,28 @@ class Engine:
                 yield epoch
 
     def batches(self, loader: Iterable, total: int, unit: str = "img") -> Iterator:
-        """The loader's batches under a progress bar of ``total`` units (images) with a rate."""
+        """The loader's batches under a progress bar of ``total`` units (images) with a rate; the
+        wait for the first one (its workers starting, its first decode) is kept in
+        ``first_batch_s``."""
         self._bar = tqdm(total=total, unit=unit,
                          desc=f"{self.name} {self._epoch + 1}/{self.epochs}",
                          disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
+        start, self.first_batch_s = time.perf_counter(), 0.0
         try:
-            yield from loader
+            for i, batch in enumerate(loader):
+                if i == 0:
+                    self.first_batch_s = time.perf_counter() - start
+                yield batch
         finally:
             self._bar.close()
+
+    def rates(self, images: int, seconds: float) -> dict:
+        """An epoch's speed for its log line: ``img_per_s`` (images over the epoch's seconds),
+        ``first_batch_s`` (the wait for its first batch) and ``img_per_s_after_first_batch`` (the
+        loop's steady rate, the loader's start-up left out: what a long epoch runs at)."""
+        steady = seconds - self.first_batch_s
+        return {"img_per_s": images / seconds, "first_batch_s": round(self.first_batch_s, 3),
+                "img_per_s_after_first_batch": images / steady if steady > 0 else None}
 
     def set_lr(self, optimizer: torch.optim.Optimizer) -> float:
         """Set every group's lr for the current optimizer step (times its ``lr_scale``); returns the

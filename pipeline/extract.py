@@ -255,8 +255,8 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
         if not getattr(config, key):
             raise ConfigError(key, "is required; give it")
     data_root, ckpt, store_path = Path(config.data), Path(config.ckpt), Path(config.store)
-    dist = distributed.init_distributed()
     device = resolve_device(config.device)
+    dist = distributed.init_distributed(device)
     workers, threads = cpu_budget(device, config.workers, config.threads, dist.local_world_size)
     batch_size = batch_size_for(config, device)
     ds = AffWild2(data_root)

@@ -32,7 +32,14 @@ from pipeline.config import ConfigError
 from pipeline.configs.finetune import FinetuneConfig
 from pipeline.data.affwild2 import EXPR_CLASSES, AffWild2
 from pipeline.data.frames import EpochSampler, ExprFrames, class_weights, expr_frames
-from pipeline.device import autocast, cpu_budget, lower_priority, pin_memory, resolve_device
+from pipeline.device import (
+    autocast,
+    cpu_budget,
+    lower_priority,
+    pin_memory,
+    resolve_device,
+    synchronize,
+)
 from pipeline.distributed import init_distributed
 from pipeline.engine import Engine
 from pipeline.finetune_eval import gather, predict_expr, validation_f1, validation_loader
@@ -142,8 +149,8 @@ def finetune(cfg: FinetuneConfig, *, stop_at_epoch: int | None = None,
     cfg = replace(cfg, data=str(Path(cfg.data).resolve()),
                   init=str(Path(cfg.init).resolve()) if cfg.init else None,
                   head_init=str(Path(cfg.head_init).resolve()) if cfg.head_init else None)
-    dist_info = init_distributed()
     device = resolve_device(cfg.device)
+    dist_info = init_distributed(device)
     workers, threads = cpu_budget(device, cfg.workers, cfg.threads, dist_info.local_world_size)
     cfg = replace(cfg, workers=workers, threads=threads)  # resolved, so config.json says what ran
     run_dir = Path(cfg.out)
@@ -220,6 +227,7 @@ def finetune(cfg: FinetuneConfig, *, stop_at_epoch: int | None = None,
         start = time.perf_counter()
         loss, train_acc = train_one_epoch(ddp, loader, optimizer, engine, cfg, device, weight, mean,
                                           std, on_unreadable)
+        synchronize(device)  # the last step's queued work, inside the epoch's time
         seconds = time.perf_counter() - start
         val = validation_f1(gather(predict_expr(model, val_loader, device, cfg.bf16, mean, std,
                                                 progress and dist_info.is_main), dist_info),
@@ -229,7 +237,7 @@ def finetune(cfg: FinetuneConfig, *, stop_at_epoch: int | None = None,
             best = {"f1": val["score"], "epoch": epoch + 1}
         engine.end_epoch({
             "loss": loss, "train_acc": train_acc, "seconds": round(seconds, 2),
-            "img_per_s": steps_per_epoch * cfg.batch_size * dist_info.world_size / seconds,
+            **engine.rates(steps_per_epoch * cfg.batch_size * dist_info.world_size, seconds),
             "val_f1": val["score"], "val_acc": val["accuracy"], "val_frames": val["frames"],
             "val_per_class": {c: val[c] for c in EXPR_CLASSES},
             "unreadable": len(reported) + val["unreadable"], "best_f1": best["f1"],

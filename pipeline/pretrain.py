@@ -27,7 +27,14 @@ from pipeline.checkpoint import encoder_checkpoint, read_checkpoint, warn
 from pipeline.config import ConfigError
 from pipeline.configs.pretrain import PretrainConfig
 from pipeline.data.images import PretrainImages, find_images
-from pipeline.device import autocast, cpu_budget, lower_priority, pin_memory, resolve_device
+from pipeline.device import (
+    autocast,
+    cpu_budget,
+    lower_priority,
+    pin_memory,
+    resolve_device,
+    synchronize,
+)
 from pipeline.distributed import init_distributed
 from pipeline.engine import Engine
 from pipeline.models.encoder import PIXEL_MEAN, PIXEL_STD, normalize
@@ -126,8 +133,8 @@ def pretrain(cfg: PretrainConfig, *, stop_at_epoch: int | None = None,
     if not cfg.images:
         raise ConfigError("images", "is empty; give at least one folder of face images")
     cfg = replace(cfg, images=tuple(str(Path(p).resolve()) for p in cfg.images))
-    dist_info = init_distributed()
     device = resolve_device(cfg.device)
+    dist_info = init_distributed(device)
     workers, threads = cpu_budget(device, cfg.workers, cfg.threads, dist_info.local_world_size)
     cfg = replace(cfg, workers=workers, threads=threads)  # resolved, so config.json says what ran
     run_dir = Path(cfg.out)
@@ -184,6 +191,7 @@ def pretrain(cfg: PretrainConfig, *, stop_at_epoch: int | None = None,
         mean_loss = torch.tensor(train_one_epoch(ddp, loader, optimizer, engine, cfg, device,
                                                  on_unreadable),
                                  device=device)
+        synchronize(device)  # the last step's queued work, inside the epoch's time
         seconds = time.perf_counter() - start
         dataset.skip = set(reported)  # the next epoch's workers skip them without retrying
         if dist_info.enabled:
@@ -191,7 +199,7 @@ def pretrain(cfg: PretrainConfig, *, stop_at_epoch: int | None = None,
             mean_loss /= dist_info.world_size
         n_images = steps_per_epoch * cfg.accum_iter * cfg.batch_size * dist_info.world_size
         engine.end_epoch({"loss": mean_loss.item(), "seconds": round(seconds, 2),
-                          "img_per_s": n_images / seconds, "unreadable": len(reported)})
+                          **engine.rates(n_images, seconds), "unreadable": len(reported)})
         engine.save_last(encoder_checkpoint("mae", cfg.model, asdict(mcfg), model.encoder,
                                             cfg.img_size, model=model.state_dict()), optimizer,
                          unreadable=sorted(str(paths[i]) for i in reported))

@@ -4,6 +4,7 @@ Every output says how it was made: ``config.json`` sits next to every checkpoint
 written to a temporary name first and renamed, so a killed run never leaves a half-written file.
 """
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -53,10 +54,29 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` of ``obj`` written atomically, its tensors on the host: a checkpoint written
+    on a GPU loads with a plain ``torch.load(path, weights_only=True)`` on a machine without one."""
     # here, so that the CLI's settings (which use this module) answer without loading torch
     import torch
 
-    _atomic_write(path, lambda f: torch.save(obj, f))
+    def on_host(value):
+        """``value`` with every tensor in it on the CPU; the same object when none had to move."""
+        if isinstance(value, torch.Tensor):
+            return value if value.device.type == "cpu" else value.detach().cpu()
+        if isinstance(value, dict):
+            moved = {k: on_host(v) for k, v in value.items()}
+            if all(moved[k] is value[k] for k in value):
+                return value
+            copied = copy.copy(value)  # keeps its class and attributes (a state dict's _metadata)
+            copied.update(moved)
+            return copied
+        if type(value) in (list, tuple):
+            moved = [on_host(v) for v in value]
+            return value if all(m is v for m, v in zip(moved, value)) else type(value)(moved)
+        return value
+
+    host = on_host(obj)
+    _atomic_write(path, lambda f: torch.save(host, f))
 
 
 def write_config(run_dir: Path, config: Any, name: str = "config.json") -> Path:

@@ -1,11 +1,14 @@
-"""The host's share: decode workers and torch threads chosen from the cores, a number given kept."""
+"""The host's share (decode workers and torch threads chosen from the cores, a number given
+kept), and the process group a torchrun rank joins."""
 
 import pytest
 import torch
 
 from pipeline import device as dev
+from pipeline import distributed
 from pipeline.config import ConfigError
 from pipeline.configs import ExtractConfig, FinetuneConfig, PretrainConfig
+from pipeline.errors import InputError
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
 
@@ -63,3 +66,31 @@ def test_configs_take_none_for_auto_and_refuse_nonsense(cls):
         cls(threads=0)
     with pytest.raises(ConfigError, match="workers -1: use 0 or more"):
         cls(workers=-1)
+
+
+@pytest.fixture
+def torchrun_env(monkeypatch):
+    """This process as rank 1 of 2 under torchrun, with the process group's start recorded instead
+    of made."""
+    for key, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1",
+                       "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+    started = []
+    monkeypatch.setattr(distributed.dist, "init_process_group",
+                        lambda **kwargs: started.append(kwargs))
+    return started
+
+
+def test_the_process_group_follows_the_runs_device_not_the_machine(torchrun_env, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine, --device cpu
+    info = distributed.init_distributed(CPU)
+    assert (info.rank, info.world_size, info.local_rank) == (1, 2, 1)
+    assert torchrun_env == [{"backend": "gloo", "timeout": distributed.BARRIER_TIMEOUT}]
+    assert distributed.BARRIER_TIMEOUT.total_seconds() > 600  # NCCL's default would end long waits
+
+
+def test_more_ranks_than_gpus_is_one_clear_error(torchrun_env, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(InputError, match="LOCAL_RANK 1 but 1 GPU.*--nproc_per_node"):
+        distributed.init_distributed(torch.device("cuda", 1))
+    assert torchrun_env == []

@@ -11,6 +11,7 @@ Images enter as uint8 (B, C, H, W) and are normalised on the device with :func:`
 the ImageNet mean/std that every checkpoint records (``pixel_mean`` / ``pixel_std``).
 """
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -117,9 +118,19 @@ def normalize(images: torch.Tensor, mean: Sequence[float] = PIXEL_MEAN,
               std: Sequence[float] = PIXEL_STD) -> torch.Tensor:
     """uint8 (B, C, H, W) -> float32 (B, C, H, W), scaled to [0, 1] then standardised per
     channel."""
-    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    mean_t, std_t = _channel_stats(tuple(mean), tuple(std), images.device)
     return (images.float() / 255 - mean_t) / std_t
+
+
+@functools.lru_cache(maxsize=16)
+def _channel_stats(mean: tuple, std: tuple,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std as (1, C, 1, 1) tensors on ``device``, made once: built afresh on a
+    GPU, each would be a blocking copy from the host, a wait in every step. Made outside inference
+    mode, so that a training step can use what an extraction cached."""
+    with torch.inference_mode(False):
+        return (torch.tensor(mean, device=device).view(1, -1, 1, 1),
+                torch.tensor(std, device=device).view(1, -1, 1, 1))
 
 
 def pool_tokens(tokens: torch.Tensor, mode: str = "cls") -> torch.Tensor:

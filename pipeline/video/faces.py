@@ -110,7 +110,8 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
     """
     config = config or FacesConfig()
     require("av")
-    dist = distributed.init_distributed()
+    device = resolve_device(config.device)
+    dist = distributed.init_distributed(device)
     videos, ignored = find_videos(inputs)
     if ignored and dist.is_main:
         shown = ", ".join(p.name for p in ignored[:3]) + (", ..." if len(ignored) > 3 else "")
@@ -141,7 +142,6 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
             infos[path] = probe(path)
         except VideoError as err:
             failed[str(path)] = str(err)
-    device = resolve_device(config.device)
     detector = build_detector(config.detector, device, min_face=config.min_face) if infos else None
     total = sum(i.frames for i in infos.values())
     bar = tqdm(total=total or None, unit="frame",
