@@ -44,7 +44,7 @@ from pipeline.checkpoint import (
 from pipeline.configs import FinetuneConfig
 from pipeline.data.affwild2 import AffWild2
 from pipeline.data.frames import FrameIndex, expr_frames
-from pipeline.device import resolve_device
+from pipeline.device import cpu_budget, resolve_device
 from pipeline.errors import exit_on_input_error
 from pipeline.finetune import finetune
 from pipeline.finetune_eval import predict_expr, validation_loader
@@ -113,7 +113,8 @@ def video_confusions(run: Path, val_index: FrameIndex, cfg: FinetuneConfig) -> n
     validation scored (row = true class, column = prediction; unreadable frames left out)."""
     model, info = load_classifier(run / "best.pt")
     device = resolve_device(cfg.device)
-    loader = validation_loader(val_index, info.img_size, cfg, device)
+    workers, _ = cpu_budget(device, cfg.workers, cfg.threads)  # none: chosen from the cores
+    loader = validation_loader(val_index, info.img_size, replace(cfg, workers=workers), device)
     result = predict_expr(model.to(device), loader, device, cfg.bf16, info.pixel_mean,
                           info.pixel_std)
     ok = result["ok"].astype(bool)

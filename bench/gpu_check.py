@@ -30,6 +30,7 @@ processes) and says so; ``tests/test_gpu_check.py`` runs it, so the command cann
 """
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -52,7 +53,7 @@ from pipeline.configs import ExtractConfig, FinetuneConfig, PretrainConfig, Synt
 from pipeline.data.affwild2 import AffWild2
 from pipeline.data.images import decode_image
 from pipeline.data.synth import generate
-from pipeline.device import host_cores
+from pipeline.device import host_cores, resolve_device
 from pipeline.errors import InputError
 from pipeline.extract import batch_size_for, extract, load_extraction_encoder
 from pipeline.finetune import finetune
@@ -84,6 +85,7 @@ class Scale:
         loader_frames: frames of the loader-alone rate.
         head_preset, head_epochs: the temporal head's preset (``TrainConfig.PRESETS``) and epochs.
         ranks: torchrun processes (every visible GPU; two gloo processes on the CPU).
+        torchrun_splits: the splits extraction runs under torchrun (enough videos for every rank).
     """
 
     model: str
@@ -100,16 +102,22 @@ class Scale:
     head_preset: str
     head_epochs: int
     ranks: int
+    torchrun_splits: tuple[str, ...]
 
 
 def cuda_scale() -> Scale:
     """The paper's ViT-B/16 at 224 px on the ``bench`` synthetic set (80,000 frames), sized for a
-    few minutes on one modern GPU."""
+    few minutes on one modern GPU; the training batch from the first GPU's memory (128 from 40 GiB,
+    64 from 20 GiB, else 32: a guess from ViT-B/16's size, not measured on each)."""
+    gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    batch_size = 128 if gib >= 40 else 64 if gib >= 20 else 32
     return Scale(model="mae_vit_base_patch16", img_size=224,
                  synth=config.preset_values(SynthConfig, "bench"),
-                 batch_size=128, steps=30, rounds=2, frames_per_video=100, val_frames_per_video=20,
+                 batch_size=batch_size, steps=60, rounds=2, frames_per_video=100,
+                 val_frames_per_video=20,
                  forward_frames=256 * 12, per_frame=300, loader_frames=20_000, head_preset="paper",
-                 head_epochs=3, ranks=torch.cuda.device_count())
+                 head_epochs=3, ranks=torch.cuda.device_count(),
+                 torchrun_splits=("Validation_Set",))
 
 
 def cpu_scale() -> Scale:
@@ -119,7 +127,7 @@ def cpu_scale() -> Scale:
                  synth=dict(videos=8, frames_per_video=50, pairs=1, long_video_factor=2.0),
                  batch_size=8, steps=2, rounds=2, frames_per_video=16, val_frames_per_video=8,
                  forward_frames=128, per_frame=24, loader_frames=256, head_preset="tiny",
-                 head_epochs=2, ranks=2)
+                 head_epochs=2, ranks=2, torchrun_splits=("all",))
 
 
 class Observer(TorchFunctionMode):
@@ -147,7 +155,7 @@ class Observer(TorchFunctionMode):
                 mode = "non_blocking" if kwargs.get("non_blocking", False) else "blocking"
                 self.copies[f"{pinned} {mode}"] += 1
         elif func is torch.nn.functional.linear and isinstance(out, torch.Tensor):
-            self.linear[f"{str(out.dtype).removeprefix('torch.')} {out.device.type}"] += 1
+            self.linear[f"{str(out.dtype).removeprefix('torch.')} {out.device}"] += 1
         return out
 
     def _on_forward(self, module, args, output):
@@ -163,8 +171,10 @@ class Observer(TorchFunctionMode):
         return super().__exit__(*exc)
 
     def facts(self) -> dict:
+        """What was seen; ``devices``: those the linear layers' outputs were on (``cuda:1``)."""
         return {"h2d_copies": dict(self.copies), "linear_outputs": dict(self.linear),
-                "ddp_forwards": self.ddp_forwards}
+                "ddp_forwards": self.ddp_forwards,
+                "devices": sorted({key.split(" ")[1] for key in self.linear})}
 
 
 # ------------------------------------------------------------------------------------------ configs
@@ -187,8 +197,12 @@ def stage_configs(scale: Scale, data: Path, out: Path, device: str) -> dict:
     return {"pretrain": pre, "finetune": fine, "extract": ext}
 
 
-def _epoch_rates(run_dir: str) -> list[float]:
-    return [r["img_per_s"] for r in read_jsonl(Path(run_dir) / "log.jsonl") if "img_per_s" in r]
+def _last_epoch(run_dir: str) -> tuple[float, float]:
+    """The last epoch's loop rate (images/s once its first batch arrived: a long epoch's rate, the
+    loader's start-up left out, which weighs heavily in a check's short epochs) and that start-up
+    in seconds."""
+    last = [r for r in read_jsonl(Path(run_dir) / "log.jsonl") if "img_per_s" in r][-1]
+    return last["img_per_s_after_first_batch"] or last["img_per_s"], last["first_batch_s"]
 
 
 # ------------------------------------------------------------------------------------------- memory
@@ -226,40 +240,42 @@ def _alternate(bare: reference.BareStep, run, cfg, device: torch.device, rounds:
                steps: int) -> tuple[list[float], list[float], list, dict]:
     """Rounds of a bare-step rate over ``steps`` steps, then one more epoch of the run ``cfg.out``
     through the stage's function ``run`` (the first round starts it, the next extend it). Returns
-    the loop's and the bare step's images/s per round, the peak memory of each epoch, and the run's
-    last summary."""
-    loops, bares, peaks = [], [], []
+    the loop's (:func:`_last_epoch`) and the bare step's images/s per round, the peak memory of each
+    epoch, each epoch's wait for its first batch, and the run's last summary."""
+    loops, bares, peaks, startups = [], [], [], []
     for r in range(rounds):
         bares.append(bare.rate(steps))
         held = _reset_peak(device)
         summary = run(replace(cfg, epochs=r + 1), progress=False)
         peaks.append(_peak_gib(device, held))
-        loops.append(_epoch_rates(cfg.out)[-1])
-    return loops, bares, peaks, summary
+        rate, startup = _last_epoch(cfg.out)
+        loops.append(rate)
+        startups.append(startup)
+    return loops, bares, peaks, startups, summary
 
 
 def check_pretrain(cfg: PretrainConfig, device: torch.device, rounds: int, steps: int) -> dict:
     """The pretraining loop against its bare step, alternated: each round a bare-step rate over
     ``steps`` steps, then one more epoch of the run ``cfg.out`` (the first round starts it, the next
     extend it)."""
-    loops, bares, peaks, summary = _alternate(reference.PretrainStep(cfg, device), pretrain, cfg,
-                                              device, rounds, steps)
+    loops, bares, peaks, startups, summary = _alternate(reference.PretrainStep(cfg, device),
+                                                        pretrain, cfg, device, rounds, steps)
     resolved = json.loads((Path(cfg.out) / "config.json").read_text())["pretrain"]
     return {"model": cfg.model, "img_size": cfg.img_size, "batch_size": cfg.batch_size,
             "bf16": cfg.bf16, "workers": resolved["workers"], "threads": resolved["threads"],
-            **_ratios(loops, bares), "peak_memory_gib": _max(peaks),
+            **_ratios(loops, bares), "peak_memory_gib": _max(peaks), "first_batch_s": startups,
             "checkpoint": summary["checkpoint"]}
 
 
 def check_finetune(cfg: FinetuneConfig, device: torch.device, rounds: int, steps: int) -> dict:
     """The fine-tuning loop (the epoch's rate, validation apart) against its bare step, alternated
     as :func:`check_pretrain`."""
-    loops, bares, peaks, summary = _alternate(reference.FinetuneStep(cfg, device), finetune, cfg,
-                                              device, rounds, steps)
+    loops, bares, peaks, startups, summary = _alternate(reference.FinetuneStep(cfg, device),
+                                                        finetune, cfg, device, rounds, steps)
     resolved = json.loads((Path(cfg.out) / "config.json").read_text())["finetune"]
     return {"batch_size": cfg.batch_size, "bf16": cfg.bf16, "workers": resolved["workers"],
             "threads": resolved["threads"], "train_frames_per_epoch": summary["train_frames"],
-            **_ratios(loops, bares), "peak_memory_gib": _max(peaks),
+            **_ratios(loops, bares), "peak_memory_gib": _max(peaks), "first_batch_s": startups,
             "best_checkpoint": summary["best_checkpoint"]}
 
 
@@ -335,10 +351,10 @@ def rank_job(spec_path: Path) -> None:
     runs = (("pretrain", PretrainConfig, pretrain), ("finetune", FinetuneConfig, finetune),
             ("extract", ExtractConfig, extract))
     facts = {}
+    device = resolve_device(spec["pretrain"]["device"])  # every stage's; cuda:LOCAL_RANK
+    distributed.init_distributed(device)  # the rank's GPU current before anything touches it
     for stage, cls, fn in runs:
         cfg = config.build(cls, spec[stage])
-        device = (torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-                  if cfg.device == "cuda" else torch.device("cpu"))
         held = _reset_peak(device)
         with Observer() as seen:
             fn(cfg, progress=False)
@@ -346,7 +362,7 @@ def rank_job(spec_path: Path) -> None:
             **seen.facts(), "rank": int(os.environ.get("RANK", 0)),
             "backend": dist.get_backend() if dist.is_initialized() else None,
             "world_size": dist.get_world_size() if dist.is_initialized() else 1,
-            "device": str(device), "peak_memory_gib": _peak_gib(device, held),
+            "peak_memory_gib": _peak_gib(device, held),
         }
     gathered = distributed.gather_objects(facts)
     if not dist.is_initialized() or dist.get_rank() == 0:
@@ -358,13 +374,16 @@ def check_torchrun(scale: Scale, data: Path, out: Path, device: torch.device) ->
     """Short runs of the three stages under ``torchrun`` over ``scale.ranks`` processes
     (every visible GPU, or two gloo processes on the CPU); returns, per stage, what every
     rank observed."""
+    if device.type == "cuda":  # what this process cached goes back, for the ranks to use
+        gc.collect()
+        torch.cuda.empty_cache()
     configs = stage_configs(scale, data, out, device.type)
     per_rank = scale.batch_size // max(1, scale.ranks) or 1
     spec = {
         "pretrain": to_jsonable(replace(configs["pretrain"], batch_size=per_rank,
                                         max_images=per_rank * scale.ranks * 2)),
         "finetune": to_jsonable(replace(configs["finetune"], batch_size=per_rank)),
-        "extract": to_jsonable(replace(configs["extract"], splits=("Validation_Set",))),
+        "extract": to_jsonable(replace(configs["extract"], splits=scale.torchrun_splits)),
         "result": str(out / "torchrun.json"),
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -384,7 +403,7 @@ def check_torchrun(scale: Scale, data: Path, out: Path, device: torch.device) ->
         seen = [r[stage] for r in ranks]
         stages[stage] = {
             "processes": len(seen), "backend": seen[0]["backend"],
-            "world_size": seen[0]["world_size"], "devices": [s["device"] for s in seen],
+            "world_size": seen[0]["world_size"], "devices": [s["devices"] for s in seen],
             "ddp_forwards": [s["ddp_forwards"] for s in seen],
             "linear_outputs": _sum_counts(s["linear_outputs"] for s in seen),
             "h2d_copies": _sum_counts(s["h2d_copies"] for s in seen),
@@ -426,19 +445,28 @@ def branches(torchrun: dict, device: torch.device) -> dict:
             # extraction splits the videos between processes and needs no gradient sync
             "ddp": (all(n > 0 for n in seen["ddp_forwards"])
                     if seen["processes"] > 1 and stage != "extract" else None),
-            "on": sorted(set(seen["devices"])),
+            # per rank, the devices its linear layers ran on
+            "on": ["+".join(d) or "none" for d in seen["devices"]],
+            # each rank on its own GPU, none on another's (a missing set_device shows here)
+            "own_gpu_each": (all(len(d) == 1 for d in seen["devices"])
+                             and len({d[0] for d in seen["devices"]}) == len(seen["devices"])
+                             if device.type == "cuda" else None),
         }
     return out
 
 
 def goals(result: dict) -> dict:
-    """The issue's goals, met or not, from the measured ratios."""
-    return {
+    """The issue's goals, met or not, from the measured ratios (and, on CUDA, the ranks' GPUs)."""
+    met = {
         "pretrain loop / bare step >= 0.9": result["pretrain"]["ratio"] >= 0.9,
         "finetune loop / bare step >= 0.9": result["finetune"]["ratio"] >= 0.9,
         "extract / forward only >= 0.9": result["extract"]["over_forward_only"] >= 0.9,
         "extract / per-frame loop >= 10": result["extract"]["over_per_frame_loop"] >= 10,
     }
+    if result["cuda"]:
+        met["every torchrun rank on its own GPU"] = all(
+            b["own_gpu_each"] for b in result["branches"].values())
+    return met
 
 
 def _gib(value: float | None) -> str:
@@ -468,14 +496,15 @@ def table(r: dict) -> str:
     lines += [
         "",
         f"training loops ({p['model']} at {p['img_size']} px, batch {p['batch_size']}, "
-        f"bf16 {p['bf16']})",
+        f"bf16 {p['bf16']}; the loop once its first batch arrived, beside that wait)",
         f"  {'stage':<10}{'loop img/s':>12}{'bare step':>11}{'ratio':>7}{'paired':>8}"
-        f"{'workers':>9}{'threads':>9}{'peak mem':>11}",
+        f"{'workers':>9}{'threads':>9}{'peak mem':>11}{'1st batch':>11}",
     ]
     for name, s in (("pretrain", p), ("finetune", f)):
         lines.append(f"  {name:<10}{s['loop_img_per_s']:>12.1f}{s['bare_img_per_s']:>11.1f}"
                      f"{s['ratio']:>7.2f}{s['paired_ratio']:>8.2f}{s['workers']:>9}"
-                     f"{s['threads']:>9}{_gib(s['peak_memory_gib']):>11}")
+                     f"{s['threads']:>9}{_gib(s['peak_memory_gib']):>11}"
+                     f"{max(s['first_batch_s']):>10.2f}s")
     lines += [
         "",
         f"extraction ({e['frames']} frames, batch {e['batch_size']}, {e['workers']} decode "

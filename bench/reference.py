@@ -2,7 +2,8 @@
 
 - a bare training step: the stage's own model, optimizer and loss at the loop's batch size and
   precision, on one batch already on the device: forward, backward, optimizer step, and nothing else
-  (no loader, no schedule, no logging, no host sync per step);
+  (no loader, no schedule, no logging; the fine-tuning loss reads its parts' values on the host,
+  as in the loop, so both wait for the device there);
 - forward only: extraction's own :func:`pipeline.extract.encode` on frames already on the device;
 - the authors' per-frame extraction: one frame per forward pass, one ``.npy`` file per frame;
 - the loader alone: extraction's own :func:`pipeline.extract.frame_loader`, no encoder (with the

@@ -21,7 +21,22 @@ def test_observer_sees_the_dtype_each_linear_ran_in():
         torch.ones(3).to("cpu", non_blocking=True)  # host to host: not a device copy
     assert seen.facts() == {"h2d_copies": {},
                             "linear_outputs": {"float32 cpu": 1, "bfloat16 cpu": 1},
-                            "ddp_forwards": 0}
+                            "ddp_forwards": 0, "devices": ["cpu"]}
+
+
+def test_the_verdict_sees_two_ranks_on_one_gpu():
+    def torchrun(devices):
+        seen = {"linear_outputs": {"bfloat16 cuda:0": 4}, "h2d_copies": {}, "backend": "nccl",
+                "world_size": 2, "processes": 2, "ddp_forwards": [1, 1], "devices": devices}
+        return {"stages": {"pretrain": seen}}
+
+    gpu = torch.device("cuda", 0)
+    apart = gpu_check.branches(torchrun([["cuda:0"], ["cuda:1"]]), gpu)["pretrain"]
+    assert apart["own_gpu_each"] and apart["on"] == ["cuda:0", "cuda:1"]
+    assert not gpu_check.branches(torchrun([["cuda:0"], ["cuda:0"]]), gpu)["pretrain"][
+        "own_gpu_each"]
+    assert not gpu_check.branches(torchrun([["cuda:0"], ["cuda:0", "cuda:1"]]), gpu)["pretrain"][
+        "own_gpu_each"]
 
 
 def test_gpu_check_runs_every_stage_on_the_cpu(tmp_path, capsys):
@@ -30,12 +45,13 @@ def test_gpu_check_runs_every_stage_on_the_cpu(tmp_path, capsys):
     for stage in ("pretrain", "finetune", "extract"):
         seen = result["branches"][stage]
         assert (seen["bf16_autocast"] and seen["process_group"] == "gloo, 2 processes"
-                and seen["on"] == ["cpu"])
+                and seen["on"] == ["cpu", "cpu"] and seen["own_gpu_each"] is None)
         assert seen["pinned_non_blocking_copies"] is None and seen["other_copies"] == 0
     assert result["branches"]["pretrain"]["ddp"] and result["branches"]["finetune"]["ddp"]
     assert result["branches"]["extract"]["ddp"] is None  # extraction splits videos, nothing to sync
     for stage in ("pretrain", "finetune"):
         assert result[stage]["loop_img_per_s"] > 0 and result[stage]["bare_img_per_s"] > 0
+        assert all(0 < s < 60 for s in result[stage]["first_batch_s"])
         # resolved from the cores
         assert result[stage]["threads"] == 1 and result[stage]["workers"] == 0
     ext = result["extract"]
