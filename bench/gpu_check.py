@@ -237,7 +237,7 @@ def _ratios(loops: list[float], bares: list[float]) -> dict:
 
 
 def _alternate(bare: reference.BareStep, run, cfg, device: torch.device, rounds: int,
-               steps: int) -> tuple[list[float], list[float], list, dict]:
+               steps: int) -> tuple[list[float], list[float], list, list[float], dict]:
     """Rounds of a bare-step rate over ``steps`` steps, then one more epoch of the run ``cfg.out``
     through the stage's function ``run`` (the first round starts it, the next extend it). Returns
     the loop's (:func:`_last_epoch`) and the bare step's images/s per round, the peak memory of each
@@ -363,6 +363,9 @@ def rank_job(spec_path: Path) -> None:
             "backend": dist.get_backend() if dist.is_initialized() else None,
             "world_size": dist.get_world_size() if dist.is_initialized() else 1,
             "peak_memory_gib": _peak_gib(device, held),
+            # the GPU the rank's collectives and unindexed "cuda" tensors use
+            "current_device": (f"cuda:{torch.cuda.current_device()}" if device.type == "cuda"
+                               else None),
         }
     gathered = distributed.gather_objects(facts)
     if not dist.is_initialized() or dist.get_rank() == 0:
@@ -404,6 +407,7 @@ def check_torchrun(scale: Scale, data: Path, out: Path, device: torch.device) ->
         stages[stage] = {
             "processes": len(seen), "backend": seen[0]["backend"],
             "world_size": seen[0]["world_size"], "devices": [s["devices"] for s in seen],
+            "current_devices": [s["current_device"] for s in seen],
             "ddp_forwards": [s["ddp_forwards"] for s in seen],
             "linear_outputs": _sum_counts(s["linear_outputs"] for s in seen),
             "h2d_copies": _sum_counts(s["h2d_copies"] for s in seen),
@@ -447,9 +451,13 @@ def branches(torchrun: dict, device: torch.device) -> dict:
                     if seen["processes"] > 1 and stage != "extract" else None),
             # per rank, the devices its linear layers ran on
             "on": ["+".join(d) or "none" for d in seen["devices"]],
-            # each rank on its own GPU, none on another's (a missing set_device shows here)
-            "own_gpu_each": (all(len(d) == 1 for d in seen["devices"])
-                             and len({d[0] for d in seen["devices"]}) == len(seen["devices"])
+            # each rank on its own GPU: its current device (set_device) differs from every other
+            # rank's, and its layers ran there and nowhere else (a rank given no frame to extract
+            # ran none)
+            "own_gpu_each": (len(set(seen["current_devices"])) == len(seen["current_devices"])
+                             and all(set(d) <= {current} for d, current
+                                     in zip(seen["devices"], seen["current_devices"],
+                                            strict=True))
                              if device.type == "cuda" else None),
         }
     return out

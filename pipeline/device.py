@@ -45,10 +45,10 @@ def autocast(device: torch.device, bf16: bool = True):
 
 @functools.cache
 def _native_bf16(device: torch.device) -> bool:
-    """Whether a CUDA device computes in bf16 natively (compute capability 8.0 or later, or ROCm);
-    warns once where it does not."""
-    native = bool(torch.version.hip) or torch.cuda.get_device_properties(device).major >= 8
-    if not native:
+    """Whether a CUDA device computes in bf16 natively (compute capability 8.0 or later); where it
+    does not, warns once (on rank 0 under torchrun)."""
+    native = torch.cuda.get_device_properties(device).major >= 8
+    if not native and int(os.environ.get("RANK", 0)) == 0:
         tqdm.write(f"warning: {torch.cuda.get_device_name(device)} has no bf16 units; running in "
                    "float32 instead of bf16 autocast (pass --no-bf16 to say so)", file=sys.stderr)
     return native

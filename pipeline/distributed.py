@@ -14,9 +14,10 @@ import torch.distributed as dist
 
 from pipeline.errors import InputError
 
-# How long a rank waits for the others at a barrier. Ranks wait there for the slowest one (face
-# detection splits videos by file size, rank 0 merges HDF5 parts), longer than NCCL's default of 10
-# minutes, after which its watchdog would end the whole job.
+# How long a rank waits for the others in any collective (a barrier, DDP's all-reduce) before the
+# job ends. Ranks wait at barriers for the slowest one (face detection splits videos by file size,
+# rank 0 merges HDF5 parts), longer than NCCL's default of 10 minutes; the price is that a truly
+# hung job also takes this long to end.
 BARRIER_TIMEOUT = datetime.timedelta(hours=2)
 
 

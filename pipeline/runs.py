@@ -55,24 +55,30 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` of ``obj`` written atomically, its tensors on the host: a checkpoint written
-    on a GPU loads with a plain ``torch.load(path, weights_only=True)`` on a machine without one."""
+    on a GPU loads with a plain ``torch.load(path, weights_only=True)`` on a machine without one.
+    Tensors that share memory still share it in the file (a checkpoint's ``encoder`` entry and its
+    ``model`` entry are views of the same weights): each storage is copied once."""
     # here, so that the CLI's settings (which use this module) answer without loading torch
     import torch
 
+    storages: dict = {}  # (device, address) -> the storage on the host
+
     def on_host(value):
-        """``value`` with every tensor in it on the CPU; the same object when none had to move."""
+        """``value`` with every tensor in it a view of a host storage; dicts keep their class and
+        attributes (a state dict's ``_metadata``)."""
         if isinstance(value, torch.Tensor):
-            return value if value.device.type == "cpu" else value.detach().cpu()
+            storage = value.untyped_storage()
+            key = (str(storage.device), storage.data_ptr())
+            if key not in storages:  # a CPU storage is used as it is
+                storages[key] = storage if storage.device.type == "cpu" else storage.cpu()
+            view = torch.empty(0, dtype=value.dtype)
+            return view.set_(storages[key], value.storage_offset(), value.size(), value.stride())
         if isinstance(value, dict):
-            moved = {k: on_host(v) for k, v in value.items()}
-            if all(moved[k] is value[k] for k in value):
-                return value
-            copied = copy.copy(value)  # keeps its class and attributes (a state dict's _metadata)
-            copied.update(moved)
+            copied = copy.copy(value)
+            copied.update({k: on_host(v) for k, v in value.items()})
             return copied
         if type(value) in (list, tuple):
-            moved = [on_host(v) for v in value]
-            return value if all(m is v for m, v in zip(moved, value)) else type(value)(moved)
+            return type(value)(on_host(v) for v in value)
         return value
 
     host = on_host(obj)

@@ -18,7 +18,7 @@ from pipeline.checkpoint import (
 from pipeline.errors import InputError
 from pipeline.models.encoder import PIXEL_MEAN
 from pipeline.models.mae import MAEConfig, MaskedAutoencoderViT, build_encoder
-from pipeline.runs import sha256_file
+from pipeline.runs import atomic_torch_save, sha256_file
 
 # A registered size (tiny: 192 x 12) at 32 px keeps inference-by-shape testable and fast.
 TINY32 = MAEConfig(img_size=32, embed_dim=192, depth=12, num_heads=3,
@@ -289,3 +289,18 @@ def test_load_encoder_resamples_as_mae_does(mae, tmp_path):
     assert info.pos_embed_grid == (14, 14)
     assert torch.equal(encoder.pos_embed.detach(),
                        mae_interpolate_pos_embed(big.pos_embed.detach(), 49, 1))
+
+
+def test_a_saved_checkpoint_keeps_shared_weights_shared_and_its_state_dict_metadata(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8))
+    state = model.state_dict()
+    encoder = {k: v for k, v in state.items() if k.startswith("0.")}  # views of the same weights
+    atomic_torch_save({"encoder": encoder, "model": state, "rows": [state["0.weight"][2:4]]},
+                      tmp_path / "c.pt")
+    loaded = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert all(torch.equal(loaded["model"][k], v) for k, v in state.items())
+    assert loaded["model"]._metadata == state._metadata  # load_state_dict reads module versions
+    shared = loaded["model"]["0.weight"].untyped_storage().data_ptr()
+    assert loaded["encoder"]["0.weight"].untyped_storage().data_ptr() == shared
+    assert loaded["rows"][0].untyped_storage().data_ptr() == shared
+    assert torch.equal(loaded["rows"][0], state["0.weight"][2:4])

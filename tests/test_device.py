@@ -94,3 +94,29 @@ def test_more_ranks_than_gpus_is_one_clear_error(torchrun_env, monkeypatch):
     with pytest.raises(InputError, match="LOCAL_RANK 1 but 1 GPU.*--nproc_per_node"):
         distributed.init_distributed(torch.device("cuda", 1))
     assert torchrun_env == []
+
+
+def test_a_rank_makes_its_own_gpu_current_before_the_group_starts(torchrun_env, monkeypatch):
+    made_current = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", made_current.append)
+    distributed.init_distributed(torch.device("cuda", 1))
+    assert made_current == [torch.device("cuda", 1)]
+    assert torchrun_env == [{"backend": "nccl", "timeout": distributed.BARRIER_TIMEOUT}]
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available")  # the autocast object is only made
+@pytest.mark.parametrize(("major", "autocast_on"), [(7, False), (8, True), (9, True)])
+def test_gpus_without_bf16_units_run_in_float32(monkeypatch, capsys, major, autocast_on):
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: type("Props", (), {"major": major})())
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: f"GPU sm{major}0")
+    dev._native_bf16.cache_clear()
+    try:
+        context = dev.autocast(CUDA, bf16=True)
+        assert isinstance(context, torch.autocast) == autocast_on
+        assert ("no bf16 units" in capsys.readouterr().err) != autocast_on
+        dev.autocast(CUDA, bf16=True)  # asked again: no second warning
+        assert "no bf16 units" not in capsys.readouterr().err
+    finally:
+        dev._native_bf16.cache_clear()

@@ -7,7 +7,12 @@ from timm.models.vision_transformer import VisionTransformer
 
 from pipeline.errors import InputError
 from pipeline.models import build_model, list_models
-from pipeline.models.encoder import pool_tokens, sincos_pos_embed_2d
+from pipeline.models.encoder import (
+    _channel_stats,
+    normalize,
+    pool_tokens,
+    sincos_pos_embed_2d,
+)
 from pipeline.models.mae import MAE_SIZES, MAEConfig, MaskedAutoencoderViT, build_encoder
 from pipeline.models.registry import FAMILIES
 
@@ -154,3 +159,18 @@ def test_pool_tokens():
     assert torch.equal(pool_tokens(tokens, "mean"), tokens[:, 1:].mean(dim=1))
     with pytest.raises(ValueError):
         pool_tokens(tokens, "max")
+
+
+def test_normalize_makes_its_channel_stats_once_and_training_may_use_extractions():
+    images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    with torch.inference_mode():  # as extraction calls it first
+        first = normalize(images, mean, std)
+    expected = (images.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(
+        std).view(1, 3, 1, 1)
+    assert torch.equal(first, expected)
+    weight = torch.ones(3, requires_grad=True)
+    (normalize(images, list(mean), std) * weight.view(1, 3, 1, 1)).sum().backward()
+    assert weight.grad is not None
+    made = _channel_stats(mean, std, images.device)
+    assert made[0] is _channel_stats(mean, std, images.device)[0]  # made once, then reused
