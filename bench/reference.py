@@ -117,7 +117,8 @@ class FinetuneStep(BareStep):
             x, batch = mix_batch(x, batch, self.cfg.mixup, self.cfg.cutmix, len(EXPR_CLASSES))
         with autocast(self.device, self.cfg.bf16):
             out = self.model(x)
-        loss, _ = finetune_loss(out, batch, None, self.cfg.label_smoothing, self.cfg.aux_weight)
+        loss, _ = finetune_loss(out, batch, None, self.cfg.label_smoothing, self.cfg.aux_weight,
+                                all_ok=True)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -20,6 +20,12 @@ each stage keeps only its step loop. What the engine does, once for every stage:
 - **the step's surroundings**: DDP wrap under torchrun, ``no_sync`` between accumulated
   micro-batches, the non-finite loss guard, the optimizer step, a tqdm bar with a rate, step and
   epoch lines in ``log.jsonl`` and TensorBoard (:class:`pipeline.runlog.RunLog`);
+- **host reads**: the losses stay on the device and are read in one transfer every ``log_every``
+  optimizer steps and at the epoch's end, not after every step as MAE's ``loss.item()`` does: on a
+  GPU each read would stall the host until the step is done, so the next batch could not be queued
+  while it runs. The guard therefore sees a non-finite loss up to ``log_every`` steps late (the
+  error names the step where it began; the weights in memory are dropped, the last checkpoint is
+  not touched);
 - **saving**: atomic checkpoint writes by rank 0, with the engine's state added, and a summary from
   the log.
 """
@@ -105,6 +111,11 @@ class Engine:
     log: RunLog | None = field(default=None, init=False)
     # seconds from the start of the last ``batches`` to its first batch (the loader's start-up)
     first_batch_s: float = field(default=0.0, init=False)
+    # (epoch, steps done, loss on the device) of the micro-batches not read yet
+    _pending: list = field(default_factory=list, init=False, repr=False)
+    # the epoch's losses read so far: their sum and count
+    _loss_sum: float = field(default=0.0, init=False)
+    _loss_count: int = field(default=0, init=False)
     _bar: tqdm | None = field(default=None, init=False, repr=False)
     _epoch: int = field(default=0, init=False)
     _lr: float = field(default=0.0, init=False)
@@ -188,6 +199,7 @@ class Engine:
                          desc=f"{self.name} {self._epoch + 1}/{self.epochs}",
                          disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
         start, self.first_batch_s = time.perf_counter(), 0.0
+        self._pending, self._loss_sum, self._loss_count = [], 0.0, 0
         try:
             for i, batch in enumerate(loader):
                 if i == 0:
@@ -220,37 +232,64 @@ class Engine:
         return model.no_sync()
 
     def backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, *, images: int,
-                 accum_iter: int = 1, update: bool = True, parts: dict | None = None) -> float:
-        """Backward of ``loss / accum_iter``; with ``update``, the optimizer step. Returns the loss
-        value.
+                 accum_iter: int = 1, update: bool = True,
+                 parts: dict[str, torch.Tensor] | None = None) -> None:
+        """Backward of ``loss / accum_iter``; with ``update``, the optimizer step. The loss is kept
+        on the device and read with the others every ``log_every`` steps (``epoch_loss`` gives the
+        epoch's mean).
 
         Args:
             loss: the micro-batch's mean loss (a scalar on the graph).
             images: the micro-batch's size, for the bar.
             accum_iter: micro-batches per optimizer step (gradient accumulation).
             update: step the optimizer (the last micro-batch of an accumulation).
-            parts: the loss's named parts, for the step lines.
+            parts: the loss's named parts (scalars on the device), for the step lines.
         Raises:
-            InputError: the loss is NaN or infinite (the lr setting to lower is named).
+            InputError: a loss read here is NaN or infinite (the lr setting to lower is named).
         """
-        value = loss.item()
-        if not math.isfinite(value):
-            raise InputError(f"{self.name}: the loss became {value} at epoch {self._epoch + 1}, "
-                             f"step {self.step}; lower {self.lr_setting} and start a new run (the "
-                             "last checkpoint is kept)")
+        self._pending.append((self._epoch, self.step, loss.detach()))
         (loss / accum_iter).backward()
         if update:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             self.step += 1
-            if self.log is not None and (self.step == 1 or self.step % self.log_every == 0):
-                record = {"epoch": self._epoch + 1, "step": self.step, "loss": value,
-                          "lr": self._lr, **{f"loss_{k}": v for k, v in (parts or {}).items()}}
-                self.log.log(record, tag="train", step=self.step)
+            if self.step == 1 or self.step % self.log_every == 0:
+                self._read_losses(parts or {}, step_line=True)
         if self._bar is not None:
             self._bar.update(images)
-            self._bar.set_postfix(loss=f"{value:.4f}", lr=f"{self._lr:.2e}")
-        return value
+
+    def epoch_loss(self) -> float:
+        """The mean loss of the epoch's micro-batches (after reading those not read yet).
+
+        Raises:
+            InputError: one of them is NaN or infinite.
+        """
+        self._read_losses({}, step_line=False)
+        return self._loss_sum / max(1, self._loss_count)
+
+    def _read_losses(self, parts: dict[str, torch.Tensor], step_line: bool) -> None:
+        """Read the pending losses (and ``parts``) in one transfer and refuse a non-finite one;
+        with ``step_line``, write the line of the step just taken."""
+        if not self._pending:
+            return
+        values = torch.stack([v.float() for _, _, v in self._pending]
+                             + [p.detach().float() for p in parts.values()]).tolist()
+        losses, part_values = values[: len(self._pending)], values[len(self._pending):]
+        for (epoch, step, _), value in zip(self._pending, losses):
+            if not math.isfinite(value):
+                raise InputError(f"{self.name}: the loss became {value} at epoch {epoch + 1}, "
+                                 f"step {step}; lower {self.lr_setting} and start a new run (the "
+                                 "last checkpoint is kept)")
+        self._pending = []
+        for value in losses:  # one by one, in order: the sum a step-by-step read gives
+            self._loss_sum += value
+        self._loss_count += len(losses)
+        if step_line and self.log is not None:
+            record = {"epoch": self._epoch + 1, "step": self.step, "loss": losses[-1],
+                      "lr": self._lr, **{f"loss_{k}": v for k, v in zip(parts, part_values)}}
+            self.log.log(record, tag="train", step=self.step)
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{self._lr:.2e}")
 
     def message(self, text: str) -> None:
         """A line on stderr that does not break the bar (rank 0 only; stdout is left to

@@ -104,11 +104,13 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
         on_unreadable: called with the row of each frame whose image could not be read.
     Returns:
         (mean loss, training accuracy over readable frames; after mixing, a hit is the class with
-        the larger share of the mixed target).
+        the larger share of the mixed target). Both are read from the device at the epoch's end.
     """
     model.train()
-    loss_sum, correct, seen = 0.0, 0, 0
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = torch.zeros((), dtype=torch.long, device=device)
     for batch in engine.batches(loader, total=engine.steps_per_epoch * cfg.batch_size):
+        all_ok = bool(batch["ok"].all())  # on the host, before the copy
         for row in batch["row"][~batch["ok"]].tolist():
             on_unreadable(row)
         engine.set_lr(optimizer)
@@ -118,12 +120,13 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
             x, batch = mix_batch(x, batch, cfg.mixup, cfg.cutmix, len(EXPR_CLASSES))
         with autocast(device, cfg.bf16):
             out = model(x)
-        loss, parts = finetune_loss(out, batch, weight, cfg.label_smoothing, cfg.aux_weight)
-        loss_sum += engine.backward(loss, optimizer, images=len(x), parts=parts)
+        loss, parts = finetune_loss(out, batch, weight, cfg.label_smoothing, cfg.aux_weight,
+                                    all_ok)
+        engine.backward(loss, optimizer, images=len(x), parts=parts)
         truth = batch["expr_soft"].argmax(dim=1) if "expr_soft" in batch else batch["expr"]
-        correct += int((out["expr"].argmax(dim=1) == truth)[batch["ok"]].sum())
-        seen += int(batch["ok"].sum())
-    return loss_sum / engine.steps_per_epoch, correct / max(seen, 1)
+        correct += ((out["expr"].argmax(dim=1) == truth) & batch["ok"]).sum()
+        seen += batch["ok"].sum()
+    return engine.epoch_loss(), int(correct) / max(int(seen), 1)
 
 
 def finetune(cfg: FinetuneConfig, *, stop_at_epoch: int | None = None,

@@ -80,33 +80,38 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def finetune_loss(out: dict, batch: dict, weight: torch.Tensor | None, label_smoothing: float,
-                  aux_weight: float) -> tuple[torch.Tensor, dict]:
-    """Total loss and its parts for one batch (``batch`` tensors already on the device).
+                  aux_weight: float, all_ok: bool = False) -> tuple[torch.Tensor, dict]:
+    """Total loss and its parts (scalars on the device, not read) for one batch (``batch`` tensors
+    already on the device).
 
     Rows whose image could not be decoded (``ok`` false) are left out of every term; AU and VA terms
-    use only the rows whose labels are valid.
+    use only the rows whose labels are valid. ``all_ok`` says that every row was read (the host
+    knows it from the loader's ``ok`` before the copy): the Expr term then skips selecting rows by
+    ``ok``, which would make the host wait for the device to read the mask.
     """
     keep = batch["ok"]
     logits = out["expr"].float()  # (B, 8)
     # (B, 8) probabilities after mixing, else (B,) classes
     target = batch.get("expr_soft", batch["expr"])
-    if keep.any():
+    if all_ok:
+        loss = expr_loss(logits, target, weight, label_smoothing)
+    elif keep.any():
         loss = expr_loss(logits[keep], target[keep], weight, label_smoothing)
     else:
         loss = logits.sum() * 0.0  # keeps the graph so every DDP rank reduces the same parameters
-    parts = {"expr": loss.item()}
+    parts = {"expr": loss.detach()}
     if "au" in out:
         per_frame = F.binary_cross_entropy_with_logits(  # (B,); soft if mixed
             out["au"].float(), batch["au"].clamp(min=0).float(), reduction="none").mean(dim=1)
         au = _masked_mean(per_frame, keep & batch["au_valid"])
         loss = loss + aux_weight * au
-        parts["au"] = au.item()
+        parts["au"] = au.detach()
     if "va" in out:
         # Frame-level regression: CCC is a sequence metric, left to the temporal heads.
         per_frame = ((out["va"].float() - batch["va"]) ** 2).mean(dim=1)  # (B,)
         va = _masked_mean(per_frame, keep & batch["va_valid"])
         loss = loss + aux_weight * va
-        parts["va"] = va.item()
+        parts["va"] = va.detach()
     return loss, parts
 
 

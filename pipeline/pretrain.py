@@ -94,7 +94,6 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     """
     model.train()
     n_micro = engine.steps_per_epoch * cfg.accum_iter
-    loss_sum = 0.0
     optimizer.zero_grad(set_to_none=True)
     for i, (images, bad) in enumerate(engine.batches(loader, total=n_micro * cfg.batch_size)):
         if i == n_micro:  # an incomplete accumulation at the epoch's end is not stepped
@@ -108,9 +107,9 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
         with engine.no_sync(model, update):
             with autocast(device, cfg.bf16):
                 loss, _, _ = model(x, cfg.mask_ratio)
-            loss_sum += engine.backward(loss, optimizer, images=len(images),
-                                        accum_iter=cfg.accum_iter, update=update)
-    return loss_sum / n_micro
+            engine.backward(loss, optimizer, images=len(images), accum_iter=cfg.accum_iter,
+                            update=update)
+    return engine.epoch_loss()
 
 
 def pretrain(cfg: PretrainConfig, *, stop_at_epoch: int | None = None,
