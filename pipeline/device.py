@@ -65,6 +65,25 @@ def pin_memory(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without making the host wait: on CUDA a pinned copy sent
+    with ``non_blocking`` (a plain copy from pageable memory waits for the device's queue to
+    drain); elsewhere ``tensor.to(device)``, which is the tensor itself on its own device."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def fits_on(device: torch.device, nbytes: int, share: float = 0.5) -> bool:
+    """Whether ``nbytes`` may be kept on ``device``: on CUDA at most ``share`` of the memory it has
+    free now, so that the model, its activations and the optimizer keep the rest; the CPU always
+    (the bytes are in its memory already)."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= share * free
+
+
 def host_cores() -> int:
     """The CPU cores this process may run on (its affinity mask, else the machine's count)."""
     if hasattr(os, "sched_getaffinity"):

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from pipeline.checkpoint import read_checkpoint
 from pipeline.data.affwild2 import AffWild2
-from pipeline.device import autocast, resolve_device
+from pipeline.device import autocast, fits_on, resolve_device, to_device
 from pipeline.errors import InputError
 from pipeline.heads import postprocess
 from pipeline.heads.folds import pooled_annotations
@@ -39,8 +39,11 @@ def activate(task: str, out: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def infer(model: torch.nn.Module, task: str, table: FeatureTable, videos, window: int, stride: int,
           batch_size: int = 32, device: torch.device | None = None, bf16: bool = False,
-          progress: bool = False) -> dict[str, np.ndarray]:
+          progress: bool = False, batcher: Batcher | None = None) -> dict[str, np.ndarray]:
     """Per-frame outputs of whole videos, overlapping windows averaged.
+
+    ``batcher``: one already made over ``table.features`` (a training loop's, so that its table is
+    not copied to the device again); by default one is made, on the device when the table fits.
 
     Returns:
         video -> (T, K) float32 activated outputs (VA values, Expr / AU probabilities).
@@ -48,19 +51,23 @@ def infer(model: torch.nn.Module, task: str, table: FeatureTable, videos, window
     device = device or torch.device("cpu")
     model.eval()
     windows = make_windows(table, videos, window, stride)
-    batcher = Batcher(table.features)
-    total = torch.zeros(len(table.features), model.out_dim)  # (sum T, K) sums over windows
-    count = torch.zeros(len(table.features))
+    if batcher is None:
+        batcher = Batcher(table.features,
+                          device=device if fits_on(device, table.features.nbytes) else None)
+    # (sum T, K) sums over windows and (sum T,) counts, on the device: read once at the end
+    total = torch.zeros(len(table.features), model.out_dim, device=device)
+    count = torch.zeros(len(table.features), device=device)
     starts = range(0, len(windows), batch_size)
     for i in tqdm(starts, desc="infer", unit="batch", disable=not progress, leave=False):
         b = batcher.batch(windows[i : i + batch_size], window)
+        rows, keep = to_device(b["rows"], device).flatten(), to_device(b["keep"], device)
         with autocast(device, bf16):
-            out = model(b["x"].to(device), b["keep"].to(device))  # (B, W, K)
-        out = activate(task, out.float()).cpu()
-        keep = b["keep"]
-        total.index_add_(0, b["rows"][keep], out[keep])
-        count.index_add_(0, b["rows"][keep], torch.ones(int(keep.sum())))
-    mean = (total / count.clamp(min=1)[:, None]).numpy()
+            out = model(to_device(b["x"], device), keep)  # (B, W, K)
+        # padding adds zeros (to its window's last real row), so no row selection is needed
+        out = activate(task, out.float()) * keep[..., None]
+        total.index_add_(0, rows, out.flatten(0, 1))
+        count.index_add_(0, rows, keep.flatten().float())
+    mean = (total / count.clamp(min=1)[:, None]).cpu().numpy()
     return {v: mean[slice(*table.offsets[v])] for v in videos}
 
 

@@ -12,6 +12,7 @@ then a last window aligned to the video's end; a video shorter than W is one win
 a batch.
 """
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import torch
 
 from features import IDENTITY_KEYS, open_store
 from pipeline.data.affwild2 import AU_NAMES, EXPR_CLASSES, VA_NAMES, Annotation
+from pipeline.device import to_device
 from pipeline.errors import InputError
 
 OUT_DIMS = {"va": len(VA_NAMES), "expr": len(EXPR_CLASSES), "au": len(AU_NAMES)}
@@ -209,26 +211,41 @@ def window_index(windows: np.ndarray, W: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 class Batcher:
-    """Gathers batches of windows from the in-memory table: one index op per tensor, no file reads.
+    """Gathers batches of windows from the table held in memory, on the host or on a device: one
+    index op per tensor, no file reads.
+
+    On a GPU with room for it, the whole table is copied there once, so that a step's batch is a
+    gather on the device: only the (B, W) row indices cross from the host each step, and they do
+    not make the host wait (``pipeline.device.to_device``).
 
     Args:
         features: (sum T, D) table rows.
         labels, valid: (sum T, K) and (sum T,) from ``lay_labels`` (None at inference).
+        device: where the table is held and the batches are made (default: the host).
     """
 
     def __init__(self, features: np.ndarray, labels: np.ndarray | None = None,
-                 valid: np.ndarray | None = None):
-        self.features = torch.from_numpy(features)
-        self.labels = None if labels is None else torch.from_numpy(labels)
-        self.valid = None if valid is None else torch.from_numpy(valid)
+                 valid: np.ndarray | None = None, device: torch.device | None = None):
+        self.device = device or torch.device("cpu")
+        self.features = torch.from_numpy(features).to(self.device)
+        self.labels = None if labels is None else torch.from_numpy(labels).to(self.device)
+        self.valid = None if valid is None else torch.from_numpy(valid).to(self.device)
+
+    def without_labels(self) -> "Batcher":
+        """A Batcher over the same table (nothing copied) that gathers the features only, for
+        inference."""
+        other = copy.copy(self)
+        other.labels = other.valid = None
+        return other
 
     def batch(self, windows: np.ndarray, W: int) -> dict[str, torch.Tensor]:
         """x (B, W, D) float32 with zeros on padding, keep (B, W), rows (B, W); labels (B, W, K) and
         counted (B, W) (valid label and real frame: the frames the loss counts) when labels were
-        given."""
+        given. All on the Batcher's device."""
         # a batch of short videos needs no more than its longest
         W = min(W, int(windows[:, 1].max()))
         rows, keep = window_index(windows, W)
+        rows, keep = to_device(rows, self.device), to_device(keep, self.device)
         x = self.features[rows].float() * keep[..., None]  # (B, W, D)
         out = {"x": x, "keep": keep, "rows": rows}
         if self.labels is not None:

@@ -27,7 +27,7 @@ import pipeline.models.temporal  # noqa: F401  (registers the heads)
 from pipeline.config import ConfigError
 from pipeline.configs.heads import TrainConfig
 from pipeline.data.affwild2 import AffWild2
-from pipeline.device import autocast, resolve_device
+from pipeline.device import autocast, fits_on, resolve_device, to_device
 from pipeline.errors import InputError
 from pipeline.heads import postprocess
 from pipeline.heads.evaluate import CHECKPOINT_FORMAT, infer
@@ -195,7 +195,10 @@ def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = 
     counted = data.valid if cfg.absent_in_loss else data.valid & data.table.present  # (sum T,)
     loss_fn = make_loss(cfg.task, cfg.va_loss, cfg.class_weights, cfg.focal_gamma, cfg.pos_weight,
                         data.labels[counted & in_train])
-    batcher = Batcher(data.table.features, data.labels, counted)
+    # the table on the GPU when it has room (copied once; a step gathers there), else on the host
+    table_bytes = data.table.features.nbytes + data.labels.nbytes + counted.nbytes
+    batcher = Batcher(data.table.features, data.labels, counted,
+                      device if fits_on(device, table_bytes) else None)
     val_annotations = {v: data.annotations[v] for v in data.val_videos}
     steps = math.ceil(len(windows) / cfg.batch_size)
     bar = tqdm(total=cfg.epochs * steps, desc=f"train {cfg.task}", unit="step",
@@ -216,12 +219,14 @@ def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = 
             b = batcher.batch(windows[batch], cfg.window)
             t_data += time.perf_counter() - t0
             losses.append(_train_step(model, optimizer, loss_fn, b, device, cfg.bf16))
-            frames += int(b["keep"].sum())
+            frames += int(windows[batch, 1].sum())  # the windows' real frames
             bar.update()
-            bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}", best=f"{best:.3f}")
+        # the epoch's losses, read from the device once (a read per step would stall the host)
+        losses = torch.stack(losses).tolist()
+        bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses):.3f}", best=f"{best:.3f}")
         seconds = time.perf_counter() - t_epoch
         raw = infer(model, cfg.task, data.table, data.val_videos, cfg.window, cfg.stride,
-                    cfg.batch_size, device, cfg.bf16)
+                    cfg.batch_size, device, cfg.bf16, batcher=batcher.without_labels())
         val = postprocess.score(cfg.task,
                                 postprocess.apply_all(postprocess.PostProcess(cfg.task), raw),
                                 val_annotations)
@@ -242,7 +247,7 @@ def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = 
     log.close()
     model.load_state_dict(best_state)
     raw = infer(model, cfg.task, data.table, data.val_videos, cfg.window, cfg.stride,
-                cfg.batch_size, device, cfg.bf16)
+                cfg.batch_size, device, cfg.bf16, batcher=batcher.without_labels())
     pp = postprocess.choose(cfg.task, raw, val_annotations)
     final = postprocess.apply_all(pp, raw)
     before = postprocess.score(cfg.task,
@@ -268,14 +273,18 @@ def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = 
     return summary
 
 
-def _train_step(model, optimizer, loss_fn, b: dict, device: torch.device, bf16: bool) -> float:
+def _train_step(model, optimizer, loss_fn, b: dict, device: torch.device,
+                bf16: bool) -> torch.Tensor:
+    """One optimizer step on a batch (on the host or already on ``device``); returns the loss,
+    detached and left on the device."""
+    b = {k: to_device(b[k], device) for k in ("x", "keep", "labels", "counted")}
     with autocast(device, bf16):
-        out = model(b["x"].to(device), b["keep"].to(device))  # (B, W, K)
-    loss = loss_fn(out, b["labels"].to(device), b["counted"].to(device))
+        out = model(b["x"], b["keep"])  # (B, W, K)
+    loss = loss_fn(out, b["labels"], b["counted"])
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.item()
+    return loss.detach()
 
 
 def _json(obj) -> str:
