@@ -6,6 +6,7 @@ The tiny store's features are cheap but carry a real signal: an 8x8 grayscale th
 face's centre (eyes to chin) of each frame (D=64), zeros where there is no face.
 """
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -287,7 +288,8 @@ def test_warm_up_never_fills_a_short_run():
     assert warmup_epochs(TrainConfig("va", epochs=40)) == 1.0  # the paper's runs: unchanged
 
 
-def test_a_one_epoch_run_of_one_step_trains_its_head(tiny_root, tiny_store, tmp_path, capsys):
+def test_a_one_epoch_run_of_one_step_trains_its_head(tiny_root, tiny_store, tmp_path, capsys,
+                                                     monkeypatch):
     cfg = TrainConfig.create(task="va", stores=(str(tiny_store),), data=str(tiny_root), epochs=1,
                              window=400, stride=400, batch_size=64, device="cpu",
                              tcn_channels=(8, 8, 8), d_model=8, num_layers=1, num_heads=2, ff_dim=8,
@@ -301,6 +303,13 @@ def test_a_one_epoch_run_of_one_step_trains_its_head(tiny_root, tiny_store, tmp_
     trained = read_checkpoint(tmp_path / "one" / "best.pt")["state_dict"]
     assert any(not torch.equal(trained[k], v)
                for k, v in untrained.items() if v.is_floating_point())
+    # a run refused for its settings leaves the earlier run in its directory as it was
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "one").iterdir() if p.is_file()}
+    with pytest.raises(InputError, match="no CUDA device is visible"):
+        train_run(data, dataclasses.replace(cfg, device="cuda"), tmp_path / "one",
+                  progress=False, make_plots=False)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "one").iterdir() if p.is_file()} == before
 
 
 def test_settings_parse_by_field_type():

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from pipeline.config import ConfigError, coerce, settable
 from pipeline.data.affwild2 import AffWild2
+from pipeline.device import resolve_device
 from pipeline.errors import InputError
 from pipeline.heads.sequences import FeatureTable, TaskData, load_features
 from pipeline.heads.train import TrainConfig, prepare, train_run
@@ -87,6 +88,7 @@ def ablate(settings: dict, grid: dict[str, list], seeds: int, out_dir: Path,
             raise InputError(f"--grid {err.key}={_label(combo[keys.index(err.key)])}: "
                              f"{err.problem}") from None
     base = configs[0]
+    resolve_device(base.device)  # refused before any store is read or run written
     ds = AffWild2(Path(base.data))
     tables: dict[str, FeatureTable] = {}
     datasets: dict[tuple, TaskData] = {}

@@ -167,18 +167,7 @@ def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = 
     if cfg.task != data.task:
         raise ValueError(f"config task {cfg.task} but data of task {data.task}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # An earlier run's outputs go first, so a crash never leaves its head beside this run's config.
-    for stale in ["log.jsonl", "best.pt", "summary.json", "val_predictions.npz",
-                  *(p.name for p in out_dir.glob("*.png"))]:
-        (out_dir / stale).unlink(missing_ok=True)
-    shutil.rmtree(out_dir / "tensorboard", ignore_errors=True)
-    write_config(out_dir, cfg)
-    if warmup_epochs(cfg) < cfg.warmup_epochs:
-        tqdm.write(f"warning: a warm-up of {cfg.warmup_epochs:g} epoch(s) would fill most of this "
-                   f"{cfg.epochs}-epoch run; it warms up for {warmup_epochs(cfg):g}",
-                   file=sys.stderr)
-    log = RunLog(out_dir, cfg.tensorboard)
+    # everything that may refuse the settings comes before an earlier run in out_dir is touched
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -199,6 +188,18 @@ def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = 
     table_bytes = data.table.features.nbytes + data.labels.nbytes + counted.nbytes
     batcher = Batcher(data.table.features, data.labels, counted,
                       device if fits_on(device, table_bytes) else None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # An earlier run's outputs go first, so a crash never leaves its head beside this run's config.
+    for stale in ["log.jsonl", "best.pt", "summary.json", "val_predictions.npz",
+                  *(p.name for p in out_dir.glob("*.png"))]:
+        (out_dir / stale).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / "tensorboard", ignore_errors=True)
+    write_config(out_dir, cfg)
+    if warmup_epochs(cfg) < cfg.warmup_epochs:
+        tqdm.write(f"warning: a warm-up of {cfg.warmup_epochs:g} epoch(s) would fill most of this "
+                   f"{cfg.epochs}-epoch run; it warms up for {warmup_epochs(cfg):g}",
+                   file=sys.stderr)
+    log = RunLog(out_dir, cfg.tensorboard)
     val_annotations = {v: data.annotations[v] for v in data.val_videos}
     steps = math.ceil(len(windows) / cfg.batch_size)
     bar = tqdm(total=cfg.epochs * steps, desc=f"train {cfg.task}", unit="step",
