@@ -22,7 +22,9 @@ import math
 import pathlib
 import pickle
 import re
+import struct
 import sys
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -133,7 +135,9 @@ def read_checkpoint(path: Path, what: str = "checkpoint", option: str = "--init/
     if not path.is_file():
         raise InputError(f"{what} {path} does not exist; check {option}")
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
+        with torch.serialization.safe_globals(_safe_globals()), warnings.catch_warnings():
+            # a file that is not a pickle at all may start with any "protocol" byte
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
@@ -159,6 +163,9 @@ def read_checkpoint(path: Path, what: str = "checkpoint", option: str = "--init/
             f"{path} is not a readable {what} (truncated, or not written by torch.save: "
             f"{_first_line(err)})"
         ) from None
+    except (LookupError, struct.error):  # the unpickler read bytes that are no pickle (text)
+        raise InputError(f"{path} is not a readable {what} (not written by torch.save: its bytes "
+                         "are not a pickle)") from None
     if not isinstance(obj, dict):
         raise InputError(f"{path} holds a {type(obj).__name__}, not a dict of weights")
     return obj

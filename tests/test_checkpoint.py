@@ -158,9 +158,11 @@ class NotWeights:
 def test_unloadable_files_are_refused(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         load_encoder(tmp_path / "nope.pt")
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(InputError, match="junk.pt is not a readable checkpoint"):
-        read_checkpoint(tmp_path / "junk.pt")
+    # text and other bytes the unpickler stops on in its own ways (KeyError, IndexError, struct)
+    for junk in (b"not a checkpoint", b"hello\n", b"a,b,c\n", b"q", b"\x80\x02J\x01"):
+        (tmp_path / "junk.pt").write_bytes(junk)
+        with pytest.raises(InputError, match="junk.pt is not a readable checkpoint"):
+            read_checkpoint(tmp_path / "junk.pt")
     torch.save({"optimizer": {"lr": 1.0}}, tmp_path / "noenc.pt")
     with pytest.raises(InputError, match="holds no encoder weights"):
         load_encoder(tmp_path / "noenc.pt")
