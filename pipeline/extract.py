@@ -304,8 +304,8 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
                 for i in np.flatnonzero(~readable.numpy()):
                     unreadable.append(str(paths[position + i]))
                     bar.write(
-                        f"warning: unreadable image {paths[position + i]}: frame stored as absent"
-                    )
+                        f"warning: unreadable image {paths[position + i]}: frame stored as absent",
+                        file=sys.stderr)
                 _feed(feeder, batch, pooled, readable.numpy())
                 position += len(pooled)
                 bar.update(len(pooled))
@@ -343,6 +343,7 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
         "seconds": round(seconds, 3),
         "frames_per_s": round(total / seconds, 1) if seconds > 0 else 0.0,
         "unreadable": [u for r in ranks for u in r["unreadable"]],
+        "unreadable_frames": sum(len(r["unreadable"]) for r in ranks),
         "ranks": dist.world_size,
         "rank": dist.rank,
         "device": str(device),

@@ -118,13 +118,15 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(mini_root, ckpt, tmp_p
         np.testing.assert_array_equal(resumed[video][1], whole[video][1])
 
 
-def test_corrupt_image_is_reported_and_marked_absent(mini_root, ckpt, tmp_path):
+def test_corrupt_image_is_reported_and_marked_absent(mini_root, ckpt, tmp_path, capsys):
     path, _ = ckpt
     bad = mini_root / "cropped_aligned" / "vid_left" / "00002.jpg"
     bad.write_bytes(b"not a jpeg")
     result = extract(ExtractConfig(data=str(mini_root), ckpt=str(path),
                                    store=str(tmp_path / "f.zarr"), **CPU32), progress=False)
-    assert result["unreadable"] == [str(bad)]
+    assert result["unreadable"] == [str(bad)] and result["unreadable_frames"] == 1
+    out, err = capsys.readouterr()  # the warning on stderr: stdout is left to --json
+    assert out == "" and f"warning: unreadable image {bad}" in err
     _, present = features.open_store(tmp_path / "f.zarr").read("vid_left")
     assert present.tolist() == [True, False, False, True, True, False]
 
