@@ -30,11 +30,11 @@ def option_name(f) -> str:
     return f.metadata.get(OPTION) or "--" + f.name.replace("_", "-")
 
 
-def _click_option(name: str, f, kind) -> click.Option | None:
+def _click_option(name: str, f, kind, default) -> click.Option | None:
     """A click option for one setting (None for settings only ``--set`` and files reach, such as
-    dicts)."""
+    dicts); ``default`` is the value shown in its help (the command's default preset's, if it sets
+    one)."""
     base, nullable = config._optional(kind)
-    default = default_of(f)
     shown = "none" if default is None else ("" if default in (config.MISSING, "", ()) else default)
     help_text = f.metadata.get(HELP, "")
     if shown != "" and not isinstance(shown, dict):
@@ -131,7 +131,10 @@ def config_options(cls: type, section: str, *, skip: tuple[str, ...] = (),
         default_preset: the preset used when ``--preset`` is not given.
     """
     fields = {name: (f, kind) for name, (f, kind) in settable(cls).items() if name not in skip}
-    options = {name: _click_option(name, f, kind) for name, (f, kind) in fields.items()}
+    # the help shows what a run without --preset gets: the default preset's value where it has one
+    shown = config.preset_values(cls, default_preset)
+    options = {name: _click_option(name, f, kind, shown.get(name, default_of(f)))
+               for name, (f, kind) in fields.items()}
     options = {name: o for name, o in options.items() if o is not None}
     flags = {name: option_name(fields[name][0]) for name in fields}
     presets = getattr(cls, "PRESETS", None)

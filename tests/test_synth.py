@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from cli import cli
 from pipeline.config import preset
 from pipeline.configs import SynthConfig
 from pipeline.data.affwild2 import AU_NAMES, CHALLENGE_DIRS, HEADERS, TASKS, AffWild2
@@ -74,11 +76,20 @@ def test_rerun_is_a_no_op_and_a_foreign_folder_is_refused(tmp_path):
     assert not list(tmp_path.glob(".*partial*"))
 
 
-@pytest.mark.parametrize("bad", [{"videos": 4}, {"img_size": 8}, {"pairs": 5, "videos": 8},
-                                 {"people": 0}, {"scenes": 0}])
-def test_unusable_configs_are_input_errors(bad):
-    with pytest.raises(InputError):
+@pytest.mark.parametrize("bad,names", [
+    ({"videos": 4}, "too few"), ({"img_size": 8}, "too small"),
+    ({"pairs": 5, "videos": 8}, "pairs"), ({"people": 0}, "use 1 or more"),
+    ({"scenes": 0}, "use 1 or more"),
+    ({"videos": 60, "val_fraction": 0.6, "test_fraction": 0.6}, "leaves no video for Train_Set"),
+    ({"val_fraction": 0.0}, "between 0 and 1"), ({"task_prob": 1.5}, "between 0 and 1")])
+def test_unusable_configs_are_input_errors(bad, names):
+    with pytest.raises(InputError, match=names):
         plan_videos(replace(preset(SynthConfig, "tiny"), **bad))
+
+
+def test_help_shows_the_default_presets_values():
+    shown = CliRunner().invoke(cli, ["synth", "--help"], terminal_width=200).output
+    assert "[default: 114]" in shown and "[default: 38]" not in shown  # the demo preset's videos
 
 
 def test_release_layout(tiny_root, meta):

@@ -124,6 +124,14 @@ class Timeline:
 
 
 def check_config(cfg: SynthConfig) -> None:
+    for key in ("val_fraction", "test_fraction", "new_root_fraction", "task_prob"):
+        value = getattr(cfg, key)
+        if not 0 < value < 1 and not (key == "task_prob" and value == 1):
+            raise ConfigError(key, f"{value}: give a share between 0 and 1")
+    if cfg.val_fraction + cfg.test_fraction >= 1:
+        raise ConfigError("test_fraction",
+                          f"{cfg.test_fraction} with val_fraction {cfg.val_fraction} leaves no "
+                          "video for Train_Set; make the two add up to less than 1")
     sources = cfg.videos - cfg.pairs
     n_val, n_test = _split_counts(cfg)
     if cfg.pairs < 0 or 2 * cfg.pairs > cfg.videos:
