@@ -203,6 +203,10 @@ def check_keys(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# the parts of the run config.json files that hold a stage's settings (``section`` below)
+RUN_SECTIONS = ("pretrain", "finetune", "extract", "faces", "analyze", "heads", "synth", "demo")
+
+
 def read_config_file(path: Path, cls: type, section: str) -> dict[str, Any]:
     """The settings a JSON config file gives ``cls``.
 
@@ -210,8 +214,9 @@ def read_config_file(path: Path, cls: type, section: str) -> dict[str, Any]:
     (e.g. ``"pretrain"``), that object is read; otherwise the whole file is.
 
     Raises:
-        InputError: the file is missing or not a JSON object; ConfigError for an unknown key or a
-        value of the wrong type.
+        InputError: the file is missing, not a JSON object, or another stage's run config (an object
+        under another of ``RUN_SECTIONS``); ConfigError for an unknown key or a value of the wrong
+        type.
     """
     path = Path(path)
     try:
@@ -226,6 +231,14 @@ def read_config_file(path: Path, cls: type, section: str) -> dict[str, Any]:
         raise InputError(f"{path}: holds a JSON {type(data).__name__}, not an object of settings")
     if isinstance(data.get(section), dict):
         data = data[section]
+    else:
+        own = {f.name for f in dataclasses.fields(cls)}  # a nested config is not another stage
+        other = next((k for k in RUN_SECTIONS
+                      if k not in own and isinstance(data.get(k), dict)), None)
+        if other is not None:
+            raise InputError(f"{path}: a {other} run's config (its settings are under "
+                             f"\"{other}\", there is no \"{section}\" part); give a file of "
+                             f"{section} settings or a {section} run's config.json")
     return check_keys(cls, flatten(cls, data))
 
 

@@ -150,7 +150,11 @@ def test_a_bad_config_file_is_named_with_its_key(tmp_path):
             (json.dumps({"pretrain": {"epochs": 0}}), f"error: {path}: epochs 0: use 1 or more"),
             (json.dumps({"epoch": 3}), f"error: {path}: epoch is not a setting"),
             ("{not json", f"error: {path}: not a JSON config file"),
-            ("[1, 2]", f"error: {path}: holds a JSON list")):
+            ("[1, 2]", f"error: {path}: holds a JSON list"),
+            # another stage's run config.json
+            (json.dumps({"finetune": {"epochs": 3}, "train_frames": 10}),
+             f"error: {path}: a finetune run's config (its settings are under \"finetune\", there "
+             "is no \"pretrain\" part)")):
         path.write_text(content)
         result = CliRunner().invoke(cli, ["pretrain", "--config", str(path), "--out",
                                           str(tmp_path / "r")])
@@ -158,6 +162,12 @@ def test_a_bad_config_file_is_named_with_its_key(tmp_path):
     result = CliRunner().invoke(cli, ["pretrain", "--config", str(tmp_path / "none.json")])
     assert (result.exit_code == 2 and "config file" in result.output
             and "does not exist" in result.output)
+
+
+def test_a_nested_config_is_not_taken_for_another_stage(tmp_path):
+    path = tmp_path / "analyze.json"  # analyze's own settings hold a "faces" part
+    path.write_text(json.dumps({"faces": {"size": 96}}))
+    assert config.read_config_file(path, AnalyzeConfig, "analyze") == {"size": 96}
 
 
 def test_library_errors_speak_in_field_names():
