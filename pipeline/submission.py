@@ -16,16 +16,19 @@ from pipeline.metrics import TASK_METRICS
 from pipeline.runs import atomic_write_text
 
 
-def read_submission(path: Path, task: str) -> tuple[list[str], np.ndarray]:
-    """Read a submission or example file.
+def read_submission(path: Path, task: str, what: str = "submission file") -> tuple[list[str],
+                                                                                 np.ndarray]:
+    """Read a submission or example file (``what`` names it in messages).
 
     Returns:
         the image locations (``video/NNNNN.jpg``) and their values (N, K), K = 2, 1 or 12.
+    Raises:
+        InputError: the file is missing, or a line is malformed (file and line named).
     """
     task = check_task(task)
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: submission file not found")
+        raise InputError(f"{path}: {what} not found")
     lines = path.read_text(encoding="utf-8-sig").splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
@@ -88,7 +91,7 @@ def check_submission(path: Path, task: str, example: Path) -> list[str]:
         locations, values = read_submission(path, task)
     except InputError as err:
         return [str(err)]
-    example_locations, _ = read_submission(example, task)
+    example_locations, _ = read_submission(example, task, "example file (--example)")
     if len(locations) != len(example_locations):
         problems.append(
             f"{path}: {len(locations)} rows, the example {example} has {len(example_locations)}"

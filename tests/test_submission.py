@@ -131,6 +131,12 @@ def test_check_submission_names_the_first_problem(tmp_path):
     header.write_text("image_location,valence\n")
     assert ":1: header" in check_submission(header, "va", example)[0]
 
+    result = CliRunner().invoke(cli, ["check-submission", str(good), "--task", "expr", "--example",
+                                      str(tmp_path / "nothere.txt")])
+    assert result.exit_code == 2
+    missing = tmp_path / "nothere.txt"
+    assert result.output == f"error: {missing}: example file (--example) not found\n"
+
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     result = CliRunner().invoke(

@@ -28,7 +28,7 @@ TEST = "test"
 
 def _rows_of_example(ds: AffWild2, task: str) -> tuple[list[str], list[tuple[str, int]]]:
     example = ds.example_submission(task)
-    locations, _ = read_submission(example, task)
+    locations, _ = read_submission(example, task, "the dataset's example submission file")
     frames = []
     for i, loc in enumerate(locations):
         try:
