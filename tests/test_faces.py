@@ -278,8 +278,12 @@ def test_unusable_files_are_one_line_and_exit_2_leaving_nothing(tmp_path):
         result = run_cli("faces", tmp_path / bad, "--out", tmp_path / "out", "--device", "cpu")
         assert result.exit_code == 2, result.output
         assert result.output.count("\n") == 1 and message in result.output and bad in result.output
-    assert not any((tmp_path / "out" / "cropped_aligned").iterdir())
-    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+    assert not (tmp_path / "out").exists()  # not even the empty folders
+    # a root that was there before keeps what it held
+    (tmp_path / "mine" / "cropped_aligned" / "earlier").mkdir(parents=True)
+    result = run_cli("faces", tmp_path / "notes.mp4", "--out", tmp_path / "mine", "--device", "cpu")
+    assert result.exit_code == 2
+    assert (tmp_path / "mine" / "cropped_aligned" / "earlier").is_dir()
 
 
 def test_no_face_gives_an_empty_folder_and_a_record_saying_so(tmp_path):

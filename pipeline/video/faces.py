@@ -14,6 +14,7 @@ settings or from another file of the same name), and redoes any a killed run lef
 torchrun the videos are split between ranks by file size, as extraction splits them by frames.
 """
 
+import contextlib
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -122,6 +123,7 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
     _unique_stems(videos)
     root = Path(out)
     image_root = root / IMAGE_DIR
+    created = [d for d in (root, image_root) if not d.exists()]  # removed if nothing is usable
     image_root.mkdir(parents=True, exist_ok=True)
 
     outputs: dict[str, list[str]] = {}
@@ -172,6 +174,10 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
     outputs = {str(p): merged[str(p)] for p in videos if str(p) in merged}  # in the order given
     if failed:
         if not outputs:
+            if dist.is_main:  # nothing written: the folders this run made go too
+                for folder in reversed(created):
+                    with contextlib.suppress(OSError):  # not empty: something else is in it
+                        folder.rmdir()
             first = next(iter(failed.values()))
             raise InputError(first if len(failed) == 1
                              else f"{first} (and {len(failed) - 1} more unusable videos)")
