@@ -477,6 +477,9 @@ def demo(settings, as_json):
     emit(figures, as_json, demo_table(figures, Path(config.out)))
 
 
+NAMES = {"va": "VA", "expr": "Expr", "au": "AU"}
+
+
 def demo_table(figures: dict, out: Path) -> str:
     """The demo's closing table: the ablation rows by task with 95 % intervals over validation
     videos, the differences from the full model that the validation set resolves, test scores, where
@@ -497,9 +500,9 @@ def demo_table(figures: dict, out: Path) -> str:
     resolved = [f"{row} {t} {d['diff']:+.3f} [{d['ci95'][0]:+.3f},{d['ci95'][1]:+.3f}]"
                 for t in tasks for row, d in spread.get(t, {}).get("differences", {}).items()
                 if d["ci95"][0] > 0 or d["ci95"][1] < 0]
-    videos = {t: spread[t]["videos"] for t in spread}
-    lines.append("validation: VA mean CCC, Expr macro F1, AU mean F1, [95 % interval over "
-                 f"{videos} videos]; report: {out / 'report.html'}")
+    videos = ", ".join(f"{NAMES[t]} {spread[t]['videos']}" for t in tasks if t in spread)
+    lines.append("validation: VA mean CCC, Expr macro F1, AU mean F1, [95 % interval over the "
+                 f"validation videos: {videos or 'none'}]; report: {out / 'report.html'}")
     lines.append("differences from the full model that these videos resolve: "
                  + ("; ".join(resolved) if resolved else "none (every interval includes 0)"))
     frame_level = [f"{name} {figures[key]['best_f1']:.4f}" for key, name in
