@@ -34,10 +34,26 @@ def ccc(x: np.ndarray, y: np.ndarray) -> float:
     return float(2 * cov / denom) if denom > 0 else 0.0
 
 
+def _pair(metric: str, pred, true, shape: str) -> tuple[np.ndarray, np.ndarray]:
+    """``pred`` and ``true`` as arrays, refused unless both have the shape ``shape`` says ("N",
+    "N, 2", "N, 12"), N the same: numpy would broadcast a mismatch into a wrong score."""
+    pred, true = np.asarray(pred), np.asarray(true)
+    width = [int(w) for w in shape.split(", ")[1:]]
+    if pred.shape != true.shape or pred.ndim != 1 + len(width) or list(pred.shape[1:]) != width:
+        raise ValueError(f"{metric} needs predictions and labels of shape ({shape}) with one N, "
+                         f"got {pred.shape} and {true.shape}")
+    return pred, true
+
+
 def binary_f1(pred: np.ndarray, true: np.ndarray) -> float:
-    """F1 of the positive class of 0/1 arrays; 0 when there are no positives on either side."""
-    pred = np.asarray(pred).astype(bool)
-    true = np.asarray(true).astype(bool)
+    """F1 of the positive class of 0/1 arrays (N,); 0 when there are no positives on either side.
+
+    Raises:
+        ValueError: the two differ in shape.
+    """
+    pred, true = _pair("binary_f1", pred, true, "N")
+    pred = pred.astype(bool)
+    true = true.astype(bool)
     tp = np.count_nonzero(pred & true)
     denom = np.count_nonzero(pred) + np.count_nonzero(true)
     return 2 * tp / denom if denom else 0.0
@@ -49,8 +65,10 @@ def va_score(pred: np.ndarray, true: np.ndarray) -> dict:
     Args:
         pred: (N, 2) predictions, columns valence, arousal.
         true: (N, 2) labels of valid frames.
+    Raises:
+        ValueError: other shapes.
     """
-    pred, true = np.asarray(pred), np.asarray(true)
+    pred, true = _pair("va_score", pred, true, "N, 2")
     per = {name: ccc(pred[:, i], true[:, i]) for i, name in enumerate(VA_NAMES)}
     return {"score": float(np.mean(list(per.values()))), **per, "frames": int(len(true))}
 
@@ -61,8 +79,11 @@ def expr_f1(pred: np.ndarray, true: np.ndarray) -> dict:
     Args:
         pred: (N,) predicted class indices 0..7.
         true: (N,) labels of valid frames.
+    Raises:
+        ValueError: other shapes.
     """
-    pred, true = np.asarray(pred).astype(np.int64), np.asarray(true).astype(np.int64)
+    pred, true = _pair("expr_f1", pred, true, "N")
+    pred, true = pred.astype(np.int64), true.astype(np.int64)
     per = {name: binary_f1(pred == k, true == k) for k, name in enumerate(EXPR_CLASSES)}
     accuracy = float((pred == true).mean()) if len(true) else 0.0
     return {"score": float(np.mean(list(per.values()))), **per, "accuracy": accuracy,
@@ -86,9 +107,11 @@ def uniform_guess_f1_from_counts(counts: np.ndarray) -> np.ndarray:
 
 
 def expr_confusion(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
-    """(8, 8) frame counts, row = true class, column = predicted class."""
+    """(8, 8) frame counts of predictions and labels (N,), row = true class, column = predicted
+    class."""
+    pred, true = _pair("expr_confusion", pred, true, "N")
     k = len(EXPR_CLASSES)
-    flat = np.asarray(true, dtype=np.int64) * k + np.asarray(pred, dtype=np.int64)
+    flat = true.astype(np.int64) * k + pred.astype(np.int64)
     return np.bincount(flat, minlength=k * k).reshape(k, k)
 
 
@@ -117,8 +140,10 @@ def au_f1(pred: np.ndarray, true: np.ndarray) -> dict:
     Args:
         pred: (N, 12) predicted 0/1.
         true: (N, 12) labels of valid frames.
+    Raises:
+        ValueError: other shapes.
     """
-    pred, true = np.asarray(pred), np.asarray(true)
+    pred, true = _pair("au_f1", pred, true, f"N, {len(AU_NAMES)}")
     per = {name: binary_f1(pred[:, i], true[:, i]) for i, name in enumerate(AU_NAMES)}
     return {"score": float(np.mean(list(per.values()))), **per, "frames": int(len(true))}
 

@@ -152,3 +152,15 @@ def test_scores_from_summed_video_statistics_are_the_official_ones(seed):
             again["score"], abs=1e-9), task
     constant = video_statistics("va", np.full((5, 2), 0.3), np.full((5, 2), 0.3))
     assert score_from_statistics("va", constant) == 0.0  # both constant and equal: 0, as ccc() says
+
+
+@pytest.mark.parametrize("metric,pred,true", [
+    (expr_f1, np.array([3]), np.zeros(1000)),  # numpy would broadcast this into a score
+    (expr_f1, np.zeros((5, 1)), np.zeros(5)),
+    (au_f1, np.zeros((5, 12)), np.zeros((6, 12))),
+    (au_f1, np.zeros((5, 11)), np.zeros((5, 11))),
+    (va_score, np.zeros((5, 2)), np.zeros(5)),
+])
+def test_predictions_and_labels_of_other_shapes_are_refused(metric, pred, true):
+    with pytest.raises(ValueError, match="needs predictions and labels of shape"):
+        metric(pred, true)
