@@ -132,7 +132,8 @@ def _pretrain(src: Sources) -> str:
     loss = (f"loss {steps[0]['loss']:.3f} at the first logged step, {epochs[-1]['loss']:.3f} in "
             "the last epoch" if steps and epochs else "")
     return (f'<section id="mae"><h2>MAE pretraining</h2><p>{loss}; {speed}.</p>{curve}'
-            "<p>Reconstructions (rows: original | masked | reconstruction), first and last "
+            "<p>Reconstructions (columns: original | masked | reconstruction | reconstruction "
+            "with the visible patches pasted in), first and last "
             f"epoch:</p>{pictures}</section>")
 
 

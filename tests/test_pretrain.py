@@ -133,7 +133,8 @@ def test_resumed_run_equals_uninterrupted_run(faces, tmp_path):
     assert (config["pretrain"]["workers"], config["pretrain"]["threads"]) == (2, 1)
     pngs = sorted(p.name for p in (cut / "recon").iterdir())
     assert pngs == ["epoch-001.png", "epoch-002.png"]
-    assert Image.open(cut / "recon" / "epoch-002.png").size == (4 * 34 - 2, 12 + 3 * 34 - 2 + 12)
+    # a title row, 3 rows of 32 px tiles, the norm-pix note wrapped to three lines of 12 px
+    assert Image.open(cut / "recon" / "epoch-002.png").size == (4 * 34 - 2, 12 + 3 * 34 - 2 + 36)
     encoder, info = load_encoder(cut / "checkpoint-last.pt")
     assert info.kind == "mae" and info.img_size == 32
     assert all(torch.equal(v, a["encoder"][k]) for k, v in encoder.state_dict().items())

@@ -7,6 +7,7 @@ the image, the structure inside each patch from the model), and a footer line sa
 """
 
 import io
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -79,21 +80,25 @@ def reconstruction_grid(model: MaskedAutoencoderViT, images: torch.Tensor, seed:
     masked = torch.where(mask_img.bool(), torch.full_like(images, 96), images)
     pasted = torch.where(mask_img.bool(), recon_u8, images)
     columns = [images, masked, recon_u8, pasted]
-    names = ["original", "masked", "reconstruction", "recon + visible"]
+    # each column's title, the longest that fits its width (the default font: ~6 pixels a letter)
+    titles = [("original", "orig"), ("masked", "mask"), ("reconstruction", "recon"),
+              ("recon + visible", "rec+vis", "+vis")]
 
     b, _, h, w = images.shape
-    gap, header = 2, 12
-    footer = header if model.config.norm_pix_loss else 0
-    canvas = Image.new("RGB",
-                       (len(columns) * (w + gap) - gap, header + b * (h + gap) - gap + footer),
-                       "white")
-    draw = ImageDraw.Draw(canvas)
+    gap, header, letter = 2, 12, 6
+    width = len(columns) * (w + gap) - gap
     # say so: with per-patch normalised targets the shown colour level of each patch is the truth's
-    if footer:
-        draw.text((1, canvas.height - footer),
-                  "norm-pix: hidden patches shown at the true patch mean/std", fill="black")
-    for c, (column, name) in enumerate(zip(columns, names, strict=True)):
-        draw.text((c * (w + gap) + 1, 0), name[: max(1, w // 6)], fill="black")
+    note = (textwrap.wrap("norm-pix: hidden patches shown at the true patch mean/std",
+                          max(8, width // letter)) if model.config.norm_pix_loss else [])
+    footer = header * len(note)
+    canvas = Image.new("RGB", (width, header + b * (h + gap) - gap + footer), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(note):
+        draw.text((1, canvas.height - footer + i * header), line, fill="black")
+    fit = max(1, w // letter)
+    for c, (column, names) in enumerate(zip(columns, titles, strict=True)):
+        title = next((n for n in names if len(n) <= fit), names[-1][:fit])
+        draw.text((c * (w + gap) + 1, 0), title, fill="black")
         for r in range(b):
             tile = Image.fromarray(column[r].permute(1, 2, 0).cpu().numpy())  # (H, W, C)
             canvas.paste(tile, (c * (w + gap), header + r * (h + gap)))
