@@ -20,6 +20,12 @@ import zarr.storage
 from .errors import StoreError
 from .format import FEATURES, PRESENT, VIDEOS, check_root_attrs, h5_decode_attrs, h5_encode_attrs
 
+# What slicing an array raises on a damaged chunk: the zstd codec a RuntimeError ("Zstd
+# decompression error") for truncated or garbled bytes, a ValueError for bytes that decode to the
+# wrong size, zipfile a BadZipFile (CRC mismatch in a .zarr.zip), the file system or h5py an
+# OSError.
+DAMAGED_CHUNK_ERRORS = (RuntimeError, ValueError, OSError, zipfile.BadZipFile)
+
 
 def _tree_bytes(path: Path) -> int:
     if path.is_file():
@@ -90,6 +96,27 @@ class ZarrBackend:
     def arrays(self, name: str):
         g = self.videos[name]
         return g[FEATURES], g[PRESENT]
+
+    def missing_chunks(self, name: str, present: np.ndarray) -> str | None:
+        """None when a video's arrays hold the chunk files their writer left, else what differs.
+
+        zarr stores no chunk that is all fill value (zeros, absent), so a writer leaves a chunk
+        file in both arrays for every chunk with a face, and none for a stretch without one (or,
+        with zarr's ``write_empty_chunks``, a file for every chunk). A deleted chunk file reads back
+        as fill value without any error: this count is how it is noticed.
+
+        Args:
+            name: a video.
+            present: (T,) bool, its present flags as read (a deleted present chunk reads false).
+        """
+        features, stored_present = self.arrays(name)
+        starts = np.arange(0, len(present), stored_present.chunks[0])
+        with_face = int(np.count_nonzero(np.logical_or.reduceat(present, starts)))
+        stored = (features.nchunks_initialized, stored_present.nchunks_initialized)
+        if stored in ((with_face, with_face), (features.nchunks, stored_present.nchunks)):
+            return None
+        return (f"{FEATURES!r} stores {stored[0]} chunk files and {PRESENT!r} {stored[1]}, but "
+                f"{with_face} of its {stored_present.nchunks} chunks hold a frame with a face")
 
     def begin_video(self, name: str, attrs: dict, num_frames: int, feature_dim: int,
                     dtype: str, chunk_rows: int):
@@ -204,6 +231,11 @@ class H5Backend:
     def arrays(self, name: str):
         g = self.videos[name]
         return g[FEATURES], g[PRESENT]
+
+    def missing_chunks(self, name: str, present: np.ndarray) -> None:
+        """HDF5 keeps every chunk inside its one file: damage there shows as a file that does not
+        open or a read error, never as a missing chunk."""
+        return None
 
     def begin_video(self, name: str, attrs: dict, num_frames: int, feature_dim: int,
                     dtype: str, chunk_rows: int):

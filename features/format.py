@@ -127,6 +127,22 @@ def infer_format(path: Path) -> str:
     return "zarr"
 
 
+# The names a new store gets from `export` and `merge`: the suffix says the container.
+OUTPUT_SUFFIXES = {".zarr": "zarr", ".zip": "zip", ".h5": "hdf5", ".hdf5": "hdf5"}
+
+
+def output_format(path: Path) -> str:
+    """The container of a store to write at ``path`` by export or merge, from its suffix:
+    'zarr' for .zarr, 'zip' for .zip (.zarr.zip), 'hdf5' for .h5/.hdf5. StoreError for any other
+    name, which would otherwise make a Zarr directory under a name that hides it (``out.txt``)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        raise StoreError(f"cannot write a store at {path}: its suffix {suffix or '(none)'} names "
+                         "no container; end it in .zarr (a directory), .zarr.zip (one zip file) "
+                         "or .h5/.hdf5 (HDF5)")
+    return OUTPUT_SUFFIXES[suffix]
+
+
 def sniff_format(path: Path) -> str:
     """The format of an existing store from its content: 'zarr', 'zip' or 'hdf5'."""
     path = Path(path)

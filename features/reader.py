@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import open_backend
+from .backends import DAMAGED_CHUNK_ERRORS, open_backend
 from .errors import StoreError
 from .fill import check_fill, fill_absent
-from .format import sniff_format
+from .format import FEATURES, PRESENT, VIDEOS, sniff_format
 
 
 @dataclass
@@ -93,16 +93,73 @@ class FeatureStore:
 
     def arrays(self, video: str):
         """The stored arrays of one video, lazy (``zarr.Array`` or ``h5py.Dataset``): features
-        (T, D) and present (T,); slicing reads only the chunks it touches."""
+        (T, D) and present (T,); slicing reads only the chunks it touches, and a damaged chunk
+        raises the container's own error (``read_rows`` turns it into a StoreError)."""
         self._check_video(video)
         return self._backend.arrays(video)
+
+    def _redo(self, video: str) -> str:
+        """What to do about a damaged complete video."""
+        if self.format == "zip":
+            return "export the store again from the Zarr store it was made from"
+        group = (f"delete {self.path / VIDEOS / video}" if self.format == "zarr"
+                 else f"delete its group (h5py: del f['{VIDEOS}/{video}'])")
+        return (f"{group} and rerun `mae-affect extract`, which redoes it "
+                f"(`mae-affect features verify {self.path}` lists every damaged video)")
+
+    def _read(self, video: str, name: str, array, start: int, stop: int) -> np.ndarray:
+        try:
+            return np.asarray(array[start:stop])
+        except DAMAGED_CHUNK_ERRORS as e:
+            raise StoreError(f"{self.path}: video {video!r}, array {name!r}: rows {start}:{stop} "
+                             f"cannot be read, a chunk file is damaged ({e}): "
+                             f"{self._redo(video)}") from e
 
     def read_rows(self, video: str, start: int = 0, stop: int | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
         """Rows ``start:stop`` as stored (absent rows zero): features (n, D) store dtype,
-        present (n,)."""
-        features, present = self.arrays(video)
-        return np.asarray(features[start:stop]), np.asarray(present[start:stop], dtype=bool)
+        present (n,) bool.
+
+        Reads only the chunks the rows lie in; unlike ``read`` and ``load_all`` it does not check
+        that the video's chunk files are all there (``check_stored``).
+
+        Args:
+            video: a name from ``videos()``.
+            start: first row, ``0 <= start <= stop``.
+            stop: row after the last, at most ``num_frames(video)``; None: the end.
+        Raises:
+            StoreError: rows outside the video, or a chunk that cannot be read (a damaged file).
+        """
+        t = self.num_frames(video)
+        stop = t if stop is None else stop
+        if not 0 <= start <= stop <= t:
+            raise StoreError(f"rows {start}:{stop} of video {video!r} in {self.path} are not a "
+                             f"range within its {t} rows: give 0 <= start <= stop <= {t}")
+        features, present = self._backend.arrays(video)
+        return (self._read(video, FEATURES, features, start, stop),
+                np.asarray(self._read(video, PRESENT, present, start, stop), dtype=bool))
+
+    def check_stored(self, video: str, present: np.ndarray) -> None:
+        """Refuse a video whose stored rows are not all there: a chunk file deleted from a Zarr
+        store reads back, without any error, as zero rows of frames without a face.
+
+        Args:
+            video: a name from ``videos()``.
+            present: (T,) bool, all its present flags as read.
+        Raises:
+            StoreError: chunk files missing, or another count of frames with a face than its
+                ``num_present``.
+        """
+        missing = self._backend.missing_chunks(video, present)
+        if missing:
+            raise StoreError(f"{self.path}: video {video!r} has chunk files missing ({missing}; "
+                             "a missing chunk reads as zero rows without error): "
+                             f"{self._redo(video)}")
+        counted = int(np.count_nonzero(present))
+        if counted != self.num_present(video):
+            raise StoreError(f"{self.path}: video {video!r}: num_present says "
+                             f"{self.num_present(video)}, {PRESENT!r} has {counted} (part of it "
+                             f"lost or changed): {self._redo(video)}")
 
     def read(self, video: str, fill: str = "zeros", dtype=None) -> tuple[np.ndarray, np.ndarray]:
         """One video: features (T, D) in ``dtype`` (default: the store's), present (T,) bool.
@@ -111,9 +168,12 @@ class FeatureStore:
             video: a name from ``videos()``.
             fill: rows of frames without a face: "zeros" (as stored), "nearest" or "linear".
             dtype: output dtype; None keeps the stored one.
+        Raises:
+            StoreError: the video is not complete, or damaged (``read_rows``, ``check_stored``).
         """
         check_fill(fill)
         features, present = self.read_rows(video)
+        self.check_stored(video, present)
         if dtype is not None:
             features = features.astype(dtype, copy=False)
         return fill_absent(features, present, fill), present
@@ -126,6 +186,8 @@ class FeatureStore:
             videos: names to load, in this order; None loads ``videos()``.
             dtype: dtype of the packed features (float32 by default; float16 halves the memory).
             fill: as in ``read``, applied per video.
+        Raises:
+            StoreError: a video not complete, or damaged (as in ``read``).
         """
         check_fill(fill)
         names = self.videos() if videos is None else list(videos)
@@ -139,9 +201,10 @@ class FeatureStore:
         present = np.empty(start, bool)
         for v in names:
             a, b = offsets[v]
-            stored_features, stored_present = self.arrays(v)
-            features[a:b] = stored_features[:]
-            present[a:b] = stored_present[:]
+            stored_features, stored_present = self.read_rows(v)
+            self.check_stored(v, stored_present)
+            features[a:b] = stored_features
+            present[a:b] = stored_present
             fill_absent(features[a:b], present[a:b], fill)
         return Packed(features, present, offsets, names)
 

@@ -15,7 +15,7 @@ from .format import (
     CHUNK_ROWS,
     IDENTITY_KEYS,
     identity_differences,
-    infer_format,
+    output_format,
     sniff_format,
 )
 from .reader import FeatureStore, open_store
@@ -25,7 +25,8 @@ BLOCK_ROWS = 16 * CHUNK_ROWS  # rows read at a time when scanning or copying a v
 
 
 def _check_video(store: FeatureStore, video: str) -> list[str]:
-    """Problems of one complete video: shapes, dtype, counts, NaN/Inf, non-zero absent rows."""
+    """Problems of one complete video: shapes, dtype, damaged or missing chunks, counts, NaN/Inf,
+    non-zero absent rows."""
     features, present = store.arrays(video)
     t = store.num_frames(video)
     where = f"video {video}"
@@ -40,21 +41,22 @@ def _check_video(store: FeatureStore, video: str) -> list[str]:
                         f"expected bool ({t},)")
     if problems:
         return problems
-    nonfinite = nonzero_absent = num_present = 0
-    for a in range(0, t, BLOCK_ROWS):
-        f = np.asarray(features[a:a + BLOCK_ROWS])
-        p = np.asarray(present[a:a + BLOCK_ROWS])
-        nonfinite += int(np.count_nonzero(~np.isfinite(f).all(axis=1)))
-        nonzero_absent += int(np.count_nonzero(f[~p].any(axis=1)))
-        num_present += int(np.count_nonzero(p))
+    nonfinite = nonzero_absent = 0
+    all_present = np.empty(t, bool)  # (T,)
+    try:
+        for a in range(0, t, BLOCK_ROWS):
+            f, p = store.read_rows(video, a, min(a + BLOCK_ROWS, t))
+            all_present[a:a + len(p)] = p
+            nonfinite += int(np.count_nonzero(~np.isfinite(f).all(axis=1)))
+            nonzero_absent += int(np.count_nonzero(f[~p].any(axis=1)))
+        store.check_stored(video, all_present)
+    except StoreError as e:  # a damaged or missing chunk
+        problems.append(str(e))
     if nonfinite:
         problems.append(f"{where}: {nonfinite} frames hold NaN or Inf: re-extract it "
                         "(begin_video again, or delete its group and rerun extraction)")
     if nonzero_absent:
         problems.append(f"{where}: {nonzero_absent} frames without a face hold non-zero rows")
-    if store.num_present(video) != num_present:
-        problems.append(f"{where}: num_present says {store.num_present(video)}, "
-                        f"present has {num_present}")
     return problems
 
 
@@ -62,9 +64,10 @@ def verify_store(path, expected: dict[str, int] | None = None, progress: bool = 
     """Every problem of a store, as sentences; an empty list means it is sound.
 
     Checks: it opens; root attributes complete; every video group complete, shaped
-    (num_frames, feature_dim) with the store's dtype, no NaN/Inf, absent rows zero; a Zarr store's
-    consolidated listing up to date; with ``expected`` (video -> frame count, e.g. from the
-    dataset), no video missing, none extra, every frame count right.
+    (num_frames, feature_dim) with the store's dtype, every chunk readable and none missing
+    (``FeatureStore.check_stored``), num_present right, no NaN/Inf, absent rows zero; a Zarr
+    store's consolidated listing up to date; with ``expected`` (video -> frame count, e.g. from
+    the dataset), no video missing, none extra, every frame count right.
 
     Args:
         path: the store.
@@ -143,21 +146,25 @@ def _check_disjoint(sources: list[FeatureStore]) -> None:
 
 
 def _copy_videos(sources: list[FeatureStore], writer, skip: set[str], progress: bool) -> None:
-    """Copy every complete video of ``sources`` not in ``skip`` into ``writer``, block by block."""
+    """Copy every complete video of ``sources`` not in ``skip`` into ``writer``, block by block;
+    a damaged source video is refused (StoreError), not copied as if it were sound."""
     todo = [(s, v) for s in sources for v in s.videos() if v not in skip]
     for s, v in tqdm(todo, desc="copy", unit="video", disable=not progress):
         t = s.num_frames(v)
         vw = writer.begin_video(v, t)
+        all_present = np.empty(t, bool)  # (T,)
         for a in range(0, t, BLOCK_ROWS):
-            features, present = s.read_rows(v, a, a + BLOCK_ROWS)
+            features, present = s.read_rows(v, a, min(a + BLOCK_ROWS, t))
             vw.write(a, features, present)
+            all_present[a:a + len(present)] = present
+        s.check_stored(v, all_present)
         vw.finish()
 
 
-def _write_new(sources: list[FeatureStore], dst: Path, progress: bool) -> None:
-    """A new store ``dst`` holding the videos of ``sources``, written under a temporary name and
-    renamed (an existing ``dst`` is replaced only once the copy is whole)."""
-    fmt = infer_format(dst)
+def _write_new(sources: list[FeatureStore], dst: Path, fmt: str, progress: bool) -> None:
+    """A new store ``dst`` ('zarr', 'zip' or 'hdf5': ``fmt``) holding the videos of ``sources``,
+    written under a temporary name and renamed (an existing ``dst`` is replaced only once the copy
+    is whole)."""
     check_replaceable(dst)
     tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp_zarr = tmp.with_name(tmp.name + ".zarr") if fmt == "zip" else tmp
@@ -183,24 +190,29 @@ def _write_new(sources: list[FeatureStore], dst: Path, progress: bool) -> None:
 def export_store(src, dst, overwrite: bool = False, progress: bool = False) -> Path:
     """Copy a store into another container, values and attributes identical.
 
-    The output format follows ``dst``'s suffix: ``.h5``/``.hdf5`` HDF5, ``.zip`` a single-file
-    zip of a Zarr store (read with ``zarr.storage.ZipStore``), anything else a Zarr directory.
-    Only complete videos are copied. The copy is written under a temporary name and renamed.
+    The output format follows ``dst``'s suffix: ``.zarr`` a Zarr directory, ``.zip``
+    (``.zarr.zip``) a single-file zip of a Zarr store (read with ``zarr.storage.ZipStore``),
+    ``.h5``/``.hdf5`` HDF5; any other name is refused before anything is written. Only complete
+    videos are copied. The copy is written under a temporary name and renamed.
 
     Args:
         src: the store to read.
         dst: the new store's path.
         overwrite: replace an existing ``dst``.
         progress: show a tqdm bar over videos.
+    Raises:
+        StoreError: ``dst`` with another suffix, or existing without ``overwrite``; a source that
+            does not open, or a damaged video in it (nothing is left at ``dst`` then).
     """
     src, dst = Path(src), Path(dst)
+    fmt = output_format(dst)
     if src.resolve() == dst.resolve():
         raise StoreError(f"export {src} onto itself: give another output path")
     if dst.exists() and not overwrite:
         raise StoreError(f"{dst} exists: choose another output path or pass overwrite=True "
                          "(--overwrite)")
     with open_store(src) as store:
-        _write_new([store], dst, progress)
+        _write_new([store], dst, fmt, progress)
     return dst
 
 
@@ -214,8 +226,8 @@ def merge_stores(parts, out, overwrite: bool = False, progress: bool = False) ->
 
     Args:
         parts: store paths; identity attributes must agree, and no video may be in two parts.
-        out: the merged store (format from its suffix, as in ``export_store``); not one of the
-            parts.
+        out: the merged store (format from its suffix, as in ``export_store``: a new one must
+            end in .zarr, .zarr.zip, .h5 or .hdf5); not one of the parts.
         overwrite: build ``out`` afresh from the parts alone.
         progress: show a tqdm bar over videos.
     """
@@ -236,7 +248,7 @@ def merge_stores(parts, out, overwrite: bool = False, progress: bool = False) ->
             with create_store(out, stores[0].attrs) as writer:
                 _copy_videos(stores, writer, writer.completed(), progress)
         else:
-            _write_new(stores, out, progress)
+            _write_new(stores, out, output_format(out), progress)
     finally:
         for s in stores:
             s.close()

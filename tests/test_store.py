@@ -238,13 +238,29 @@ def test_export_round_trips_exactly(store_path, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
 
 
-def test_export_overwrite_refuses_a_folder_that_is_not_a_store(store_path, tmp_path):
-    precious = tmp_path / "thesis"
+@pytest.mark.parametrize("name, match", [("thesis.zarr", "not a feature store"),
+                                         ("thesis", "suffix")])
+def test_export_overwrite_refuses_a_folder_that_is_not_a_store(store_path, tmp_path, name, match):
+    precious = tmp_path / name
     precious.mkdir()
     (precious / "thesis.tex").write_text("keep")
-    with pytest.raises(features.StoreError, match="not a feature store"):
+    with pytest.raises(features.StoreError, match=match):
         features.export_store(store_path, precious, overwrite=True)
     assert (precious / "thesis.tex").read_text() == "keep"
+
+
+@pytest.mark.parametrize("name", ["out.txt", "out", "feats.zarr.tar"])
+def test_export_and_merge_refuse_a_name_that_says_no_container(store_path, tmp_path, name):
+    supported = r"\.zarr \(a directory\), \.zarr\.zip \(one zip file\) or \.h5/\.hdf5"
+    with pytest.raises(features.StoreError, match=rf"{name}: its suffix .* {supported}"):
+        features.export_store(store_path, tmp_path / name)
+    with pytest.raises(features.StoreError, match=supported):
+        features.merge_stores([store_path], tmp_path / name)
+    assert not (tmp_path / name).exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+    features.export_store(store_path, tmp_path / "out.HDF5")  # the suffixes it names are taken
+    with features.open_store(tmp_path / "out.HDF5") as s:
+        assert s.format == "hdf5"
 
 
 def test_damaged_zip_and_hdf5_are_store_errors(tmp_path):
@@ -277,6 +293,115 @@ def test_verify_catches_problems(store_path):
     assert "video 105: 2 frames hold NaN or Inf" in text
     assert len(problems) == 3
     assert "no feature store" in features.verify_store(store_path.with_name("nothing.zarr"))[0]
+
+
+def test_read_rows_refuses_rows_outside_the_video(store_path):
+    with features.open_store(store_path) as s:
+        f, p = s.read("vid_left")  # 13 rows
+        for start, stop in [(0, None), (0, 13), (4, 9), (12, None), (13, 13), (0, 0)]:
+            got_f, got_p = s.read_rows("vid_left", start, stop)
+            np.testing.assert_array_equal(got_f, f[start:stop])
+            np.testing.assert_array_equal(got_p, p[start:stop])
+        for start, stop in [(-5, 5), (-1, None), (5, 3), (0, 14), (14, None)]:
+            with pytest.raises(features.StoreError,
+                               match=r"of video 'vid_left' .* 0 <= start <= stop <= 13"):
+                s.read_rows("vid_left", start, stop)
+
+
+def _chunked_store(path) -> None:
+    """Video 'vid': 13 rows in chunks of 4, faces in chunks 0, 2 and 3 but none in chunk 1 (rows
+    4..7), so that zarr stores no file for chunk 1; 'faceless' has no face and no chunk file."""
+    f, p = make_video(13, 0)
+    p[4:8], p[8], p[12] = False, True, True
+    with features.create_store(path, make_attrs(), chunk_rows=4) as w:
+        write_video(w, "vid", f, p)
+        write_video(w, "105", *VIDEOS["105"])
+        write_video(w, "faceless", np.zeros((6, D), np.float32), np.zeros(6, bool))
+
+
+def _cli_verify(path):
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    result = CliRunner().invoke(cli, ["features", "verify", str(path)])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+@pytest.mark.parametrize("damage", [lambda b: b[: len(b) // 2], lambda b: b"junk" * 8,
+                                    lambda b: b""], ids=["truncated", "garbled", "emptied"])
+def test_a_damaged_chunk_is_named_not_a_crash(tmp_path, damage):
+    path = tmp_path / "feats.zarr"
+    _chunked_store(path)
+    chunk = path / "videos/vid/features/c/2/0"
+    chunk.write_bytes(damage(chunk.read_bytes()))
+    problems = features.verify_store(path)
+    assert len(problems) == 1
+    assert "video 'vid', array 'features'" in problems[0] and "damaged" in problems[0]
+    result = _cli_verify(path)
+    assert result.exit_code == 1 and "video 'vid', array 'features'" in result.output
+    named = r"feats.zarr: video 'vid', array 'features'.*damaged.*rerun `mae-affect extract`"
+    with features.open_store(path) as s:
+        for read in (s.load_all, lambda: s.read("vid"), lambda: s.read_rows("vid", 8, 12)):
+            with pytest.raises(features.StoreError, match=named):
+                read()
+        assert s.read_rows("vid", 0, 8)[1].any()  # the other chunks still read
+        s.load_all(["105", "faceless"])
+    with pytest.raises(features.StoreError, match=named):
+        features.export_store(path, tmp_path / "copy.h5")
+    assert not (tmp_path / "copy.h5").exists()
+
+
+def test_a_damaged_chunk_in_a_zip_is_named(tmp_path):
+    import zipfile
+
+    _chunked_store(tmp_path / "feats.zarr")
+    zipped = tmp_path / "feats.zarr.zip"
+    features.export_store(tmp_path / "feats.zarr", zipped)
+    with zipfile.ZipFile(zipped) as zf:
+        member = zf.getinfo("videos/vid/features/c/0/0")
+    data = bytearray(zipped.read_bytes())
+    data[member.header_offset + 30 + len(member.filename) + len(member.extra) + 5] ^= 0xFF
+    zipped.write_bytes(bytes(data))
+    assert "video 'vid', array 'features'" in "".join(features.verify_store(zipped))
+    with features.open_store(zipped) as s, pytest.raises(features.StoreError, match="export"):
+        s.load_all()
+
+
+@pytest.mark.parametrize("lost, match", [
+    (["features/c/2/0"], "has chunk files missing"), (["present/c/2"], "has chunk files missing"),
+    (["features/c/2/0", "present/c/2"], "num_present says"),
+])
+def test_a_missing_chunk_is_found(tmp_path, lost, match):
+    path = tmp_path / "feats.zarr"
+    _chunked_store(path)
+    assert not (path / "videos/vid/features/c/1").exists()  # no face, no file: that is sound
+    assert features.verify_store(path) == []
+    for name in lost:
+        (path / "videos/vid" / name).unlink()
+    problems = features.verify_store(path)
+    assert any(f"feats.zarr: video 'vid' {match}" in p or
+               f"feats.zarr: video 'vid': {match}" in p for p in problems), problems
+    assert all("vid" in p for p in problems)
+    assert "video 'vid'" in _cli_verify(path).output
+    with features.open_store(path) as s:
+        for read in (s.load_all, lambda: s.read("vid")):
+            with pytest.raises(features.StoreError, match=f"video 'vid'.? {match}"):
+                read()
+        s.load_all(["105", "faceless"])
+    with pytest.raises(features.StoreError, match=match):
+        features.export_store(path, tmp_path / "copy.zarr")
+
+
+def test_a_store_written_with_every_chunk_verifies(tmp_path):
+    path = tmp_path / "feats.zarr"
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        _chunked_store(path)
+    assert (path / "videos/vid/features/c/1/0").exists()
+    assert features.verify_store(path) == []
+    (path / "videos/vid/present/c/3").unlink()
+    assert "has chunk files missing" in "".join(features.verify_store(path))
 
 
 def test_merge_hdf5_parts(tmp_path):
