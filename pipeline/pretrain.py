@@ -123,8 +123,9 @@ def pretrain(cfg: PretrainConfig, *, stop_at_epoch: int | None = None,
         progress: show the tqdm bar (rank 0 only).
 
     Returns:
-        {"run", "checkpoint", "epochs_done", "images", "loss_start", "loss_end", "img_per_s",
-        "unreadable"} (``loss_start``: the first step; ``loss_end``, ``img_per_s``: the last epoch),
+        {"run", "checkpoint", "epochs_done", "images", "loss_first_step", "loss_last_epoch",
+        "img_per_s", "unreadable"} (``loss_first_step``: the first logged step's loss, or the first
+        epoch's mean when no step was logged; ``loss_last_epoch``, ``img_per_s``: the last epoch),
         or None on ranks other than 0 under torchrun.
     Raises:
         ConfigError / InputError: no images, too few for one step, a run made with other settings.
@@ -217,8 +218,8 @@ def pretrain(cfg: PretrainConfig, *, stop_at_epoch: int | None = None,
         "checkpoint": str(engine.last_path) if engine.last_path.exists() else None,
         "epochs_done": epochs[-1]["epoch"] if epochs else 0,
         "images": len(paths),
-        "loss_start": steps[0]["loss"] if steps else (epochs[0]["loss"] if epochs else None),
-        "loss_end": epochs[-1]["loss"] if epochs else None,
+        "loss_first_step": steps[0]["loss"] if steps else (epochs[0]["loss"] if epochs else None),
+        "loss_last_epoch": epochs[-1]["loss"] if epochs else None,
         "img_per_s": epochs[-1]["img_per_s"] if epochs else None,
         "unreadable": len(reported),
     }

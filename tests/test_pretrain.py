@@ -122,7 +122,7 @@ def test_resumed_run_equals_uninterrupted_run(faces, tmp_path):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert (without_timing(read_jsonl(tmp_path / "whole" / "log.jsonl"))
             == without_timing(read_jsonl(cut / "log.jsonl")))
-    assert resumed["loss_end"] == whole["loss_end"]
+    assert resumed["loss_last_epoch"] == whole["loss_last_epoch"]
 
     # What a run directory holds: resolved config, a recon picture per epoch, a loadable encoder.
     config = json.loads((cut / "config.json").read_text())
@@ -222,7 +222,8 @@ def test_loss_falls_on_synthetic_faces(faces, tmp_path):
                                   lr=1.5e-3, decoder_embed_dim=64, decoder_num_heads=4,
                                   max_images=96), progress=False)
     # Per-patch normalised targets: predicting each patch's mean scores 1.0.
-    assert summary["loss_end"] < 0.95 and summary["loss_end"] < 0.75 * summary["loss_start"]
+    end = summary["loss_last_epoch"]
+    assert end < 0.95 and end < 0.75 * summary["loss_first_step"]
 
 
 @pytest.mark.slow
