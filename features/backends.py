@@ -243,10 +243,14 @@ class H5Backend:
             del self.videos[name]  # HDF5 does not reclaim the space; `export` writes a compact copy
         g = self.videos.create_group(name)
         g.attrs.update(attrs)
+        # Fletcher-32 checksums (HDF5's own filter, read by any HDF5 library): a damaged chunk
+        # fails to read instead of reading as other numbers
         features = g.create_dataset(FEATURES, shape=(num_frames, feature_dim), dtype=dtype,
-                                    chunks=(min(chunk_rows, num_frames), feature_dim), fillvalue=0)
+                                    chunks=(min(chunk_rows, num_frames), feature_dim), fillvalue=0,
+                                    fletcher32=True)
         present = g.create_dataset(PRESENT, shape=(num_frames,), dtype=bool,
-                                   chunks=(min(chunk_rows, num_frames),), fillvalue=False)
+                                   chunks=(min(chunk_rows, num_frames),), fillvalue=False,
+                                   fletcher32=True)
         return features, present
 
     def set_video_attrs(self, name: str, attrs: dict) -> None:

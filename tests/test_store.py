@@ -4,14 +4,17 @@ store."""
 
 import json
 import multiprocessing as mp
+import zipfile
 
 import h5py
 import numpy as np
 import pytest
 import zarr
 import zarr.storage
+from click.testing import CliRunner
 
 import features
+from cli import cli
 from features.fill import fill_absent
 
 D = 8  # feature width of the test stores
@@ -320,10 +323,6 @@ def _chunked_store(path) -> None:
 
 
 def _cli_verify(path):
-    from click.testing import CliRunner
-
-    from cli import cli
-
     result = CliRunner().invoke(cli, ["features", "verify", str(path)])
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     return result
@@ -353,9 +352,22 @@ def test_a_damaged_chunk_is_named_not_a_crash(tmp_path, damage):
     assert not (tmp_path / "copy.h5").exists()
 
 
-def test_a_damaged_chunk_in_a_zip_is_named(tmp_path):
-    import zipfile
+def test_a_damaged_chunk_in_hdf5_is_named_not_read_as_other_numbers(tmp_path):
+    path = tmp_path / "feats.h5"
+    _chunked_store(path)
+    with h5py.File(path, "r") as f:
+        chunk = f["videos/vid/features"].id.get_chunk_info(2)  # rows 8..11
+    data = bytearray(path.read_bytes())
+    data[chunk.byte_offset + 3] ^= 0xFF  # one byte of a stored value
+    path.write_bytes(bytes(data))
+    assert "video 'vid', array 'features'" in "".join(features.verify_store(path))
+    with features.open_store(path) as s:
+        with pytest.raises(features.StoreError, match="rows 8:12 cannot be read"):
+            s.read_rows("vid", 8, 12)
+        assert s.read_rows("vid", 0, 8)[1].any()  # the other chunks still read
 
+
+def test_a_damaged_chunk_in_a_zip_is_named(tmp_path):
     _chunked_store(tmp_path / "feats.zarr")
     zipped = tmp_path / "feats.zarr.zip"
     features.export_store(tmp_path / "feats.zarr", zipped)
@@ -466,10 +478,6 @@ def test_stale_consolidated_listing_is_reported_and_fixed(tmp_path):
 
 
 def test_cli_info_verify_export(mini_root, tmp_path):
-    from click.testing import CliRunner
-
-    from cli import cli
-
     store = tmp_path / "feats.zarr"
     with features.create_store(store, make_attrs(), chunk_rows=4) as w:
         write_video(w, "vid_left", *make_video(6, 0))
@@ -574,8 +582,6 @@ def _text_file(path) -> None:
 
 
 def _foreign_zip(path) -> None:
-    import zipfile
-
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("zarr.json", '{"zarr_format": 3, "node_type": "group"}')
 
