@@ -76,12 +76,14 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def fits_on(device: torch.device, nbytes: int, share: float = 0.5) -> bool:
     """Whether ``nbytes`` may be kept on ``device``: on CUDA at most ``share`` of the memory it has
-    free now, so that the model, its activations and the optimizer keep the rest; the CPU always
-    (the bytes are in its memory already)."""
+    free now (with what torch's allocator holds cached but unused, e.g. an earlier run's table), so
+    that the model, its activations and the optimizer keep the rest; the CPU always (the bytes are
+    in its memory already)."""
     if device.type != "cuda":
         return True
     free, _ = torch.cuda.mem_get_info(device)
-    return nbytes <= share * free
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return nbytes <= share * (free + cached)
 
 
 def host_cores() -> int:

@@ -17,11 +17,17 @@ from tqdm import tqdm
 
 from pipeline.checkpoint import read_checkpoint
 from pipeline.data.affwild2 import AffWild2
-from pipeline.device import autocast, fits_on, resolve_device, to_device
+from pipeline.device import autocast, fits_on, resolve_device, synchronize, to_device
 from pipeline.errors import InputError
 from pipeline.heads import postprocess
 from pipeline.heads.folds import pooled_annotations
-from pipeline.heads.sequences import Batcher, FeatureTable, load_features, make_windows
+from pipeline.heads.sequences import (
+    Batcher,
+    FeatureTable,
+    load_features,
+    make_windows,
+    window_index,
+)
 from pipeline.models import build_model
 
 CHECKPOINT_FORMAT = "mae-affect-head"
@@ -54,20 +60,24 @@ def infer(model: torch.nn.Module, task: str, table: FeatureTable, videos, window
     if batcher is None:
         batcher = Batcher(table.features,
                           device=device if fits_on(device, table.features.nbytes) else None)
-    # (sum T, K) sums over windows and (sum T,) counts, on the device: read once at the end
-    total = torch.zeros(len(table.features), model.out_dim, device=device)
-    count = torch.zeros(len(table.features), device=device)
+    outputs = []  # per batch: activated outputs (B, W, K) on their way to the host, rows, keep
     starts = range(0, len(windows), batch_size)
     for i in tqdm(starts, desc="infer", unit="batch", disable=not progress, leave=False):
         b = batcher.batch(windows[i : i + batch_size], window)
-        rows, keep = to_device(b["rows"], device).flatten(), to_device(b["keep"], device)
         with autocast(device, bf16):
-            out = model(to_device(b["x"], device), keep)  # (B, W, K)
-        # padding adds zeros (to its window's last real row), so no row selection is needed
-        out = activate(task, out.float()) * keep[..., None]
-        total.index_add_(0, rows, out.flatten(0, 1))
-        count.index_add_(0, rows, keep.flatten().float())
-    mean = (total / count.clamp(min=1)[:, None]).cpu().numpy()
+            out = model(to_device(b["x"], device), to_device(b["keep"], device))  # (B, W, K)
+        # copied without waiting for it (read after the last batch)
+        outputs.append((activate(task, out.float()).to("cpu", non_blocking=True),
+                        *window_index(windows[i : i + batch_size], b["keep"].shape[1])))
+    synchronize(device)
+    # summed on the host in batch order: the same sums on every run (a GPU's index_add_ adds in
+    # no fixed order)
+    total = torch.zeros(len(table.features), model.out_dim)  # (sum T, K) sums over windows
+    count = torch.zeros(len(table.features))
+    for out, rows, keep in outputs:
+        total.index_add_(0, rows[keep], out[keep])
+        count.index_add_(0, rows[keep], torch.ones(int(keep.sum())))
+    mean = (total / count.clamp(min=1)[:, None]).numpy()
     return {v: mean[slice(*table.offsets[v])] for v in videos}
 
 
