@@ -81,7 +81,7 @@ def test_rerun_is_a_no_op_and_a_foreign_folder_is_refused(tmp_path):
     ({"pairs": 5, "videos": 8}, "pairs"), ({"people": 0}, "use 1 or more"),
     ({"scenes": 0}, "use 1 or more"),
     ({"videos": 60, "val_fraction": 0.6, "test_fraction": 0.6}, "leaves no video for Train_Set"),
-    ({"val_fraction": 0.0}, "between 0 and 1"), ({"task_prob": 1.5}, "between 0 and 1")])
+    ({"val_fraction": 0.0}, "between 0 and 1"), ({"task_prob": 1.5}, "a chance from 0 to 1")])
 def test_unusable_configs_are_input_errors(bad, names):
     with pytest.raises(InputError, match=names):
         plan_videos(replace(preset(SynthConfig, "tiny"), **bad))

@@ -70,7 +70,8 @@ class FinetuneConfig:
     seed: int = setting(0, "Seed of the head, data order, augmentation and mixing.")
     device: str = setting("auto", "auto, cpu or cuda.", choices=DEVICES)
     bf16: bool = setting(True, "bf16 autocast (CUDA, and CPUs with native bf16).")
-    log_every: int = setting(10, "Optimizer steps between step lines of log.jsonl.")
+    log_every: int = setting(10, "Optimizer steps between step lines of log.jsonl (and between the "
+                                 "reads of the losses: a NaN stops the run at most this late).")
     tensorboard: bool = setting(True, "Also write TensorBoard event files (when TensorBoard is "
                                       "installed).")
 

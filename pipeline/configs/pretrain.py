@@ -47,7 +47,8 @@ class PretrainConfig:
     seed: int = setting(0, "Seed of the weights, data order, augmentation and masking.")
     device: str = setting("auto", "auto, cpu or cuda.", choices=DEVICES)
     bf16: bool = setting(True, "bf16 autocast (CUDA, and CPUs with native bf16).")
-    log_every: int = setting(10, "Optimizer steps between step lines of log.jsonl.")
+    log_every: int = setting(10, "Optimizer steps between step lines of log.jsonl (and between the "
+                                 "reads of the losses: a NaN stops the run at most this late).")
     recon_images: int = setting(6, "Rows of the per-epoch reconstruction picture.")
     tensorboard: bool = setting(True, "Also write TensorBoard event files (when TensorBoard is "
                                       "installed).")

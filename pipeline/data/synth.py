@@ -124,10 +124,11 @@ class Timeline:
 
 
 def check_config(cfg: SynthConfig) -> None:
-    for key in ("val_fraction", "test_fraction", "new_root_fraction", "task_prob"):
-        value = getattr(cfg, key)
-        if not 0 < value < 1 and not (key == "task_prob" and value == 1):
-            raise ConfigError(key, f"{value}: give a share between 0 and 1")
+    for key in ("val_fraction", "test_fraction", "new_root_fraction"):
+        if not 0 < getattr(cfg, key) < 1:
+            raise ConfigError(key, f"{getattr(cfg, key)}: give a share between 0 and 1")
+    if not 0 <= cfg.task_prob <= 1:  # 0: one task a video
+        raise ConfigError("task_prob", f"{cfg.task_prob}: give a chance from 0 to 1")
     if cfg.val_fraction + cfg.test_fraction >= 1:
         raise ConfigError("test_fraction",
                           f"{cfg.test_fraction} with val_fraction {cfg.val_fraction} leaves no "
