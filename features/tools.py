@@ -244,8 +244,8 @@ def merge_stores(parts, out, overwrite: bool = False, progress: bool = False) ->
             if differ:
                 raise StoreError(f"{p} was made differently from {parts[0]}: {'; '.join(differ)}")
         _check_disjoint(stores)
-        if out.exists() and not overwrite:
-            with create_store(out, stores[0].attrs) as writer:
+        if out.exists() and not overwrite:  # appended to in the container it is, whatever its name
+            with create_store(out, stores[0].attrs, format=sniff_format(out)) as writer:
                 _copy_videos(stores, writer, writer.completed(), progress)
         else:
             _write_new(stores, out, output_format(out), progress)

@@ -453,6 +453,13 @@ def test_merge_hdf5_parts(tmp_path):
         assert s.videos() == sorted([*names, "late"])
     with pytest.raises(features.StoreError, match="in both"):
         features.merge_stores([parts[0], parts[0]], tmp_path / "dup.h5")
+    # an existing HDF5 store of another name (extract --format hdf5 --store feats.bin under
+    # torchrun makes it first, then merges the parts into it) is appended to as HDF5
+    odd = tmp_path / "feats.bin"
+    features.create_store(odd, make_attrs(), format="hdf5", chunk_rows=4).close()
+    features.merge_stores(parts, odd)
+    with features.open_store(odd) as s:
+        assert s.format == "hdf5" and s.videos() == sorted([*names, "late"])
 
 
 def _worker(path: str, names: list[str]) -> None:
