@@ -19,7 +19,9 @@ PRESET   ?= demo
 # demo-full (the longer demo) runs on the demo's synthetic set
 BASE     := $(subst -full,,$(PRESET))
 DATA     ?= data/synth-$(BASE)
-RUNS     ?= runs/$(PRESET)
+# runs/PRESET for the synthetic set; another DATA gets its own, runs/PRESET-NAME (NAME: DATA's last
+# folder), so that a real copy never resumes into the synthetic set's runs
+RUNS     ?= runs/$(PRESET)$(if $(filter data/synth-$(BASE),$(DATA)),,-$(notdir $(patsubst %/,%,$(DATA))))
 DEVICE   ?= auto
 # Decode workers of every stage; none: chosen from the cores (pipeline.device.cpu_budget).
 WORKERS  ?= none

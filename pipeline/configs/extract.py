@@ -18,7 +18,7 @@ class ExtractConfig:
                             "official MAE .pth or a timm ViT.")
     store: str = setting("", "Feature store to write: DIR.zarr (default) or FILE.h5.")
     format: str | None = setting(None, "Store format; none: from the store's suffix "
-                                       "(zarr unless .h5).", choices=WRITE_FORMATS)
+                                       "(hdf5 for .h5 or .hdf5, else zarr).", choices=WRITE_FORMATS)
     splits: tuple[str, ...] = setting(("all",), "all, Train_Set, Validation_Set, test (repeat the "
                                                 "option for several).")
     pooling: str | None = setting(None, "cls or mean; none: the checkpoint's (the pooling "
