@@ -111,7 +111,7 @@ class Engine:
     log: RunLog | None = field(default=None, init=False)
     # seconds from the start of the last ``batches`` to its first batch (the loader's start-up)
     first_batch_s: float = field(default=0.0, init=False)
-    # (epoch, steps done, loss on the device) of the micro-batches not read yet
+    # (steps done, loss on the device) of the epoch's micro-batches not read yet
     _pending: list = field(default_factory=list, init=False, repr=False)
     # the epoch's losses read so far: their sum and count
     _loss_sum: float = field(default=0.0, init=False)
@@ -247,7 +247,7 @@ class Engine:
         Raises:
             InputError: a loss read here is NaN or infinite (the lr setting to lower is named).
         """
-        self._pending.append((self._epoch, self.step, loss.detach()))
+        self._pending.append((self.step, loss.detach()))
         (loss / accum_iter).backward()
         if update:
             optimizer.step()
@@ -272,14 +272,14 @@ class Engine:
         with ``step_line``, write the line of the step just taken."""
         if not self._pending:
             return
-        values = torch.stack([v.float() for _, _, v in self._pending]
+        values = torch.stack([v.float() for _, v in self._pending]
                              + [p.detach().float() for p in parts.values()]).tolist()
         losses, part_values = values[: len(self._pending)], values[len(self._pending):]
-        for (epoch, step, _), value in zip(self._pending, losses):
+        for (step, _), value in zip(self._pending, losses):
             if not math.isfinite(value):
-                raise InputError(f"{self.name}: the loss became {value} at epoch {epoch + 1}, "
-                                 f"step {step}; lower {self.lr_setting} and start a new run (the "
-                                 "last checkpoint is kept)")
+                raise InputError(f"{self.name}: the loss became {value} at epoch "
+                                 f"{self._epoch + 1}, step {step}; lower {self.lr_setting} and "
+                                 "start a new run (the last checkpoint is kept)")
         self._pending = []
         for value in losses:  # one by one, in order: the sum a step-by-step read gives
             self._loss_sum += value
