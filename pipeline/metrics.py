@@ -3,12 +3,15 @@
 All are computed over every valid frame of a whole set (videos concatenated), never per window.
 
 Degenerate cases, defined here once:
-- CCC is 0 when its denominator is 0 (both series constant and equal): no agreement can be shown.
+- CCC is 0 when its denominator is 0 (both series constant and equal): no agreement can be shown;
+  it is NaN when a value is NaN or infinite, so that a diverged model never scores as a constant one.
   A constant prediction against varying labels has covariance 0 and so CCC 0 without special-casing.
 - F1 of a class (or AU) with no true and no predicted positives is 0 (scikit-learn's
   ``zero_division=0``); Expr macro F1 always averages over all 8 classes, so a class missing from
   the set lowers the score rather than vanishing from the mean.
 """
+
+import math
 
 import numpy as np
 
@@ -21,6 +24,10 @@ def ccc(x: np.ndarray, y: np.ndarray) -> float:
     Args:
         x: predictions (N,).
         y: labels (N,).
+    Returns:
+        CCC in [-1, 1]; 0 when both are constant and equal; NaN when a value is not finite.
+    Raises:
+        ValueError: not two 1-D arrays of one length, or empty.
     """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
@@ -31,6 +38,8 @@ def ccc(x: np.ndarray, y: np.ndarray) -> float:
     mx, my = x.mean(), y.mean()
     cov = ((x - mx) * (y - my)).mean()
     denom = x.var() + y.var() + (mx - my) ** 2
+    if not np.isfinite(denom):
+        return math.nan
     return float(2 * cov / denom) if denom > 0 else 0.0
 
 

@@ -70,10 +70,23 @@ def format_rows(task: str, values: np.ndarray) -> list[str]:
 
 def write_submission(path: Path, task: str, locations: list[str], values: np.ndarray) -> None:
     """Write a submission file atomically (header, then one row per location, in the given
-    order)."""
+    order).
+
+    Args:
+        values: (N, K) predictions, K as the task's columns (VA 2, Expr 1, AU 12).
+    Raises:
+        ValueError: a count mismatch; InputError: a prediction is NaN or infinite (a diverged
+            head), named by its location; nothing is written then.
+    """
     task = check_task(task)
     if len(locations) != len(values):
         raise ValueError(f"{len(locations)} locations but {len(values)} value rows")
+    bad = np.flatnonzero(~np.isfinite(np.asarray(values, dtype=np.float64)).all(
+        axis=tuple(range(1, np.ndim(values)))))
+    if len(bad):
+        raise InputError(f"{path}: the prediction for {locations[bad[0]]} ({len(bad)} rows in "
+                         "all) is NaN or infinite: the head's weights are not finite (a diverged "
+                         "run); train it again with a lower lr. Nothing was written")
     header = ",".join(("image_location", *HEADERS[task]))
     body = "".join(f"{loc},{row}\n"
                    for loc, row in zip(locations, format_rows(task, values), strict=True))

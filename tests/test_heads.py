@@ -312,6 +312,18 @@ def test_a_one_epoch_run_of_one_step_trains_its_head(tiny_root, tiny_store, tmp_
     assert {p.name: p.read_bytes() for p in (tmp_path / "one").iterdir() if p.is_file()} == before
 
 
+def test_a_diverging_head_is_refused_naming_its_epoch(tiny_root, tiny_store, tmp_path):
+    """A head whose loss overflows stops with one line naming the epoch, the step and the lr,
+    instead of scoring NaN predictions as CCC 0 and writing them to a submission."""
+    cfg = TrainConfig.create(task="va", stores=(str(tiny_store),), data=str(tiny_root), epochs=1,
+                             window=100, stride=50, batch_size=8, device="cpu", lr=1e30,
+                             tcn_channels=(8, 8, 8), d_model=8, num_layers=1, num_heads=2, ff_dim=8,
+                             head_hidden=8)
+    with pytest.raises(InputError, match=r"the loss became (nan|inf) at epoch 1, step \d+; lower lr"):
+        train_run(prepare(cfg), cfg, tmp_path / "nan", progress=False, make_plots=False)
+    assert not (tmp_path / "nan" / "summary.json").exists()
+
+
 def test_settings_parse_by_field_type():
     assert parse_settings(TrainConfig, ["tcn_channels=256-128-64", "causal=false", "lr=1e-3",
                                         "restart_epochs=none", "model=temporal_tcn"]) == {

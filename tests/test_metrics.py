@@ -47,6 +47,9 @@ def test_ccc_properties():
     assert ccc(y + 0.5, y) < 1.0  # a shift is penalised, unlike Pearson
     assert ccc(np.zeros_like(y), y) == 0.0  # constant prediction
     assert ccc(np.ones(5), np.ones(5)) == 0.0  # degenerate: zero denominator
+    # a diverged model's NaN or inf never scores as a constant prediction's 0
+    assert np.isnan(ccc(np.where(y > 0.9, np.nan, y), y))
+    assert np.isnan(ccc(np.where(y > 0.9, np.inf, y), y))
 
 
 @pytest.mark.parametrize("seed", range(20))

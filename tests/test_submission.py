@@ -35,6 +35,12 @@ def test_write_read_round_trip(tmp_path):
     assert got_locs == locs
     np.testing.assert_allclose(values, [[0.1, -0.2], [1.0, -1.0]])  # clipped to [-1, 1]
     assert path.read_text().splitlines()[0] == "image_location,valence,arousal"
+    # a diverged head's NaN is refused by its location, and nothing is written
+    for task, values in [("va", [[0.1, -0.2], [np.nan, 0.0]]), ("expr", [3, np.nan]),
+                         ("au", [[0] * 12, [1] * 11 + [np.inf]])]:
+        with pytest.raises(InputError, match="prediction for a/00002.jpg .1 rows in all. is NaN"):
+            write_submission(tmp_path / f"nan-{task}.csv", task, locs, np.array(values))
+        assert not (tmp_path / f"nan-{task}.csv").exists()
 
 
 def test_score_agrees_with_independent_metrics(mini_root, tmp_path):

@@ -96,6 +96,8 @@ def learning_rate(cfg: TrainConfig, epoch: float) -> float:
 
 
 def build_head(cfg: TrainConfig, in_dim: int) -> torch.nn.Module:
+    """The head ``cfg.model`` from the registry, for features of width ``in_dim`` (D) and the
+    task's outputs (VA 2, Expr 8, AU 12): a module mapping (B, W, D) windows to (B, W, K)."""
     return build_model(cfg.model, in_dim=in_dim, out_dim=OUT_DIMS[cfg.task],
                        **dataclasses.asdict(cfg.head))
 
@@ -163,6 +165,9 @@ def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = 
     Returns:
         the summary (also ``summary.json``): best epoch, validation figures before / after
         post-processing, chosen post-processing, speed.
+    Raises:
+        ValueError: cfg's task is not data's; InputError: the loss became NaN or infinite (the
+            head diverged: the epoch and step are named, and ``lr`` is the setting to lower).
     """
     if cfg.task != data.task:
         raise ValueError(f"config task {cfg.task} but data of task {data.task}")
@@ -224,6 +229,7 @@ def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = 
             bar.update()
         # the epoch's losses, read from the device once (a read per step would stall the host)
         losses = torch.stack(losses).tolist()
+        _check_finite(losses, epoch, cfg.task)
         bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses):.3f}", best=f"{best:.3f}")
         seconds = time.perf_counter() - t_epoch
         raw = infer(model, cfg.task, data.table, data.val_videos, cfg.window, cfg.stride,
@@ -286,6 +292,20 @@ def _train_step(model, optimizer, loss_fn, b: dict, device: torch.device,
     loss.backward()
     optimizer.step()
     return loss.detach()
+
+
+def _check_finite(losses: list[float], epoch: int, task: str) -> None:
+    """Refuse an epoch whose loss became NaN or infinite: the head has diverged, and its weights
+    (and every prediction after) would be NaN, which the metrics cannot score.
+
+    Raises:
+        InputError: naming the epoch, the step and the setting to lower.
+    """
+    for step, value in enumerate(losses, start=1):
+        if not math.isfinite(value):
+            raise InputError(f"train {task}: the loss became {value} at epoch {epoch}, step "
+                             f"{step}; lower lr (--lr) and train again (best.pt of the "
+                             "epochs before, if any, is kept)")
 
 
 def _json(obj) -> str:
