@@ -27,3 +27,13 @@ def dry_run(*args: str) -> str:
 def test_runs_follow_the_data(args, runs):
     commands = dry_run("extract", *args)
     assert f"--out {runs}/pretrain " in commands and f"--store {runs}/features.zarr" in commands
+
+
+@pytest.mark.parametrize("preset", ["demo", "demo-full", "tiny"])
+def test_make_demo_and_the_cli_demo_write_to_the_same_places(preset):
+    """`mae-affect demo --preset P` with no --out or --data uses the folders `make demo PRESET=P`
+    names, so the two resume each other's runs rather than refusing them."""
+    from pipeline.configs.demo import DemoConfig
+
+    cfg = DemoConfig(preset=preset)
+    assert f"--out {cfg.out} --data {cfg.data} " in dry_run("demo", f"PRESET={preset}")

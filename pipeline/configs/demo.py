@@ -21,9 +21,11 @@ class DemoConfig:
     """The whole method on the synthetic set: where it goes, and which budget (a demo preset) it
     runs."""
 
-    out: str = setting("runs/demo", "Demo run directory (pretrain/, finetune/, stores, heads/, "
-                                    "report.html).")
-    data: str = setting("data/synth-demo", "Where the synthetic dataset is made (once) and read.")
+    out: str | None = setting(None, "Demo run directory (pretrain/, finetune/, stores, heads/, "
+                                    "report.html); none: runs/PRESET, as make demo.")
+    data: str | None = setting(None, "Where the synthetic dataset is made (once) and read; none: "
+                                     "data/synth-SET, SET the preset's synthetic set (demo for "
+                                     "demo and demo-full), as make demo.")
     preset: str = setting("demo", "The budget: demo (the 15-minute CPU demo), demo-full (the "
                                   "longer one, about 30 minutes) or tiny (a smoke test of every "
                                   "stage).",
@@ -38,3 +40,8 @@ class DemoConfig:
     def __post_init__(self):
         check_choices(self)
         check_host_share(self)
+        # each preset its own run directory, so that one never resumes into another's runs
+        if self.out is None:
+            object.__setattr__(self, "out", f"runs/{self.preset}")
+        if self.data is None:
+            object.__setattr__(self, "data", f"data/synth-{DEMO_PRESETS[self.preset]['synth']}")
