@@ -37,6 +37,10 @@ IDENTITY_KEYS = (
     "encoder", "encoder_config", "checkpoint_sha256", "input_size", "pixel_mean", "pixel_std",
     "pooling", "feature_dim", "dtype",
 )
+# Attributes that, where a store has them, say more of how the features were computed (the
+# precision the encoder ran in): appending requires them equal when the store and the writer both
+# give them (a store written before such a key existed does not say, and is not refused for it).
+OPTIONAL_IDENTITY_KEYS = ("compute_dtype",)
 WRITE_FORMATS = ("zarr", "hdf5")
 
 
@@ -90,12 +94,12 @@ def normalise_attrs(attrs: dict) -> dict:
 
 
 def identity_differences(stored: dict, given: dict) -> list[str]:
-    """'key (store X, given Y)' for every identity attribute that differs."""
-    return [
-        f"{k} (store {stored.get(k)!r}, given {given.get(k)!r})"
-        for k in ("format_version", *IDENTITY_KEYS)
-        if stored.get(k) != given.get(k)
-    ]
+    """'key (store X, given Y)' for every identity attribute that differs (an optional one only
+    where both give it)."""
+    keys = ["format_version", *IDENTITY_KEYS,
+            *(k for k in OPTIONAL_IDENTITY_KEYS if k in stored and k in given)]
+    return [f"{k} (store {stored.get(k)!r}, given {given.get(k)!r})"
+            for k in keys if stored.get(k) != given.get(k)]
 
 
 def check_root_attrs(attrs: dict, path: Path) -> None:

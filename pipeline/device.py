@@ -38,9 +38,17 @@ def autocast(device: torch.device, bf16: bool = True):
     it; docs/results.md has the measured speed-ups). A GPU without bf16 units (before Ampere, e.g.
     a T4 or V100) would emulate it, slower than float32: there the run stays in float32, with one
     warning."""
-    if not bf16 or (device.type == "cuda" and not _native_bf16(device)):
+    if compute_dtype(device, bf16) == "float32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def compute_dtype(device: torch.device, bf16: bool = True) -> str:
+    """What :func:`autocast` runs a model in on ``device``: ``"bfloat16"`` (autocast) or
+    ``"float32"`` (not asked, or a GPU without bf16 units)."""
+    if not bf16 or (device.type == "cuda" and not _native_bf16(device)):
+        return "float32"
+    return "bfloat16"
 
 
 @functools.cache

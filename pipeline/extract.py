@@ -32,6 +32,7 @@ from pipeline.data.affwild2 import TASKS, AffWild2
 from pipeline.data.images import decode_batch
 from pipeline.device import (
     autocast,
+    compute_dtype,
     cpu_budget,
     lower_priority,
     pin_memory,
@@ -224,9 +225,10 @@ class StoreFeeder:
         self._thread.join()
 
 
-def store_attrs(info: EncoderInfo, pooling: str, feature_dim: int, dtype: str) -> dict:
+def store_attrs(info: EncoderInfo, pooling: str, feature_dim: int, dtype: str,
+                compute_dtype: str) -> dict:
     """The store's root attributes: what made it (encoder, checkpoint hash, preprocessing,
-    pooling)."""
+    pooling, the precision the encoder ran in: ``compute_dtype``, bfloat16 or float32)."""
     return {
         "encoder": info.model_name,
         "encoder_config": info.model_config,
@@ -237,6 +239,7 @@ def store_attrs(info: EncoderInfo, pooling: str, feature_dim: int, dtype: str) -
         "pooling": pooling,
         "feature_dim": feature_dim,
         "dtype": dtype,
+        "compute_dtype": compute_dtype,
     }
 
 
@@ -278,7 +281,8 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
 
     encoder, info = load_extraction_encoder(ckpt, device)
     pooling = config.pooling or info.pooling or "cls"
-    attrs = store_attrs(info, pooling, encoder.embed_dim, config.dtype)
+    attrs = store_attrs(info, pooling, encoder.embed_dim, config.dtype,
+                        compute_dtype(device, config.bf16))
 
     fmt = config.format or features.infer_format(Path(store_path))
     writer, done = _open_writer(Path(store_path), attrs, fmt, config.overwrite, dist)

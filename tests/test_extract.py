@@ -146,6 +146,12 @@ def test_refuses_a_store_of_another_checkpoint(mini_root, ckpt, tmp_path):
     result = CliRunner().invoke(cli, [*args, "--overwrite"])
     assert result.exit_code == 0, result.output
     assert features.open_store(store_path).attrs["checkpoint_sha256"] == sha256_file(other)
+    assert features.open_store(store_path).attrs["compute_dtype"] == "float32"
+    # the same checkpoint under bf16 autocast computes other values: not resumed into this store
+    bf16 = [a for a in args if a != "--no-bf16"]
+    result = CliRunner().invoke(cli, bf16)
+    assert result.exit_code == 2
+    assert "compute_dtype (store 'float32', given 'bfloat16')" in result.output
 
 
 def test_balance_splits_frames_evenly():

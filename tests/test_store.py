@@ -128,6 +128,18 @@ def test_reopen_refuses_different_identity(store_path, key, value):
         assert s.videos() == [] and s.attrs[key] == value
 
 
+def test_compute_dtype_is_compared_where_both_give_it(tmp_path):
+    path = tmp_path / "f.zarr"
+    features.create_store(path, make_attrs(compute_dtype="bfloat16")).close()
+    differ = "compute_dtype .store 'bfloat16', given 'float32'"
+    with pytest.raises(features.StoreError, match=differ):
+        features.create_store(path, make_attrs(compute_dtype="float32"))
+    features.create_store(path, make_attrs()).close()  # a writer that does not say: appends
+    old = tmp_path / "old.zarr"  # a store written before the key existed does not say either
+    features.create_store(old, make_attrs()).close()
+    features.create_store(old, make_attrs(compute_dtype="float32")).close()
+
+
 def test_append_keeps_videos_and_created(store_path):
     with features.open_store(store_path) as s:
         created = s.attrs["created"]
