@@ -275,22 +275,6 @@ def features_group():
     """Inspect, check and convert feature stores."""
 
 
-def _split_counts(store, data_root: Path) -> dict:
-    """Per task and split: annotated videos, how many the store holds, and their frames."""
-    from pipeline.data.affwild2 import SPLITS, TASKS, AffWild2
-
-    ds, have = AffWild2(data_root), set(store.videos())
-    counts = {}
-    for task in TASKS:
-        for split in SPLITS:
-            if ds.available(task, split):
-                annotated = set(ds.annotations(task, split))
-                held = annotated & have
-                counts[f"{task}/{split}"] = {"videos": len(held), "annotated": len(annotated),
-                                             "frames": sum(store.num_frames(v) for v in held)}
-    return counts
-
-
 @features_group.command("info")
 @store_argument
 @store_data_option
@@ -302,12 +286,15 @@ def features_info(store, data_root, as_json):
     with features.open_store(store) as s:
         result = s.info()
         if data_root is not None:
-            result["splits"] = _split_counts(s, data_root)
-    a = result["attrs"]
+            from pipeline.data.affwild2 import AffWild2
+            from pipeline.store_check import split_counts
+
+            result["splits"] = split_counts(s, AffWild2(data_root))
+    a = {k: "?" for k in features.IDENTITY_KEYS} | result["attrs"]  # "?": verify names it
     lines = [
         f"{result['path']}  ({result['format']}, {result['bytes'] / 2**20:.1f} MiB on disk)",
         f"encoder     {a['encoder']}, pooling {a['pooling']}, input {a['input_size']}, "
-        f"{a['feature_dim']} x {a['dtype']}",
+        f"{a['feature_dim']} x {a['dtype']}, computed in {a.get('compute_dtype', '?')}",
         f"checkpoint  sha256 {a['checkpoint_sha256']}",
         f"created     {a.get('created')} by mae-affect {a.get('tool_version')}",
         f"videos      {result['videos']} complete, {result['incomplete_videos']} incomplete",
@@ -334,9 +321,9 @@ def features_verify(ctx, store, data_root, as_json):
     expected = None
     if data_root is not None:
         from pipeline.data.affwild2 import AffWild2
+        from pipeline.store_check import expected_frames
 
-        ds = AffWild2(data_root)
-        expected = {v: ds.num_frames(v) for v in ds.listed_videos()}
+        expected = expected_frames(AffWild2(data_root))
     problems = features.verify_store(store, expected, progress=not as_json)
     result = {"store": str(store), "ok": not problems, "problems": problems}
     emit(result, as_json, "\n".join(problems) if problems else f"{store}: OK")
@@ -470,49 +457,11 @@ def ablate(grid, seeds, out, settings, as_json):
 def demo(settings, as_json):
     """The whole method on the synthetic dataset: every stage, the ablation table, test files,
     report.html."""
-    from pipeline.demo import run_demo
+    from pipeline.demo import closing_table, run_demo
 
     config = settings.build()
     figures = run_demo(config, progress=not as_json)
-    emit(figures, as_json, demo_table(figures, Path(config.out)))
-
-
-NAMES = {"va": "VA", "expr": "Expr", "au": "AU"}
-
-
-def demo_table(figures: dict, out: Path) -> str:
-    """The demo's closing table: the ablation rows by task with 95 % intervals over validation
-    videos, the differences from the full model that the validation set resolves, test scores, where
-    the report is."""
-    tasks = ("va", "expr", "au")
-    spread = figures.get("intervals", {})
-
-    def cell(row: str, task: str) -> str:
-        score = figures["table"][row].get(task, float("nan"))
-        ci = spread.get(task, {}).get("runs", {}).get(row, {}).get("ci95")
-        return f"{score:7.3f} [{ci[0]:6.3f},{ci[1]:6.3f}]" if ci else f"{score:7.3f}"
-
-    lines = [f"{'setting':<26}" + "".join(f"{t:>24}" for t in tasks)]
-    lines += [f"{row:<26}" + "".join(f"{cell(row, t):>24}" for t in tasks)
-              for row in figures["table"]]
-    lines.append(f"{'test (synthetic labels)':<26}"
-                 + "".join(f"{figures['submissions'][t]['test_score']:>24.3f}" for t in tasks))
-    resolved = [f"{row} {t} {d['diff']:+.3f} [{d['ci95'][0]:+.3f},{d['ci95'][1]:+.3f}]"
-                for t in tasks for row, d in spread.get(t, {}).get("differences", {}).items()
-                if d["ci95"][0] > 0 or d["ci95"][1] < 0]
-    videos = ", ".join(f"{NAMES[t]} {spread[t]['videos']}" for t in tasks if t in spread)
-    lines.append("validation: VA mean CCC, Expr macro F1, AU mean F1, [95 % interval over the "
-                 f"validation videos: {videos or 'none'}]; report: {out / 'report.html'}")
-    lines.append("differences from the full model that these videos resolve: "
-                 + ("; ".join(resolved) if resolved else "none (every interval includes 0)"))
-    frame_level = [f"{name} {figures[key]['best_f1']:.4f}" for key, name in
-                   (("probe", "linear probe"), ("finetune", "fine-tuned encoder"))
-                   if figures.get(key)]
-    guess = (f" (a uniform guess: {figures['frame_guess_f1']:.4f})"
-             if "frame_guess_f1" in figures else "")
-    lines.append("frame-level Expr macro F1 before the temporal heads: "
-                 f"{', '.join(frame_level)}{guess}")
-    return "\n".join(lines)
+    emit(figures, as_json, closing_table(figures, Path(config.out)))
 
 
 @cli.command()

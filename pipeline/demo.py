@@ -185,3 +185,41 @@ def _submit(run_dir: Path, out_csv: Path, data: Path, cfg: DemoConfig) -> dict:
     scored = score_submission(out_csv, task, ds, split="Test_Set")
     return {"file": str(out_csv), "rows": result.get("rows"), "valid": not problems,
             "problems": problems, "test_score": scored["score"], "test": scored}
+
+
+TASK_NAMES = {"va": "VA", "expr": "Expr", "au": "AU"}
+
+
+def closing_table(figures: dict, out: Path) -> str:
+    """The demo's closing table: the ablation rows by task with 95 % intervals over validation
+    videos, the differences from the full model that the validation set resolves, test scores, where
+    the report is."""
+    tasks = TASKS
+    spread = figures.get("intervals", {})
+
+    def cell(row: str, task: str) -> str:
+        score = figures["table"][row].get(task, float("nan"))
+        ci = spread.get(task, {}).get("runs", {}).get(row, {}).get("ci95")
+        return f"{score:7.3f} [{ci[0]:6.3f},{ci[1]:6.3f}]" if ci else f"{score:7.3f}"
+
+    lines = [f"{'setting':<26}" + "".join(f"{t:>24}" for t in tasks)]
+    lines += [f"{row:<26}" + "".join(f"{cell(row, t):>24}" for t in tasks)
+              for row in figures["table"]]
+    lines.append(f"{'test (synthetic labels)':<26}"
+                 + "".join(f"{figures['submissions'][t]['test_score']:>24.3f}" for t in tasks))
+    resolved = [f"{row} {t} {d['diff']:+.3f} [{d['ci95'][0]:+.3f},{d['ci95'][1]:+.3f}]"
+                for t in tasks for row, d in spread.get(t, {}).get("differences", {}).items()
+                if d["ci95"][0] > 0 or d["ci95"][1] < 0]
+    videos = ", ".join(f"{TASK_NAMES[t]} {spread[t]['videos']}" for t in tasks if t in spread)
+    lines.append("validation: VA mean CCC, Expr macro F1, AU mean F1, [95 % interval over the "
+                 f"validation videos: {videos or 'none'}]; report: {out / 'report.html'}")
+    lines.append("differences from the full model that these videos resolve: "
+                 + ("; ".join(resolved) if resolved else "none (every interval includes 0)"))
+    frame_level = [f"{name} {figures[key]['best_f1']:.4f}" for key, name in
+                   (("probe", "linear probe"), ("finetune", "fine-tuned encoder"))
+                   if figures.get(key)]
+    guess = (f" (a uniform guess: {figures['frame_guess_f1']:.4f})"
+             if "frame_guess_f1" in figures else "")
+    lines.append("frame-level Expr macro F1 before the temporal heads: "
+                 f"{', '.join(frame_level)}{guess}")
+    return "\n".join(lines)

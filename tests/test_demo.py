@@ -6,10 +6,9 @@ import re
 
 import pytest
 
-from cli import demo_table
 from pipeline.checkpoint import read_checkpoint
 from pipeline.configs import DemoConfig
-from pipeline.demo import run_demo
+from pipeline.demo import closing_table, run_demo
 from pipeline.table5 import ABLATIONS
 
 
@@ -53,7 +52,7 @@ def test_demo_writes_every_stage_and_a_complete_report(tmp_path):
             assert scored["score"] == pytest.approx(figures["table"][row][task], abs=1e-6)
             assert scored["ci95"][0] <= scored["score"] <= scored["ci95"][1]
 
-    closing = demo_table(figures, run)
+    closing = closing_table(figures, run)
     counts = ", ".join(f"{name} {figures['intervals'][t]['videos']}"
                        for t, name in (("va", "VA"), ("expr", "Expr"), ("au", "AU")))
     assert f"[95 % interval over the validation videos: {counts}]" in closing

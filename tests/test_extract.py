@@ -376,3 +376,20 @@ def test_a_video_deleted_by_hand_is_missing_for_every_reader_and_extract_repairs
                                       str(mini_root), "--json"])
     assert verify.exit_code == 0, verify.output
     assert not features.open_store(store_path).listing_stale
+
+
+def test_info_shows_a_store_without_identity_attributes_and_verify_names_them(
+        mini_root, ckpt, tmp_path):
+    """A store whose writer (a collaborator's code) gave no encoder: info still describes it,
+    verify says what it lacks."""
+    path, _ = ckpt
+    store_path = tmp_path / "f.zarr"
+    assert cli_extract(mini_root, path, store_path).exit_code == 0
+    root = zarr.open_group(str(store_path), mode="r+")
+    root.attrs.put({k: v for k, v in root.attrs.asdict().items() if k != "encoder"})
+    zarr.consolidate_metadata(str(store_path))
+    info = CliRunner().invoke(cli, ["features", "info", str(store_path)])
+    assert info.exit_code == 0, info.output
+    assert "encoder     ?, pooling cls" in info.output and "computed in float32" in info.output
+    verify = CliRunner().invoke(cli, ["features", "verify", str(store_path)])
+    assert verify.exit_code == 1 and "root attributes lack encoder" in verify.output
