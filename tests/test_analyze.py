@@ -4,6 +4,8 @@ here on the tiny synthetic set."""
 
 import csv
 import json
+import shutil
+from pathlib import Path
 
 import av
 import numpy as np
@@ -155,3 +157,31 @@ def test_heads_of_another_encoder_or_twice_one_task_are_refused(carphone, traine
         assert (result.exit_code == 2 and result.output.count("\n") == 1
                 and message in result.output), result.output
     assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_a_store_of_another_precision_is_extracted_afresh(analyzed, carphone, trained, tmp_path):
+    """OUT/features.zarr is analyze's own cache: a run in another precision (or with another
+    encoder) makes it again instead of refusing with extract's --overwrite advice."""
+    out, _, wall = analyzed
+    encoder, runs = trained
+    again = Path(shutil.copytree(out, tmp_path / "out"))
+    config = AnalyzeConfig(encoder=str(encoder), heads=(str(runs["va"]),),
+                           faces=FacesConfig(device="cpu"), workers=0, bf16=True)
+    result = analyze([carphone, wall], again, config, progress=False)
+    assert result["faces"]["skipped"] == 2 and result["extraction"]["extracted"] == 2
+    with features.open_store(again / "features.zarr") as store:
+        assert store.attrs["compute_dtype"] == "bfloat16"
+
+
+def test_heads_trained_on_two_stores_side_by_side_are_refused(tiny_root, carphone, trained,
+                                                              tmp_path):
+    encoder, _ = trained
+    store = str(Path(trained[1]["va"]).parent / "tiny.zarr")
+    cfg = TrainConfig.create(task="va", stores=(store, store), data=str(tiny_root), **HEAD)
+    train_run(prepare(cfg), cfg, tmp_path / "two", progress=False, make_plots=False)
+    result = CliRunner().invoke(cli, [str(a) for a in [
+        "analyze", carphone, "--encoder", encoder, "--heads", tmp_path / "two", "--out",
+        tmp_path / "out", *CPU]])
+    assert (result.exit_code == 2 and "trained on 2 feature stores side by side" in result.output
+            and result.output.count("\n") == 1), result.output
+    assert not (tmp_path / "out").exists()

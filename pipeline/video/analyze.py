@@ -15,15 +15,17 @@ what ``pandas.DataFrame`` takes).
 import csv
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+import features
 from pipeline.config import ConfigError
 from pipeline.configs.video import IMAGE_DIR, AnalyzeConfig
 from pipeline.data.affwild2 import AU_NAMES, EXPR_CLASSES, TASKS
-from pipeline.device import resolve_device
+from pipeline.device import compute_dtype, resolve_device
 from pipeline.errors import InputError
 from pipeline.extract import ExtractConfig, extract
 from pipeline.heads.evaluate import Run, load_run, tables_for
@@ -60,12 +62,30 @@ def check_encoder(runs: dict[str, Run], encoder: Path) -> None:
     sha = sha256_file(encoder)
     for run in runs.values():
         trained = [s.get("checkpoint_sha256") for s in run.checkpoint["stores"]]
-        if len(trained) == 1 and trained[0] != sha:
+        if len(trained) != 1:
+            raise InputError(
+                f"{run.path} was trained on {len(trained)} feature stores side by side; analyze "
+                "extracts one, with --encoder: give head runs trained on one store (or extract "
+                "each encoder's store and use `mae-affect predict`)"
+            )
+        if trained[0] != sha:
             raise InputError(
                 f"{run.path} was trained on features of the encoder with checkpoint_sha256 "
                 f"{trained[0][:12]}..., but {encoder} has {sha[:12]}...: pass the encoder its "
                 "feature store was extracted with"
             )
+
+
+def _store_current(store: Path, sha: str, compute: str) -> bool:
+    """Whether ``store`` opens and holds features of the checkpoint with this sha256, computed in
+    ``compute`` (a store that does not say its compute dtype is taken at its word)."""
+    try:
+        with features.open_store(store) as opened:
+            attrs = opened.attrs
+    except features.StoreError:
+        return False
+    return (attrs.get("checkpoint_sha256") == sha
+            and attrs.get("compute_dtype", compute) == compute)
 
 
 def frame_table(record: dict, present: np.ndarray,
@@ -137,8 +157,9 @@ def analyze(inputs, out: Path, config: AnalyzeConfig, progress: bool = True) -> 
         ``faces`` and ``extraction`` summaries) and ``tables``: video -> per-frame table
         (``frame_table``).
     Raises:
-        InputError for unusable videos (one, or all), head runs of one task given twice, or heads
-        trained on features of another encoder than ``encoder``.
+        InputError for unusable videos (one, or all), head runs of one task given twice, heads
+        trained on features of another encoder than ``encoder`` or on several stores side by
+        side. ``OUT/features.zarr`` made by another encoder or precision is extracted afresh.
     """
     from pipeline.video.render import render_video
     from pipeline.video.timeline import report_page, timeline_png
@@ -154,12 +175,19 @@ def analyze(inputs, out: Path, config: AnalyzeConfig, progress: bool = True) -> 
     found = faces(inputs, root, config.faces, progress)
     videos = [v for source in found["outputs"].values() for v in source]
     store = out / "features.zarr"
+    device = resolve_device(config.faces.device)
+    # OUT's store is this command's cache: made by another encoder or precision, it is made again
+    stale = store.exists() and not _store_current(store, sha256_file(encoder),
+                                                  compute_dtype(device, config.bf16))
+    if stale and progress:
+        tqdm.write(f"{store} holds features of another encoder or precision: extracting afresh",
+                   file=sys.stderr)
     extracted = extract(ExtractConfig(
         data=str(root), ckpt=str(encoder), store=str(store), batch_size=config.extract_batch_size,
-        workers=config.workers, device=config.faces.device, bf16=config.bf16), progress=progress)
+        workers=config.workers, device=config.faces.device, bf16=config.bf16, overwrite=stale),
+        progress=progress)
     # refuses heads trained on another encoder's features
     tables = tables_for(list(runs.values()), [store])
-    device = resolve_device(config.faces.device)
     predictions: dict[str, dict] = {v: {} for v in videos}
     for task in TASKS:
         if task in runs:
