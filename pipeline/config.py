@@ -103,9 +103,11 @@ def _optional(kind: Any) -> tuple[Any, bool]:
     return kind, False
 
 
-def _split(text: str) -> list[str]:
-    """Items of a tuple written as text: ``0.8,1.0``, ``768-256-128`` or ``768/256/128``."""
-    return [p for p in re.split(r"[,\s/]+|(?<=\d)-(?=\d)", text.strip()) if p]
+def _split(text: str, numbers: bool) -> list[str]:
+    """Items of a tuple written as text: numbers as ``0.8,1.0``, ``768-256-128`` or
+    ``768/256/128``; text (paths, names) by commas only, so that ``/data/aw2`` stays one path."""
+    pattern = r"[,\s/]+|(?<=\d)-(?=\d)" if numbers else r"\s*,\s*"
+    return [p for p in re.split(pattern, text.strip()) if p]
 
 
 def coerce(key: str, kind: Any, value: Any) -> Any:
@@ -122,7 +124,8 @@ def coerce(key: str, kind: Any, value: Any) -> Any:
     try:
         if typing.get_origin(base) is tuple:
             args = typing.get_args(base)
-            items = _split(value) if isinstance(value, str) else list(value)
+            numbers = all(a in (int, float) for a in args if a is not Ellipsis)
+            items = _split(value, numbers) if isinstance(value, str) else list(value)
             if len(args) == 2 and args[1] is Ellipsis:
                 return tuple(coerce(key, args[0], v) for v in items)
             if len(items) != len(args):
@@ -145,6 +148,8 @@ def coerce(key: str, kind: Any, value: Any) -> Any:
                 raise ValueError("needs a number")
             return float(value)
         if base is str:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return str(value)  # {"subjects": 2} in a JSON file, as --subjects 2
             if not isinstance(value, (str, Path)):
                 raise ValueError("needs text")
             return str(value)

@@ -180,3 +180,19 @@ def test_library_errors_speak_in_field_names():
         config.build(TrainConfig, {})
     # the paper's preset is the defaults
     assert config.preset(PretrainConfig, "paper") == PretrainConfig()
+
+
+def test_text_lists_keep_their_paths_and_number_lists_split():
+    """--set images=/data/aw2 is one folder (paths split on commas only); number lists still
+    take 768-256-128 and 768/256/128; a number in a JSON file fits a text setting ("subjects": 2
+    as --subjects 2)."""
+    build = lambda cls, **values: config.build(cls, values)  # noqa: E731
+    assert build(PretrainConfig, images="/data/aw2/cropped_aligned").images == (
+        "/data/aw2/cropped_aligned",)
+    assert build(PretrainConfig, images="/data/a, /data/b").images == ("/data/a", "/data/b")
+    assert build(AnalyzeConfig, heads="runs/demo/heads/va/full-model").heads == (
+        "runs/demo/heads/va/full-model",)
+    assert build(TrainConfig, task="va", tcn_channels="768/256/128").head.tcn_channels == (
+        768, 256, 128)
+    assert build(TrainConfig, task="va", tcn_channels="64-32").head.tcn_channels == (64, 32)
+    assert build(FacesConfig, subjects=2).subjects == "2"
