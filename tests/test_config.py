@@ -170,6 +170,22 @@ def test_a_nested_config_is_not_taken_for_another_stage(tmp_path):
     assert config.read_config_file(path, AnalyzeConfig, "analyze") == {"size": 96}
 
 
+@pytest.mark.parametrize("cls, values, message", [
+    (TrainConfig, dict(task="va", lr=-1.0), "lr -1.0: use a positive lr"),
+    (TrainConfig, dict(task="va", lr=0.0), "lr 0.0: use a positive lr"),  # ablate's lr=0
+    (TrainConfig, dict(task="va", weight_decay=-1.0), "weight_decay -1.0: use 0 or more"),
+    (TrainConfig, dict(task="va", dropout=1.5), "dropout 1.5: must lie in"),
+    (FinetuneConfig, dict(lr=float("nan")), "lr nan: use a positive lr"),
+    (FinetuneConfig, dict(drop_path_rate=1.0), "drop_path_rate 1.0: must lie in"),
+    (PretrainConfig, dict(blr=0.0), "blr 0.0: use a positive base lr"),
+    (PretrainConfig, dict(warmup_epochs=-1), "warmup_epochs -1: use 0 or more"),
+])
+def test_optimizer_settings_out_of_range_are_refused_by_name(cls, values, message):
+    """Values PyTorch would refuse with a traceback, or (lr 0) train nothing with."""
+    with pytest.raises(config.ConfigError, match=f"^{message}"):
+        config.build(cls, values)
+
+
 def test_library_errors_speak_in_field_names():
     with pytest.raises(config.ConfigError,
                        match="^mask_ratio 1.5 must lie strictly between 0 and 1$"):

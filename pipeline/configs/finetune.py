@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from pipeline.config import ConfigError, check_choices, setting
-from pipeline.configs.common import DEVICES, POOL_MODES, check_host_share
+from pipeline.configs.common import DEVICES, POOL_MODES, check_host_share, check_optimizer
 
 # sampler: class-balanced sampling; weights: inverse-frequency loss weights; none: the frames as
 # they come.
@@ -99,6 +99,7 @@ class FinetuneConfig:
 
     def __post_init__(self):
         check_choices(self)
+        check_optimizer(self)
         check_host_share(self)
         for name in ("epochs", "batch_size", "log_every"):
             if getattr(self, name) < 1:

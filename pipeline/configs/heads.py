@@ -6,7 +6,7 @@ from typing import ClassVar
 from features import FILLS
 from pipeline import config
 from pipeline.config import ConfigError, check_choices, setting
-from pipeline.configs.common import DEVICES
+from pipeline.configs.common import DEVICES, check_optimizer
 from pipeline.data.affwild2 import TASKS
 
 POS_ENCODINGS = ("none", "sinusoidal", "learned")
@@ -34,6 +34,7 @@ class HeadConfig:
 
     def __post_init__(self):
         check_choices(self)
+        check_optimizer(self)
         if not self.tcn_channels or min(self.tcn_channels) < 1:
             raise ConfigError("tcn_channels", f"{self.tcn_channels}: use positive widths")
         if self.d_model % self.num_heads:
@@ -114,6 +115,7 @@ class TrainConfig:
 
     def __post_init__(self):
         check_choices(self)
+        check_optimizer(self)
         if self.epochs is None:
             # resolved, so config.json says it
             object.__setattr__(self, "epochs", PAPER_EPOCHS[self.task])

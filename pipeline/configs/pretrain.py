@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from pipeline.config import ConfigError, check_choices, setting
-from pipeline.configs.common import DEVICES, check_host_share
+from pipeline.configs.common import DEVICES, check_host_share, check_optimizer
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,7 @@ class PretrainConfig:
 
     def __post_init__(self):
         check_choices(self)
+        check_optimizer(self)
         check_host_share(self)
         for name in ("epochs", "batch_size", "accum_iter", "img_size", "log_every"):
             if getattr(self, name) < 1:
