@@ -3,9 +3,9 @@
 All are computed over every valid frame of a whole set (videos concatenated), never per window.
 
 Degenerate cases, defined here once:
-- CCC is 0 when its denominator is 0 (both series constant and equal): no agreement can be shown;
-  it is NaN when a value is NaN or infinite, so that a diverged model never scores as a constant one.
+- CCC is 0 when its denominator is 0 (both series constant and equal): no agreement can be shown.
   A constant prediction against varying labels has covariance 0 and so CCC 0 without special-casing.
+  CCC is NaN when a value is NaN or infinite: a diverged model never scores as a constant one.
 - F1 of a class (or AU) with no true and no predicted positives is 0 (scikit-learn's
   ``zero_division=0``); Expr macro F1 always averages over all 8 classes, so a class missing from
   the set lowers the score rather than vanishing from the mean.
