@@ -63,7 +63,7 @@ def _check_video(store: FeatureStore, video: str) -> list[str]:
 def verify_store(path, expected: dict[str, int] | None = None, progress: bool = False) -> list[str]:
     """Every problem of a store, as sentences; an empty list means it is sound.
 
-    Checks: it opens; root attributes complete; every video group complete, shaped
+    Checks: root attributes complete; every video group complete, shaped
     (num_frames, feature_dim) with the store's dtype, every chunk readable and none missing
     (``FeatureStore.check_stored``), num_present right, no NaN/Inf, absent rows zero; a Zarr
     store's consolidated listing up to date; with ``expected`` (video -> frame count, e.g. from
@@ -73,11 +73,11 @@ def verify_store(path, expected: dict[str, int] | None = None, progress: bool = 
         path: the store.
         expected: video -> number of frames the store must hold; None skips the dataset checks.
         progress: show a tqdm bar over videos.
+    Raises:
+        StoreError: ``path`` does not open as a store (missing, not a store, a truncated HDF5
+            file): bad input, as for every other reader, not a list of problems.
     """
-    try:
-        store = open_store(path, use_consolidated=False)
-    except StoreError as e:
-        return [str(e)]
+    store = open_store(path, use_consolidated=False)
     with store:
         problems = []
         missing_attrs = [k for k in IDENTITY_KEYS if k not in store.attrs]

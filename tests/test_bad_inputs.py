@@ -239,6 +239,12 @@ def store_truncated_hdf5(p: Project, tmp: Path):
     return ["features", "info", path, "--json"], path
 
 
+def store_verify_not_a_store(p: Project, tmp: Path):
+    path = tmp / "clip.mp4"  # verify of what is not a store: bad input, not a damaged store
+    path.write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    return ["features", "verify", path], path
+
+
 def store_foreign_hdf5(p: Project, tmp: Path):
     path = tmp / "feats.h5"
     with h5py.File(path, "w") as f:
@@ -388,6 +394,7 @@ CASES = {
     # feature stores
     "store-dir-without-zarr-json": (store_without_zarr_json, None),
     "store-truncated-hdf5": (store_truncated_hdf5, "--overwrite"),
+    "store-verify-not-a-store": (store_verify_not_a_store, None),
     "store-foreign-hdf5": (store_foreign_hdf5, None),
     "store-of-another-checkpoint": (store_of_another_checkpoint, None),
     "store-overwrite-refuses-a-folder": (store_overwrite_a_folder, None),

@@ -307,7 +307,8 @@ def test_verify_catches_problems(store_path):
     assert "video vid_left: 13 frames, the dataset says 14" in text
     assert "video 105: 2 frames hold NaN or Inf" in text
     assert len(problems) == 3
-    assert "no feature store" in features.verify_store(store_path.with_name("nothing.zarr"))[0]
+    with pytest.raises(features.StoreError, match="no feature store"):
+        features.verify_store(store_path.with_name("nothing.zarr"))
 
 
 def test_read_rows_refuses_rows_outside_the_video(store_path):
