@@ -23,13 +23,20 @@ def read_submission(path: Path, task: str, what: str = "submission file") -> tup
     Returns:
         the image locations (``video/NNNNN.jpg``) and their values (N, K), K = 2, 1 or 12.
     Raises:
-        InputError: the file is missing, or a line is malformed (file and line named).
+        InputError: the file is missing, a folder or not text, or a line is malformed (file and
+            line named).
     """
     task = check_task(task)
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: a folder; give the {what} itself (a CSV file)")
     if not path.is_file():
         raise InputError(f"{path}: {what} not found")
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: not a text file (byte {err.start} is not UTF-8); give the "
+                         f"{what} as CSV text") from None
     while lines and not lines[-1].strip():
         lines.pop()
     expected = ("image_location", *HEADERS[task])
@@ -97,24 +104,25 @@ def check_submission(path: Path, task: str, example: Path) -> list[str]:
     """Problems of a submission against the organisers' example file; empty when it is valid.
 
     Checks header, row count, row order (the example's image locations, one for one) and value
-    ranges; the first problem of each kind is named with its line.
+    ranges; the first problem of each kind is named with its line, the ones that name a line
+    first (the command shows the first).
     """
-    problems = []
     try:
         locations, values = read_submission(path, task)
     except InputError as err:
         return [str(err)]
     example_locations, _ = read_submission(example, task, "example file (--example)")
-    if len(locations) != len(example_locations):
-        problems.append(
-            f"{path}: {len(locations)} rows, the example {example} has {len(example_locations)}"
-        )
+    # the most precise first (a line to fix), the row count, which they explain, last
+    problems = row_problems(path, task, locations, values)
     for i, (got, want) in enumerate(zip(locations, example_locations, strict=False)):
         if got != want:
             problems.append(f"{path}:{i + 2}: row for {got!r}, the example has {want!r} there "
                             "(order must match)")
             break
-    problems += row_problems(path, task, locations, values)
+    if len(locations) != len(example_locations):
+        problems.append(
+            f"{path}: {len(locations)} rows, the example {example} has {len(example_locations)}"
+        )
     return problems
 
 

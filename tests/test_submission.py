@@ -124,6 +124,13 @@ def test_check_submission_names_the_first_problem(tmp_path):
     write_submission(short, "expr", locs[:2], np.array([1, 2]))
     assert "2 rows, the example" in check_submission(short, "expr", example)[0]
 
+    # a duplicated row: the line to fix comes first, the row count it explains after
+    twice = tmp_path / "twice.csv"
+    write_submission(twice, "expr", [locs[0], locs[1], locs[1], locs[2]], np.array([4, 2, 2, 7]))
+    problems = check_submission(twice, "expr", example)
+    assert "twice.csv:4: a second row for 'v/00002.jpg'" in problems[0], problems
+    assert "4 rows, the example" in problems[-1]
+
     bad = tmp_path / "bad.csv"
     bad.write_text(good.read_text().replace("v/00003.jpg,7", "v/00003.jpg,9"))
     assert ":4: value out of range" in check_submission(bad, "expr", example)[0]
@@ -132,6 +139,12 @@ def test_check_submission_names_the_first_problem(tmp_path):
                                       str(example)])
     assert result.exit_code == 2
     assert "value out of range" in result.output
+
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff")
+    for path, message in ((tmp_path, "a folder; give the submission file"),
+                          (binary, "not a text file (byte 0 is not UTF-8)")):
+        assert message in check_submission(path, "expr", example)[0]
 
     header = tmp_path / "header.csv"
     header.write_text("image_location,valence\n")
