@@ -31,7 +31,7 @@ from pipeline.heads.train import TrainConfig, prepare, train_run
 from pipeline.metrics import uniform_guess_expr_f1
 from pipeline.pretrain import PretrainConfig, pretrain
 from pipeline.report import write_report
-from pipeline.runs import atomic_write_text, sha256_file, to_jsonable
+from pipeline.runs import atomic_write_text, check_out_dir, sha256_file, to_jsonable
 from pipeline.submission import check_submission, score_submission
 from pipeline.table5 import ABLATIONS, slug
 
@@ -61,7 +61,7 @@ def stage_configs(cfg: DemoConfig) -> dict:
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     """Run (or resume) every stage and write ``OUT/report.html``; returns the figures shown."""
-    out, data = Path(cfg.out), Path(cfg.data)
+    out, data = check_out_dir(cfg.out), check_out_dir(cfg.data, "--data")
     out.mkdir(parents=True, exist_ok=True)
     configs = stage_configs(cfg)
     timings: dict[str, float] = {}

@@ -16,7 +16,7 @@ from pipeline.data.affwild2 import AU_NAMES, EXPR_CLASSES, TASKS, VA_NAMES
 from pipeline.errors import InputError
 from pipeline.html_page import page, png_img
 from pipeline.plots import curves
-from pipeline.runs import atomic_write_text, read_jsonl
+from pipeline.runs import atomic_write_text, check_out_file, read_jsonl
 from pipeline.table5 import ABLATIONS, PAPER_TABLE5, slug
 
 # Frame-level macro F1 above a uniform guess by less than this is read as "no better than a guess"
@@ -71,7 +71,12 @@ def collect(paths: list[Path]) -> Sources:
 
 
 def write_report(out: Path, demo_dir: Path | None = None, runs: list[Path] | None = None) -> Path:
-    """Write the HTML report to ``out`` (atomically) from a demo directory or a list of runs."""
+    """Write the HTML report to ``out`` (atomically) from a demo directory or a list of runs.
+
+    Raises:
+        InputError: ``out`` is a folder, or a folder on its way is a file.
+    """
+    check_out_file(out)
     src = collect([demo_dir] if demo_dir is not None else list(runs or []))
     parts = [_summary(src), _store(src), _pretrain(src), _finetune(src)]
     parts += [_task(task, src.heads[task]) for task in TASKS if task in src.heads]

@@ -85,6 +85,39 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     _atomic_write(path, lambda f: torch.save(host, f))
 
 
+def check_out_dir(path, option: str = "--out") -> Path:
+    """``path`` as a directory to write into: new, or a folder already.
+
+    Raises:
+        InputError: it (or a parent) is a file; named with ``option``, before any work.
+    """
+    from pipeline.errors import InputError
+
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise InputError(f"{p}: a file, not a folder; give {option} a folder (new, or "
+                                 "one this command wrote)")
+            return path
+    return path
+
+
+def check_out_file(path, option: str = "--out") -> Path:
+    """``path`` as a file to write: not a folder, in a folder that is not a file.
+
+    Raises:
+        InputError: it is a folder (or a parent is a file); named with ``option``, before any work.
+    """
+    from pipeline.errors import InputError
+
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: a folder; give {option} a file path, e.g. {path / 'out.csv'}")
+    check_out_dir(path.parent, option)
+    return path
+
+
 def write_config(run_dir: Path, config: Any, name: str = "config.json") -> Path:
     """Write the resolved config (a dataclass or dict) as ``run_dir/config.json``."""
     path = Path(run_dir) / name

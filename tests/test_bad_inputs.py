@@ -287,6 +287,17 @@ def _run_copy(p: Project, tmp: Path) -> Path:
     return Path(shutil.copytree(p.run, tmp / "run"))
 
 
+def out_train_into_a_file(p: Project, tmp: Path):
+    (tmp / "heads").write_text("notes")
+    return (["train", "va", "--store", p.store, "--data", p.root, "--out", tmp / "heads" / "va",
+             "--json", *DEVICE], tmp / "heads")
+
+
+def out_predict_into_a_folder(p: Project, tmp: Path):
+    (tmp / "sub").mkdir()
+    return ["predict", "--run", p.run, "--out", tmp / "sub", "--json", *DEVICE], tmp / "sub"
+
+
 def run_without_best(p: Project, tmp: Path):
     run = _run_copy(p, tmp)
     (run / "best.pt").unlink()
@@ -399,6 +410,9 @@ CASES = {
     "store-of-another-checkpoint": (store_of_another_checkpoint, None),
     "store-overwrite-refuses-a-folder": (store_overwrite_a_folder, None),
     "store-newer-format": (store_of_a_newer_format, None),
+    # outputs where a file or folder is in the way
+    "out-train-into-a-file": (out_train_into_a_file, "a file, not a folder"),
+    "out-predict-into-a-folder": (out_predict_into_a_folder, "a folder; give --out a file"),
     # run directories
     "run-without-best": (run_without_best, None),
     "run-best-with-a-class": (run_best_with_a_class, None),

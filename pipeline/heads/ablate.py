@@ -22,7 +22,7 @@ from pipeline.device import resolve_device
 from pipeline.errors import InputError
 from pipeline.heads.sequences import FeatureTable, TaskData, load_features
 from pipeline.heads.train import TrainConfig, prepare, train_run
-from pipeline.runs import atomic_write_text
+from pipeline.runs import atomic_write_text, check_out_dir
 
 FIXED = ("task", "stores", "data")  # what the loaded data is; one ablation, one dataset
 
@@ -74,7 +74,7 @@ def ablate(settings: dict, grid: dict[str, list], seeds: int, out_dir: Path,
     """
     if seeds < 1:
         raise InputError(f"--seeds {seeds}: give at least 1")
-    out_dir = Path(out_dir)
+    out_dir = check_out_dir(out_dir)
     keys = list(grid)
     combos = list(itertools.product(*grid.values())) or [()]
     configs = []

@@ -21,6 +21,7 @@ from pipeline.errors import InputError
 from pipeline.heads import postprocess
 from pipeline.heads.evaluate import Run, load_run, tables_for
 from pipeline.heads.sequences import FeatureTable
+from pipeline.runs import check_out_file
 from pipeline.submission import parse_location, read_submission, write_submission
 
 TEST = "test"
@@ -100,6 +101,7 @@ def predict(run_dirs, out: Path, split: str = TEST, data_root: Path | None = Non
         data_root, stores: default to those the first run was trained with; every run must have been
             trained on stores of the same identity as these.
     """
+    check_out_file(out)
     runs = load_runs(run_dirs)
     task = runs[0].task
     ds = AffWild2(Path(data_root) if data_root else runs[0].data)
