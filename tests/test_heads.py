@@ -434,6 +434,21 @@ def test_ablate_grid_by_seeds(tiny_root, tiny_store, tmp_path):
     assert (len(rows) == 1 + 4
             and len((tmp_path / "abl" / "runs.csv").read_text().splitlines()) == 1 + 8)
     assert (tmp_path / "abl" / "model-temporal_tcn_window-100" / "seed1" / "best.pt").is_file()
+    # again with one seed and one combination: the folder holds what its tables say
+    (tmp_path / "abl" / "notes.txt").write_text("mine")
+    run_cli("ablate", "--task", "va", "--store", tiny_store, "--data", tiny_root,
+            "--grid", "model=temporal_linear", "--seeds", 1, "--out", tmp_path / "abl", "--epochs",
+            1, *FAST[2:])
+    left = sorted(p.relative_to(tmp_path / "abl").as_posix()
+                  for p in (tmp_path / "abl").glob("*/seed*"))
+    assert left == ["model-temporal_linear/seed0"], left
+    assert (tmp_path / "abl" / "notes.txt").read_text() == "mine"
+    # a grid value that does not parse is named as the --grid item it came from
+    result = CliRunner().invoke(cli, ["ablate", "--task", "va", "--store", str(tiny_store),
+                                      "--data", str(tiny_root), "--grid", "kernel_size=3,x",
+                                      "--out", str(tmp_path / "abl2")])
+    assert result.exit_code == 2 and "--grid 'kernel_size=3,x': 'x' is not a valid int" in (
+        result.output)
 
 
 def test_a_run_directory_works_from_anywhere_and_after_a_move(mini_root, tmp_path, monkeypatch):

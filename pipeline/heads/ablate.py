@@ -11,6 +11,8 @@ import dataclasses
 import io
 import itertools
 import re
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +46,10 @@ def parse_grid(specs) -> dict[str, list]:
         known = settable(TrainConfig)
         if key not in known:
             raise InputError(f"--grid {key} is not a setting; settable: {', '.join(sorted(known))}")
-        grid[key] = [coerce(key, known[key][1], v) for v in values.split(",")]
+        try:
+            grid[key] = [coerce(key, known[key][1], v) for v in values.split(",")]
+        except ConfigError as err:
+            raise InputError(f"--grid {spec!r}: {err.problem}") from None
     return grid
 
 
@@ -89,20 +94,25 @@ def ablate(settings: dict, grid: dict[str, list], seeds: int, out_dir: Path,
                              f"{err.problem}") from None
     base = configs[0]
     resolve_device(base.device)  # refused before any store is read or run written
+    names = [re.sub(r"[^A-Za-z0-9_.+-]", "",
+                    "_".join(f"{k}-{_label(v)}" for k, v in zip(keys, combo, strict=True))
+                    or "base") for combo in combos]
     ds = AffWild2(Path(base.data))
     tables: dict[str, FeatureTable] = {}
     datasets: dict[tuple, TaskData] = {}
+    for cfg in configs:  # loaded (and refused) before an earlier ablation's runs are touched
+        if cfg.fill not in tables:
+            tables[cfg.fill] = load_features(cfg.stores, cfg.fill)
+        if (cfg.fill, cfg.fold, cfg.folds) not in datasets:
+            datasets[cfg.fill, cfg.fold, cfg.folds] = prepare(cfg, tables[cfg.fill], ds)
+    _drop_earlier_runs(out_dir, {out_dir / n / f"seed{c.seed + s}"
+                                 for n, c in zip(names, configs, strict=True)
+                                 for s in range(seeds)}, progress)
     runs, rows = [], []
     bar = tqdm(total=len(configs) * seeds, desc=f"ablate {base.task}", unit="run",
                disable=not progress)
-    for combo, cfg in zip(combos, configs, strict=True):
-        if cfg.fill not in tables:
-            tables[cfg.fill] = load_features(cfg.stores, cfg.fill)
+    for combo, cfg, name in zip(combos, configs, names, strict=True):
         split_key = (cfg.fill, cfg.fold, cfg.folds)
-        if split_key not in datasets:
-            datasets[split_key] = prepare(cfg, tables[cfg.fill], ds)
-        name = "_".join(f"{k}-{_label(v)}" for k, v in zip(keys, combo, strict=True)) or "base"
-        name = re.sub(r"[^A-Za-z0-9_.+-]", "", name)
         scores, afters = [], []
         for s in range(seeds):
             seed_cfg = dataclasses.replace(cfg, seed=cfg.seed + s)
@@ -130,6 +140,21 @@ def ablate(settings: dict, grid: dict[str, list], seeds: int, out_dir: Path,
     atomic_write_text(out_dir / "runs.csv", _csv(runs))
     return {"task": base.task, "grid": {k: [_label(v) for v in vs] for k, vs in grid.items()},
             "seeds": seeds, "rows": rows, "runs": runs, "markdown": markdown, "out": str(out_dir)}
+
+
+def _drop_earlier_runs(out_dir: Path, planned: set[Path], progress: bool) -> None:
+    """Delete the run directories (``<combination>/seed<N>`` holding a ``config.json``) of an
+    earlier ablation into ``out_dir`` that this one does not make, so that the folder holds what
+    its tables say; anything else in ``out_dir`` is left."""
+    stale = [d for d in out_dir.glob("*/seed*")
+             if d.is_dir() and (d / "config.json").is_file() and d not in planned]
+    for d in stale:
+        shutil.rmtree(d)
+        if not any(d.parent.iterdir()):
+            d.parent.rmdir()
+    if stale and progress:
+        tqdm.write(f"removed {len(stale)} run(s) of an earlier ablation in {out_dir} that this "
+                   "grid does not hold", file=sys.stderr)
 
 
 def markdown_table(task: str, keys: list[str], rows: list[dict]) -> str:
