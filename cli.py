@@ -275,6 +275,10 @@ def features_group():
     """Inspect, check and convert feature stores."""
 
 
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.1f} KiB"
+
+
 @features_group.command("info")
 @store_argument
 @store_data_option
@@ -292,7 +296,7 @@ def features_info(store, data_root, as_json):
             result["splits"] = split_counts(s, AffWild2(data_root))
     a = {k: "?" for k in features.IDENTITY_KEYS} | result["attrs"]  # "?": verify names it
     lines = [
-        f"{result['path']}  ({result['format']}, {result['bytes'] / 2**20:.1f} MiB on disk)",
+        f"{result['path']}  ({result['format']}, {_size(result['bytes'])} on disk)",
         f"encoder     {a['encoder']}, pooling {a['pooling']}, input {a['input_size']}, "
         f"{a['feature_dim']} x {a['dtype']}, computed in {a.get('compute_dtype', '?')}",
         f"checkpoint  sha256 {a['checkpoint_sha256']}",
@@ -344,7 +348,7 @@ def features_export(store, out, overwrite, as_json):
     with features.open_store(out) as s:
         result = {k: v for k, v in s.info().items() if k != "attrs"}
     emit(result, as_json, f"wrote {out} ({result['format']}, {result['videos']} videos, "
-                          f"{result['bytes'] / 2**20:.1f} MiB)")
+                          f"{_size(result['bytes'])})")
 
 
 # --- temporal heads: train | evaluate | predict | ablate ------------------------------------------
