@@ -21,7 +21,10 @@ from pipeline.configs import (
     SynthConfig,
     TrainConfig,
 )
+from pipeline.configs.common import DEVICES
+from pipeline.configs.heads import ABLATION_SEEDS
 from pipeline.configs.video import AnalyzeConfig, FacesConfig
+from pipeline.data.affwild2 import TASKS, TEST, VALIDATION
 from pipeline.errors import InputError
 
 
@@ -68,7 +71,7 @@ json_option = click.option("--json", "as_json", is_flag=True,
                            help="Print one JSON object instead of a table.")
 data_option = click.option("--data", "data_root", required=True, type=click.Path(path_type=Path),
                            help="An Aff-Wild2-layout root.")
-task_option = click.option("--task", required=True, type=click.Choice(["va", "expr", "au"]))
+task_option = click.option("--task", required=True, type=click.Choice(TASKS))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -83,7 +86,7 @@ def cli():
 @click.option("--pred", "pred_path", required=True, type=click.Path(path_type=Path),
               help="Submission-format CSV.")
 @data_option
-@click.option("--split", default="Validation_Set", show_default=True,
+@click.option("--split", default=VALIDATION, show_default=True,
               help="Train_Set, Validation_Set (or Test_Set where ground truth exists).")
 @json_option
 def score(task, pred_path, data_root, split, as_json):
@@ -353,7 +356,7 @@ def features_export(store, out, overwrite, as_json):
 
 # --- temporal heads: train | evaluate | predict | ablate ------------------------------------------
 
-HEAD_TASKS = click.Choice(["va", "expr", "au"])
+HEAD_TASKS = click.Choice(TASKS)
 heads_stores_option = click.option(
     "--store", "stores", multiple=True, type=click.Path(path_type=Path),
     help="Feature store; repeat to put several stores side by side (frames aligned).")
@@ -395,8 +398,7 @@ def train(task, out, settings, as_json):
 @click.option("--data", "data_root", default=None, type=click.Path(path_type=Path),
               help="Default: the run's.")
 @heads_stores_option
-@click.option("--device", default="auto", show_default=True,
-              type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--device", default=DEVICES[0], show_default=True, type=click.Choice(DEVICES))
 @json_option
 def evaluate(run_dir, split, data_root, stores, device, as_json):
     """Official figures of a run on whole videos, before and after its post-processing."""
@@ -411,15 +413,14 @@ def evaluate(run_dir, split, data_root, stores, device, as_json):
 @cli.command()
 @click.option("--run", "run_dirs", required=True, multiple=True, type=click.Path(path_type=Path),
               help="Run directory; repeat to average an ensemble.")
-@click.option("--split", default="test", show_default=True,
+@click.option("--split", default=TEST, show_default=True,
               help="test (the example file's rows) or an annotated split.")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Submission CSV to write.")
 @click.option("--data", "data_root", default=None, type=click.Path(path_type=Path),
               help="Default: the first run's.")
 @heads_stores_option
-@click.option("--device", default="auto", show_default=True,
-              type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--device", default=DEVICES[0], show_default=True, type=click.Choice(DEVICES))
 @json_option
 def predict(run_dirs, split, out, data_root, stores, device, as_json):
     """Write a challenge submission file from one run or the average of several."""
@@ -436,7 +437,8 @@ def predict(run_dirs, split, out, data_root, stores, device, as_json):
 @click.option("--grid", multiple=True, metavar="KEY=V1,V2",
               help="A setting and its values, e.g. model=temporal_tcn,temporal_transformer "
                    "(repeatable).")
-@click.option("--seeds", default=3, show_default=True, help="Seeds per combination.")
+@click.option("--seeds", default=ABLATION_SEEDS, show_default=True,
+              help="Seeds per combination.")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Directory for the runs and tables.")
 @config_options(TrainConfig, "heads", default_preset="paper")
@@ -447,7 +449,7 @@ def ablate(grid, seeds, out, settings, as_json):
     from pipeline.heads.ablate import ablate as run_ablate
     from pipeline.heads.ablate import parse_grid
 
-    result = run_ablate(settings.values(), parse_grid(grid), seeds, out, progress=not as_json)
+    result = run_ablate(settings.values(), parse_grid(grid), out, seeds, progress=not as_json)
     emit(result, as_json,
          result["markdown"].rstrip() + f"\n\nwrote {out}/ablation.md, ablation.csv, runs.csv")
 

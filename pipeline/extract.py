@@ -28,7 +28,7 @@ from pipeline import distributed, partition
 from pipeline.checkpoint import EncoderInfo, load_encoder
 from pipeline.config import ConfigError
 from pipeline.configs.extract import ExtractConfig
-from pipeline.data.affwild2 import TASKS, AffWild2
+from pipeline.data.affwild2 import TASKS, TEST, AffWild2
 from pipeline.data.images import decode_batch
 from pipeline.device import (
     autocast,
@@ -53,7 +53,7 @@ def select_videos(ds: AffWild2, splits: tuple[str, ...]) -> list[str]:
     lists = 0
     for task in TASKS:
         for split in splits:
-            if split == "test":
+            if split == TEST:
                 try:
                     chosen.update(ds.test_videos(task))
                     lists += 1
@@ -61,7 +61,7 @@ def select_videos(ds: AffWild2, splits: tuple[str, ...]) -> list[str]:
                     continue  # this copy has no test list for the task
             elif ds.available(task, split):
                 chosen.update(ds.annotations(task, split))
-    if "test" in splits and not lists:
+    if TEST in splits and not lists:
         raise InputError(f"{ds.root}: no test-set video list (*test_set_release*.txt) for any "
                          "task; --splits test needs names_of_videos_in_each_test_set/")
     return sorted(chosen)

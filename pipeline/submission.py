@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.affwild2 import HEADERS, AffWild2, check_task
+from pipeline.data.affwild2 import HEADERS, VALIDATION, AffWild2, check_task
 from pipeline.errors import InputError
 from pipeline.metrics import TASK_METRICS
 from pipeline.runs import atomic_write_text
@@ -156,7 +156,7 @@ def _out_of_range(task: str, values: np.ndarray) -> np.ndarray:
     return np.flatnonzero(wrong)
 
 
-def score_submission(path: Path, task: str, data: AffWild2, split: str = "Validation_Set") -> dict:
+def score_submission(path: Path, task: str, data: AffWild2, split: str = VALIDATION) -> dict:
     """Score a submission-format file against the annotations of ``split``.
 
     Every valid annotated frame of every video of the split needs a row; rows for other frames are

@@ -5,9 +5,9 @@ from dataclasses import dataclass
 from features.format import WRITE_FORMATS
 from pipeline.config import ConfigError, check_choices, setting
 from pipeline.configs.common import DEVICES, POOL_MODES, check_host_share
-from pipeline.data.affwild2 import SPLITS
+from pipeline.data.affwild2 import SPLITS, TEST
 
-SELECTABLE_SPLITS = ("all", *SPLITS, "test")
+SELECTABLE_SPLITS = ("all", *SPLITS, TEST)
 
 @dataclass(frozen=True)
 class ExtractConfig:

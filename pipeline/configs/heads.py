@@ -43,6 +43,7 @@ class HeadConfig:
 
 
 PAPER_EPOCHS = {"va": 40, "expr": 10, "au": 30}
+ABLATION_SEEDS = 3  # runs per combination of an ablation (the mean ± std of its table)
 # Registered temporal heads (``pipeline.models.temporal``); the family is in the name.
 HEAD_MODELS = ("temporal_tcn_transformer", "temporal_tcn", "temporal_transformer",
                "temporal_linear")

@@ -34,6 +34,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # the frame and image files every re
 
 TASKS = ("va", "expr", "au")
 SPLITS = ("Train_Set", "Validation_Set")
+VALIDATION = SPLITS[1]  # where best epochs, thresholds and scores are taken by default
+# The challenge's test videos: the rows of the organisers' example files (no labels); an annotated
+# Test_Set (the synthetic set has one) is scored like the other splits.
+TEST = "test"
 EXPR_CLASSES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other")
 AU_NAMES = ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25",
             "AU26")

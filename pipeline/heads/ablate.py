@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.config import ConfigError, coerce, settable
+from pipeline.configs.heads import ABLATION_SEEDS
 from pipeline.data.affwild2 import AffWild2
 from pipeline.device import resolve_device
 from pipeline.errors import InputError
@@ -61,7 +62,7 @@ def _label(value) -> str:
     return "-".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
-def ablate(settings: dict, grid: dict[str, list], seeds: int, out_dir: Path,
+def ablate(settings: dict, grid: dict[str, list], out_dir: Path, seeds: int = ABLATION_SEEDS,
            progress: bool = True) -> dict:
     """Train every grid combination for seeds seed .. seed + seeds - 1.
 

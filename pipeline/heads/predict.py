@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.data.affwild2 import AffWild2
+from pipeline.data.affwild2 import TEST, AffWild2
 from pipeline.device import resolve_device
 from pipeline.errors import InputError
 from pipeline.heads import postprocess
@@ -23,8 +23,6 @@ from pipeline.heads.evaluate import Run, load_run, tables_for
 from pipeline.heads.sequences import FeatureTable
 from pipeline.runs import check_out_file
 from pipeline.submission import parse_location, read_submission, write_submission
-
-TEST = "test"
 
 
 def _rows_of_example(ds: AffWild2, task: str) -> tuple[list[str], list[tuple[str, int]]]:
