@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench import exit_on_bad_input
 from pipeline.configs.video import FacesConfig
 from pipeline.device import resolve_device
-from pipeline.errors import exit_on_input_error
 from pipeline.video.decode import iter_frames, read_batches
 from pipeline.video.detect import build_detector
 from pipeline.video.faces import faces
@@ -144,7 +144,7 @@ def main(argv=None) -> dict:
         parser.error("--repeats and --frames must be at least 1")
     if args.width % 2 or args.height % 2:
         parser.error("--width and --height must be even (H.264 4:2:0)")
-    return exit_on_input_error(run, args)
+    return exit_on_bad_input(run, args)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench import exit_on_bad_input
 from pipeline import config
 from pipeline.checkpoint import (
     EncoderInfo,
@@ -45,7 +46,6 @@ from pipeline.configs import FinetuneConfig
 from pipeline.data.affwild2 import AffWild2
 from pipeline.data.frames import FrameIndex, expr_frames
 from pipeline.device import cpu_budget, resolve_device
-from pipeline.errors import exit_on_input_error
 from pipeline.finetune import finetune
 from pipeline.finetune_eval import predict_expr, validation_loader
 from pipeline.finetune_model import load_classifier
@@ -165,7 +165,7 @@ def bootstrap_summary(confusions: dict[str, np.ndarray], resamples: int, seed: i
 def main(argv=None) -> dict:
     """Run the comparison; bad input (a missing folder, an unreadable checkpoint) exits 2
     with one line."""
-    return exit_on_input_error(_compare, argv)
+    return exit_on_bad_input(_compare, argv)
 
 
 def _compare(argv) -> dict:

@@ -47,7 +47,7 @@ import torch
 import torch.distributed as dist
 from torch.overrides import TorchFunctionMode
 
-from bench import reference
+from bench import exit_on_bad_input, reference
 from pipeline import config, distributed
 from pipeline.configs import ExtractConfig, FinetuneConfig, PretrainConfig, SynthConfig, TrainConfig
 from pipeline.data.affwild2 import AffWild2
@@ -591,7 +591,7 @@ def main(argv=None) -> dict | None:
     if args.out is None:
         tmp = tempfile.mkdtemp(prefix="gpu-check-")
     try:
-        result = run_check(args.out or Path(tmp) / "runs", args.data)
+        result = exit_on_bad_input(run_check, args.out or Path(tmp) / "runs", args.data)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from bench import exit_on_bad_input
 from pipeline.checkpoint import read_checkpoint
 from pipeline.data.images import UnreadableImage, decode_source, find_images
-from pipeline.errors import InputError, exit_on_input_error
+from pipeline.errors import InputError
 from pipeline.models.encoder import normalize
 from pipeline.models.mae import MAEConfig, MaskedAutoencoderViT
 
@@ -73,7 +74,7 @@ def loss_map(model: MaskedAutoencoderViT, images: torch.Tensor, repeats: int, se
 def main(argv=None) -> dict:
     """Print the map; bad input (a missing folder, a checkpoint without a decoder) exits 2
     with one line."""
-    return exit_on_input_error(_run, argv)
+    return exit_on_bad_input(_run, argv)
 
 
 def _run(argv) -> dict:
