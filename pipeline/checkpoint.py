@@ -66,15 +66,6 @@ class EncoderInfo:
     # the pooling a fine-tuned checkpoint was trained with (extraction's default)
     pooling: str | None = None
 
-    def __getitem__(self, key: str):
-        """Mapping-style access (``info["img_size"]``) beside attributes."""
-        if key not in self.__dataclass_fields__:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def get(self, key: str, default=None):
-        return getattr(self, key) if key in self.__dataclass_fields__ else default
-
 
 def warn(message: str) -> None:
     """One warning line on stderr that does not break a running tqdm bar."""

@@ -53,8 +53,8 @@ def test_project_checkpoint_round_trip(mae, imgs, tmp_path, capsys):
     encoder, info = load_encoder(path)
     assert torch.equal(features(encoder, imgs), features(mae.encoder, imgs))
     assert (info.kind, info.model_name, info.img_size) == ("mae", "mae_vit_tiny_patch16", 32)
-    assert info.model_config["decoder_embed_dim"] == 32 and info["sha256"] == sha256_file(path)
-    assert info.pixel_mean == PIXEL_MEAN and info.get("pooling") is None
+    assert info.model_config["decoder_embed_dim"] == 32 and info.sha256 == sha256_file(path)
+    assert info.pixel_mean == PIXEL_MEAN and info.pooling is None
     assert not info.missing_keys and not info.unexpected_keys and not info.pos_embed_grid
     assert not encoder.pos_embed.requires_grad
     assert "warning" not in capsys.readouterr().err
