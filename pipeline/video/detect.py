@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from pipeline.errors import InputError
+from pipeline.config import ConfigError
 from pipeline.video import require
 
 
@@ -75,11 +75,16 @@ def register_detector(name: str):
     return add
 
 
-def build_detector(name: str, device: torch.device, **settings) -> FaceDetector:
-    """The registered detector ``name`` on ``device``; InputError for an unknown name."""
+def check_detector(name: str) -> None:
+    """Raise ConfigError (the ``detector`` setting) for a name no detector is registered by."""
     if name not in DETECTORS:
-        raise InputError(f"unknown face detector {name!r}; use one of "
-                         f"{', '.join(sorted(DETECTORS))}")
+        raise ConfigError("detector", f"{name!r} is not a registered face detector; use one of "
+                                      f"{', '.join(sorted(DETECTORS))}")
+
+
+def build_detector(name: str, device: torch.device, **settings) -> FaceDetector:
+    """The registered detector ``name`` on ``device``; ConfigError for an unknown name."""
+    check_detector(name)
     return DETECTORS[name](device=device, **settings)
 
 

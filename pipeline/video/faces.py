@@ -9,9 +9,12 @@ Beside each folder, ``<video>.json`` (``pipeline.video.record``) maps every fram
 and place.
 
 A video is built in a hidden folder under ROOT and renamed into place; its record, written last and
-atomically, marks it complete. A rerun skips complete videos (and refuses ones made with other
-settings or from another file of the same name), and redoes any a killed run left behind. Under
-torchrun the videos are split between ranks by file size, as extraction splits them by frames.
+atomically, marks it complete. The record keeps the source's size and sha256, so a rerun knows a
+video by its content: it skips complete videos (wherever the file now is), refuses a file that
+changed since its crops were made, another file of the same name and other settings, and redoes
+any video a killed run left behind. Under torchrun the videos are split between ranks by file size,
+as extraction splits them by frames. Settings, inputs and the output folder are checked before any
+folder is made; a run that writes nothing removes the folders it made.
 """
 
 import contextlib
@@ -32,6 +35,7 @@ from pipeline.checkpoint import warn
 from pipeline.configs.video import IMAGE_DIR, OUTPUT_KEYS, FacesConfig
 from pipeline.device import resolve_device
 from pipeline.errors import InputError
+from pipeline.runs import sha256_file
 from pipeline.video import require
 from pipeline.video.align import estimate_similarity, template, warp_faces
 from pipeline.video.decode import (
@@ -42,8 +46,8 @@ from pipeline.video.decode import (
     probe,
     read_batches,
 )
-from pipeline.video.detect import build_detector
-from pipeline.video.record import read_record, record_path, write_record
+from pipeline.video.detect import build_detector, check_detector
+from pipeline.video.record import read_record, record_path, source_identity, write_record
 from pipeline.video.track import Tracker, name_tracks
 
 
@@ -51,21 +55,60 @@ def output_settings(config: FacesConfig) -> dict:
     return {k: getattr(config, k) for k in OUTPUT_KEYS}
 
 
-def existing_outputs(image_root: Path, stem: str, source: Path,
-                     config: FacesConfig) -> list[str] | None:
-    """The output videos of a source that a complete earlier run wrote, or None when it must be
-    (re)done.
+def check_output_folder(path: Path) -> None:
+    """Refuse (InputError) an output folder that is an existing file or lies under one, before any
+    work; a folder that does not exist yet is fine."""
+    for p in (Path(path), *Path(path).parents):
+        if p.exists():
+            if not p.is_dir():
+                raise InputError(f"{p}: is a file, not a folder; give --out a new or existing "
+                                 "folder")
+            return
 
-    Raises InputError when a complete output of that name comes from another file or other settings.
+
+def _same_content(source: Path, record: dict) -> bool:
+    """Whether ``source`` has the size and sha256 its record keeps (hashed only if sizes agree)."""
+    return (source.stat().st_size == record["source_bytes"]
+            and sha256_file(source) == record["source_sha256"])
+
+
+def existing_outputs(image_root: Path, stem: str, source: Path,
+                     config: FacesConfig) -> dict | None:
+    """The record of a source's complete earlier run (its first output's; ``["outputs"]`` names
+    them all), or None when the source must be (re)done.
+
+    A record that keeps its source's size and sha256 is this source's when the content matches,
+    wherever the file now is (a moved folder); one written before records kept them, when its path
+    is this source's. The file is hashed only when a record of its name exists.
+
+    Raises InputError when a complete output of that name was made from other content (the file
+    changed since its crops were made, or another file of that name) or with other settings.
     """
     for first in (stem, f"{stem}_left", f"{stem}_right"):
-        record = read_record(record_path(image_root, first))
+        path = record_path(image_root, first)
+        record = read_record(path)
         if record is None:
             continue
-        if Path(record["source"]) != source.resolve():
+        redo = (f"delete that video's folder(s) and record(s) in {image_root} "
+                f"({', '.join(f'{o}/, {o}.json' for o in record['outputs'])}) to redo it")
+        same_path = Path(record["source"]) == source.resolve()
+        if "source_sha256" in record and not _same_content(source, record):
+            if same_path:
+                raise InputError(
+                    f"{source}: the file changed since its crops were made (the record {path} "
+                    f"keeps {record['source_bytes']} bytes, sha256 "
+                    f"{record['source_sha256'][:12]}...); {redo}"
+                )
             raise InputError(
-                f"{record_path(image_root, first)}: {first!r} was made from {record['source']}, "
-                f"not {source}; rename one of the videos or use another --out"
+                f"{path}: {first!r} was made from {record['source']}, another file than {source}; "
+                "rename one of the videos or use another --out (or, if the file changed since its "
+                f"crops were made, {redo})"
+            )
+        if "source_sha256" not in record and not same_path:
+            # a record from before records kept the content: its path decides
+            raise InputError(
+                f"{path}: {first!r} was made from {record['source']}, not {source}; rename one of "
+                "the videos or use another --out"
             )
         if record["config"] != output_settings(config):
             changed = sorted(k for k in OUTPUT_KEYS
@@ -75,9 +118,8 @@ def existing_outputs(image_root: Path, stem: str, source: Path,
                 f"({', '.join(changed)}); use another --out, or delete that video's folder and "
                 "record to redo it"
             )
-        outputs = record["outputs"]
-        if all(read_record(record_path(image_root, o)) is not None for o in outputs):
-            return outputs
+        if all(read_record(record_path(image_root, o)) is not None for o in record["outputs"]):
+            return record
     return None
 
 
@@ -102,15 +144,20 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
         progress: show a frames/s bar.
     Returns:
         a summary: root, videos found, written now, skipped (complete already), failed (with why),
-        ``outputs`` (source file -> its output videos, skipped ones included), frames, faces,
-        seconds, frames/s.
+        ``outputs`` (source file -> its output videos, skipped ones included), ``warnings`` (source
+        file -> its record's warnings, for damaged input: frames are numbered as decoded), frames,
+        faces, seconds, frames/s.
     Raises:
-        InputError when no input is a usable video (a single bad file, an empty folder), for options
-        out of range, and for a name clash with an earlier run; a bad file among others is a
-        warning.
+        InputError when no input is a usable video (a single bad file, an empty folder), ``out`` is
+        a file, for options out of range, for a name clash with an earlier run and for a source
+        that changed since its crops were made; a bad file among others is a warning. Nothing is
+        left behind by a refusal.
     """
     config = config or FacesConfig()
     require("av")
+    root = Path(out)
+    check_output_folder(root)
+    check_detector(config.detector)
     device = resolve_device(config.device)
     dist = distributed.init_distributed(device)
     videos, ignored = find_videos(inputs)
@@ -121,19 +168,19 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
         raise InputError(f"no video file in {', '.join(map(str, inputs))}; pass videos (.mp4, "
                          ".avi, .mov, ...)")
     _unique_stems(videos)
-    root = Path(out)
     image_root = root / IMAGE_DIR
-    created = [d for d in (root, image_root) if not d.exists()]  # removed if nothing is usable
-    image_root.mkdir(parents=True, exist_ok=True)
+    # made when a video is written; removed again if none is usable
+    created = [d for d in (image_root, *image_root.parents) if not d.exists()]
 
     outputs: dict[str, list[str]] = {}
+    warnings: dict[str, list[str]] = {}
     todo = []
     for path in videos:
         done = existing_outputs(image_root, path.stem, path, config)
         if done is None:
             todo.append(path)
         else:
-            outputs[str(path)] = done
+            outputs[str(path)], warnings[str(path)] = done["outputs"], done["warnings"]
     distributed.barrier()  # every rank has its list before any rank writes a video
     mine = partition.balance(todo, lambda p: p.stat().st_size, dist.world_size)[dist.rank]
 
@@ -159,6 +206,7 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
                 failed[str(path)] = str(err)
                 continue
             outputs[str(path)] = [w["video"] for w in written]
+            warnings[str(path)] = written[0]["warnings"]
             written_now += 1
             frames += written[0]["num_frames"]
             found += sum(w["faces"] for w in written)
@@ -167,15 +215,18 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
     seconds = time.perf_counter() - start
 
     distributed.barrier()
-    ranks = distributed.gather_objects({"outputs": outputs, "failed": failed, "frames": frames,
-                                        "faces": found, "seconds": seconds, "written": written_now})
+    ranks = distributed.gather_objects({"outputs": outputs, "warnings": warnings,
+                                        "failed": failed, "frames": frames, "faces": found,
+                                        "seconds": seconds, "written": written_now})
     failed = {k: v for r in ranks for k, v in r["failed"].items()}
     merged = {k: v for r in ranks for k, v in r["outputs"].items()}
     outputs = {str(p): merged[str(p)] for p in videos if str(p) in merged}  # in the order given
+    merged = {k: v for r in ranks for k, v in r["warnings"].items() if v}
+    warnings = {str(p): merged[str(p)] for p in videos if str(p) in merged}
     if failed:
         if not outputs:
             if dist.is_main:  # nothing written: the folders this run made go too
-                for folder in reversed(created):
+                for folder in created:  # innermost first
                     with contextlib.suppress(OSError):  # not empty: something else is in it
                         folder.rmdir()
             first = next(iter(failed.values()))
@@ -188,7 +239,8 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
     seconds = max(r["seconds"] for r in ranks)
     return {
         "root": str(root), "videos": len(videos), "written": sum(r["written"] for r in ranks),
-        "skipped": len(videos) - len(todo), "failed": failed, "outputs": outputs, "frames": frames,
+        "skipped": len(videos) - len(todo), "failed": failed, "outputs": outputs,
+        "warnings": warnings, "frames": frames,
         "faces": sum(r["faces"] for r in ranks), "seconds": round(seconds, 3),
         "frames_per_s": round(frames / seconds, 1) if seconds > 0 else 0.0,
         "ranks": dist.world_size, "rank": dist.rank,
@@ -214,6 +266,7 @@ def process_video(path: Path, info: VideoInfo, root: Path, config: FacesConfig, 
         the records written (one per output video). Raises VideoError when the file yields no frame.
     """
     av = require("av")
+    identity = source_identity(path)  # before decoding: the content the crops are made from
     stem = path.stem
     image_root = root / IMAGE_DIR
     tmp = root / f".faces-tmp-{stem}"
@@ -265,7 +318,8 @@ def process_video(path: Path, info: VideoInfo, root: Path, config: FacesConfig, 
         if warning:
             warn(warning)
         common = {
-            "source": str(path.resolve()), "source_stem": stem, "outputs": [n for n, _ in kept],
+            "source": str(path.resolve()), **identity, "source_stem": stem,
+            "outputs": [n for n, _ in kept],
             "width": info.width, "height": info.height, "rotation": info.rotation, "fps": info.fps,
             "rate": str(info.rate), "codec": info.codec, "num_frames": len(times),
             "times": [round(t, 6) for t in times], "template": dst.tolist(),
@@ -298,6 +352,7 @@ def _save_jpeg(crop: np.ndarray, path: Path, quality: int) -> None:
 
 def _publish(image_root: Path, stem: str, kept: list, records: list[dict]) -> None:
     """Move a finished video's folders into place, then write its records (the completion marks)."""
+    image_root.mkdir(parents=True, exist_ok=True)
     for name in (stem, f"{stem}_left", f"{stem}_right"):  # what a killed run of this video left
         record_path(image_root, name).unlink(missing_ok=True)
         shutil.rmtree(image_root / name, ignore_errors=True)

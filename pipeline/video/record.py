@@ -1,7 +1,9 @@
 """The per-video record ``faces`` writes beside the crops: ``cropped_aligned/<video>.json``.
 
 One record per output video (``<video>``, or ``<video>_left`` / ``<video>_right`` for two subjects).
-It says where every frame came from: the source file, its frame rate, the number of decoded frames,
+It says where every frame came from: the source file (its path, size in bytes and sha256, so that a
+moved file is recognised and a changed one is not taken for it), its frame rate, the number of
+decoded frames,
 each frame's time stamp in seconds, and for every frame with a face its box, five landmarks and
 detection score, with the detector, its version and the settings used. A video is complete only when
 its record says so (``"complete": true``); the record is written atomically, last, after its crops
@@ -14,7 +16,7 @@ dataset reader (:class:`pipeline.data.affwild2.AffWild2`) can take frame counts 
 import json
 from pathlib import Path
 
-from pipeline.runs import atomic_write_text
+from pipeline.runs import atomic_write_text, sha256_file
 
 RECORD_FORMAT = "mae-affect-faces"
 RECORD_VERSION = 1
@@ -41,6 +43,13 @@ def write_record(path: Path, record: dict) -> None:
     """Write a record atomically (temporary name, then rename), marked complete."""
     record = {"format": RECORD_FORMAT, "version": RECORD_VERSION, **record, "complete": True}
     atomic_write_text(Path(path), json.dumps(record, separators=(",", ":")) + "\n")
+
+
+def source_identity(path: Path) -> dict:
+    """What identifies a source file whatever its path: ``source_bytes`` (its size) and
+    ``source_sha256`` (of its content, read in 1 MiB chunks: about a second for a few hundred
+    MB)."""
+    return {"source_bytes": Path(path).stat().st_size, "source_sha256": sha256_file(path)}
 
 
 def frame_counts(image_root: Path) -> dict[str, int]:
