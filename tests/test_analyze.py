@@ -26,6 +26,7 @@ from pipeline.models.mae import build_encoder
 from pipeline.video.analyze import AU_PROB_COLUMNS, EXPR_PROB_COLUMNS, analyze
 from pipeline.video.record import read_record
 from tests.conftest import write_video
+from tests.test_faces import carphone_frames, cut_in_half
 
 TINY = dict(img_size=32, embed_dim=32, depth=2, num_heads=2)
 HEAD = dict(window=64, stride=32, tcn_channels=(16, 16), d_model=16, num_layers=1, num_heads=2,
@@ -185,3 +186,63 @@ def test_heads_trained_on_two_stores_side_by_side_are_refused(tiny_root, carphon
     assert (result.exit_code == 2 and "trained on 2 feature stores side by side" in result.output
             and result.output.count("\n") == 1), result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_refusals_leave_nothing_behind(carphone, trained, tmp_path):
+    """Settings, inputs and the output folder are checked before any folder is made."""
+    encoder, runs = trained
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "notvideo.mp4").write_text("not a video")
+    (tmp_path / "afile").write_text("mine")
+    for video, out, options, message in (
+            (carphone, tmp_path / "out", ["--detector", "retina"], "retina"),
+            (tmp_path / "bad" / "notvideo.mp4", tmp_path / "out", [], "not a video"),
+            (carphone, tmp_path / "afile", [], f"{tmp_path / 'afile'}: is a file")):
+        result = CliRunner().invoke(cli, [str(a) for a in [
+            "analyze", video, "--encoder", encoder, "--heads", runs["va"], "--out", out, *CPU,
+            *options]])
+        assert (result.exit_code == 2 and result.output.count("\n") == 1
+                and message in result.output), result.output
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "bad"]
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_analyze_json_is_a_valid_config(analyzed, trained, tmp_path):
+    """`--config OUT/analyze.json` gives the settings of the run that wrote it (its "analyze"
+    part), as a run's config.json does."""
+    _, _, wall = analyzed
+    encoder, runs = trained
+
+    def printed(*options):
+        result = CliRunner().invoke(cli, [str(a) for a in [
+            "analyze", wall, "--out", tmp_path / "again", *options, "--print-config"]])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    given = ["--encoder", encoder, "--heads", runs["va"], runs["au"], "--render", "--size", 96,
+             *CPU]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, [str(a) for a in ["analyze", wall, "--out", out, *given]])
+    assert result.exit_code == 0, result.output
+    settings = json.loads((out / "analyze.json").read_text())["analyze"]
+    assert printed("--config", out / "analyze.json") == printed(*given) == settings
+    assert settings["render"] and settings["faces"]["size"] == 96
+
+
+def test_damaged_input_is_named_in_the_summary_and_the_report(carphone, trained, tmp_path):
+    """Frames are numbered as decoded, so the summary and the page say which videos lost frames."""
+    encoder, runs = trained
+    cut = cut_in_half(write_video(tmp_path / "whole.mp4", carphone_frames(carphone, 24)),
+                      tmp_path / "cut.mp4")
+    config = AnalyzeConfig(encoder=str(encoder), heads=(str(runs["va"]),),
+                           faces=FacesConfig(device="cpu"), workers=0, bf16=False)
+    result = analyze([cut], tmp_path / "out", config, progress=False)
+    warnings = result["videos"]["cut"]["warnings"]
+    assert len(warnings) == 1 and "of the 24 frames the container declares" in warnings[0]
+    on_disk = json.loads((tmp_path / "out" / "analyze.json").read_text())
+    assert on_disk["videos"]["cut"]["warnings"] == warnings
+    assert on_disk["faces"]["warnings"] == {str(cut): warnings}
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "damaged input" in page and "of the 24 frames the container declares" in page
+    rows = read_csv(tmp_path / "out" / "cut.csv")
+    assert len(rows) == result["videos"]["cut"]["frames"] < 24

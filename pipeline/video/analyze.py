@@ -6,10 +6,13 @@ and shareable like any other: ``OUT/features.zarr``) -> each head run's own pred
 (``heads.predict.predict_videos``: overlapping windows averaged, the run's fill rule for frames
 without a face, the post-processing tuned on its validation set). Nothing here predicts by itself.
 
-Per output video it writes ``OUT/<video>.csv`` (one row per source frame) and ``OUT/<video>.png`` (a
-timeline), one ``OUT/report.html`` over all videos, and with ``render`` ``OUT/<source>.mp4`` with
-the boxes and predictions drawn. ``analyze`` returns the per-frame tables as well (column -> array,
-what ``pandas.DataFrame`` takes).
+Per output video it writes ``OUT/<video>.csv`` (one row per decoded frame, at its own time stamp)
+and ``OUT/<video>.png`` (a timeline), one ``OUT/report.html`` over all videos, and with ``render``
+``OUT/<source>.mp4`` with the boxes and predictions drawn; ``OUT/analyze.json`` holds the summary
+and, under ``"analyze"``, the resolved settings (a valid ``--config``, as a run's ``config.json``
+is). Videos whose record has warnings (damaged input: frames lost show as a jump in ``time_s``) are
+named in both. ``analyze`` returns the per-frame tables as well (column -> array, what
+``pandas.DataFrame`` takes).
 """
 
 import csv
@@ -31,7 +34,7 @@ from pipeline.extract import ExtractConfig, extract
 from pipeline.heads.evaluate import Run, load_run, tables_for
 from pipeline.heads.predict import predict_videos
 from pipeline.runs import atomic_write_text, sha256_file, to_jsonable
-from pipeline.video.faces import faces
+from pipeline.video.faces import check_output_folder, faces
 from pipeline.video.record import read_record, record_path
 
 EXPR_PROB_COLUMNS = tuple(f"{c}_prob" for c in EXPR_CLASSES)
@@ -90,7 +93,8 @@ def _store_current(store: Path, sha: str, compute: str) -> bool:
 
 def frame_table(record: dict, present: np.ndarray,
                 predictions: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
-    """One video's per-frame table: column -> (T,) array, one row per decoded source frame.
+    """One video's per-frame table: column -> (T,) array, one row per decoded frame (frames lost
+    to damage show as a jump in ``time_s``).
 
     Args:
         record: the video's ``faces`` record (frame times).
@@ -153,13 +157,15 @@ def analyze(inputs, out: Path, config: AnalyzeConfig, progress: bool = True) -> 
             the faces stage's, extraction's, rendering.
         progress: show progress bars.
     Returns:
-        a summary (``videos``: per output video its source, frames, faces, CSV and PNG; ``report``;
-        ``faces`` and ``extraction`` summaries) and ``tables``: video -> per-frame table
+        a summary (``videos``: per output video its source, frames, faces, CSV and PNG, and
+        ``warnings``, its record's, for damaged input; ``report``; ``faces`` and ``extraction``
+        summaries; ``analyze``, the resolved settings) and ``tables``: video -> per-frame table
         (``frame_table``).
     Raises:
-        InputError for unusable videos (one, or all), head runs of one task given twice, heads
-        trained on features of another encoder than ``encoder`` or on several stores side by
-        side. ``OUT/features.zarr`` made by another encoder or precision is extracted afresh.
+        InputError for unusable videos (one, or all), ``out`` being a file, head runs of one task
+        given twice, heads trained on features of another encoder than ``encoder`` or on several
+        stores side by side; each before any folder is made. ``OUT/features.zarr`` made by another
+        encoder or precision is extracted afresh.
     """
     from pipeline.video.render import render_video
     from pipeline.video.timeline import report_page, timeline_png
@@ -169,6 +175,7 @@ def analyze(inputs, out: Path, config: AnalyzeConfig, progress: bool = True) -> 
             raise ConfigError(key, "is required; give it")
     encoder = Path(config.encoder)
     out = Path(out)
+    check_output_folder(out)
     runs = load_heads(config.heads)
     check_encoder(runs, encoder)
     root = out / "faces"
@@ -197,16 +204,19 @@ def analyze(inputs, out: Path, config: AnalyzeConfig, progress: bool = True) -> 
     table_of = next(iter(tables.values()))
     image_root = root / IMAGE_DIR
     records = {v: read_record(record_path(image_root, v)) for v in videos}
+    # where each source is now (its record says where it was when its crops were made)
+    source_of = {v: str(Path(source).resolve()) for source, names in found["outputs"].items()
+                 for v in names}
     result_tables, summaries = {}, {}
     for v in tqdm(videos, desc="write", unit="video", disable=not progress, leave=False):
         present = table_of.present[slice(*table_of.offsets[v])]
         table = frame_table(records[v], present, predictions[v])
         result_tables[v] = table
         atomic_write_text(out / f"{v}.csv", table_csv(table))
-        timeline_png(table, f"{v} ({Path(records[v]['source']).name})", out / f"{v}.png")
-        summaries[v] = {"source": records[v]["source"], "frames": len(present),
+        timeline_png(table, f"{v} ({Path(source_of[v]).name})", out / f"{v}.png")
+        summaries[v] = {"source": source_of[v], "frames": len(present),
                         "faces": int(present.sum()), "fps": records[v]["fps"], "csv": f"{v}.csv",
-                        "png": f"{v}.png"}
+                        "png": f"{v}.png", "warnings": records[v]["warnings"]}
     if config.render:
         for source, names in found["outputs"].items():
             mp4 = out / f"{Path(source).stem}.mp4"
@@ -222,7 +232,7 @@ def analyze(inputs, out: Path, config: AnalyzeConfig, progress: bool = True) -> 
         "encoder": str(encoder), "store": str(store),
         "faces": {k: v for k, v in found.items() if k != "outputs"},
         "extraction": {k: extracted[k] for k in ("extracted", "skipped", "frames", "frames_per_s")},
-        "config": to_jsonable(config),
+        "analyze": to_jsonable(config),  # where --config looks, as in a run's config.json
     }
     atomic_write_text(out / "analyze.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return {**summary, "tables": result_tables}

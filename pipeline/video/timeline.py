@@ -92,23 +92,31 @@ def timeline_png(table: dict, title: str, path: Path) -> Path:
 def report_page(path: Path, videos: dict[str, dict], tables: dict[str, dict], out: Path,
                 heads: dict, encoder: str) -> Path:
     """One self-contained HTML page (timelines embedded) over every analysed video; links are
-    relative."""
+    relative. A video whose record has ``warnings`` (``videos[name]["warnings"]``) is marked as
+    damaged input, with the warnings."""
     rows, sections = [], []
     for name, v in videos.items():
+        damaged = ""
+        if v.get("warnings"):
+            damaged = ('<p class="damaged">damaged input: '
+                       + "; ".join(html.escape(w) for w in v["warnings"])
+                       + ". Frames are numbered as decoded; frames lost show as a jump in "
+                       "<code>time_s</code>.</p>")
         table = tables[name]
         duration = float(table["time_s"][-1] - table["time_s"][0]) if len(table["time_s"]) else 0.0
         share = v["faces"] / v["frames"] if v["frames"] else 0.0
         links = [f'<a href="{html.escape(v["csv"])}">CSV</a>']
         if "mp4" in v:
             links.append(f'<a href="{html.escape(v["mp4"])}">MP4</a>')
-        rows.append(f"<tr><td><a href=\"#{html.escape(name)}\">{html.escape(name)}</a></td>"
+        mark = " (damaged input)" if damaged else ""
+        rows.append(f"<tr><td><a href=\"#{html.escape(name)}\">{html.escape(name)}</a>{mark}</td>"
                     f"<td>{html.escape(Path(v['source']).name)}</td><td>{v['frames']}</td>"
                     f"<td>{duration:.1f}</td>"
                     f"<td>{v['faces']} ({share:.0%})</td><td>{' '.join(links)}</td></tr>")
         sections.append(f'<section id="{html.escape(name)}"><h2>{html.escape(name)}</h2>'
                         f"<p>{html.escape(v['source'])}: {v['frames']} frames at {v['fps']:.2f} "
                         f"frames/s, a face in {v['faces']} ({share:.0%}). {' '.join(links)}</p>"
-                        + png_img((Path(out) / v["png"]).read_bytes(), f"{name} timeline")
+                        + damaged + png_img((Path(out) / v["png"]).read_bytes(), f"{name} timeline")
                         + "</section>")
     heads_list = "".join(f"<li>{task}: <code>{html.escape(run)}</code></li>"
                          for task, run in heads.items())
@@ -117,7 +125,8 @@ def report_page(path: Path, videos: dict[str, dict], tables: dict[str, dict], ou
             "<th>faces</th><th>files</th></tr>"
             + "".join(rows) + "</table>" + "".join(sections))
     atomic_write_text(Path(path), page("mae-affect analyze", body, intro=_INTRO, width=1250,
-                                       css="td:nth-child(2) { text-align: left; }\n"))
+                                       css="td:nth-child(2) { text-align: left; }\n"
+                                           ".damaged { color: #b00020; }\n"))
     return Path(path)
 
 
