@@ -83,8 +83,9 @@ def test_rerun_is_a_no_op_and_a_foreign_folder_is_refused(tmp_path):
     ({"videos": 60, "val_fraction": 0.6, "test_fraction": 0.6}, "leaves no video for Train_Set"),
     ({"val_fraction": 0.0}, "between 0 and 1"), ({"task_prob": 1.5}, "a chance from 0 to 1")])
 def test_unusable_configs_are_input_errors(bad, names):
+    """Refused as the config is made (so --print-config refuses them too), by the setting's name."""
     with pytest.raises(InputError, match=names):
-        plan_videos(replace(preset(SynthConfig, "tiny"), **bad))
+        replace(preset(SynthConfig, "tiny"), **bad)
 
 
 def test_help_shows_the_default_presets_values():

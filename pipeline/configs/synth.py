@@ -3,7 +3,9 @@
 from dataclasses import dataclass
 from typing import ClassVar
 
-from pipeline.config import setting
+from pipeline.config import ConfigError, setting
+
+MIN_VIDEOS = {"Train_Set": 2, "Validation_Set": 1, "Test_Set": 1}  # per task
 
 
 @dataclass(frozen=True)
@@ -43,3 +45,37 @@ class SynthConfig:
         "demo": dict(videos=114, frames_per_video=200, people=4, scenes=2),
         "bench": dict(videos=100, frames_per_video=800, pairs=6, long_video_factor=8.0),
     }
+
+    def __post_init__(self):
+        for key in ("val_fraction", "test_fraction", "new_root_fraction"):
+            if not 0 < getattr(self, key) < 1:
+                raise ConfigError(key, f"{getattr(self, key)}: give a share between 0 and 1")
+        if not 0 <= self.task_prob <= 1:  # 0: one task a video
+            raise ConfigError("task_prob", f"{self.task_prob}: give a chance from 0 to 1")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ConfigError("test_fraction",
+                              f"{self.test_fraction} with val_fraction {self.val_fraction} leaves "
+                              "no video for Train_Set; make the two add up to less than 1")
+        if self.pairs < 0 or 2 * self.pairs > self.videos:
+            raise ConfigError("pairs", f"{self.pairs}: need 0 <= pairs <= videos / 2 "
+                                       f"(videos={self.videos})")
+        n_val, n_test = self.split_counts()
+        if self.videos - self.pairs - n_val - n_test < MIN_VIDEOS["Train_Set"]:
+            raise ConfigError("videos",
+                              f"{self.videos} is too few for a train, validation and test split "
+                              f"of every task; use {self.pairs + n_val + n_test + 2} or more")
+        if self.img_size < 16:
+            raise ConfigError("img_size", f"{self.img_size} is too small to draw a face; use 16 "
+                                          "or more")
+        for key in ("people", "scenes"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(key, f"{value}: use 1 or more (or none for a new one per video)")
+        if self.frames_per_video < 40:
+            raise ConfigError("frames_per_video", f"{self.frames_per_video}: use 40 or more")
+
+    def split_counts(self) -> tuple[int, int]:
+        """Source videos (a _left/_right pair is one) in Validation_Set and in the test set."""
+        sources = self.videos - self.pairs
+        return (max(1, round(self.val_fraction * sources)),
+                max(1, round(self.test_fraction * sources)))

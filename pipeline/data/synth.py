@@ -25,8 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.config import ConfigError
-from pipeline.configs.synth import SynthConfig
+from pipeline.configs.synth import MIN_VIDEOS, SynthConfig
 from pipeline.data.affwild2 import AU_NAMES, CHALLENGE_DIRS, EXPR_CLASSES, HEADERS, TASKS
 from pipeline.data.faces import (
     FaceRenderer,
@@ -56,7 +55,6 @@ EXAMPLE_FILES = {
 }
 EXAMPLE_VALUES = {"va": "0.0,0.0", "expr": "0", "au": ",".join(["0"] * len(AU_NAMES))}
 INVALID = {"va": "-5,-5", "expr": "-1", "au": ",".join(["-1"] * len(AU_NAMES))}
-MIN_VIDEOS = {"Train_Set": 2, "Validation_Set": 1, "Test_Set": 1}  # per task
 # Rng streams: video k draws stream s from default_rng([seed, s, k]).
 PLAN, STATE, RENDER, SCENE, SHARED, IDENTITY = range(6)
 
@@ -123,40 +121,6 @@ class Timeline:
     occluders: dict[int, tuple]
 
 
-def check_config(cfg: SynthConfig) -> None:
-    for key in ("val_fraction", "test_fraction", "new_root_fraction"):
-        if not 0 < getattr(cfg, key) < 1:
-            raise ConfigError(key, f"{getattr(cfg, key)}: give a share between 0 and 1")
-    if not 0 <= cfg.task_prob <= 1:  # 0: one task a video
-        raise ConfigError("task_prob", f"{cfg.task_prob}: give a chance from 0 to 1")
-    if cfg.val_fraction + cfg.test_fraction >= 1:
-        raise ConfigError("test_fraction",
-                          f"{cfg.test_fraction} with val_fraction {cfg.val_fraction} leaves no "
-                          "video for Train_Set; make the two add up to less than 1")
-    sources = cfg.videos - cfg.pairs
-    n_val, n_test = _split_counts(cfg)
-    if cfg.pairs < 0 or 2 * cfg.pairs > cfg.videos:
-        raise ConfigError("pairs",
-                          f"{cfg.pairs}: need 0 <= pairs <= videos / 2 (videos={cfg.videos})")
-    if sources - n_val - n_test < MIN_VIDEOS["Train_Set"]:
-        raise ConfigError("videos",
-                          f"{cfg.videos} is too few for a train, validation and test split of "
-                          f"every task; use {cfg.pairs + n_val + n_test + 2} or more")
-    if cfg.img_size < 16:
-        raise ConfigError("img_size", f"{cfg.img_size} is too small to draw a face; use 16 or more")
-    for key in ("people", "scenes"):
-        value = getattr(cfg, key)
-        if value is not None and value < 1:
-            raise ConfigError(key, f"{value}: use 1 or more (or none for a new one per video)")
-    if cfg.frames_per_video < 40:
-        raise ConfigError("frames_per_video", f"{cfg.frames_per_video}: use 40 or more")
-
-
-def _split_counts(cfg: SynthConfig) -> tuple[int, int]:
-    sources = cfg.videos - cfg.pairs
-    return max(1, round(cfg.val_fraction * sources)), max(1, round(cfg.test_fraction * sources))
-
-
 def _video_name(style: int, k: int, rng: np.random.Generator) -> str:
     """Names in the styles of the release: ``4-30-1920x1080``, ``video12``, ``105``."""
     if style == 0:
@@ -167,7 +131,6 @@ def _video_name(style: int, k: int, rng: np.random.Generator) -> str:
 
 def plan_videos(cfg: SynthConfig) -> list[VideoPlan]:
     """Names, lengths, splits, tasks, image roots and identities of every video."""
-    check_config(cfg)
     rng = np.random.default_rng([cfg.seed, PLAN])
     n_src = cfg.videos - cfg.pairs
     paired = np.zeros(n_src, bool)
@@ -182,7 +145,7 @@ def plan_videos(cfg: SynthConfig) -> list[VideoPlan]:
     scale = cfg.videos * cfg.frames_per_video / (weight * (1 + paired)).sum()
     lengths = np.maximum(40, np.round(weight * scale)).astype(int)
 
-    n_val, n_test = _split_counts(cfg)
+    n_val, n_test = cfg.split_counts()
     order = [s for s in rng.permutation(n_src) if s != long]
     split = {s: "Train_Set" for s in range(n_src)}
     split.update({s: "Validation_Set" for s in order[:n_val]})
