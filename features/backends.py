@@ -270,6 +270,8 @@ class H5Backend:
 
 
 def open_backend(path: Path, kind: str, use_consolidated: bool = True, writable: bool = False):
+    """The container at ``path`` of ``kind`` ("hdf5", "zarr" or "zip", as ``sniff_format`` says),
+    opened for reading (or appending with ``writable``). Raises StoreError: it does not open."""
     if kind == "hdf5":
         return H5Backend.open(path, writable=writable)
     return ZarrBackend.open(path, kind, use_consolidated=use_consolidated, writable=writable)

@@ -16,6 +16,7 @@ FILLS = ("zeros", "nearest", "linear")
 
 
 def check_fill(fill: str) -> None:
+    """Raises StoreError unless ``fill`` is one of FILLS (the rules for rows without a face)."""
     if fill not in FILLS:
         raise StoreError(f"fill={fill!r} is not a fill mode: use one of {', '.join(FILLS)}")
 

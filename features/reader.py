@@ -66,6 +66,8 @@ class FeatureStore:
         return list(self._complete)
 
     def incomplete_videos(self) -> list[str]:
+        """Videos whose group exists but was never marked complete (an interrupted run), sorted;
+        readers skip them, the next extraction redoes them."""
         return sorted(set(self._video_attrs) - set(self._complete))
 
     def _check_video(self, video: str) -> None:
@@ -78,10 +80,12 @@ class FeatureStore:
                              "run, or a group changed by hand): rerun extraction, which redoes it")
 
     def num_frames(self, video: str) -> int:
+        """T, the video's rows (row i = frame i + 1). Raises StoreError: not a complete video."""
         self._check_video(video)
         return int(self._video_attrs[video]["num_frames"])
 
     def num_present(self, video: str) -> int:
+        """Rows with a face (``present`` true). Raises StoreError: not a complete video."""
         self._check_video(video)
         return int(self._video_attrs[video]["num_present"])
 

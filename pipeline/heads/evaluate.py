@@ -152,6 +152,8 @@ class Run:
 
     def infer(self, table: FeatureTable, videos, device: torch.device,
               progress: bool = False) -> dict[str, np.ndarray]:
+        """The run's head over whole videos with the run's window, stride, batch and precision:
+        video -> (T, K) outputs, overlapping windows averaged (``infer``)."""
         c = self.config
         self.model.to(device)
         return infer(self.model, self.task, table, videos, c["window"], c["stride"],

@@ -19,6 +19,7 @@ def pooled_annotations(ds: AffWild2, task: str, videos) -> dict:
 
 
 def official_split(ds: AffWild2, task: str) -> tuple[list[str], list[str]]:
+    """The organisers' split of ``task``: its Train_Set and Validation_Set videos, sorted."""
     return sorted(ds.annotations(task, "Train_Set")), sorted(ds.annotations(task, "Validation_Set"))
 
 
