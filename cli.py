@@ -221,10 +221,12 @@ def faces(inputs, out, settings, as_json):
     finally:
         cleanup()
     if result["rank"] == 0:
-        emit(result, as_json,
-             f"{out}: {result['written']} video(s) written, {result['skipped']} already done, "
-             f"{len(result['failed'])} unusable; {result['frames']} frames, {result['faces']} "
-             f"faces, {result['frames_per_s']:.1f} frames/s")
+        damaged = [f"damaged input, {Path(source).name}: {'; '.join(found)}"
+                   for source, found in result["warnings"].items()]
+        emit(result, as_json, "\n".join([
+            f"{out}: {result['written']} video(s) written, {result['skipped']} already done, "
+            f"{len(result['failed'])} unusable; {result['frames']} frames, {result['faces']} "
+            f"faces, {result['frames_per_s']:.1f} frames/s", *damaged]))
 
 
 class _ListedOptions(click.Command):

@@ -386,6 +386,10 @@ def test_damaged_and_mixed_inputs_warn_and_go_on(carphone, tmp_path):
     assert 12 < damaged["num_frames"] < 36 and damaged["warnings"] and damaged["faces"] > 0
     assert np.all(np.diff(damaged["times"]) > 0)  # the frames kept their own time stamps
     assert summary["warnings"] == {str(folder / "damaged.mp4"): damaged["warnings"]}
+    # the rerun's plain summary still names the damaged video (skipped, its record kept)
+    again = run_cli("faces", folder, "--out", tmp_path / "out", "--device", "cpu")
+    assert again.exit_code == 0 and "2 already done" in again.output
+    assert f"damaged input, damaged.mp4: {damaged['warnings'][0]}" in again.output
 
 
 def test_a_truncated_video_warns(carphone, tmp_path):
