@@ -197,7 +197,7 @@ def test_refusals_leave_nothing_behind(carphone, trained, tmp_path):
     for video, out, options, message in (
             (carphone, tmp_path / "out", ["--detector", "retina"], "retina"),
             (tmp_path / "bad" / "notvideo.mp4", tmp_path / "out", [], "not a video"),
-            (carphone, tmp_path / "afile", [], f"{tmp_path / 'afile'}: is a file")):
+            (carphone, tmp_path / "afile", [], f"{tmp_path / 'afile'}: a file, not a folder")):
         result = CliRunner().invoke(cli, [str(a) for a in [
             "analyze", video, "--encoder", encoder, "--heads", runs["va"], "--out", out, *CPU,
             *options]])

@@ -423,8 +423,8 @@ def test_refusals_leave_no_folder_and_a_file_is_no_output_folder(carphone, tmp_p
     for inputs, out, options, message in (
             (video, tmp_path / "f13", ["--detector", "retina"], "retina"),
             (tmp_path / "notes.mp4", tmp_path / "deep" / "er", [], "not a video"),
-            (video, tmp_path / "afile", [], f"{tmp_path / 'afile'}: is a file"),
-            (video, tmp_path / "afile" / "sub", [], f"{tmp_path / 'afile'}: is a file")):
+            (video, tmp_path / "afile", [], f"{tmp_path / 'afile'}: a file, not a folder"),
+            (video, tmp_path / "afile" / "sub", [], f"{tmp_path / 'afile'}: a file, not a folder")):
         result = run_cli("faces", inputs, "--out", out, "--device", "cpu", *options)
         assert (result.exit_code == 2 and result.output.count("\n") == 1
                 and message in result.output), result.output

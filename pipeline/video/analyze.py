@@ -33,8 +33,8 @@ from pipeline.errors import InputError
 from pipeline.extract import ExtractConfig, extract
 from pipeline.heads.evaluate import Run, load_run, tables_for
 from pipeline.heads.predict import predict_videos
-from pipeline.runs import atomic_write_text, sha256_file, to_jsonable
-from pipeline.video.faces import check_output_folder, faces
+from pipeline.runs import atomic_write_text, check_out_dir, sha256_file, to_jsonable
+from pipeline.video.faces import faces
 from pipeline.video.record import read_record, record_path
 
 EXPR_PROB_COLUMNS = tuple(f"{c}_prob" for c in EXPR_CLASSES)
@@ -175,7 +175,7 @@ def analyze(inputs, out: Path, config: AnalyzeConfig, progress: bool = True) -> 
             raise ConfigError(key, "is required; give it")
     encoder = Path(config.encoder)
     out = Path(out)
-    check_output_folder(out)
+    check_out_dir(out)
     runs = load_heads(config.heads)
     check_encoder(runs, encoder)
     root = out / "faces"

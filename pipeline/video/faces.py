@@ -35,7 +35,7 @@ from pipeline.checkpoint import warn
 from pipeline.configs.video import IMAGE_DIR, OUTPUT_KEYS, FacesConfig
 from pipeline.device import resolve_device
 from pipeline.errors import InputError
-from pipeline.runs import sha256_file
+from pipeline.runs import check_out_dir, sha256_file
 from pipeline.video import require
 from pipeline.video.align import estimate_similarity, template, warp_faces
 from pipeline.video.decode import (
@@ -53,17 +53,6 @@ from pipeline.video.track import Tracker, name_tracks
 
 def output_settings(config: FacesConfig) -> dict:
     return {k: getattr(config, k) for k in OUTPUT_KEYS}
-
-
-def check_output_folder(path: Path) -> None:
-    """Refuse (InputError) an output folder that is an existing file or lies under one, before any
-    work; a folder that does not exist yet is fine."""
-    for p in (Path(path), *Path(path).parents):
-        if p.exists():
-            if not p.is_dir():
-                raise InputError(f"{p}: is a file, not a folder; give --out a new or existing "
-                                 "folder")
-            return
 
 
 def _same_content(source: Path, record: dict) -> bool:
@@ -156,7 +145,7 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
     config = config or FacesConfig()
     require("av")
     root = Path(out)
-    check_output_folder(root)
+    check_out_dir(root)
     check_detector(config.detector)
     device = resolve_device(config.device)
     dist = distributed.init_distributed(device)
