@@ -3,11 +3,10 @@
 One record per output video (``<video>``, or ``<video>_left`` / ``<video>_right`` for two subjects).
 It says where every frame came from: the source file (its path, size in bytes and sha256, so that a
 moved file is recognised and a changed one is not taken for it), its frame rate, the number of
-decoded frames,
-each frame's time stamp in seconds, and for every frame with a face its box, five landmarks and
-detection score, with the detector, its version and the settings used. A video is complete only when
-its record says so (``"complete": true``); the record is written atomically, last, after its crops
-are in place.
+decoded frames, each frame's time stamp in seconds, and for every frame with a face its box, five
+landmarks and detection score, with the detector, its version and the settings used. A video is
+complete only when its record says so (``"complete": true``); the record is written atomically,
+last, after its crops are in place.
 
 This module reads and writes plain JSON and needs none of the video extra's packages, so that the
 dataset reader (:class:`pipeline.data.affwild2.AffWild2`) can take frame counts from the records.
