@@ -163,7 +163,7 @@ def finetune(settings, as_json):
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Dataset root to create.")
 @click.option("--workers", type=int, default=None,
-              help="Rendering processes (default: 2 for large presets).")
+              help="Rendering processes (default: chosen from the set's size and the cores).")
 @config_options(SynthConfig, "synth", default_preset="demo")
 @json_option
 def synth(out, workers, settings, as_json):

@@ -88,6 +88,12 @@ def test_unusable_configs_are_input_errors(bad, names):
         replace(preset(SynthConfig, "tiny"), **bad)
 
 
+def test_workers_below_one_are_refused(tmp_path):
+    with pytest.raises(InputError, match="--workers 0: use 1 or more"):
+        generate(tmp_path / "d", preset(SynthConfig, "tiny"), progress=False, workers=0)
+    assert not (tmp_path / "d").exists()
+
+
 def test_help_shows_the_default_presets_values():
     shown = CliRunner().invoke(cli, ["synth", "--help"], terminal_width=200).output
     assert "[default: 114]" in shown and "[default: 38]" not in shown  # the demo preset's videos

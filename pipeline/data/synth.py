@@ -444,11 +444,16 @@ def generate(out_dir: Path, config: SynthConfig, progress: bool = True,
         out_dir: the dataset root to create; must not exist, be empty, or hold the same config.
         config: what to generate (see ``PRESETS``).
         progress: show a tqdm bar over frames.
-        workers: processes rendering videos in parallel (default 2 for large configs, else 1);
-            the bytes written do not depend on it.
+        workers: processes rendering videos in parallel (None: 2 for configs over 5,000 frames
+            where the cores allow, else 1); the bytes written do not depend on it.
     Returns:
         summary: root, videos, frames, images, per-task split sizes, seconds, skipped.
+    Raises:
+        InputError: ``workers`` below 1, or ``out_dir`` holds something else.
     """
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers {workers}: use 1 or more (or leave it out to choose from the "
+                         "set's size and the cores)")
     out_dir = Path(out_dir)
     plans = plan_videos(config)
     existing = out_dir / "synth.json"
@@ -475,7 +480,7 @@ def generate(out_dir: Path, config: SynthConfig, progress: bool = True,
             (staging / folder).mkdir(parents=True)
         # longest first
         jobs = [(p, config, staging) for p in sorted(plans, key=lambda p: -p.frames)]
-        n = workers or _default_workers(config)
+        n = workers if workers is not None else _default_workers(config)
         videos = {}
         total = sum(p.frames for p in plans)
         with tqdm(total=total, unit="frame", desc="synth", disable=not progress) as bar:
