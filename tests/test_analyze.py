@@ -118,6 +118,9 @@ def test_plots_page_and_rendered_video(analyzed):
     assert (page.count('src="data:image/png;base64,') == 2 and 'id="carphone_pristine"' in page
             and 'id="wall"' in page)
     assert 'href="carphone_pristine.mp4"' in page and 'href="wall.csv"' in page
+    # a video without any face is marked: its rows are predictions from filled rows only
+    assert '<a href="#wall">wall</a> (no face)' in page and "no face in any frame" in page
+    assert '<a href="#carphone_pristine">carphone_pristine</a></td>' in page
     with av.open(str(out / "carphone_pristine.mp4")) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) == 120 and frames[0].shape == (432, 528, 3)  # enlarged 3x for legible text

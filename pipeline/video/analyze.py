@@ -217,6 +217,10 @@ def analyze(inputs, out: Path, config: AnalyzeConfig, progress: bool = True) -> 
         summaries[v] = {"source": source_of[v], "frames": len(present),
                         "faces": int(present.sum()), "fps": records[v]["fps"], "csv": f"{v}.csv",
                         "png": f"{v}.png", "warnings": records[v]["warnings"]}
+        if not present.any():
+            tqdm.write(f"warning: {v}: no face in any frame; its predictions come from filled "
+                       "rows only (face=0 throughout): leave it out of any average",
+                       file=sys.stderr)
     if config.render:
         for source, names in found["outputs"].items():
             mp4 = out / f"{Path(source).stem}.mp4"

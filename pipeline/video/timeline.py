@@ -93,7 +93,8 @@ def report_page(path: Path, videos: dict[str, dict], tables: dict[str, dict], ou
                 heads: dict, encoder: str) -> Path:
     """One self-contained HTML page (timelines embedded) over every analysed video; links are
     relative. A video whose record has ``warnings`` (``videos[name]["warnings"]``) is marked as
-    damaged input, with the warnings."""
+    damaged input, with the warnings; one without any face, as such (its predictions come from
+    filled rows only)."""
     rows, sections = [], []
     for name, v in videos.items():
         damaged = ""
@@ -102,13 +103,18 @@ def report_page(path: Path, videos: dict[str, dict], tables: dict[str, dict], ou
                        + "; ".join(html.escape(w) for w in v["warnings"])
                        + ". Frames are numbered as decoded; frames lost show as a jump in "
                        "<code>time_s</code>.</p>")
+        if not v["faces"]:
+            damaged += ('<p class="damaged">no face in any frame: every prediction of this video '
+                        "comes from the head's fill rule for frames without a face, not from a "
+                        "face; leave it out of any average.</p>")
         table = tables[name]
         duration = float(table["time_s"][-1] - table["time_s"][0]) if len(table["time_s"]) else 0.0
         share = v["faces"] / v["frames"] if v["frames"] else 0.0
         links = [f'<a href="{html.escape(v["csv"])}">CSV</a>']
         if "mp4" in v:
             links.append(f'<a href="{html.escape(v["mp4"])}">MP4</a>')
-        mark = " (damaged input)" if damaged else ""
+        mark = "".join(m for m, on in ((" (damaged input)", v.get("warnings")),
+                                       (" (no face)", not v["faces"])) if on)
         rows.append(f"<tr><td><a href=\"#{html.escape(name)}\">{html.escape(name)}</a>{mark}</td>"
                     f"<td>{html.escape(Path(v['source']).name)}</td><td>{v['frames']}</td>"
                     f"<td>{duration:.1f}</td>"
