@@ -13,6 +13,7 @@ without ``--preset``. ``make pretrain`` and the other Make targets run the same 
 resume what the demo made.
 """
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -23,15 +24,16 @@ from pipeline.configs.demo import DEMO_PRESETS, DemoConfig
 from pipeline.data.affwild2 import TASKS, AffWild2
 from pipeline.data.frames import expr_frames
 from pipeline.data.synth import SynthConfig, generate
-from pipeline.extract import ExtractConfig, extract
+from pipeline.device import resolve_device
+from pipeline.extract import ExtractConfig, extract, store_is_current
 from pipeline.finetune import FinetuneConfig, finetune
 from pipeline.heads.intervals import intervals
 from pipeline.heads.predict import predict
 from pipeline.heads.train import TrainConfig, prepare, train_run
 from pipeline.metrics import uniform_guess_expr_f1
 from pipeline.pretrain import PretrainConfig, pretrain
-from pipeline.report import write_report
-from pipeline.runs import atomic_write_text, check_out_dir, sha256_file, to_jsonable
+from pipeline.report import check_report_path, write_report
+from pipeline.runs import atomic_write_text, check_out_dir, to_jsonable
 from pipeline.submission import check_submission, score_submission
 from pipeline.table5 import ABLATIONS, slug
 
@@ -62,6 +64,7 @@ def stage_configs(cfg: DemoConfig) -> dict:
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     """Run (or resume) every stage and write ``OUT/report.html``; returns the figures shown."""
     out, data = check_out_dir(cfg.out), check_out_dir(cfg.data, "--data")
+    check_report_path(out / "report.html")
     out.mkdir(parents=True, exist_ok=True)
     configs = stage_configs(cfg)
     timings: dict[str, float] = {}
@@ -152,12 +155,13 @@ def _current_run(run_dir: Path, stamp: dict) -> dict | None:
 
 def _extract_current(data: Path, ckpt: Path, store: Path, pooling: str, cfg: DemoConfig,
                      progress: bool) -> dict:
-    """Extract, resuming a store of this very checkpoint, or starting afresh if the checkpoint
-    changed."""
-    stale = store.exists() and _checkpoint_of(store) != sha256_file(ckpt)
-    result = extract(ExtractConfig(data=str(data), ckpt=str(ckpt), store=str(store),
-                                   workers=cfg.workers, device=cfg.device, pooling=pooling,
-                                   overwrite=stale), progress=progress)
+    """Extract, resuming a store of this very checkpoint and precision, or starting afresh if
+    either changed (the store is the demo's own)."""
+    run = ExtractConfig(data=str(data), ckpt=str(ckpt), store=str(store), workers=cfg.workers,
+                        device=cfg.device, pooling=pooling)
+    stale = store.exists() and not store_is_current(store, ckpt, resolve_device(cfg.device),
+                                                    run.bf16)
+    result = extract(dataclasses.replace(run, overwrite=stale), progress=progress)
     with features.open_store(store) as opened:
         info = opened.info()
     result = {**result, "bytes": info.get("bytes"),

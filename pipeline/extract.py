@@ -41,6 +41,7 @@ from pipeline.device import (
 )
 from pipeline.errors import InputError
 from pipeline.models.encoder import PIXEL_MEAN, PIXEL_STD, normalize, pool_tokens
+from pipeline.runs import sha256_file
 
 
 def select_videos(ds: AffWild2, splits: tuple[str, ...]) -> list[str]:
@@ -241,6 +242,22 @@ def store_attrs(info: EncoderInfo, pooling: str, feature_dim: int, dtype: str,
         "dtype": dtype,
         "compute_dtype": compute_dtype,
     }
+
+
+def store_is_current(store: Path, ckpt: Path, device: torch.device, bf16: bool) -> bool:
+    """Whether ``store`` opens and holds features of the checkpoint ``ckpt`` computed as an
+    extraction with ``bf16`` on ``device`` computes them (``compute_dtype``; a store that does not
+    say is taken at its word). A command whose store is its own cache (the demo, ``analyze``)
+    extracts afresh when it is not, instead of refusing as ``extract`` does without
+    ``--overwrite``."""
+    try:
+        with features.open_store(store) as opened:
+            attrs = opened.attrs
+    except features.StoreError:
+        return False
+    compute = compute_dtype(device, bf16)
+    return (attrs.get("checkpoint_sha256") == sha256_file(ckpt)
+            and attrs.get("compute_dtype", compute) == compute)
 
 
 def extract(config: ExtractConfig, progress: bool = True) -> dict:

@@ -249,3 +249,19 @@ def test_damaged_input_is_named_in_the_summary_and_the_report(carphone, trained,
     assert "damaged input" in page and "of the 24 frames the container declares" in page
     rows = read_csv(tmp_path / "out" / "cut.csv")
     assert len(rows) == result["videos"]["cut"]["frames"] < 24
+
+
+def test_a_video_whose_crops_are_made_again_is_extracted_again(analyzed, carphone, trained,
+                                                               tmp_path, capsys):
+    """Crops made again (their source changed: the user deleted the folder and record, as faces
+    advises) are not paired with the store's features of the old crops."""
+    out, _, wall = analyzed
+    encoder, runs = trained
+    again = Path(shutil.copytree(out, tmp_path / "out"))
+    shutil.rmtree(again / "faces" / "cropped_aligned" / "wall", ignore_errors=True)
+    (again / "faces" / "cropped_aligned" / "wall.json").unlink()
+    config = AnalyzeConfig(encoder=str(encoder), heads=(str(runs["va"]),),
+                           faces=FacesConfig(device="cpu"), workers=0, bf16=False)
+    result = analyze([carphone, wall], again, config, progress=False)
+    assert result["faces"]["written"] == 1 and result["extraction"]["extracted"] == 2
+    assert "holds features of wall, whose crops were made again" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from pipeline import extract as extract_mod
 from pipeline.checkpoint import encoder_checkpoint, save_checkpoint
 from pipeline.data.affwild2 import AffWild2
 from pipeline.data.images import decode_image
-from pipeline.extract import ExtractConfig, balance, extract
+from pipeline.extract import ExtractConfig, balance, extract, store_is_current
 from pipeline.models.encoder import normalize, pool_tokens
 from pipeline.models.mae import build_encoder
 from pipeline.runs import sha256_file
@@ -393,3 +393,18 @@ def test_info_shows_a_store_without_identity_attributes_and_verify_names_them(
     assert "encoder     ?, pooling cls" in info.output and "computed in float32" in info.output
     verify = CliRunner().invoke(cli, ["features", "verify", str(store_path)])
     assert verify.exit_code == 1 and "root attributes lack encoder" in verify.output
+
+
+def test_store_is_current_follows_the_checkpoint_and_the_precision(mini_root, ckpt, tmp_path):
+    """What the demo and analyze ask before reusing their own store."""
+    path, _ = ckpt
+    store_path = tmp_path / "f.zarr"
+    cpu = torch.device("cpu")
+    assert not store_is_current(store_path, path, cpu, bf16=False)  # none yet
+    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(store_path), **CPU32),
+            progress=False)
+    assert store_is_current(store_path, path, cpu, bf16=False)
+    assert not store_is_current(store_path, path, cpu, bf16=True)
+    other = tmp_path / "other.pt"
+    make_ckpt(other, seed=1)
+    assert not store_is_current(store_path, other, cpu, bf16=False)

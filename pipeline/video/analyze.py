@@ -28,9 +28,9 @@ import features
 from pipeline.config import ConfigError
 from pipeline.configs.video import IMAGE_DIR, AnalyzeConfig
 from pipeline.data.affwild2 import AU_NAMES, EXPR_CLASSES, TASKS
-from pipeline.device import compute_dtype, resolve_device
+from pipeline.device import resolve_device
 from pipeline.errors import InputError
-from pipeline.extract import ExtractConfig, extract
+from pipeline.extract import ExtractConfig, extract, store_is_current
 from pipeline.heads.evaluate import Run, load_run, tables_for
 from pipeline.heads.predict import predict_videos
 from pipeline.runs import atomic_write_text, check_out_dir, sha256_file, to_jsonable
@@ -79,16 +79,14 @@ def check_encoder(runs: dict[str, Run], encoder: Path) -> None:
             )
 
 
-def _store_current(store: Path, sha: str, compute: str) -> bool:
-    """Whether ``store`` opens and holds features of the checkpoint with this sha256, computed in
-    ``compute`` (a store that does not say its compute dtype is taken at its word)."""
+def _complete_in(store: Path, videos: list[str]) -> list[str]:
+    """Those of ``videos`` that ``store`` holds complete (none when it does not open)."""
     try:
         with features.open_store(store) as opened:
-            attrs = opened.attrs
+            held = set(opened.videos())
     except features.StoreError:
-        return False
-    return (attrs.get("checkpoint_sha256") == sha
-            and attrs.get("compute_dtype", compute) == compute)
+        return []
+    return [v for v in videos if v in held]
 
 
 def frame_table(record: dict, present: np.ndarray,
@@ -183,12 +181,15 @@ def analyze(inputs, out: Path, config: AnalyzeConfig, progress: bool = True) -> 
     videos = [v for source in found["outputs"].values() for v in source]
     store = out / "features.zarr"
     device = resolve_device(config.faces.device)
-    # OUT's store is this command's cache: made by another encoder or precision, it is made again
-    stale = store.exists() and not _store_current(store, sha256_file(encoder),
-                                                  compute_dtype(device, config.bf16))
-    if stale and progress:
-        tqdm.write(f"{store} holds features of another encoder or precision: extracting afresh",
-                   file=sys.stderr)
+    # OUT's store is this command's cache: made by another encoder or precision, or holding a
+    # video whose crops faces made again just now (its source changed), it is made again
+    redone = _complete_in(store, found["written_videos"])
+    stale = store.exists() and bool(redone or not store_is_current(store, encoder, device,
+                                                                   config.bf16))
+    if stale:
+        why = (f"holds features of {', '.join(redone[:3])}, whose crops were made again" if redone
+               else "holds features of another encoder or precision")
+        tqdm.write(f"{store} {why}: extracting afresh", file=sys.stderr)
     extracted = extract(ExtractConfig(
         data=str(root), ckpt=str(encoder), store=str(store), batch_size=config.extract_batch_size,
         workers=config.workers, device=config.faces.device, bf16=config.bf16, overwrite=stale),

@@ -133,7 +133,8 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
         progress: show a frames/s bar.
     Returns:
         a summary: root, videos found, written now, skipped (complete already), failed (with why),
-        ``outputs`` (source file -> its output videos, skipped ones included), ``warnings`` (source
+        ``outputs`` (source file -> its output videos, skipped ones included), ``written_videos``
+        (the output videos this run made), ``warnings`` (source
         file -> its record's warnings, for damaged input: frames are numbered as decoded), frames,
         faces, seconds, frames/s.
     Raises:
@@ -163,6 +164,7 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
 
     outputs: dict[str, list[str]] = {}
     warnings: dict[str, list[str]] = {}
+    written_videos: list[str] = []  # output videos made by this run
     todo = []
     for path in videos:
         done = existing_outputs(image_root, path.stem, path, config)
@@ -195,6 +197,7 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
                 failed[str(path)] = str(err)
                 continue
             outputs[str(path)] = [w["video"] for w in written]
+            written_videos += outputs[str(path)]
             warnings[str(path)] = written[0]["warnings"]
             written_now += 1
             frames += written[0]["num_frames"]
@@ -205,6 +208,7 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
 
     distributed.barrier()
     ranks = distributed.gather_objects({"outputs": outputs, "warnings": warnings,
+                                        "written_videos": written_videos,
                                         "failed": failed, "frames": frames, "faces": found,
                                         "seconds": seconds, "written": written_now})
     failed = {k: v for r in ranks for k, v in r["failed"].items()}
@@ -230,6 +234,7 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
         "root": str(root), "videos": len(videos), "written": sum(r["written"] for r in ranks),
         "skipped": len(videos) - len(todo), "failed": failed, "outputs": outputs,
         "warnings": warnings, "frames": frames,
+        "written_videos": sorted(v for r in ranks for v in r["written_videos"]),
         "faces": sum(r["faces"] for r in ranks), "seconds": round(seconds, 3),
         "frames_per_s": round(frames / seconds, 1) if seconds > 0 else 0.0,
         "ranks": dist.world_size, "rank": dist.rank,
