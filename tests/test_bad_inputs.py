@@ -288,9 +288,9 @@ def _run_copy(p: Project, tmp: Path) -> Path:
 
 
 def out_train_into_a_file(p: Project, tmp: Path):
-    (tmp / "heads").write_text("notes")
-    return (["train", "va", "--store", p.store, "--data", p.root, "--out", tmp / "heads" / "va",
-             "--json", *DEVICE], tmp / "heads")
+    (tmp / "heads").write_text("notes")  # refused before the stores are read (this one is not)
+    return (["train", "va", "--store", tmp / "missing.zarr", "--data", p.root, "--out",
+             tmp / "heads" / "va", "--json", *DEVICE], tmp / "heads")
 
 
 def out_predict_into_a_folder(p: Project, tmp: Path):

@@ -319,7 +319,7 @@ def test_a_diverging_head_is_refused_naming_its_epoch(tiny_root, tiny_store, tmp
                              window=100, stride=50, batch_size=8, device="cpu", lr=1e30,
                              tcn_channels=(8, 8, 8), d_model=8, num_layers=1, num_heads=2, ff_dim=8,
                              head_hidden=8)
-    refused = r"the loss became (nan|inf) at epoch 1, step \d+; lower lr"
+    refused = r"the loss became (nan|inf) at epoch 1, step \d+; lower the lr setting"
     with pytest.raises(InputError, match=refused):
         train_run(prepare(cfg), cfg, tmp_path / "nan", progress=False, make_plots=False)
     assert not (tmp_path / "nan" / "summary.json").exists()

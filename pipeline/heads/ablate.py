@@ -70,8 +70,9 @@ def ablate(settings: dict, grid: dict[str, list], out_dir: Path, seeds: int = AB
         settings: the fixed settings (task, stores, data and any other TrainConfig / HeadConfig
             field), as for ``TrainConfig.create``.
         grid: setting -> values (``parse_grid``).
+        out_dir: where the runs and tables go (an earlier ablation's runs that this grid does not
+            make are removed, with a line on stderr).
         seeds: runs per combination.
-        out_dir: where the runs and tables go.
 
     Returns:
         {"rows": per-combination means and stds, "runs": per-run scores, "markdown": the table};
@@ -108,7 +109,7 @@ def ablate(settings: dict, grid: dict[str, list], out_dir: Path, seeds: int = AB
             datasets[cfg.fill, cfg.fold, cfg.folds] = prepare(cfg, tables[cfg.fill], ds)
     _drop_earlier_runs(out_dir, {out_dir / n / f"seed{c.seed + s}"
                                  for n, c in zip(names, configs, strict=True)
-                                 for s in range(seeds)}, progress)
+                                 for s in range(seeds)})
     runs, rows = [], []
     bar = tqdm(total=len(configs) * seeds, desc=f"ablate {base.task}", unit="run",
                disable=not progress)
@@ -143,7 +144,7 @@ def ablate(settings: dict, grid: dict[str, list], out_dir: Path, seeds: int = AB
             "seeds": seeds, "rows": rows, "runs": runs, "markdown": markdown, "out": str(out_dir)}
 
 
-def _drop_earlier_runs(out_dir: Path, planned: set[Path], progress: bool) -> None:
+def _drop_earlier_runs(out_dir: Path, planned: set[Path]) -> None:
     """Delete the run directories (``<combination>/seed<N>`` holding a ``config.json``) of an
     earlier ablation into ``out_dir`` that this one does not make, so that the folder holds what
     its tables say; anything else in ``out_dir`` is left."""
@@ -153,7 +154,7 @@ def _drop_earlier_runs(out_dir: Path, planned: set[Path], progress: bool) -> Non
         shutil.rmtree(d)
         if not any(d.parent.iterdir()):
             d.parent.rmdir()
-    if stale and progress:
+    if stale:
         tqdm.write(f"removed {len(stale)} run(s) of an earlier ablation in {out_dir} that this "
                    "grid does not hold", file=sys.stderr)
 

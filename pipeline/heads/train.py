@@ -305,8 +305,8 @@ def _check_finite(losses: list[float], epoch: int, task: str) -> None:
     for step, value in enumerate(losses, start=1):
         if not math.isfinite(value):
             raise InputError(f"train {task}: the loss became {value} at epoch {epoch}, step "
-                             f"{step}; lower lr (--lr) and train again (best.pt of the "
-                             "epochs before, if any, is kept)")
+                             f"{step}; lower the lr setting (train --lr) and train again (best.pt "
+                             "of the epochs before, if any, is kept)")
 
 
 def _json(obj) -> str:
