@@ -70,13 +70,21 @@ def collect(paths: list[Path]) -> Sources:
     return src
 
 
+def check_report_path(path: Path) -> None:
+    """Raises InputError when the report cannot be written at ``path`` (a folder in its place, or
+    a file where one of its folders goes); the demo checks before its stages run."""
+    if Path(path).is_dir():
+        raise InputError(f"{path}: a folder is in the way of the report; remove or rename it")
+    check_out_file(path)
+
+
 def write_report(out: Path, demo_dir: Path | None = None, runs: list[Path] | None = None) -> Path:
     """Write the HTML report to ``out`` (atomically) from a demo directory or a list of runs.
 
     Raises:
-        InputError: ``out`` is a folder, or a folder on its way is a file.
+        InputError: ``out`` cannot be written (``check_report_path``).
     """
-    check_out_file(out)
+    check_report_path(out)
     src = collect([demo_dir] if demo_dir is not None else list(runs or []))
     parts = [_summary(src), _store(src), _pretrain(src), _finetune(src)]
     parts += [_task(task, src.heads[task]) for task in TASKS if task in src.heads]

@@ -9,6 +9,7 @@ import pytest
 from pipeline.checkpoint import read_checkpoint
 from pipeline.configs import DemoConfig
 from pipeline.demo import closing_table, run_demo
+from pipeline.errors import InputError
 from pipeline.table5 import ABLATIONS
 
 
@@ -63,3 +64,13 @@ def test_demo_writes_every_stage_and_a_complete_report(tmp_path):
     assert again["table"] == figures["table"]
     assert {p: p.stat().st_mtime_ns for p in (run / "heads").rglob("best.pt")} == stamps
     assert again["extraction"]["finetuned"]["extracted"] == 0
+
+
+def test_a_folder_in_the_way_of_the_report_is_refused_before_any_stage(tmp_path):
+    """Not after the eleven minutes of stages that would come before the report."""
+    (tmp_path / "run" / "report.html").mkdir(parents=True)
+    cfg = DemoConfig(out=str(tmp_path / "run"), data=str(tmp_path / "data"), preset="tiny",
+                     workers=0, device="cpu")
+    with pytest.raises(InputError, match="report.html: a folder is in the way of the report"):
+        run_demo(cfg, progress=False)
+    assert not (tmp_path / "data").exists()
