@@ -104,7 +104,7 @@ compare-stages: pretrain
 	$(BIN)/python -m bench.compare_stages --preset $(PRESET) --data $(DATA) --init $(PRETRAIN)/checkpoint-last.pt \
 		--out $(RUNS)/compare-stages --workers $(WORKERS) --settings abcdef
 
-# The caches, the synthetic sets and the synthetic presets' runs (all made again by make demo); runs on
-# another DATA (runs/PRESET-NAME) and any other folder under runs/ or data/ are kept.
+# The caches, the presets' synthetic sets and the presets' run folders with all they hold (compare-stages
+# included); runs on another DATA (runs/PRESET-NAME) and any other folder under runs/ or data/ are kept.
 clean:
-	rm -rf .pytest_cache .ruff_cache $(addprefix runs/,demo demo-full tiny) data/synth-*
+	rm -rf .pytest_cache .ruff_cache $(addprefix runs/,demo demo-full tiny) $(addprefix data/synth-,demo tiny)
