@@ -385,10 +385,11 @@ def train(task, out, settings, as_json):
     """Train a temporal head for TASK on cached features; best epoch by the official
     validation metric."""
     from pipeline.heads.train import prepare, train_run
-    from pipeline.runs import check_out_dir
+    from pipeline.runs import check_out_dir, check_run_kind
 
     config = settings.build(task=task)
     check_out_dir(out)  # before the stores are loaded
+    check_run_kind(out, "heads")
     result = train_run(prepare(config), config, out, progress=not as_json)
     emit(result, as_json, _before_after(
         result, f"{task} run {out}: best epoch {result['best_epoch']}, validation"))

@@ -47,7 +47,7 @@ from pipeline.finetune_loss import finetune_loss, mix_batch
 from pipeline.finetune_model import build_classifier
 from pipeline.models.classifier import ExprClassifier
 from pipeline.models.encoder import normalize
-from pipeline.runs import check_out_dir, to_jsonable
+from pipeline.runs import check_out_dir, check_run_kind, to_jsonable
 
 
 def layer_decay_groups(model: ExprClassifier, weight_decay: float,
@@ -157,6 +157,7 @@ def finetune(cfg: FinetuneConfig, *, stop_at_epoch: int | None = None,
     workers, threads = cpu_budget(device, cfg.workers, cfg.threads, dist_info.local_world_size)
     cfg = replace(cfg, workers=workers, threads=threads)  # resolved, so config.json says what ran
     run_dir = check_out_dir(cfg.out)
+    check_run_kind(run_dir, "finetune")
     best_path = run_dir / "best.pt"
 
     ds = AffWild2(Path(cfg.data))

@@ -40,7 +40,7 @@ from pipeline.engine import Engine
 from pipeline.models.encoder import PIXEL_MEAN, PIXEL_STD, normalize
 from pipeline.models.mae import MAEConfig, MaskedAutoencoderViT, mae_config
 from pipeline.plots.reconstruction import fixed_images, reconstruction_grid, save_png
-from pipeline.runs import check_out_dir, to_jsonable
+from pipeline.runs import check_out_dir, check_run_kind, to_jsonable
 
 
 def model_config(cfg: PretrainConfig) -> MAEConfig:
@@ -138,6 +138,7 @@ def pretrain(cfg: PretrainConfig, *, stop_at_epoch: int | None = None,
     workers, threads = cpu_budget(device, cfg.workers, cfg.threads, dist_info.local_world_size)
     cfg = replace(cfg, workers=workers, threads=threads)  # resolved, so config.json says what ran
     run_dir = check_out_dir(cfg.out)
+    check_run_kind(run_dir, "pretrain")
 
     paths = _select(find_images(cfg.images, warn if dist_info.is_main else None), cfg)
     mcfg = model_config(cfg)

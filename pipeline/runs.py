@@ -103,6 +103,37 @@ def check_out_dir(path, option: str = "--out") -> Path:
     return path
 
 
+def run_kind(run_dir) -> str | None:
+    """The stage whose run ``run_dir`` holds, by its ``config.json``: "pretrain", "finetune"
+    (their settings sit under that key) or "heads" (a head run's flat settings: ``task`` and
+    ``window``); None without a readable config.json."""
+    try:
+        saved = json.loads((Path(run_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict):
+        return None
+    for kind in ("pretrain", "finetune"):
+        if isinstance(saved.get(kind), dict):
+            return kind
+    return "heads" if {"task", "window"} <= set(saved) else None
+
+
+def check_run_kind(run_dir, kind: str, option: str = "--out") -> None:
+    """Refuse to write a ``kind`` run into a folder holding another stage's run, whose
+    checkpoint (a fine-tuned encoder: hours of work) it would overwrite.
+
+    Raises:
+        InputError: naming the folder and the stage it holds.
+    """
+    from pipeline.errors import InputError
+
+    found = run_kind(run_dir)
+    if found is not None and found != kind:
+        raise InputError(f"{run_dir} holds a {found} run (its config.json); give {option} a new "
+                         f"folder for this {kind} run")
+
+
 def check_out_file(path, option: str = "--out") -> Path:
     """``path`` as a file to write: not a folder, in a folder that is not a file.
 

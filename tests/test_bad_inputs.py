@@ -7,6 +7,7 @@ through the CLI. Every case must end the same way: exit code 2, exactly one line
 names the file (and the line or key at fault), no traceback, and nothing written or changed on disk.
 """
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,6 +294,15 @@ def out_train_into_a_file(p: Project, tmp: Path):
              tmp / "heads" / "va", "--json", *DEVICE], tmp / "heads")
 
 
+def out_train_into_a_finetune_run(p: Project, tmp: Path):
+    run = tmp / "ft"  # a fine-tuned encoder's run: its best.pt must not become a head's
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"finetune": {"epochs": 4}, "encoder": {}}))
+    (run / "best.pt").write_bytes(b"the encoder")
+    return (["train", "va", "--store", p.store, "--data", p.root, "--out", run, "--json",
+             *DEVICE], run)
+
+
 def out_predict_into_a_folder(p: Project, tmp: Path):
     (tmp / "sub").mkdir()
     return ["predict", "--run", p.run, "--out", tmp / "sub", "--json", *DEVICE], tmp / "sub"
@@ -413,6 +423,7 @@ CASES = {
     # outputs where a file or folder is in the way
     "out-train-into-a-file": (out_train_into_a_file, "a file, not a folder"),
     "out-predict-into-a-folder": (out_predict_into_a_folder, "a folder; give --out a file"),
+    "out-train-into-a-finetune-run": (out_train_into_a_finetune_run, "holds a finetune run"),
     # run directories
     "run-without-best": (run_without_best, None),
     "run-best-with-a-class": (run_best_with_a_class, None),

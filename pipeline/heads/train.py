@@ -50,6 +50,7 @@ from pipeline.runs import (
     atomic_write_bytes,
     atomic_write_text,
     check_out_dir,
+    check_run_kind,
     to_jsonable,
     write_config,
 )
@@ -173,6 +174,7 @@ def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = 
     if cfg.task != data.task:
         raise ValueError(f"config task {cfg.task} but data of task {data.task}")
     out_dir = check_out_dir(out_dir)
+    check_run_kind(out_dir, "heads")
     # everything that may refuse the settings comes before an earlier run in out_dir is touched
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
