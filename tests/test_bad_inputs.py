@@ -133,6 +133,11 @@ def images_a_file_not_a_folder(p: Project, tmp: Path):
     return ["pretrain", "--images", image, "--out", tmp / "mae", "--json", *DEVICE], image
 
 
+def images_side_not_a_multiple_of_the_patch(p: Project, tmp: Path):
+    return (["pretrain", "--images", p.root, "--out", tmp / "mae", "--img-size", 60, "--json",
+             *DEVICE], ("--img-size", "patch_size 16"))
+
+
 # --- videos of frames: `extract --data` lists every video before anything else --------------------
 
 
@@ -397,6 +402,7 @@ CASES = {
     "images-none-in-folder": (images_folder_without_images, None),
     "images-folder-missing": (images_folder_missing, None),
     "images-a-file-not-a-folder": (images_a_file_not_a_folder, None),
+    "images-side-not-a-multiple-of-the-patch": (images_side_not_a_multiple_of_the_patch, None),
     # videos of frames
     "frames-one-number-twice": (_frames(["1.jpg"]), "1.jpg"),
     "frames-number-zero": (_frames(["00000.jpg"]), "00000.jpg"),

@@ -38,7 +38,8 @@ COMMANDS = {
     "analyze": (AnalyzeConfig, ["clip.mp4", "--out", "unused"], ()),
 }
 # Values a field's type alone cannot suggest (a list of known names).
-SAMPLES = {"splits": ("Train_Set", "test"), "task": "au", "jpeg_quality": 80}
+SAMPLES = {"splits": ("Train_Set", "test"), "task": "au", "jpeg_quality": 80,
+           "img_size": 112, "patch_size": 16}  # the side a multiple of the patch
 
 
 def sample(name: str, f, kind):

@@ -17,6 +17,7 @@ import torch
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
+from pipeline.config import ConfigError
 from pipeline.errors import InputError
 from pipeline.models.encoder import init_mae_weights, sincos_pos_embed_2d, vit_encoder
 from pipeline.models.registry import register_model
@@ -56,7 +57,10 @@ MAE_SIZES: dict[str, dict] = {
 def mae_config(name: str, **overrides) -> MAEConfig:
     """The resolved config of a registered MAE name with overrides (e.g. ``img_size=112``).
 
-    Unknown keys raise :class:`InputError` listing the known ones.
+    Raises:
+        InputError: an unknown name or key (the known ones listed).
+        ConfigError: a side that its divisor does not divide (``img_size`` by ``patch_size``, a
+            width by its attention heads).
     """
     if name not in MAE_SIZES:
         raise InputError(f"unknown MAE model {name!r}; known: {', '.join(MAE_SIZES)}")
@@ -65,7 +69,19 @@ def mae_config(name: str, **overrides) -> MAEConfig:
     if unknown:
         raise InputError(f"unknown MAE config key(s) {unknown} for {name}; known keys: "
                          f"{sorted(known)}")
-    return replace(MAEConfig(**MAE_SIZES[name]), **overrides)
+    cfg = replace(MAEConfig(**MAE_SIZES[name]), **overrides)
+    # (setting, its value, the setting that must divide it, that divisor)
+    for key, size, part_key, part in (
+            ("img_size", cfg.img_size, "patch_size", cfg.patch_size),
+            ("embed_dim", cfg.embed_dim, "num_heads", cfg.num_heads),
+            ("decoder_embed_dim", cfg.decoder_embed_dim, "decoder_num_heads",
+             cfg.decoder_num_heads)):
+        if part < 1:
+            raise ConfigError(part_key, f"{part}: use 1 or more")
+        if size % part:
+            raise ConfigError(key, f"{size} is not a multiple of {part_key} {part}: use a "
+                                   f"multiple of {part} (e.g. {max(part, size // part * part)})")
+    return cfg
 
 
 def build_encoder(name: str, **config) -> VisionTransformer:
