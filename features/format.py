@@ -95,11 +95,19 @@ def normalise_attrs(attrs: dict) -> dict:
 
 def identity_differences(stored: dict, given: dict) -> list[str]:
     """'key (store X, given Y)' for every identity attribute that differs (an optional one only
-    where both give it)."""
+    where both give it); of a dict attribute (``encoder_config``), its differing entries only
+    ('encoder_config.embed_dim (store 192, given 384)')."""
     keys = ["format_version", *IDENTITY_KEYS,
             *(k for k in OPTIONAL_IDENTITY_KEYS if k in stored and k in given)]
-    return [f"{k} (store {stored.get(k)!r}, given {given.get(k)!r})"
-            for k in keys if stored.get(k) != given.get(k)]
+    differ = []
+    for k in keys:
+        a, b = stored.get(k), given.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            differ += [f"{k}.{sub} (store {a.get(sub)!r}, given {b.get(sub)!r})"
+                       for sub in sorted(a.keys() | b.keys()) if a.get(sub) != b.get(sub)]
+        elif a != b:
+            differ.append(f"{k} (store {a!r}, given {b!r})")
+    return differ
 
 
 def check_root_attrs(attrs: dict, path: Path) -> None:

@@ -22,6 +22,7 @@ from .backends import H5Backend, ZarrBackend, open_backend
 from .errors import StoreError
 from .format import (
     CHUNK_ROWS,
+    OUTPUT_SUFFIXES,
     WRITE_FORMATS,
     check_video_name,
     damaged_store_of_ours,
@@ -223,9 +224,18 @@ def create_store(path, attrs: dict, format: str | None = None, overwrite: bool =
         role: "main" creates the store and consolidates it on close; "worker" (Zarr only) opens a
             store the main process created and writes only its own videos.
         chunk_rows: rows per chunk of a new video.
+
+    Raises:
+        StoreError: a ``format`` its suffix contradicts (``x.h5`` as zarr), a format that cannot be
+            written, a store of another kind or made differently (without ``overwrite``).
     """
     path = Path(path)
     fmt = format or infer_format(path)
+    named = OUTPUT_SUFFIXES.get(path.suffix.lower())
+    if format and named and named != format:
+        raise StoreError(f"{path}: its suffix {path.suffix} says format {named}, not the "
+                         f"{format} asked for: end the path in "
+                         f"{'.h5' if format == 'hdf5' else '.zarr'}, or leave the format out")
     if fmt not in WRITE_FORMATS:
         raise StoreError(f"cannot write a {fmt!r} store at {path}: write a .zarr directory or .h5 "
                          "file (a .zarr.zip is made by `mae-affect features export`)")

@@ -128,6 +128,28 @@ def test_reopen_refuses_different_identity(store_path, key, value):
         assert s.videos() == [] and s.attrs[key] == value
 
 
+def test_a_format_the_suffix_contradicts_is_refused_and_nothing_is_made(tmp_path):
+    for name, fmt, named in [("x.h5", "zarr", "hdf5"), ("x.zarr", "hdf5", "zarr"),
+                             ("x.zarr.zip", "zarr", "zip")]:
+        with pytest.raises(features.StoreError, match=f"says format {named}, not the {fmt}"):
+            features.create_store(tmp_path / name, make_attrs(), format=fmt)
+    assert not any(tmp_path.iterdir())
+    # a name without a store suffix takes the format given
+    features.create_store(tmp_path / "feats.bin", make_attrs(), format="hdf5").close()
+    with features.open_store(tmp_path / "feats.bin") as s:
+        assert s.format == "hdf5"
+
+
+def test_a_store_of_another_encoder_config_names_only_the_entries_that_differ(store_path):
+    stored = make_attrs()["encoder_config"]
+    changed = {**stored, "depth": stored["depth"] + 1}
+    with pytest.raises(features.StoreError) as refused:
+        features.create_store(store_path, make_attrs(encoder_config=changed))
+    message = str(refused.value)
+    assert f"encoder_config.depth (store {stored['depth']}, given {changed['depth']})" in message
+    assert "embed_dim" not in message
+
+
 def test_compute_dtype_is_compared_where_both_give_it(tmp_path):
     path = tmp_path / "f.zarr"
     features.create_store(path, make_attrs(compute_dtype="bfloat16")).close()
@@ -632,9 +654,10 @@ def test_overwrite_never_deletes_what_is_not_a_store_of_ours(tmp_path, make, nam
     path = tmp_path / name
     make(path)
     before = tree(path)
-    with pytest.raises(features.StoreError, match="not a feature store"):
-        features.create_store(path, make_attrs(), format="zarr" if name.endswith(".zip") else None,
-                              overwrite=True)
+    # a .zip is refused as a format create_store cannot write, before anything is opened
+    refused = "cannot write a 'zip'" if name.endswith(".zip") else "not a feature store"
+    with pytest.raises(features.StoreError, match=refused):
+        features.create_store(path, make_attrs(), overwrite=True)
     with pytest.raises(features.StoreError, match="not a feature store"):
         features.export_store(_a_store(tmp_path), path, overwrite=True)
     assert tree(path) == before
