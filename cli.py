@@ -34,9 +34,14 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return (InputError, StoreError)
 
 
+# Commands that go on from their last checkpoint, or skip finished videos, when run again.
+RESUMABLE = ("pretrain", "finetune", "extract", "faces", "analyze", "demo")
+
+
 class _Group(click.Group):
     """Turns user errors into one line on stderr and exit 2, never a traceback; a setting's error
-    names the option, ``--set`` item, config file or preset that gave the value."""
+    names the option, ``--set`` item, config file or preset that gave the value. Ctrl-C is one
+    line and exit 130 (the shell's code for SIGINT)."""
 
     def invoke(self, ctx):
         from pipeline.cli_config import describe_error
@@ -48,6 +53,11 @@ class _Group(click.Group):
             text = describe_error(ctx, err) if isinstance(err, ConfigError) else str(err)
             click.echo(f"error: {' '.join(text.split())}", err=True)
             ctx.exit(2)
+        except KeyboardInterrupt:
+            again = ("; the same command goes on from what was finished"
+                     if ctx.invoked_subcommand in RESUMABLE else "")
+            click.echo(f"\ninterrupted (Ctrl-C){again}", err=True)
+            ctx.exit(130)
 
 
 def emit(result: dict, as_json: bool, table: str) -> None:

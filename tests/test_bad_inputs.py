@@ -480,3 +480,20 @@ def test_the_table_covers_every_kind_of_input():
     kinds = {case.split("-")[0] for case in CASES}
     assert kinds >= {"annotation", "images", "frames", "ckpt", "store", "run", "pred"}
     assert len(CASES) >= 25
+
+
+@pytest.mark.parametrize("command, module, resumable", [
+    (["synth", "--out", "unused"], "pipeline.data.synth.generate", False),
+    (["extract", "--data", "d", "--ckpt", "c.pt", "--store", "s.zarr"], "pipeline.extract.extract",
+     True),
+])
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, command, module, resumable):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, interrupted)
+    result = CliRunner().invoke(cli, command)
+    assert result.exit_code == 130, result.output
+    assert result.stderr.strip().splitlines() == [
+        "interrupted (Ctrl-C)" + ("; the same command goes on from what was finished"
+                                  if resumable else "")]
