@@ -154,6 +154,10 @@ class Engine:
         if before != self.epochs:
             self.epochs_history.append({"epochs": before, "changed_to": self.epochs,
                                         "at_epoch": done})
+        self.message(f"{self.name}: resuming {self.last_path} after epoch {done} of {self.epochs}"
+                     if done < self.epochs else
+                     f"{self.name}: {self.last_path} has trained its {done} epochs already; give "
+                     "more epochs to go on")
 
     def start(self, resolved: dict) -> None:
         """Write ``config.json`` (with the epochs history), open the log (dropping lines past the

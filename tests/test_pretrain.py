@@ -104,13 +104,16 @@ def test_lr_schedule_warms_up_then_follows_a_cosine():
     assert lr_at(110, 1.0, 0.1, 10, 110) == pytest.approx(0.1)
 
 
-def test_resumed_run_equals_uninterrupted_run(faces, tmp_path):
+def test_resumed_run_equals_uninterrupted_run(faces, tmp_path, capsys):
     whole = pretrain(run_config(faces, tmp_path / "whole"), progress=False)
     cut = tmp_path / "cut"
     assert pretrain(run_config(faces, cut), stop_at_epoch=1, progress=False)["epochs_done"] == 1
     with open(cut / "log.jsonl", "a") as f:  # as if killed half-way through epoch 2
         f.write(json.dumps({"epoch": 2, "step": 4, "loss": 9.9, "lr": 0.0}) + "\n")
-    resumed = pretrain(run_config(faces, cut, workers=2), progress=False)  # workers may change
+    capsys.readouterr()
+    resumed = pretrain(run_config(faces, cut, workers=2), progress=True)  # workers may change
+    assert f"pretrain: resuming {cut / 'checkpoint-last.pt'} after epoch 1 of 2" in (
+        capsys.readouterr().err)
 
     a, b = (read_checkpoint(tmp_path / "whole" / "checkpoint-last.pt"),
             read_checkpoint(cut / "checkpoint-last.pt"))
@@ -140,7 +143,8 @@ def test_resumed_run_equals_uninterrupted_run(faces, tmp_path):
     assert all(torch.equal(v, a["encoder"][k]) for k, v in encoder.state_dict().items())
 
     # Finished: a rerun does nothing; options that change the result refuse to resume.
-    assert pretrain(run_config(faces, cut), progress=False)["epochs_done"] == 2
+    assert pretrain(run_config(faces, cut), progress=True)["epochs_done"] == 2
+    assert "has trained its 2 epochs already; give more epochs to go on" in capsys.readouterr().err
     with pytest.raises(InputError, match="mask_ratio: 0.75 -> 0.5"):
         pretrain(run_config(faces, cut, mask_ratio=0.5), progress=False)
 
