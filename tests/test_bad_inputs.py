@@ -112,6 +112,11 @@ def annotations_of_other_images(p: Project, tmp: Path):
     return ["score", "--task", "va", "--pred", p.val_csv, "--data", root], folder
 
 
+def annotations_of_a_misspelled_split(p: Project, tmp: Path):
+    return (["score", "--task", "va", "--pred", p.val_csv, "--data", p.root, "--split",
+             "Validaton_Set"], ("'Validaton_Set' is not a split", "Validation_Set"))
+
+
 # --- images: `pretrain --images` ------------------------------------------------------------------
 
 
@@ -398,6 +403,7 @@ CASES = {
                     task="expr"), ":2:"),
     "annotation-empty": (_annotation(""), None),
     "annotations-of-other-images": (annotations_of_other_images, None),
+    "annotations-of-a-misspelled-split": (annotations_of_a_misspelled_split, None),
     # images
     "images-none-in-folder": (images_folder_without_images, None),
     "images-folder-missing": (images_folder_missing, None),

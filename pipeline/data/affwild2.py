@@ -38,6 +38,7 @@ VALIDATION = SPLITS[1]  # where best epochs, thresholds and scores are taken by 
 # The challenge's test videos: the rows of the organisers' example files (no labels); an annotated
 # Test_Set (the synthetic set has one) is scored like the other splits.
 TEST = "test"
+ANNOTATED_SPLITS = (*SPLITS, "Test_Set")  # the split folders an annotation tree may hold
 EXPR_CLASSES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other")
 AU_NAMES = ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25",
             "AU26")
@@ -257,14 +258,20 @@ class AffWild2:
         return None
 
     def annotations(self, task: str, split: str) -> dict[str, Annotation]:
-        """Every annotation of ``task`` in ``split`` (``Train_Set`` or ``Validation_Set``), by
-        video.
+        """Every annotation of ``task`` in ``split`` (``Train_Set``, ``Validation_Set`` or an
+        annotated ``Test_Set``), by video.
 
         A video may be annotated and have no images (see :meth:`imageless_videos`).
+
+        Raises:
+            InputError: a split name that is none of these and has no folder, a missing
+                annotation folder, or annotations of videos without images here.
         """
         key = (check_task(task), split)
         if key not in self._annotations:
             folder = self.annotation_dir(task, split)
+            if folder is None and split not in ANNOTATED_SPLITS:
+                raise InputError(f"{split!r} is not a split: use {', '.join(ANNOTATED_SPLITS)}")
             if folder is None:
                 raise InputError(
                     f"{self.root}: no {CHALLENGE_DIRS[task][0]}/{split}/ folder (looked at the "
