@@ -436,9 +436,11 @@ def test_ablate_grid_by_seeds(tiny_root, tiny_store, tmp_path):
     assert (tmp_path / "abl" / "model-temporal_tcn_window-100" / "seed1" / "best.pt").is_file()
     # again with one seed and one combination: the folder holds what its tables say
     (tmp_path / "abl" / "notes.txt").write_text("mine")
-    run_cli("ablate", "--task", "va", "--store", tiny_store, "--data", tiny_root,
-            "--grid", "model=temporal_linear", "--seeds", 1, "--out", tmp_path / "abl", "--epochs",
-            1, *FAST[2:])
+    out = run_cli("ablate", "--task", "va", "--store", tiny_store, "--data", tiny_root,
+                  "--grid", "model=temporal_linear", "--seeds", 1, "--out", tmp_path / "abl",
+                  "--epochs", 1, *FAST[2:])
+    # one seed gives no spread: no '± 0.0000'
+    assert "va score (1 seed)" in out and "±" not in out
     left = sorted(p.relative_to(tmp_path / "abl").as_posix()
                   for p in (tmp_path / "abl").glob("*/seed*"))
     assert left == ["model-temporal_linear/seed0"], left

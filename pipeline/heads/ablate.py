@@ -54,8 +54,13 @@ def parse_grid(specs) -> dict[str, list]:
     return grid
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    """The mean and the sample std (None for one value: one seed gives no spread)."""
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
+def _cell(mean: float, std: float | None) -> str:
+    return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
 
 
 def _label(value) -> str:
@@ -75,7 +80,8 @@ def ablate(settings: dict, grid: dict[str, list], out_dir: Path, seeds: int = AB
         seeds: runs per combination.
 
     Returns:
-        {"rows": per-combination means and stds, "runs": per-run scores, "markdown": the table};
+        {"rows": per-combination means and stds (None for one seed), "runs": per-run scores,
+        "markdown": the table};
         writes OUT/ablation.md, OUT/ablation.csv (the table) and OUT/runs.csv (every run), one run
         directory per combination and seed.
     """
@@ -163,12 +169,12 @@ def markdown_table(task: str, keys: list[str], rows: list[dict]) -> str:
     """Validation score (mean ± std over seeds) before and after post-processing, one row per
     combination."""
     seeds = rows[0]["seeds"] if rows else 0
-    head = [*keys, f"{task} score (mean ± std, {seeds} seeds)", "post-processed"]
+    over = f"mean ± std, {seeds} seeds" if seeds > 1 else "1 seed"
+    head = [*keys, f"{task} score ({over})", "post-processed"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
-        cells = [r[k] for k in keys] + [f"{r['score_mean']:.4f} ± {r['score_std']:.4f}",
-                                        f"{r['postprocessed_mean']:.4f} ± "
-                                        f"{r['postprocessed_std']:.4f}"]
+        cells = [r[k] for k in keys] + [_cell(r["score_mean"], r["score_std"]),
+                                        _cell(r["postprocessed_mean"], r["postprocessed_std"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
