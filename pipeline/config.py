@@ -220,8 +220,8 @@ def read_config_file(path: Path, cls: type, section: str) -> dict[str, Any]:
 
     Raises:
         InputError: the file is missing, not a JSON object, or another stage's run config (an object
-        under another of ``RUN_SECTIONS``); ConfigError for an unknown key or a value of the wrong
-        type.
+        under another of ``RUN_SECTIONS``, or half its keys or more not ``cls``'s settings);
+        ConfigError for an unknown key or a value of the wrong type.
     """
     path = Path(path)
     try:
@@ -244,7 +244,14 @@ def read_config_file(path: Path, cls: type, section: str) -> dict[str, Any]:
             raise InputError(f"{path}: a {other} run's config (its settings are under "
                              f"\"{other}\", there is no \"{section}\" part); give a file of "
                              f"{section} settings or a {section} run's config.json")
-    return check_keys(cls, flatten(cls, data))
+    values = flatten(cls, data)
+    unknown = [k for k in values if k not in settable(cls)]
+    if len(unknown) > 2 and 2 * len(unknown) >= len(values):  # more than a misspelt key or two
+        raise InputError(f"{path}: {len(unknown)} of its {len(values)} keys "
+                         f"({', '.join(unknown[:3])}, ...) are not {section} settings; is it "
+                         f"another stage's config? Give a file of {section} settings or a "
+                         f"{section} run's config.json")
+    return check_keys(cls, values)
 
 
 def preset_values(cls: type, name: str | None) -> dict[str, Any]:

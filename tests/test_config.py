@@ -155,7 +155,11 @@ def test_a_bad_config_file_is_named_with_its_key(tmp_path):
             # another stage's run config.json
             (json.dumps({"finetune": {"epochs": 3}, "train_frames": 10}),
              f"error: {path}: a finetune run's config (its settings are under \"finetune\", there "
-             "is no \"pretrain\" part)")):
+             "is no \"pretrain\" part)"),
+            # a head run's config.json (its settings at the top)
+            (json.dumps(to_jsonable(TrainConfig.create(task="va"))),
+             f"error: {path}: 17 of its 28 keys (task, stores, data, ...) are not pretrain "
+             "settings; is it another stage's config?")):
         path.write_text(content)
         result = CliRunner().invoke(cli, ["pretrain", "--config", str(path), "--out",
                                           str(tmp_path / "r")])
