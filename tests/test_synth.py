@@ -78,7 +78,9 @@ def test_rerun_is_a_no_op_and_a_foreign_folder_is_refused(tmp_path):
 
 @pytest.mark.parametrize("bad,names", [
     ({"videos": 4}, "too few"), ({"img_size": 8}, "too small"),
-    ({"pairs": 5, "videos": 8}, "pairs"), ({"people": 0}, "use 1 or more"),
+    ({"pairs": 5, "videos": 8}, "videos 8 is fewer than the 10 that pairs 5 make"),
+    ({"videos": 1}, "videos 1 is fewer"), ({"pairs": -1}, "pairs -1: use 0 or more"),
+    ({"people": 0}, "use 1 or more"),
     ({"scenes": 0}, "use 1 or more"),
     ({"videos": 60, "val_fraction": 0.6, "test_fraction": 0.6}, "leaves no video for Train_Set"),
     ({"val_fraction": 0.0}, "between 0 and 1"), ({"task_prob": 1.5}, "a chance from 0 to 1")])

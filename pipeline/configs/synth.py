@@ -56,9 +56,12 @@ class SynthConfig:
             raise ConfigError("test_fraction",
                               f"{self.test_fraction} with val_fraction {self.val_fraction} leaves "
                               "no video for Train_Set; make the two add up to less than 1")
-        if self.pairs < 0 or 2 * self.pairs > self.videos:
-            raise ConfigError("pairs", f"{self.pairs}: need 0 <= pairs <= videos / 2 "
-                                       f"(videos={self.videos})")
+        if self.pairs < 0:
+            raise ConfigError("pairs", f"{self.pairs}: use 0 or more")
+        if 2 * self.pairs > self.videos:
+            raise ConfigError("videos", f"{self.videos} is fewer than the {2 * self.pairs} that "
+                                        f"pairs {self.pairs} make (a _left and a _right video "
+                                        "each); give more videos or fewer pairs")
         n_val, n_test = self.split_counts()
         if self.videos - self.pairs - n_val - n_test < MIN_VIDEOS["Train_Set"]:
             raise ConfigError("videos",
