@@ -394,13 +394,9 @@ def _before_after(result: dict, title: str) -> str:
 def train(task, out, settings, as_json):
     """Train a temporal head for TASK on cached features; best epoch by the official
     validation metric."""
-    from pipeline.heads.train import prepare, train_run
-    from pipeline.runs import check_out_dir, check_run_kind
+    from pipeline.heads.train import train as run_train
 
-    config = settings.build(task=task)
-    check_out_dir(out)  # before the stores are loaded
-    check_run_kind(out, "heads")
-    result = train_run(prepare(config), config, out, progress=not as_json)
+    result = run_train(settings.build(task=task), out, progress=not as_json)
     emit(result, as_json, _before_after(
         result, f"{task} run {out}: best epoch {result['best_epoch']}, validation"))
 

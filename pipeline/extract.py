@@ -244,19 +244,20 @@ def store_attrs(info: EncoderInfo, pooling: str, feature_dim: int, dtype: str,
     }
 
 
-def store_is_current(store: Path, ckpt: Path, device: torch.device, bf16: bool) -> bool:
+def store_is_current(store: Path, ckpt: Path, device: torch.device, bf16: bool,
+                     ckpt_sha256: str | None = None) -> bool:
     """Whether ``store`` opens and holds features of the checkpoint ``ckpt`` computed as an
     extraction with ``bf16`` on ``device`` computes them (``compute_dtype``; a store that does not
     say is taken at its word). A command whose store is its own cache (the demo, ``analyze``)
     extracts afresh when it is not, instead of refusing as ``extract`` does without
-    ``--overwrite``."""
+    ``--overwrite``. ``ckpt_sha256``: the checkpoint's hash where the caller has it already."""
     try:
         with features.open_store(store) as opened:
             attrs = opened.attrs
     except features.StoreError:
         return False
     compute = compute_dtype(device, bf16)
-    return (attrs.get("checkpoint_sha256") == sha256_file(ckpt)
+    return (attrs.get("checkpoint_sha256") == (ckpt_sha256 or sha256_file(ckpt))
             and attrs.get("compute_dtype", compute) == compute)
 
 

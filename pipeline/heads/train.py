@@ -283,6 +283,18 @@ def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = 
     return summary
 
 
+def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
+    """Load the task's sequences (:func:`prepare`) and train one head into ``out_dir``
+    (:func:`train_run`), with ``out_dir`` checked before the stores load.
+
+    Raises:
+        InputError: ``out_dir`` is a file or another stage's run, the stores or annotations cannot
+            be used, or the head diverged.
+    """
+    check_run_kind(check_out_dir(out_dir), "heads")
+    return train_run(prepare(cfg), cfg, out_dir, progress=progress)
+
+
 def _train_step(model, optimizer, loss_fn, b: dict, device: torch.device,
                 bf16: bool) -> torch.Tensor:
     """One optimizer step on a batch (on the host or already on ``device``); returns the loss,

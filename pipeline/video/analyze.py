@@ -56,9 +56,10 @@ def load_heads(run_dirs) -> dict[str, Run]:
     return runs
 
 
-def check_encoder(runs: dict[str, Run], encoder: Path) -> None:
+def check_encoder(runs: dict[str, Run], encoder: Path) -> str:
     """Refuse, before any work, heads trained on features of another encoder checkpoint than
-    ``encoder`` (the full identity check follows on the store, ``Run.check_stores``)."""
+    ``encoder`` (the full identity check follows on the store, ``Run.check_stores``); return the
+    encoder file's sha256."""
     if not Path(encoder).is_file():
         raise InputError(f"{encoder}: encoder checkpoint not found; pass --encoder with the "
                          "checkpoint the heads' feature store was extracted with")
@@ -77,6 +78,7 @@ def check_encoder(runs: dict[str, Run], encoder: Path) -> None:
                 f"{trained[0][:12]}..., but {encoder} has {sha[:12]}...: pass the encoder its "
                 "feature store was extracted with"
             )
+    return sha
 
 
 def _complete_in(store: Path, videos: list[str]) -> list[str]:
@@ -175,7 +177,7 @@ def analyze(inputs, out: Path, config: AnalyzeConfig, progress: bool = True) -> 
     out = Path(out)
     check_out_dir(out)
     runs = load_heads(config.heads)
-    check_encoder(runs, encoder)
+    encoder_sha256 = check_encoder(runs, encoder)
     root = out / "faces"
     found = faces(inputs, root, config.faces, progress)
     videos = [v for source in found["outputs"].values() for v in source]
@@ -184,8 +186,8 @@ def analyze(inputs, out: Path, config: AnalyzeConfig, progress: bool = True) -> 
     # OUT's store is this command's cache: made by another encoder or precision, or holding a
     # video whose crops faces made again just now (its source changed), it is made again
     redone = _complete_in(store, found["written_videos"])
-    stale = store.exists() and bool(redone or not store_is_current(store, encoder, device,
-                                                                   config.bf16))
+    stale = store.exists() and bool(redone or not store_is_current(
+        store, encoder, device, config.bf16, encoder_sha256))
     if stale:
         why = (f"holds features of {', '.join(redone[:3])}, whose crops were made again" if redone
                else "holds features of another encoder or precision")
