@@ -40,8 +40,9 @@ RESUMABLE = ("pretrain", "finetune", "extract", "faces", "analyze", "demo")
 
 class _Group(click.Group):
     """Turns user errors into one line on stderr and exit 2, never a traceback; a setting's error
-    names the option, ``--set`` item, config file or preset that gave the value. Ctrl-C is one
-    line and exit 130 (the shell's code for SIGINT)."""
+    names the option, ``--set`` item, config file or preset that gave the value. A usage error
+    (click's) is one line and exit 2 as well; Ctrl-C is one line and exit 130 (the shell's code for
+    SIGINT)."""
 
     def invoke(self, ctx):
         from pipeline.cli_config import describe_error
@@ -52,6 +53,11 @@ class _Group(click.Group):
         except _user_errors() as err:
             text = describe_error(ctx, err) if isinstance(err, ConfigError) else str(err)
             click.echo(f"error: {' '.join(text.split())}", err=True)
+            ctx.exit(2)
+        except click.UsageError as err:  # an unknown option, a missing argument: one line too
+            where = err.ctx.command_path if err.ctx else ctx.command_path
+            message = " ".join(err.format_message().split()).rstrip(".")
+            click.echo(f"error: {message}; see '{where} -h'", err=True)
             ctx.exit(2)
         except KeyboardInterrupt:
             again = ("; the same command goes on from what was finished"

@@ -503,3 +503,16 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, command, module, resumable
     assert result.stderr.strip().splitlines() == [
         "interrupted (Ctrl-C)" + ("; the same command goes on from what was finished"
                                   if resumable else "")]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train"], "error: Missing argument '{va|expr|au}'. Choose from: va, expr, au; "
+                "see 'cli train -h'"),
+    (["pretrain", "--epoch", "3"], "error: No such option '--epoch'."),
+    (["features", "info"], "error: Missing argument 'STORE'; see 'cli features info -h'"),
+])
+def test_a_usage_error_is_one_line_and_exit_2(args, message):
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr
