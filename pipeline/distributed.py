@@ -69,6 +69,16 @@ def barrier() -> None:
         dist.barrier()
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` holds on any rank (``flag`` itself without torchrun); every rank must call
+    it at the same point. ``device``: where the collective runs (the rank's GPU under NCCL)."""
+    if not dist.is_initialized():
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def gather_objects(obj) -> list:
     """Every rank's ``obj``, in rank order, on every rank (``[obj]`` without torchrun)."""
     if not dist.is_initialized():

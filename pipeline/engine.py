@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from pipeline.config import ConfigError
 from pipeline.device import torch_threads
-from pipeline.distributed import DistInfo, barrier
+from pipeline.distributed import DistInfo, any_rank, barrier
 from pipeline.errors import InputError
 from pipeline.runlog import RunLog
 from pipeline.runs import atomic_torch_save, check_resumable, read_jsonl, to_jsonable, write_config
@@ -279,11 +279,19 @@ class Engine:
         values = torch.stack([v.float() for _, v in self._pending]
                              + [p.detach().float() for p in parts.values()]).tolist()
         losses, part_values = values[: len(self._pending)], values[len(self._pending):]
-        for (step, _), value in zip(self._pending, losses):
-            if not math.isfinite(value):
-                raise InputError(f"{self.name}: the loss became {value} at epoch "
-                                 f"{self._epoch + 1}, step {step}; lower {self.lr_setting} and "
-                                 "start a new run (the last checkpoint is kept)")
+        bad = next(((step, value) for (step, _), value in zip(self._pending, losses)
+                    if not math.isfinite(value)), None)
+        # Under torchrun every rank stops at the same read: one that went on would wait for the
+        # others at its next all-reduce until the barrier timeout.
+        if any_rank(bad is not None, self._pending[-1][1].device) and bad is None:
+            raise InputError(f"{self.name}: the loss became NaN or infinite on another process "
+                             f"by epoch {self._epoch + 1}, step {self._pending[-1][0]}; lower "
+                             f"{self.lr_setting} and start a new run (the last checkpoint is "
+                             "kept)")
+        if bad is not None:
+            raise InputError(f"{self.name}: the loss became {bad[1]} at epoch "
+                             f"{self._epoch + 1}, step {bad[0]}; lower {self.lr_setting} and "
+                             "start a new run (the last checkpoint is kept)")
         self._pending = []
         for value in losses:  # one by one, in order: the sum a step-by-step read gives
             self._loss_sum += value

@@ -131,3 +131,55 @@ def test_the_epoch_mean_counts_every_micro_batch(tmp_path):
     eng.run_epochs().__next__()
     _steps(eng, [1.0, 2.0, 3.0, 4.0, 6.0])
     assert eng.epoch_loss() == 3.2
+
+
+TWO_RANKS_ONE_NAN = """
+import math, sys
+from pathlib import Path
+import torch
+from pipeline.distributed import init_distributed
+from pipeline.engine import Engine
+from pipeline.errors import InputError
+
+info = init_distributed(torch.device("cpu"))
+eng = Engine(sys.argv[1], "test", epochs=1, steps_per_epoch=6, peak_lr=1e-3, min_lr=0.0,
+             warmup_steps=0, seed=0, dist=info, resume_key={}, log_every=4, tensorboard=False,
+             progress=False)
+next(eng.run_epochs())
+values = [1.0] * 6
+if info.rank == 0:
+    values[2] = math.nan
+weight = torch.nn.Parameter(torch.ones(()))
+optimizer = torch.optim.SGD([weight], lr=0.0)
+try:
+    for value in eng.batches(values, total=len(values)):
+        eng.backward(weight * 0 + value, optimizer, images=1)
+    eng.epoch_loss()
+except InputError as err:
+    (Path(sys.argv[1]) / f"rank{info.rank}.txt").write_text(str(err))
+"""
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_the_same_read(tmp_path):
+    """Under torchrun a rank left going on would wait at its next all-reduce for the barrier
+    timeout (two hours): both stop at the read where one saw the NaN."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "one_nan.py"
+    script.write_text(TWO_RANKS_ONE_NAN)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), str(tmp_path)],
+        cwd=Path(__file__).parent.parent, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1",
+             "PYTHONPATH": str(Path(__file__).parent.parent)})
+    said = [(tmp_path / f"rank{r}.txt").read_text() if (tmp_path / f"rank{r}.txt").exists()
+            else None for r in (0, 1)]
+    assert said == [
+        "test: the loss became nan at epoch 1, step 2; lower lr and start a new run (the last "
+        "checkpoint is kept)",
+        "test: the loss became NaN or infinite on another process by epoch 1, step 3; lower lr "
+        "and start a new run (the last checkpoint is kept)"], proc.stdout + proc.stderr
