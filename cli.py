@@ -8,6 +8,7 @@ any other exception is a bug and exits 1.
 """
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -44,6 +45,14 @@ class _Group(click.Group):
     (click's) is one line and exit 2 as well; Ctrl-C is one line and exit 130 (the shell's code for
     SIGINT)."""
 
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # a group without its command: click shows the help
+        except click.UsageError as err:  # the top level's own options (mae-affect --bogus)
+            _usage_error(ctx, err)
+
     def invoke(self, ctx):
         from pipeline.cli_config import describe_error
         from pipeline.config import ConfigError
@@ -54,16 +63,25 @@ class _Group(click.Group):
             text = describe_error(ctx, err) if isinstance(err, ConfigError) else str(err)
             click.echo(f"error: {' '.join(text.split())}", err=True)
             ctx.exit(2)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
         except click.UsageError as err:  # an unknown option, a missing argument: one line too
-            where = err.ctx.command_path if err.ctx else ctx.command_path
-            message = " ".join(err.format_message().split()).rstrip(".")
-            click.echo(f"error: {message}; see '{where} -h'", err=True)
-            ctx.exit(2)
+            _usage_error(ctx, err)
         except KeyboardInterrupt:
-            again = ("; the same command goes on from what was finished"
-                     if ctx.invoked_subcommand in RESUMABLE else "")
-            click.echo(f"\ninterrupted (Ctrl-C){again}", err=True)
+            if os.environ.get("RANK", "0") == "0":  # under torchrun every rank is interrupted
+                again = ("; the same command goes on from what was finished"
+                         if ctx.invoked_subcommand in RESUMABLE else "")
+                # after a line break: a progress bar may hold the line
+                click.echo(f"\ninterrupted (Ctrl-C){again}", err=True)
             ctx.exit(130)
+
+
+def _usage_error(ctx: click.Context, err: click.UsageError) -> None:
+    """click's usage error as one line naming the help to read; exit 2."""
+    where = err.ctx.command_path if err.ctx else ctx.command_path
+    message = " ".join(err.format_message().split()).rstrip(".")
+    click.echo(f"error: {message}; see '{where} -h'", err=True)
+    ctx.exit(2)
 
 
 def emit(result: dict, as_json: bool, table: str) -> None:

@@ -510,9 +510,15 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, command, module, resumable
                 "see 'cli train -h'"),
     (["pretrain", "--epoch", "3"], "error: No such option '--epoch'."),
     (["features", "info"], "error: Missing argument 'STORE'; see 'cli features info -h'"),
+    (["--bogus"], "error: No such option '--bogus'; see 'cli -h'"),
 ])
 def test_a_usage_error_is_one_line_and_exit_2(args, message):
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2, result.output
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+
+
+def test_a_group_without_its_command_shows_its_help():
+    result = CliRunner().invoke(cli, ["features"])
+    assert "Commands:" in result.output and "error:" not in result.output

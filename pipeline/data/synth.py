@@ -17,6 +17,7 @@ so videos render in any order, in parallel, to the same bytes.
 import json
 import os
 import shutil
+import signal
 import time
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
@@ -485,7 +486,10 @@ def generate(out_dir: Path, config: SynthConfig, progress: bool = True,
         total = sum(p.frames for p in plans)
         with tqdm(total=total, unit="frame", desc="synth", disable=not progress) as bar:
             if n > 1:
-                with get_context().Pool(n) as pool:
+                # Ctrl-C reaches the whole process group: the workers leave it to the parent,
+                # which ends the pool, instead of each printing its traceback
+                with get_context().Pool(n, initializer=signal.signal,
+                                        initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
                     for name, summary in pool.imap_unordered(_make_video_job, jobs):
                         videos[name] = summary
                         bar.update(summary["frames"])
