@@ -155,6 +155,18 @@ def output_format(path: Path) -> str:
     return OUTPUT_SUFFIXES[suffix]
 
 
+def suffix_contradiction(path, format: str | None) -> str | None:
+    """What is wrong with writing a new ``format`` store at ``path`` whose suffix names another
+    container (``x.h5`` as zarr), or None: a Zarr directory named .h5 would mislead every reader
+    that goes by the name."""
+    path = Path(path)
+    named = OUTPUT_SUFFIXES.get(path.suffix.lower())
+    if not format or not named or named == format:
+        return None
+    return (f"{path}: its suffix {path.suffix} says format {named}, not {format}: end the path in "
+            f"{'.h5' if format == 'hdf5' else '.zarr'}, or leave the format to the suffix")
+
+
 def sniff_format(path: Path) -> str:
     """The format of an existing store from its content: 'zarr', 'zip' or 'hdf5'."""
     path = Path(path)

@@ -22,7 +22,6 @@ from .backends import H5Backend, ZarrBackend, open_backend
 from .errors import StoreError
 from .format import (
     CHUNK_ROWS,
-    OUTPUT_SUFFIXES,
     WRITE_FORMATS,
     check_video_name,
     damaged_store_of_ours,
@@ -30,6 +29,7 @@ from .format import (
     infer_format,
     normalise_attrs,
     sniff_format,
+    suffix_contradiction,
 )
 
 ROLES = ("main", "worker")
@@ -226,19 +226,19 @@ def create_store(path, attrs: dict, format: str | None = None, overwrite: bool =
         chunk_rows: rows per chunk of a new video.
 
     Raises:
-        StoreError: a ``format`` its suffix contradicts (``x.h5`` as zarr), a format that cannot be
-            written, a store of another kind or made differently (without ``overwrite``).
+        StoreError: a format that cannot be written, a ``format`` the suffix of a new store
+            contradicts (``x.h5`` as zarr), a store of another kind or made differently (without
+            ``overwrite``).
     """
     path = Path(path)
     fmt = format or infer_format(path)
-    named = OUTPUT_SUFFIXES.get(path.suffix.lower())
-    if format and named and named != format:
-        raise StoreError(f"{path}: its suffix {path.suffix} says format {named}, not the "
-                         f"{format} asked for: end the path in "
-                         f"{'.h5' if format == 'hdf5' else '.zarr'}, or leave the format out")
     if fmt not in WRITE_FORMATS:
         raise StoreError(f"cannot write a {fmt!r} store at {path}: write a .zarr directory or .h5 "
                          "file (a .zarr.zip is made by `mae-affect features export`)")
+    # a new store only: an existing one is appended to in the container it is, whatever its name
+    contradiction = suffix_contradiction(path, format)
+    if contradiction and (overwrite or not path.exists()):
+        raise StoreError(contradiction)
     if role not in ROLES:
         raise StoreError(f"role={role!r}: use 'main' or 'worker'")
     if role == "worker" and fmt == "hdf5":

@@ -264,6 +264,11 @@ def store_foreign_hdf5(p: Project, tmp: Path):
              *DEVICE], (path, "attrs_json"))
 
 
+def store_suffix_contradicts_the_format(p: Project, tmp: Path):
+    return (["extract", "--data", p.root, "--ckpt", p.ckpt, "--store", tmp / "x.h5", "--format",
+             "zarr", "--json", *DEVICE], ("--format zarr", tmp / "x.h5", "end the path in .zarr"))
+
+
 def store_of_another_checkpoint(p: Project, tmp: Path):
     store = Path(shutil.copytree(p.store, tmp / "f.zarr"))
     other = tmp / "other.pt"
@@ -429,6 +434,7 @@ CASES = {
     "store-truncated-hdf5": (store_truncated_hdf5, "--overwrite"),
     "store-verify-not-a-store": (store_verify_not_a_store, None),
     "store-foreign-hdf5": (store_foreign_hdf5, None),
+    "store-suffix-contradicts-the-format": (store_suffix_contradicts_the_format, None),
     "store-of-another-checkpoint": (store_of_another_checkpoint, None),
     "store-overwrite-refuses-a-folder": (store_overwrite_a_folder, None),
     "store-newer-format": (store_of_a_newer_format, None),

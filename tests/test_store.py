@@ -4,6 +4,7 @@ store."""
 
 import json
 import multiprocessing as mp
+import shutil
 import zipfile
 
 import h5py
@@ -131,9 +132,19 @@ def test_reopen_refuses_different_identity(store_path, key, value):
 def test_a_format_the_suffix_contradicts_is_refused_and_nothing_is_made(tmp_path):
     for name, fmt, named in [("x.h5", "zarr", "hdf5"), ("x.zarr", "hdf5", "zarr"),
                              ("x.zarr.zip", "zarr", "zip")]:
-        with pytest.raises(features.StoreError, match=f"says format {named}, not the {fmt}"):
+        with pytest.raises(features.StoreError, match=f"says format {named}, not {fmt}"):
             features.create_store(tmp_path / name, make_attrs(), format=fmt)
     assert not any(tmp_path.iterdir())
+    # a format that cannot be written is named as such, whatever the suffix
+    with pytest.raises(features.StoreError, match="cannot write a 'zip' store"):
+        features.create_store(tmp_path / "x.h5", make_attrs(), format="zip")
+    # an existing store is appended to in the container it is (merge_stores into a Zarr store
+    # an earlier version let extract name out.h5)
+    misnamed = tmp_path / "made-earlier.zarr"
+    features.create_store(misnamed, make_attrs()).close()
+    misnamed = misnamed.rename(tmp_path / "out.h5")
+    features.create_store(misnamed, make_attrs(), format="zarr").close()
+    shutil.rmtree(misnamed)
     # a name without a store suffix takes the format given
     features.create_store(tmp_path / "feats.bin", make_attrs(), format="hdf5").close()
     with features.open_store(tmp_path / "feats.bin") as s:

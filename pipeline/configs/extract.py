@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from features.format import WRITE_FORMATS
+from features.format import WRITE_FORMATS, suffix_contradiction
 from pipeline.config import ConfigError, check_choices, setting
 from pipeline.configs.common import DEVICES, POOL_MODES, check_host_share
 from pipeline.data.affwild2 import SPLITS, TEST
@@ -36,6 +36,9 @@ class ExtractConfig:
 
     def __post_init__(self):
         check_choices(self)
+        contradiction = suffix_contradiction(self.store, self.format)
+        if contradiction:  # before any work, on every rank
+            raise ConfigError("format", f"{self.format}: {contradiction}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError("batch_size", f"{self.batch_size}: use 1 or more")
         check_host_share(self)
