@@ -139,9 +139,9 @@ def pretrain(cfg: PretrainConfig, *, stop_at_epoch: int | None = None,
     cfg = replace(cfg, workers=workers, threads=threads)  # resolved, so config.json says what ran
     run_dir = check_out_dir(cfg.out)
     check_run_kind(run_dir, "pretrain")
+    mcfg = model_config(cfg)  # refuses sizes that do not fit, before the images are listed
 
     paths = _select(find_images(cfg.images, warn if dist_info.is_main else None), cfg)
-    mcfg = model_config(cfg)
     torch.manual_seed(cfg.seed)
     model = MaskedAutoencoderViT(mcfg).to(device)
 

@@ -140,7 +140,12 @@ def images_a_file_not_a_folder(p: Project, tmp: Path):
 
 def images_side_not_a_multiple_of_the_patch(p: Project, tmp: Path):
     return (["pretrain", "--images", p.root, "--out", tmp / "mae", "--img-size", 60, "--json",
-             *DEVICE], ("--img-size", "patch_size 16"))
+             *DEVICE], ("--img-size 60 is not a multiple of the patch side 16", "48 or 64"))
+
+
+def ckpt_side_not_a_multiple_of_its_patch(p: Project, tmp: Path):
+    return (["finetune", "--data", p.root, "--init", p.ckpt, "--out", tmp / "ft", "--img-size",
+             30, "--json", *DEVICE], ("--img-size 30 is not a multiple of the patch side",))
 
 
 # --- videos of frames: `extract --data` lists every video before anything else --------------------
@@ -434,6 +439,7 @@ CASES = {
     "store-truncated-hdf5": (store_truncated_hdf5, "--overwrite"),
     "store-verify-not-a-store": (store_verify_not_a_store, None),
     "store-foreign-hdf5": (store_foreign_hdf5, None),
+    "ckpt-side-not-a-multiple-of-its-patch": (ckpt_side_not_a_multiple_of_its_patch, None),
     "store-suffix-contradicts-the-format": (store_suffix_contradicts_the_format, None),
     "store-of-another-checkpoint": (store_of_another_checkpoint, None),
     "store-overwrite-refuses-a-folder": (store_overwrite_a_folder, None),

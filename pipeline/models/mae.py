@@ -70,17 +70,21 @@ def mae_config(name: str, **overrides) -> MAEConfig:
         raise InputError(f"unknown MAE config key(s) {unknown} for {name}; known keys: "
                          f"{sorted(known)}")
     cfg = replace(MAEConfig(**MAE_SIZES[name]), **overrides)
-    # (setting, its value, the setting that must divide it, that divisor)
-    for key, size, part_key, part in (
-            ("img_size", cfg.img_size, "patch_size", cfg.patch_size),
-            ("embed_dim", cfg.embed_dim, "num_heads", cfg.num_heads),
-            ("decoder_embed_dim", cfg.decoder_embed_dim, "decoder_num_heads",
-             cfg.decoder_num_heads)):
-        if part < 1:
-            raise ConfigError(part_key, f"{part}: use 1 or more")
-        if size % part:
-            raise ConfigError(key, f"{size} is not a multiple of {part_key} {part}: use a "
-                                   f"multiple of {part} (e.g. {max(part, size // part * part)})")
+    for key in ("patch_size", "num_heads", "decoder_num_heads"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(key, f"{getattr(cfg, key)}: use 1 or more")
+    if cfg.img_size % cfg.patch_size:
+        low = max(cfg.patch_size, cfg.img_size // cfg.patch_size * cfg.patch_size)
+        raise ConfigError("img_size", f"{cfg.img_size} is not a multiple of the patch side "
+                                      f"{cfg.patch_size} (patch_size): give a multiple such as "
+                                      f"{low} or {low + cfg.patch_size}, or another patch_size")
+    # (width, its heads): each head takes an equal share of the width
+    for width, heads in (("embed_dim", "num_heads"), ("decoder_embed_dim", "decoder_num_heads")):
+        d, h = getattr(cfg, width), getattr(cfg, heads)
+        if d % h:
+            divisors = [k for k in range(1, min(d, 16) + 1) if d % k == 0]
+            raise ConfigError(heads, f"{h} does not divide {width} {d}: give a divisor such as "
+                                     f"{', '.join(map(str, divisors[-3:]))}, or another {width}")
     return cfg
 
 
