@@ -102,7 +102,10 @@ class Settings:
     def describe(self, err: ConfigError) -> str:
         """The error's one line, naming the option, ``--set`` item, file or preset that gave the
         value."""
-        key = err.key
+        # of two clashing settings, the one the user gave
+        key, problem = next(((k, text) for k, text in [(err.key, err.problem), *err.others.items()]
+                             if k in self.given or k in self.sets or k in self.file_values()),
+                            (err.key, err.problem))
         if key in self.given:
             where = self.flags.get(key, key)
         elif key in self.sets:
@@ -115,7 +118,7 @@ class Settings:
             where = f"preset {self.preset}: {key}"
         else:  # a default, or a value the stage itself resolved: the option that would change it
             where = self.flags.get(key, key)
-        return f"{where} {err.problem}"
+        return f"{where} {problem}"
 
 
 def config_options(cls: type, section: str, *, skip: tuple[str, ...] = (),

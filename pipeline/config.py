@@ -30,10 +30,13 @@ HELP, CHOICES, OPTION = "help", "choices", "option"
 class ConfigError(InputError, ValueError):
     """A setting that cannot be used: ``key`` is the field name, ``problem`` what is wrong and what
     to do, written to follow the setting's name (``epochs`` + ``0: use 1 or more``); the CLI puts
-    the option, the file key or the preset that gave the value in the name's place."""
+    the option, the file key or the preset that gave the value in the name's place.
 
-    def __init__(self, key: str, problem: str):
-        self.key, self.problem = key, problem
+    ``others``: where two settings clash, the other's name -> the problem told from its side; the
+    CLI tells the one the user gave (``key``'s when both or neither were)."""
+
+    def __init__(self, key: str, problem: str, others: dict[str, str] | None = None):
+        self.key, self.problem, self.others = key, problem, dict(others or {})
         super().__init__(f"{key} {problem}")
 
 

@@ -255,3 +255,13 @@ def test_every_action_unit_valence_and_arousal_change_the_face():
         assert np.abs(draw(au=au) - neutral).mean() > 0.05, name
     assert np.abs(draw(valence=1.0) - draw(valence=-1.0)).mean() > 0.05
     assert np.abs(draw(arousal=1.0) - draw(arousal=-1.0)).mean() > 0.05
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--pairs", "100"], "error: --pairs 100 make 200 videos"),  # the preset's 114 videos
+    (["--videos", "1"], "error: --videos 1 is fewer than the 6 that pairs 3 make"),
+])
+def test_of_two_clashing_settings_the_one_given_is_named(tmp_path, args, message):
+    result = CliRunner().invoke(cli, ["synth", "--out", str(tmp_path / "d"), *args])
+    assert result.exit_code == 2 and result.stderr.startswith(message), result.stderr
+    assert not (tmp_path / "d").exists()

@@ -59,9 +59,13 @@ class SynthConfig:
         if self.pairs < 0:
             raise ConfigError("pairs", f"{self.pairs}: use 0 or more")
         if 2 * self.pairs > self.videos:
-            raise ConfigError("videos", f"{self.videos} is fewer than the {2 * self.pairs} that "
-                                        f"pairs {self.pairs} make (a _left and a _right video "
-                                        "each); give more videos or fewer pairs")
+            raise ConfigError(
+                "videos", f"{self.videos} is fewer than the {2 * self.pairs} that pairs "
+                          f"{self.pairs} make (a _left and a _right video each); give more videos "
+                          "or fewer pairs",
+                others={"pairs": f"{self.pairs} make {2 * self.pairs} videos (a _left and a "
+                                 f"_right each), more than videos {self.videos}; give fewer pairs "
+                                 "or more videos"})
         n_val, n_test = self.split_counts()
         if self.videos - self.pairs - n_val - n_test < MIN_VIDEOS["Train_Set"]:
             raise ConfigError("videos",
