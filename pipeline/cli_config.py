@@ -19,6 +19,7 @@ import click
 
 from pipeline import config
 from pipeline.config import CHOICES, HELP, OPTION, ConfigError, default_of, settable
+from pipeline.configs import STAGES
 from pipeline.errors import InputError
 from pipeline.runs import to_jsonable
 
@@ -90,7 +91,8 @@ class Settings:
             return {}
         if self._file_cache is None:
             try:
-                self._file_cache = config.read_config_file(self.file, self.cls, self.section)
+                self._file_cache = config.read_config_file(self.file, self.cls, self.section,
+                                                           STAGES)
             except ConfigError as err:
                 raise InputError(f"{self.file}: {err}") from None
         return self._file_cache

@@ -215,16 +215,20 @@ def check_keys(cls: type, values: dict[str, Any]) -> dict[str, Any]:
 RUN_SECTIONS = ("pretrain", "finetune", "extract", "faces", "analyze", "heads", "synth", "demo")
 
 
-def read_config_file(path: Path, cls: type, section: str) -> dict[str, Any]:
+def read_config_file(path: Path, cls: type, section: str,
+                     stages: dict[str, type] | None = None) -> dict[str, Any]:
     """The settings a JSON config file gives ``cls``.
 
     A run's own ``config.json`` is a valid input: when the file has an object under ``section``
-    (e.g. ``"pretrain"``), that object is read; otherwise the whole file is.
+    (e.g. ``"pretrain"``), that object is read; otherwise the whole file is. ``stages`` (section ->
+    config class, ``pipeline.configs.STAGES``) name the stage of a file that holds another stage's
+    settings.
 
     Raises:
         InputError: the file is missing, not a JSON object, or another stage's run config (an object
-        under another of ``RUN_SECTIONS``, or half its keys or more not ``cls``'s settings);
-        ConfigError for an unknown key or a value of the wrong type.
+        under another of ``RUN_SECTIONS``, or, at the top, keys that are all one of ``stages``'
+        settings and not all ``cls``'s); ConfigError for an unknown key or a value of the wrong
+        type.
     """
     path = Path(path)
     try:
@@ -249,11 +253,14 @@ def read_config_file(path: Path, cls: type, section: str) -> dict[str, Any]:
                              f"{section} settings or a {section} run's config.json")
     values = flatten(cls, data)
     unknown = [k for k in values if k not in settable(cls)]
-    if len(unknown) > 2 and 2 * len(unknown) >= len(values):  # more than a misspelt key or two
-        raise InputError(f"{path}: {len(unknown)} of its {len(values)} keys "
-                         f"({', '.join(unknown[:3])}, ...) are not {section} settings; is it "
-                         f"another stage's config? Give a file of {section} settings or a "
-                         f"{section} run's config.json")
+    other = next((name for name, other_cls in (stages or {}).items()
+                  if unknown and other_cls is not cls
+                  and set(flatten(other_cls, data)) <= set(settable(other_cls))), None)
+    if other is not None:
+        raise InputError(f"{path}: a {other} config: its keys {', '.join(unknown[:3])}"
+                         f"{', ...' if len(unknown) > 3 else ''} are {other} settings, not "
+                         f"{section} ones; give a file of {section} settings or a {section} "
+                         "run's config.json")
     return check_keys(cls, values)
 
 

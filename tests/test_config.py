@@ -158,8 +158,11 @@ def test_a_bad_config_file_is_named_with_its_key(tmp_path):
              "is no \"pretrain\" part)"),
             # a head run's config.json (its settings at the top)
             (json.dumps(to_jsonable(TrainConfig.create(task="va"))),
-             f"error: {path}: 17 of its 28 keys (task, stores, data, ...) are not pretrain "
-             "settings; is it another stage's config?")):
+             f"error: {path}: a heads config: its keys task, stores, data, ... are heads "
+             "settings, not pretrain ones"),
+            # misspelt keys of no stage: each is named with what is settable
+            (json.dumps({"epoch": 3, "lrr": 1e-3, "batchsize": 8, "seed": 1}),
+             f"error: {path}: epoch is not a setting; settable: accum_iter")):
         path.write_text(content)
         result = CliRunner().invoke(cli, ["pretrain", "--config", str(path), "--out",
                                           str(tmp_path / "r")])

@@ -16,5 +16,10 @@ from pipeline.configs.pretrain import PretrainConfig
 from pipeline.configs.synth import SynthConfig
 from pipeline.configs.video import AnalyzeConfig, FacesConfig
 
-__all__ = ["AnalyzeConfig", "DemoConfig", "ExtractConfig", "FacesConfig", "FinetuneConfig",
-           "HeadConfig", "PretrainConfig", "SynthConfig", "TrainConfig"]
+# Each stage's settings by the section a run's config.json keeps them under (the heads' at the top).
+STAGES = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "extract": ExtractConfig,
+          "heads": TrainConfig, "synth": SynthConfig, "demo": DemoConfig, "faces": FacesConfig,
+          "analyze": AnalyzeConfig}
+
+__all__ = ["STAGES", "AnalyzeConfig", "DemoConfig", "ExtractConfig", "FacesConfig",
+           "FinetuneConfig", "HeadConfig", "PretrainConfig", "SynthConfig", "TrainConfig"]
