@@ -69,14 +69,16 @@ def barrier() -> None:
         dist.barrier()
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """Whether ``flag`` holds on any rank (``flag`` itself without torchrun); every rank must call
-    it at the same point. ``device``: where the collective runs (the rank's GPU under NCCL)."""
+def first_rank(flag: bool, device: torch.device) -> int | None:
+    """The lowest rank on which ``flag`` holds, or None (without torchrun: 0 or None); every rank
+    must call it at the same point. ``device``: where the collective runs (the rank's GPU under
+    NCCL)."""
     if not dist.is_initialized():
-        return flag
-    value = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+        return 0 if flag else None
+    world = dist.get_world_size()
+    value = torch.tensor([dist.get_rank() if flag else world], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return int(value.item()) if value.item() < world else None
 
 
 def gather_objects(obj) -> list:

@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from pipeline.config import ConfigError
 from pipeline.device import torch_threads
-from pipeline.distributed import DistInfo, any_rank, barrier
+from pipeline.distributed import DistInfo, barrier, first_rank
 from pipeline.errors import InputError
 from pipeline.runlog import RunLog
 from pipeline.runs import atomic_torch_save, check_resumable, read_jsonl, to_jsonable, write_config
@@ -154,10 +154,11 @@ class Engine:
         if before != self.epochs:
             self.epochs_history.append({"epochs": before, "changed_to": self.epochs,
                                         "at_epoch": done})
-        self.message(f"{self.name}: resuming {self.last_path} after epoch {done} of {self.epochs}"
-                     if done < self.epochs else
-                     f"{self.name}: {self.last_path} has trained its {done} epochs already; give "
-                     "more epochs to go on")
+        if self.dist.is_main:  # said under --json too (on stderr), unlike the bar's lines
+            tqdm.write(f"{self.name}: resuming {self.last_path} after epoch {done} of "
+                       f"{self.epochs}" if done < self.epochs else
+                       f"{self.name}: {self.last_path} has trained its {done} epochs already; "
+                       f"give epochs above {done} (--epochs) to go on", file=sys.stderr)
 
     def start(self, resolved: dict) -> None:
         """Write ``config.json`` (with the epochs history), open the log (dropping lines past the
@@ -251,7 +252,8 @@ class Engine:
         Raises:
             InputError: a loss read here is NaN or infinite (the lr setting to lower is named).
         """
-        self._pending.append((self.step, loss.detach()))
+        # the optimizer step this micro-batch counts towards, 1-based as log.jsonl numbers steps
+        self._pending.append((self.step + 1, loss.detach()))
         (loss / accum_iter).backward()
         if update:
             optimizer.step()
@@ -283,9 +285,10 @@ class Engine:
                     if not math.isfinite(value)), None)
         # Under torchrun every rank stops at the same read: one that went on would wait for the
         # others at its next all-reduce until the barrier timeout.
-        if any_rank(bad is not None, self._pending[-1][1].device) and bad is None:
-            raise InputError(f"{self.name}: the loss became NaN or infinite on another process "
-                             f"by epoch {self._epoch + 1}, step {self._pending[-1][0]}; lower "
+        first = first_rank(bad is not None, self._pending[-1][1].device)
+        if first is not None and bad is None:
+            raise InputError(f"{self.name}: the loss became NaN or infinite on rank {first} by "
+                             f"epoch {self._epoch + 1}, step {self._pending[-1][0]}; lower "
                              f"{self.lr_setting} and start a new run (the last checkpoint is "
                              "kept)")
         if bad is not None:

@@ -111,7 +111,8 @@ def test_resumed_run_equals_uninterrupted_run(faces, tmp_path, capsys):
     with open(cut / "log.jsonl", "a") as f:  # as if killed half-way through epoch 2
         f.write(json.dumps({"epoch": 2, "step": 4, "loss": 9.9, "lr": 0.0}) + "\n")
     capsys.readouterr()
-    resumed = pretrain(run_config(faces, cut, workers=2), progress=True)  # workers may change
+    # said without the bar too (--json)
+    resumed = pretrain(run_config(faces, cut, workers=2), progress=False)  # workers may change
     assert f"pretrain: resuming {cut / 'checkpoint-last.pt'} after epoch 1 of 2" in (
         capsys.readouterr().err)
 
@@ -143,8 +144,9 @@ def test_resumed_run_equals_uninterrupted_run(faces, tmp_path, capsys):
     assert all(torch.equal(v, a["encoder"][k]) for k, v in encoder.state_dict().items())
 
     # Finished: a rerun does nothing; options that change the result refuse to resume.
-    assert pretrain(run_config(faces, cut), progress=True)["epochs_done"] == 2
-    assert "has trained its 2 epochs already; give more epochs to go on" in capsys.readouterr().err
+    assert pretrain(run_config(faces, cut), progress=False)["epochs_done"] == 2
+    assert "has trained its 2 epochs already; give epochs above 2 (--epochs) to go on" in (
+        capsys.readouterr().err)
     with pytest.raises(InputError, match="mask_ratio: 0.75 -> 0.5"):
         pretrain(run_config(faces, cut, mask_ratio=0.5), progress=False)
 
