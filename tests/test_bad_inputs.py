@@ -114,7 +114,12 @@ def annotations_of_other_images(p: Project, tmp: Path):
 
 def annotations_of_a_misspelled_split(p: Project, tmp: Path):
     return (["score", "--task", "va", "--pred", p.val_csv, "--data", p.root, "--split",
-             "Validaton_Set"], ("'Validaton_Set' is not a split", "Validation_Set"))
+             "Validaton_Set"], ("'Validaton_Set' is not a split", "Train_Set, Validation_Set"))
+
+
+def annotations_of_the_test_split(p: Project, tmp: Path):
+    return (["score", "--task", "va", "--pred", p.val_csv, "--data", p.root, "--split", "test"],
+            ("'test' has no annotations", "Train_Set, Validation_Set"))
 
 
 # --- images: `pretrain --images` ------------------------------------------------------------------
@@ -414,6 +419,7 @@ CASES = {
     "annotation-empty": (_annotation(""), None),
     "annotations-of-other-images": (annotations_of_other_images, None),
     "annotations-of-a-misspelled-split": (annotations_of_a_misspelled_split, None),
+    "annotations-of-the-test-split": (annotations_of_the_test_split, None),
     # images
     "images-none-in-folder": (images_folder_without_images, None),
     "images-folder-missing": (images_folder_missing, None),

@@ -271,7 +271,11 @@ class AffWild2:
         if key not in self._annotations:
             folder = self.annotation_dir(task, split)
             if folder is None and split not in ANNOTATED_SPLITS:
-                raise InputError(f"{split!r} is not a split: use {', '.join(ANNOTATED_SPLITS)}")
+                here = [s for s in ANNOTATED_SPLITS if self.annotation_dir(task, s)]
+                what = ("has no annotations (the challenge's test videos)" if split == TEST else
+                        "is not a split")
+                raise InputError(f"{split!r} {what}: use an annotated split of {self.root}: "
+                                 f"{', '.join(here) or 'none found'}")
             if folder is None:
                 raise InputError(
                     f"{self.root}: no {CHALLENGE_DIRS[task][0]}/{split}/ folder (looked at the "
