@@ -250,7 +250,14 @@ def store_is_current(store: Path, ckpt: Path, device: torch.device, bf16: bool,
     extraction with ``bf16`` on ``device`` computes them (``compute_dtype``; a store that does not
     say is taken at its word). A command whose store is its own cache (the demo, ``analyze``)
     extracts afresh when it is not, instead of refusing as ``extract`` does without
-    ``--overwrite``. ``ckpt_sha256``: the checkpoint's hash where the caller has it already."""
+    ``--overwrite``.
+
+    Args:
+        store: the store's path (a missing or unreadable one is not current).
+        ckpt: the encoder checkpoint the store should hold the features of.
+        device, bf16: the extraction to compare with (its ``compute_dtype``).
+        ckpt_sha256: the checkpoint's sha256 where the caller has it already (else it is hashed).
+    """
     try:
         with features.open_store(store) as opened:
             attrs = opened.attrs

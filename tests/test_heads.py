@@ -6,7 +6,9 @@ The tiny store's features are cheap but carry a real signal: an 8x8 grayscale th
 face's centre (eyes to chin) of each frame (D=64), zeros where there is no face.
 """
 
+import csv
 import dataclasses
+import io
 import json
 from pathlib import Path
 
@@ -439,8 +441,10 @@ def test_ablate_grid_by_seeds(tiny_root, tiny_store, tmp_path):
     out = run_cli("ablate", "--task", "va", "--store", tiny_store, "--data", tiny_root,
                   "--grid", "model=temporal_linear", "--seeds", 1, "--out", tmp_path / "abl",
                   "--epochs", 1, *FAST[2:])
-    # one seed gives no spread: no '± 0.0000'
+    # one seed gives no spread: no '± 0.0000', an empty cell in the CSV
     assert "va score (1 seed)" in out and "±" not in out
+    row = next(csv.DictReader(io.StringIO((tmp_path / "abl" / "ablation.csv").read_text())))
+    assert row["score_std"] == row["postprocessed_std"] == "" and float(row["score_mean"]) > -1
     left = sorted(p.relative_to(tmp_path / "abl").as_posix()
                   for p in (tmp_path / "abl").glob("*/seed*"))
     assert left == ["model-temporal_linear/seed0"], left
