@@ -149,7 +149,8 @@ def finetune(cfg: FinetuneConfig, *, stop_at_epoch: int | None = None,
     """
     if not cfg.data:
         raise ConfigError("data", "is required; give an Aff-Wild2-layout root")
-    cfg = replace(cfg, data=str(Path(cfg.data).resolve()),
+    # absolute, so that `--config RUN/config.json` resumes the run from any folder
+    cfg = replace(cfg, data=str(Path(cfg.data).resolve()), out=str(Path(cfg.out).resolve()),
                   init=str(Path(cfg.init).resolve()) if cfg.init else None,
                   head_init=str(Path(cfg.head_init).resolve()) if cfg.head_init else None)
     device = resolve_device(cfg.device)

@@ -132,7 +132,9 @@ def pretrain(cfg: PretrainConfig, *, stop_at_epoch: int | None = None,
     """
     if not cfg.images:
         raise ConfigError("images", "is empty; give at least one folder of face images")
-    cfg = replace(cfg, images=tuple(str(Path(p).resolve()) for p in cfg.images))
+    # absolute, so that `--config RUN/config.json` resumes the run from any folder
+    cfg = replace(cfg, images=tuple(str(Path(p).resolve()) for p in cfg.images),
+                  out=str(Path(cfg.out).resolve()))
     device = resolve_device(cfg.device)
     dist_info = init_distributed(device)
     workers, threads = cpu_budget(device, cfg.workers, cfg.threads, dist_info.local_world_size)

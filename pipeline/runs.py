@@ -161,17 +161,23 @@ RESUME_FREE = frozenset({"out", "workers", "threads", "device", "log_every", "te
 
 
 def check_resumable(saved: dict, current: dict, run_dir: Path) -> None:
-    """Refuse to resume ``run_dir/checkpoint-last.pt`` with options that would change the result."""
+    """Refuse to resume ``run_dir/checkpoint-last.pt`` with options that would change the result
+    (a file that moved, its ``KEY_sha256`` unchanged, is the same option)."""
     from pipeline.errors import InputError
 
+    def same_file(key: str) -> bool:  # a path whose file's sha256 both record alike (moved)
+        sha = f"{key}_sha256"
+        return sha in saved and saved.get(sha) == current.get(sha)
+
     diff = sorted(k for k in set(saved) | set(current)
-                  if k not in RESUME_FREE and saved.get(k) != current.get(k))
+                  if k not in RESUME_FREE and saved.get(k) != current.get(k) and not same_file(k))
     if diff:
         changes = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff)
-        raise InputError(
-            f"{run_dir}/checkpoint-last.pt was made with other options ({changes}); rerun with the "
-            "run's own options to resume it, or give a new --out"
-        )
+        how = ("run it under torchrun with as many processes as it was made with "
+               f"(--nproc_per_node {saved['world_size']})" if diff == ["world_size"] else
+               "rerun with the run's own options to resume it")
+        raise InputError(f"{run_dir}/checkpoint-last.pt was made with other options ({changes}); "
+                         f"{how}, or give a new --out")
 
 
 def read_jsonl(path: Path) -> list[dict]:

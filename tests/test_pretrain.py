@@ -20,7 +20,7 @@ from pipeline.engine import lr_at
 from pipeline.errors import InputError
 from pipeline.models.encoder import normalize
 from pipeline.pretrain import pretrain
-from pipeline.runs import read_jsonl
+from pipeline.runs import check_resumable, read_jsonl
 from tests.conftest import run_two_ranks
 
 # Tiny encoder at 32 px with 8 px patches (16 patches, 4 visible) and a one-block decoder: seconds
@@ -135,6 +135,8 @@ def test_resumed_run_equals_uninterrupted_run(faces, tmp_path, capsys):
             and config["pixel_mean"] == [0.485, 0.456, 0.406])
     # resolved (one_thread)
     assert (config["pretrain"]["workers"], config["pretrain"]["threads"]) == (2, 1)
+    # absolute, so that --config RUN/config.json resumes this run from any folder
+    assert config["pretrain"]["out"] == str(cut.resolve())
     pngs = sorted(p.name for p in (cut / "recon").iterdir())
     assert pngs == ["epoch-001.png", "epoch-002.png"]
     # a title row, 3 rows of 32 px tiles, the norm-pix note wrapped to three lines of 12 px
@@ -281,3 +283,14 @@ def test_loss_map_reads_where_the_decoder_draws_detail(faces, tmp_path, capsys):
         loss_map_main(["--ckpt", str(tmp_path / "encoder.pt"), "--images", str(faces)])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and "holds no MAE decoder" in err
+
+
+def test_resuming_takes_a_moved_file_and_names_the_process_count(tmp_path):
+    saved = {"init": "/runs/mae/last.pt", "init_sha256": "ab", "lr": 1e-3, "world_size": 2}
+    check_resumable(saved, {**saved, "init": "/elsewhere/last.pt"}, tmp_path)  # moved, same bytes
+    with pytest.raises(InputError, match="init: '/runs/mae/last.pt' -> '/elsewhere/last.pt'"):
+        check_resumable(saved, {**saved, "init": "/elsewhere/last.pt", "init_sha256": "cd"},
+                        tmp_path)
+    with pytest.raises(InputError, match="run it under torchrun with as many processes as it was "
+                                         "made with .--nproc_per_node 2."):
+        check_resumable(saved, {**saved, "world_size": 1}, tmp_path)
