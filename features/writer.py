@@ -183,8 +183,8 @@ class StoreWriter:
 
 
 def check_replaceable(path: Path) -> None:
-    """Refuse to replace ``path`` unless it is one of our stores, sound or damaged, or an empty
-    folder (a typo must not cost a folder).
+    """Refuse to replace ``path`` unless it is one of our stores, sound or damaged, holding nothing
+    else, or an empty folder (a typo must not cost a folder).
 
     A damaged store is recognised by ``damaged_store_of_ours``: what could not be opened is replaced
     only when it still carries our format name where every store of ours writes it first.
@@ -198,6 +198,14 @@ def check_replaceable(path: Path) -> None:
         if not damaged_store_of_ours(path):
             raise StoreError(
                 f"refusing to overwrite {path}, which is not a feature store: {e}") from e
+    # a Zarr store's top level holds its zarr.json and one group folder (with its own) per video
+    foreign = sorted(p.name for p in path.iterdir()
+                     if not (p.name.startswith("zarr.json") or (p / "zarr.json").is_file())
+                     ) if path.is_dir() else []
+    if foreign:
+        raise StoreError(f"refusing to overwrite {path}: besides the store it holds "
+                         f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}, not "
+                         "ours; move them out, or give another store path")
 
 
 def _remove_store(path: Path) -> None:

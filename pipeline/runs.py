@@ -121,10 +121,11 @@ def run_kind(run_dir) -> str | None:
 
 def check_run_kind(run_dir, kind: str, option: str = "--out") -> None:
     """Refuse to write a ``kind`` run into a folder holding another stage's run, whose
-    checkpoint (a fine-tuned encoder: hours of work) it would overwrite.
+    checkpoint (a fine-tuned encoder: hours of work) it would overwrite, or holding files of no
+    run at all (a feature store, someone's notes), among which the run's files would be lost.
 
     Raises:
-        InputError: naming the folder and the stage it holds.
+        InputError: naming the folder and the stage or the files it holds.
     """
     from pipeline.errors import InputError
 
@@ -132,6 +133,12 @@ def check_run_kind(run_dir, kind: str, option: str = "--out") -> None:
     if found is not None and found != kind:
         raise InputError(f"{run_dir} holds a {found} run (its config.json); give {option} a new "
                          f"folder for this {kind} run")
+    held = sorted(p.name for p in Path(run_dir).iterdir()
+                  if not p.name.startswith(".")) if Path(run_dir).is_dir() else []
+    if found is None and held:  # hidden files (.DS_Store, a scheduler's) do not count
+        raise InputError(f"{run_dir} holds {', '.join(held[:3])}{', ...' if len(held) > 3 else ''}"
+                         f" and no {kind} run (no config.json of one); give {option} a new or "
+                         "empty folder")
 
 
 def check_out_file(path, option: str = "--out") -> Path:

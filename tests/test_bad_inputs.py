@@ -328,6 +328,12 @@ def out_train_into_a_finetune_run(p: Project, tmp: Path):
              *DEVICE], run)
 
 
+def out_pretrain_into_a_store(p: Project, tmp: Path):
+    store = Path(shutil.copytree(p.store, tmp / "f.zarr"))  # not a run: its files would mix
+    return (["pretrain", "--images", p.root, "--out", store, "--json", *DEVICE],
+            (store, "and no pretrain run", "a new or empty folder"))
+
+
 def out_predict_into_a_folder(p: Project, tmp: Path):
     (tmp / "sub").mkdir()
     return ["predict", "--run", p.run, "--out", tmp / "sub", "--json", *DEVICE], tmp / "sub"
@@ -454,6 +460,7 @@ CASES = {
     "out-train-into-a-file": (out_train_into_a_file, "a file, not a folder"),
     "out-predict-into-a-folder": (out_predict_into_a_folder, "a folder; give --out a file"),
     "out-train-into-a-finetune-run": (out_train_into_a_finetune_run, "holds a finetune run"),
+    "out-pretrain-into-a-store": (out_pretrain_into_a_store, None),
     # run directories
     "run-without-best": (run_without_best, None),
     "run-best-with-a-class": (run_best_with_a_class, None),

@@ -647,6 +647,12 @@ def _foreign_folder(path) -> None:
     (path / "thesis.tex").write_text("keep")
 
 
+def _store_holding_a_checkpoint(path) -> None:
+    """A sound store into which someone wrote a run (pretrain --out feats.zarr did, once)."""
+    features.create_store(path, make_attrs()).close()
+    (path / "checkpoint-last.pt").write_bytes(b"hours of training")
+
+
 def _text_file(path) -> None:
     path.write_text("a results table\n")
 
@@ -659,17 +665,20 @@ def _foreign_zip(path) -> None:
 @pytest.mark.parametrize("make, name", [
     (_foreign_hdf5, "model.h5"), (_foreign_truncated_hdf5, "feats.h5"),
     (_foreign_zarr, "feats.zarr"), (_foreign_folder, "feats.zarr"), (_text_file, "feats.h5"),
-    (_foreign_zip, "feats.zarr.zip"),
+    (_foreign_zip, "feats.zarr.zip"), (_store_holding_a_checkpoint, "feats.zarr"),
 ])
 def test_overwrite_never_deletes_what_is_not_a_store_of_ours(tmp_path, make, name):
     path = tmp_path / name
     make(path)
     before = tree(path)
     # a .zip is refused as a format create_store cannot write, before anything is opened
-    refused = "cannot write a 'zip'" if name.endswith(".zip") else "not a feature store"
+    refused = ("cannot write a 'zip'" if name.endswith(".zip") else
+               "holds checkpoint-last.pt, not ours" if make is _store_holding_a_checkpoint else
+               "not a feature store")
     with pytest.raises(features.StoreError, match=refused):
         features.create_store(path, make_attrs(), overwrite=True)
-    with pytest.raises(features.StoreError, match="not a feature store"):
+    with pytest.raises(features.StoreError, match=refused.replace("cannot write a 'zip'",
+                                                                  "not a feature store")):
         features.export_store(_a_store(tmp_path), path, overwrite=True)
     assert tree(path) == before
 
