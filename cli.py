@@ -53,6 +53,13 @@ class _Group(click.Group):
         except click.UsageError as err:  # the top level's own options (mae-affect --bogus)
             _usage_error(ctx, err)
 
+    def resolve_command(self, ctx, args):
+        from pipeline.distributed import check_single_process
+
+        name, command, rest = super().resolve_command(ctx, args)
+        check_single_process(command.name)  # train under torchrun: every rank would train it all
+        return name, command, rest
+
     def invoke(self, ctx):
         from pipeline.cli_config import describe_error
         from pipeline.config import ConfigError

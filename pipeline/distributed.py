@@ -64,6 +64,24 @@ def init_distributed(device: torch.device) -> DistInfo:
     return info
 
 
+# The commands whose work torchrun shares between processes; any other would run whole in each.
+TORCHRUN_COMMANDS = ("pretrain", "finetune", "extract", "faces")
+
+
+def check_single_process(command: str) -> None:
+    """Refuse to run ``command`` under torchrun unless it shares its work between processes
+    (``TORCHRUN_COMMANDS``): every rank would do all of it, writing the same files at once.
+
+    Raises:
+        InputError: WORLD_SIZE is above 1 (every rank says it; torchrun ends the job).
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size > 1 and command not in TORCHRUN_COMMANDS:
+        raise InputError(f"{command} runs in one process, not under torchrun ({world_size} "
+                         f"processes here): start it as `mae-affect {command} ...`; torchrun "
+                         f"shares the work of {', '.join(TORCHRUN_COMMANDS)}")
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

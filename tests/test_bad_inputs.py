@@ -547,3 +547,14 @@ def test_a_usage_error_is_one_line_and_exit_2(args, message):
 def test_a_group_without_its_command_shows_its_help():
     result = CliRunner().invoke(cli, ["features"])
     assert "Commands:" in result.output and "error:" not in result.output
+
+
+def test_a_command_torchrun_does_not_share_is_refused_under_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = CliRunner().invoke(cli, ["train", "va", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and result.stderr.startswith(
+        "error: train runs in one process, not under torchrun (2 processes here)"), result.stderr
+    assert not (tmp_path / "run").exists()
+    # one whose work it shares gets as far as its settings
+    result = CliRunner().invoke(cli, ["pretrain", "--epochs", "0"])
+    assert result.exit_code == 2 and "--epochs 0: use 1 or more" in result.stderr
