@@ -243,6 +243,12 @@ def create_store(path, attrs: dict, format: str | None = None, overwrite: bool =
     if fmt not in WRITE_FORMATS:
         raise StoreError(f"cannot write a {fmt!r} store at {path}: write a .zarr directory or .h5 "
                          "file (a .zarr.zip is made by `mae-affect features export`)")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise StoreError(f"{path}: {parent} is a file, not a folder; give the store a "
+                                 "path in a folder")
+            break
     # a new store only: an existing one is appended to in the container it is, whatever its name
     contradiction = suffix_contradiction(path, format)
     if contradiction and (overwrite or not path.exists()):

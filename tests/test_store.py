@@ -135,6 +135,11 @@ def test_a_format_the_suffix_contradicts_is_refused_and_nothing_is_made(tmp_path
         with pytest.raises(features.StoreError, match=f"says format {named}, not {fmt}"):
             features.create_store(tmp_path / name, make_attrs(), format=fmt)
     assert not any(tmp_path.iterdir())
+    # a store under a file: named, nothing made
+    (tmp_path / "notes.zarr").write_text("mine")
+    with pytest.raises(features.StoreError, match="notes.zarr is a file, not a folder"):
+        features.create_store(tmp_path / "notes.zarr" / "sub.zarr", make_attrs())
+    (tmp_path / "notes.zarr").unlink()
     # a format that cannot be written is named as such, whatever the suffix
     with pytest.raises(features.StoreError, match="cannot write a 'zip' store"):
         features.create_store(tmp_path / "x.h5", make_attrs(), format="zip")
