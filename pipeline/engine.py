@@ -145,8 +145,8 @@ class Engine:
         done, before = int(checkpoint["epoch"]), int(checkpoint.get("epochs", self.epochs))
         if self.epochs < done:
             raise ConfigError("epochs", f"{self.epochs}: {self.last_path} has trained {done} "
-                                        f"epochs already; give {done} or more to go on, or a new "
-                                        "out directory to start afresh")
+                                        f"epochs already; give {done} to keep it as it is, more "
+                                        "to go on, or a new out directory to start afresh")
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         self.epoch_done, self.step = done, int(checkpoint["scheduler"]["step"])
@@ -155,8 +155,10 @@ class Engine:
             self.epochs_history.append({"epochs": before, "changed_to": self.epochs,
                                         "at_epoch": done})
         if self.dist.is_main:  # said under --json too (on stderr), unlike the bar's lines
+            changed = (f" (epochs {before} -> {self.epochs}: the learning-rate schedule is "
+                       f"stretched over {self.epochs})" if before != self.epochs else "")
             tqdm.write(f"{self.name}: resuming {self.last_path} after epoch {done} of "
-                       f"{self.epochs}" if done < self.epochs else
+                       f"{self.epochs}{changed}" if done < self.epochs else
                        f"{self.name}: {self.last_path} has trained its {done} epochs already; "
                        f"give epochs above {done} (--epochs) to go on", file=sys.stderr)
 

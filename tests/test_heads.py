@@ -30,6 +30,7 @@ from pipeline.heads.folds import fold_split
 from pipeline.heads.losses import TaskLoss
 from pipeline.heads.sequences import (
     Batcher,
+    FeatureTable,
     lay_labels,
     load_features,
     window_starts,
@@ -490,3 +491,17 @@ def test_a_run_directory_works_from_anywhere_and_after_a_move(mini_root, tmp_pat
     assert "--store" in result.stderr and not (elsewhere / "c.csv").exists()
     run_cli("predict", "--run", "../moved/runs/va", "--out", "c.csv", "--store", "../moved/g.zarr",
             *args)
+
+
+def test_videos_a_store_lacks_are_told_apart_from_an_unfinished_extraction():
+    def table(incomplete):
+        return FeatureTable(np.zeros((3, 2)), np.ones(3, bool), {"101": (0, 3)}, [], ["f.zarr"],
+                            "nearest", incomplete)
+
+    with pytest.raises(InputError, match="e.g. '102': its extraction did not finish .1 video.s. "
+                                         "begun, not complete.; run the same `mae-affect "
+                                         "extract` again"):
+        table(("102",)).require(["101", "102"])
+    with pytest.raises(InputError, match="e.g. '102': extract features for them"):
+        table(()).require(["101", "102"])
+    table(()).require(["101"])

@@ -153,7 +153,7 @@ def test_resumed_run_equals_uninterrupted_run(faces, tmp_path, capsys):
         pretrain(run_config(faces, cut, mask_ratio=0.5), progress=False)
 
 
-def test_a_finished_run_is_extended_over_a_longer_schedule(faces, tmp_path):
+def test_a_finished_run_is_extended_over_a_longer_schedule(faces, tmp_path, capsys):
     """MAE users train on (400 -> 800 -> 1600 epochs): a larger epochs continues a finished run, the
     cosine is stretched over the new length, and the change is recorded; fewer epochs than done is
     refused."""
@@ -163,7 +163,10 @@ def test_a_finished_run_is_extended_over_a_longer_schedule(faces, tmp_path):
     steps = first["scheduler"]["step"]
     assert first["scheduler"]["total_steps"] == steps  # one epoch's schedule, finished
 
+    capsys.readouterr()
     summary = pretrain(run_config(faces, run, epochs=2), progress=False)
+    assert ("after epoch 1 of 2 (epochs 1 -> 2: the learning-rate schedule is stretched over 2)"
+            in capsys.readouterr().err)
     last = read_checkpoint(run / "checkpoint-last.pt")
     assert summary["epochs_done"] == 2 and last["epoch"] == 2 and last["epochs"] == 2
     assert last["scheduler"]["step"] == 2 * steps and last["scheduler"]["total_steps"] == 2 * steps
@@ -178,7 +181,8 @@ def test_a_finished_run_is_extended_over_a_longer_schedule(faces, tmp_path):
     assert second and all(r["lr"] > 0 for r in second)
     assert [r["epoch"] for r in records if "seconds" in r] == [1, 2]
 
-    with pytest.raises(InputError, match="has trained 2 epochs already; give 2 or more"):
+    with pytest.raises(InputError, match="has trained 2 epochs already; give 2 to keep it as it "
+                                         "is, more to go on"):
         pretrain(run_config(faces, run, epochs=1), progress=False)
 
 

@@ -48,6 +48,7 @@ class FeatureTable:
     identities: list[dict]
     paths: list[str]
     fill: str
+    incomplete: tuple[str, ...] = ()  # videos the first store's extraction began, never finished
 
     @property
     def dim(self) -> int:
@@ -64,11 +65,18 @@ class FeatureTable:
     def require(self, videos) -> None:
         """InputError naming the first video the stores lack."""
         missing = [v for v in videos if v not in self.offsets]
+        if missing and self.incomplete:
+            raise InputError(
+                f"{len(missing)} video(s) are not in the feature store {', '.join(self.paths)}, "
+                f"e.g. {missing[0]!r}: its extraction did not finish ({len(self.incomplete)} "
+                "video(s) begun, not complete); run the same `mae-affect extract` again to finish "
+                "it"
+            )
         if missing:
             raise InputError(
                 f"{len(missing)} video(s) are not in the feature store {', '.join(self.paths)}, "
-                f"e.g. {missing[0]!r}: extract features for them (`mae-affect extract`) or use a "
-                "store that has them"
+                f"e.g. {missing[0]!r}: extract features for them (`mae-affect extract`; an "
+                "interrupted extraction goes on when run again) or use a store that has them"
             )
 
 
@@ -82,11 +90,12 @@ def load_features(stores, fill: str = "nearest") -> FeatureTable:
     stores = [Path(p) for p in stores]
     if not stores:
         raise InputError("no feature store given: pass --store PATH (once per store)")
-    parts, identities, reference = [], [], None
+    parts, identities, reference, incomplete = [], [], None, ()
     for path in stores:
         with open_store(path) as store:
             if reference is None:
                 reference = (path, store.videos(), {v: store.num_frames(v) for v in store.videos()})
+                incomplete = tuple(store.incomplete_videos())
                 if not store.videos():
                     raise InputError(f"{path}: the feature store holds no complete video; run "
                                      "`mae-affect extract`")
@@ -104,7 +113,7 @@ def load_features(stores, fill: str = "nearest") -> FeatureTable:
         features = np.concatenate([p.features.astype(dtype, copy=False) for p in parts], axis=1)
     present = np.logical_and.reduce([p.present for p in parts])
     return FeatureTable(features, present, dict(parts[0].offsets), identities,
-                        [str(p) for p in stores], fill)
+                        [str(p) for p in stores], fill, incomplete)
 
 
 def _check_aligned(reference, path: Path, store) -> None:
