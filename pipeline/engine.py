@@ -199,10 +199,11 @@ class Engine:
                 yield epoch
 
     def batches(self, loader: Iterable, total: int, unit: str = "img") -> Iterator:
-        """The loader's batches under a progress bar of ``total`` units (images) with a rate; the
-        wait for the first one (its workers starting, its first decode) is kept in
-        ``first_batch_s``."""
-        self._bar = tqdm(total=total, unit=unit,
+        """The loader's batches under a progress bar of ``total`` units (images, this process's)
+        with a rate; the bar (rank 0's) counts every process's, as the log's rates do, assuming
+        each has as many (DistributedSampler's equal shares). The wait for the first one (its
+        workers starting, its first decode) is kept in ``first_batch_s``."""
+        self._bar = tqdm(total=total * self.dist.world_size, unit=unit,
                          desc=f"{self.name} {self._epoch + 1}/{self.epochs}",
                          disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
         start, self.first_batch_s = time.perf_counter(), 0.0
@@ -264,7 +265,7 @@ class Engine:
             if self.step == 1 or self.step % self.log_every == 0:
                 self._read_losses(parts or {}, step_line=True)
         if self._bar is not None:
-            self._bar.update(images)
+            self._bar.update(images * self.dist.world_size)
 
     def epoch_loss(self) -> float:
         """The mean loss of the epoch's micro-batches (after reading those not read yet).

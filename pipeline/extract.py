@@ -13,6 +13,7 @@ store, HDF5 ranks into part files merged by rank 0 at the end.
 """
 
 import queue
+import re
 import sys
 import threading
 import time
@@ -312,6 +313,9 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
     fmt = config.format or features.infer_format(Path(store_path))
     writer, done = _open_writer(Path(store_path), attrs, fmt, config.overwrite, dist)
     todo = [v for v in videos if v not in done]
+    if len(todo) < len(videos) and dist.is_main:  # said under --json too (on stderr)
+        tqdm.write(f"extract: {len(videos) - len(todo)} of the {len(videos)} videos are in "
+                   f"{store_path} already; extracting the other {len(todo)}", file=sys.stderr)
     mine = balance(todo, lengths, dist.world_size)[dist.rank]
 
     frames = [(v, int(k)) for v in mine if v in ds.videos for k in ds.videos[v].frames]
@@ -320,8 +324,8 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
     feeder = StoreFeeder(writer, mine, lengths)
     unreadable: list[str] = []
     bar = tqdm(total=len(frames), unit="frame",
-               desc=f"extract{f' [rank {dist.rank}]' if dist.enabled else ''}",
-               disable=not progress, dynamic_ncols=True)
+               desc=f"extract{f' (rank 0 of {dist.world_size})' if dist.enabled else ''}",
+               disable=not (progress and dist.is_main) or not frames, dynamic_ncols=True)
     start = time.perf_counter()
     position = 0
     try:
@@ -401,12 +405,10 @@ def _open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool,
     torchrun: each rank writes its own part file; a part left by a killed run is resumed like the
     store itself.
     """
+    if fmt == "hdf5" and dist.is_main:
+        _fold_in_parts(path, attrs, overwrite)
     if fmt == "hdf5" and dist.enabled:
         parts = [features.part_path(path, r) for r in range(dist.world_size)]
-        if dist.is_main:
-            features.create_store(path, attrs, format=fmt, overwrite=overwrite).close()
-            for part in parts if overwrite else []:
-                part.unlink(missing_ok=True)
         distributed.barrier()
         # read before any part is opened to write
         done = set().union(*(_completed(p) for p in [path, *parts]))
@@ -420,6 +422,19 @@ def _open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool,
     done = writer.completed()
     distributed.barrier()  # every rank has its list before any rank (re)writes a video
     return writer, done
+
+
+def _fold_in_parts(path: Path, attrs: dict, overwrite: bool) -> None:
+    """Create (or reopen) the HDF5 store, and merge into it the part files a killed torchrun
+    extraction left beside it, whatever its process count (deleted with ``overwrite``)."""
+    pattern = re.compile(rf"{re.escape(path.stem)}\.part\d+{re.escape(path.suffix)}")
+    left = sorted(p for p in path.parent.glob(f"{path.stem}.part*{path.suffix}")
+                  if pattern.fullmatch(p.name)) if path.parent.is_dir() else []
+    features.create_store(path, attrs, format="hdf5", overwrite=overwrite).close()
+    if left and not overwrite:
+        features.merge_stores(left, path)  # their complete videos; incomplete ones are redone
+    for part in left:
+        part.unlink()
 
 
 def _completed(path: Path) -> set[str]:

@@ -240,9 +240,9 @@ def finetune(cfg: FinetuneConfig, *, stop_at_epoch: int | None = None,
         improved = val["score"] > best["f1"]
         if improved:
             best = {"f1": val["score"], "epoch": epoch + 1}
+        rates = engine.rates(steps_per_epoch * cfg.batch_size * dist_info.world_size, seconds)
         engine.end_epoch({
-            "loss": loss, "train_acc": train_acc, "seconds": round(seconds, 2),
-            **engine.rates(steps_per_epoch * cfg.batch_size * dist_info.world_size, seconds),
+            "loss": loss, "train_acc": train_acc, "seconds": round(seconds, 2), **rates,
             "val_f1": val["score"], "val_acc": val["accuracy"], "val_frames": val["frames"],
             "val_per_class": {c: val[c] for c in EXPR_CLASSES},
             "unreadable": len(reported) + val["unreadable"], "best_f1": best["f1"],
@@ -250,7 +250,7 @@ def finetune(cfg: FinetuneConfig, *, stop_at_epoch: int | None = None,
         })
         engine.message(f"epoch {epoch + 1}: val macro F1 {val['score']:.4f} (best {best['f1']:.4f} "
                        f"at epoch {best['epoch']}), "
-                       f"{steps_per_epoch * cfg.batch_size / seconds:.0f} img/s")
+                       f"{rates['img_per_s']:.0f} img/s")  # every process's, as the log's
         # best first: a crash between the two writes re-runs this epoch
         if improved and dist_info.is_main:
             save_checkpoint({**checkpoint(epoch + 1, val), "config": resolved}, best_path)

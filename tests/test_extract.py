@@ -371,7 +371,7 @@ def test_a_video_deleted_by_hand_is_missing_for_every_reader_and_extract_repairs
     assert train.exit_code == 2 and "'vid_left'" in train.stderr
     assert features.open_store(store_path).videos() == ["105"]
     result = cli_extract(mini_root, path, store_path)  # the rerun redoes it and consolidates again
-    assert result.exit_code == 0 and json.loads(result.output)["extracted"] == 1
+    assert result.exit_code == 0 and json.loads(result.stdout)["extracted"] == 1
     verify = CliRunner().invoke(cli, ["features", "verify", str(store_path), "--data",
                                       str(mini_root), "--json"])
     assert verify.exit_code == 0, verify.output
@@ -408,3 +408,23 @@ def test_store_is_current_follows_the_checkpoint_and_the_precision(mini_root, ck
     other = tmp_path / "other.pt"
     make_ckpt(other, seed=1)
     assert not store_is_current(store_path, other, cpu, bf16=False)
+
+
+def test_parts_of_a_killed_torchrun_run_are_merged_whatever_the_process_count(
+        mini_root, ckpt, tmp_path, capsys):
+    path, _ = ckpt
+    config = ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(tmp_path / "whole.h5"),
+                           **CPU32)
+    extract(config, progress=False)
+    whole = read_all(tmp_path / "whole.h5")
+    # what rank 1 of a killed two-process run leaves: its part, both its videos complete
+    (tmp_path / "whole.h5").rename(tmp_path / "f.part1.h5")
+    capsys.readouterr()
+    result = extract(replace(config, store=str(tmp_path / "f.h5")), progress=False)  # one process
+    assert (result["extracted"], result["skipped"]) == (0, 2)
+    assert "extract: 2 of the 2 videos are in" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.glob("f*")) == ["f.h5"]
+    merged = read_all(tmp_path / "f.h5")
+    assert merged.keys() == whole.keys()
+    for video in whole:
+        np.testing.assert_array_equal(merged[video][0], whole[video][0])

@@ -185,8 +185,8 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
     detector = build_detector(config.detector, device, min_face=config.min_face) if infos else None
     total = sum(i.frames for i in infos.values())
     bar = tqdm(total=total or None, unit="frame",
-               desc=f"faces{f' [rank {dist.rank}]' if dist.enabled else ''}",
-               disable=not progress or not infos, dynamic_ncols=True)
+               desc=f"faces{f' (rank 0 of {dist.world_size})' if dist.enabled else ''}",
+               disable=not (progress and dist.is_main) or not infos, dynamic_ncols=True)
     frames = found = written_now = 0
     start = time.perf_counter()
     try:
