@@ -57,7 +57,8 @@ class _Group(click.Group):
         from pipeline.distributed import check_single_process
 
         name, command, rest = super().resolve_command(ctx, args)
-        check_single_process(command.name)  # train under torchrun: every rank would train it all
+        if command is not None:  # None while the shell completes a name
+            check_single_process(command.name)  # train under torchrun: each rank would do it all
         return name, command, rest
 
     def invoke(self, ctx):

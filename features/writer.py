@@ -198,10 +198,11 @@ def check_replaceable(path: Path) -> None:
         if not damaged_store_of_ours(path):
             raise StoreError(
                 f"refusing to overwrite {path}, which is not a feature store: {e}") from e
-    # a Zarr store's top level holds its zarr.json and one group folder (with its own) per video
+    # A Zarr store's top level holds its zarr.json and the `videos` group; a killed rewrite of
+    # zarr.json may leave zarr.<hex>.partial; hidden files (.DS_Store) are no one's work.
     foreign = sorted(p.name for p in path.iterdir()
-                     if not (p.name.startswith("zarr.json") or (p / "zarr.json").is_file())
-                     ) if path.is_dir() else []
+                     if not (p.name.startswith((".", "zarr.")) or p.name == "videos"
+                             or (p / "zarr.json").is_file())) if path.is_dir() else []
     if foreign:
         raise StoreError(f"refusing to overwrite {path}: besides the store it holds "
                          f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}, not "

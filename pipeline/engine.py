@@ -144,9 +144,11 @@ class Engine:
         check_resumable(saved, key, self.run_dir)
         done, before = int(checkpoint["epoch"]), int(checkpoint.get("epochs", self.epochs))
         if self.epochs < done:
+            plan = (f"give {done} to keep it as it is, more to go on" if before == done else
+                    f"give {before} to go on as planned, or another count above {done}")
             raise ConfigError("epochs", f"{self.epochs}: {self.last_path} has trained {done} "
-                                        f"epochs already; give {done} to keep it as it is, more "
-                                        "to go on, or a new out directory to start afresh")
+                                        f"epochs already; {plan}, or a new out directory to "
+                                        "start afresh")
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         self.epoch_done, self.step = done, int(checkpoint["scheduler"]["step"])
@@ -156,7 +158,8 @@ class Engine:
                                         "at_epoch": done})
         if self.dist.is_main:  # said under --json too (on stderr), unlike the bar's lines
             changed = (f" (epochs {before} -> {self.epochs}: the learning-rate schedule is "
-                       f"stretched over {self.epochs})" if before != self.epochs else "")
+                       f"{'stretched' if self.epochs > before else 'shortened'} to "
+                       f"{self.epochs})" if before != self.epochs else "")
             tqdm.write(f"{self.name}: resuming {self.last_path} after epoch {done} of "
                        f"{self.epochs}{changed}" if done < self.epochs else
                        f"{self.name}: {self.last_path} has trained its {done} epochs already; "

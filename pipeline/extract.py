@@ -12,6 +12,7 @@ torchrun the videos are split between ranks, balanced by frame count; Zarr ranks
 store, HDF5 ranks into part files merged by rank 0 at the end.
 """
 
+import glob
 import queue
 import re
 import sys
@@ -25,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import features
+from features.format import damaged_store_of_ours, identity_differences, normalise_attrs
 from pipeline import distributed, partition
 from pipeline.checkpoint import EncoderInfo, load_encoder
 from pipeline.config import ConfigError
@@ -426,13 +428,36 @@ def _open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool,
 
 def _fold_in_parts(path: Path, attrs: dict, overwrite: bool) -> None:
     """Create (or reopen) the HDF5 store, and merge into it the part files a killed torchrun
-    extraction left beside it, whatever its process count (deleted with ``overwrite``)."""
+    extraction left beside it, whatever this run's process count; with ``overwrite`` they are
+    deleted instead. A damaged part of ours is dropped (its videos are extracted again).
+
+    Raises:
+        InputError: a file with a part's name that is not a store of ours, or a part of another
+            extraction (without ``overwrite``), named before the store is touched.
+    """
     pattern = re.compile(rf"{re.escape(path.stem)}\.part\d+{re.escape(path.suffix)}")
-    left = sorted(p for p in path.parent.glob(f"{path.stem}.part*{path.suffix}")
+    left = sorted(p for p in path.parent.glob(f"{glob.escape(path.stem)}.part*"
+                                              f"{glob.escape(path.suffix)}")
                   if pattern.fullmatch(p.name)) if path.parent.is_dir() else []
+    given, sound = normalise_attrs(attrs), []
+    for part in left:
+        try:
+            with features.open_store(part) as opened:
+                differ = identity_differences(opened.attrs, given)
+        except features.StoreError:
+            if not damaged_store_of_ours(part):
+                raise InputError(f"{part}: named as a part file of {path} but not a feature "
+                                 "store; delete or move it") from None
+            tqdm.write(f"warning: {part}: a damaged part file of a killed run; its videos are "
+                       "extracted again", file=sys.stderr)
+            continue
+        if differ and not overwrite:
+            raise InputError(f"{part}: a part file of another extraction ({'; '.join(differ)}); "
+                             "delete it, or pass --overwrite")
+        sound.append(part)
     features.create_store(path, attrs, format="hdf5", overwrite=overwrite).close()
-    if left and not overwrite:
-        features.merge_stores(left, path)  # their complete videos; incomplete ones are redone
+    if sound and not overwrite:
+        features.merge_stores(sound, path)  # their complete videos; incomplete ones are redone
     for part in left:
         part.unlink()
 

@@ -119,10 +119,16 @@ def run_kind(run_dir) -> str | None:
     return "heads" if {"task", "window"} <= set(saved) else None
 
 
+# What a training run writes at its top level (pretrain, finetune, the heads).
+RUN_FILES = frozenset({"config.json", "log.jsonl", "checkpoint-last.pt", "best.pt", "recon",
+                       "tensorboard", "summary.json", "val_predictions.npz"})
+
+
 def check_run_kind(run_dir, kind: str, option: str = "--out") -> None:
     """Refuse to write a ``kind`` run into a folder holding another stage's run, whose
-    checkpoint (a fine-tuned encoder: hours of work) it would overwrite, or holding files of no
-    run at all (a feature store, someone's notes), among which the run's files would be lost.
+    checkpoint (a fine-tuned encoder: hours of work) it would overwrite, or, without a run, a
+    feature store or files of a run's names (``RUN_FILES``), which it would mix with or replace;
+    other files (a log, a job script) are left beside the run.
 
     Raises:
         InputError: naming the folder and the stage or the files it holds.
@@ -133,12 +139,14 @@ def check_run_kind(run_dir, kind: str, option: str = "--out") -> None:
     if found is not None and found != kind:
         raise InputError(f"{run_dir} holds a {found} run (its config.json); give {option} a new "
                          f"folder for this {kind} run")
-    held = sorted(p.name for p in Path(run_dir).iterdir()
-                  if not p.name.startswith(".")) if Path(run_dir).is_dir() else []
-    if found is None and held:  # hidden files (.DS_Store, a scheduler's) do not count
-        raise InputError(f"{run_dir} holds {', '.join(held[:3])}{', ...' if len(held) > 3 else ''}"
-                         f" and no {kind} run (no config.json of one); give {option} a new or "
-                         "empty folder")
+    # A folder of no run is the user's (a log tee'd into it, a job script): refused only where
+    # the run would mix with a feature store or replace files of a run's names.
+    held = {p.name for p in Path(run_dir).iterdir()} if Path(run_dir).is_dir() else set()
+    clash = sorted(held & ({"zarr.json"} | RUN_FILES))
+    if found is None and clash:
+        what = "a feature store" if "zarr.json" in clash else f"{', '.join(clash[:3])}"
+        raise InputError(f"{run_dir} holds {what} and no {kind} run (no config.json of one); "
+                         f"give {option} a new folder, or one of a {kind} run")
 
 
 def check_out_file(path, option: str = "--out") -> Path:
@@ -180,9 +188,11 @@ def check_resumable(saved: dict, current: dict, run_dir: Path) -> None:
                   if k not in RESUME_FREE and saved.get(k) != current.get(k) and not same_file(k))
     if diff:
         changes = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff)
-        how = ("run it under torchrun with as many processes as it was made with "
-               f"(--nproc_per_node {saved['world_size']})" if diff == ["world_size"] else
-               "rerun with the run's own options to resume it")
+        made = saved.get("world_size")
+        how = ("rerun with the run's own options to resume it" if diff != ["world_size"] else
+               "run it without torchrun, as it was made" if made == 1 else
+               f"run it under torchrun with {made} processes in all, as it was made (e.g. "
+               f"--nproc_per_node {made} on one machine)")
         raise InputError(f"{run_dir}/checkpoint-last.pt was made with other options ({changes}); "
                          f"{how}, or give a new --out")
 

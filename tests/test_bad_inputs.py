@@ -331,7 +331,7 @@ def out_train_into_a_finetune_run(p: Project, tmp: Path):
 def out_pretrain_into_a_store(p: Project, tmp: Path):
     store = Path(shutil.copytree(p.store, tmp / "f.zarr"))  # not a run: its files would mix
     return (["pretrain", "--images", p.root, "--out", store, "--json", *DEVICE],
-            (store, "and no pretrain run", "a new or empty folder"))
+            (store, "holds a feature store and no pretrain run", "give --out a new folder"))
 
 
 def out_predict_into_a_folder(p: Project, tmp: Path):

@@ -112,7 +112,9 @@ def test_a_runs_config_json_is_a_valid_config_and_layers_win_in_order(tmp_path):
     run_config.write_text(json.dumps({"pretrain": settings, "model_config": {"embed_dim": 192},
                                       "peak_lr": 1e-3}))
     got = printed("pretrain", ["--config", str(run_config)])
-    assert got == settings
+    # its out is the folder it lies in: the run, wherever it moved since
+    assert got == {**settings, "out": str(tmp_path.resolve())}
+    assert printed("pretrain", ["--config", str(run_config), "--out", "new"])["out"] == "new"
     got = printed("pretrain",
                   ["--config", str(run_config), "--set", "epochs=7", "--set", "lr=none"])
     assert (got["epochs"], got["lr"]) == (7, None)

@@ -16,6 +16,7 @@ from pipeline import extract as extract_mod
 from pipeline.checkpoint import encoder_checkpoint, save_checkpoint
 from pipeline.data.affwild2 import AffWild2
 from pipeline.data.images import decode_image
+from pipeline.errors import InputError
 from pipeline.extract import ExtractConfig, balance, extract, store_is_current
 from pipeline.models.encoder import normalize, pool_tokens
 from pipeline.models.mae import build_encoder
@@ -428,3 +429,29 @@ def test_parts_of_a_killed_torchrun_run_are_merged_whatever_the_process_count(
     assert merged.keys() == whole.keys()
     for video in whole:
         np.testing.assert_array_equal(merged[video][0], whole[video][0])
+
+
+def test_a_damaged_part_is_dropped_and_a_foreign_one_refused_before_the_store_is_made(
+        mini_root, ckpt, tmp_path, capsys):
+    path, _ = ckpt
+    config = ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(tmp_path / "f.h5"),
+                           **CPU32)
+    features.create_store(tmp_path / "f.part0.h5", {**features.open_store(
+        _whole(mini_root, path, tmp_path)).attrs, "checkpoint_sha256": "0" * 64}).close()
+    with pytest.raises(InputError, match=r"f.part0.h5: a part file of another extraction "
+                                         r"\(checkpoint_sha256"):
+        extract(config, progress=False)
+    assert not (tmp_path / "f.h5").exists()
+    # a part truncated by a kill: dropped with a warning, its videos extracted again
+    data = (tmp_path / "f.part0.h5").read_bytes()
+    (tmp_path / "f.part0.h5").write_bytes(data[: len(data) // 2])
+    result = extract(config, progress=False)
+    assert result["extracted"] == 2 and not (tmp_path / "f.part0.h5").exists()
+    assert "f.part0.h5: a damaged part file of a killed run" in capsys.readouterr().err
+
+
+def _whole(mini_root, ckpt_path, tmp_path):
+    store = tmp_path / "whole.zarr"
+    extract(ExtractConfig(data=str(mini_root), ckpt=str(ckpt_path), store=str(store), **CPU32),
+            progress=False)
+    return store

@@ -493,15 +493,22 @@ def test_a_run_directory_works_from_anywhere_and_after_a_move(mini_root, tmp_pat
             *args)
 
 
-def test_videos_a_store_lacks_are_told_apart_from_an_unfinished_extraction():
+def test_videos_a_store_lacks_are_told_apart_from_an_unfinished_extraction(tmp_path):
     def table(incomplete):
         return FeatureTable(np.zeros((3, 2)), np.ones(3, bool), {"101": (0, 3)}, [], ["f.zarr"],
                             "nearest", incomplete)
 
-    with pytest.raises(InputError, match="e.g. '102': its extraction did not finish .1 video.s. "
-                                         "begun, not complete.; run the same `mae-affect "
-                                         "extract` again"):
+    with pytest.raises(InputError, match="e.g. '102', begun by an extraction that did not "
+                                         "finish; run the same `mae-affect extract` again"):
         table(("102",)).require(["101", "102"])
-    with pytest.raises(InputError, match="e.g. '102': extract features for them"):
-        table(()).require(["101", "102"])
+    for begun in ((), ("103",)):  # another video unfinished: not the one asked for
+        with pytest.raises(InputError, match="e.g. '102': extract features for them"):
+            table(begun).require(["101", "102"])
     table(()).require(["101"])
+    # through load_features: a store whose second video was begun, never finished
+    path = tmp_path / "f.zarr"
+    write_store(path, {"101": (np.ones((3, 2), np.float32), np.ones(3, bool))})
+    with create_store(path, store_attrs(2, "0" * 64)) as writer:
+        writer.begin_video("102", 5).write(0, np.ones((2, 2), np.float32), np.ones(2, bool))
+    with pytest.raises(InputError, match="e.g. '102', begun by an extraction"):
+        load_features([path]).require(["101", "102"])

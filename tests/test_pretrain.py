@@ -20,7 +20,7 @@ from pipeline.engine import lr_at
 from pipeline.errors import InputError
 from pipeline.models.encoder import normalize
 from pipeline.pretrain import pretrain
-from pipeline.runs import check_resumable, read_jsonl
+from pipeline.runs import check_resumable, check_run_kind, read_jsonl
 from tests.conftest import run_two_ranks
 
 # Tiny encoder at 32 px with 8 px patches (16 patches, 4 visible) and a one-block decoder: seconds
@@ -165,7 +165,7 @@ def test_a_finished_run_is_extended_over_a_longer_schedule(faces, tmp_path, caps
 
     capsys.readouterr()
     summary = pretrain(run_config(faces, run, epochs=2), progress=False)
-    assert ("after epoch 1 of 2 (epochs 1 -> 2: the learning-rate schedule is stretched over 2)"
+    assert ("after epoch 1 of 2 (epochs 1 -> 2: the learning-rate schedule is stretched to 2)"
             in capsys.readouterr().err)
     last = read_checkpoint(run / "checkpoint-last.pt")
     assert summary["epochs_done"] == 2 and last["epoch"] == 2 and last["epochs"] == 2
@@ -295,6 +295,21 @@ def test_resuming_takes_a_moved_file_and_names_the_process_count(tmp_path):
     with pytest.raises(InputError, match="init: '/runs/mae/last.pt' -> '/elsewhere/last.pt'"):
         check_resumable(saved, {**saved, "init": "/elsewhere/last.pt", "init_sha256": "cd"},
                         tmp_path)
-    with pytest.raises(InputError, match="run it under torchrun with as many processes as it was "
-                                         "made with .--nproc_per_node 2."):
+    with pytest.raises(InputError, match="run it under torchrun with 2 processes in all, as it "
+                                         "was made .e.g. --nproc_per_node 2 on one machine."):
         check_resumable(saved, {**saved, "world_size": 1}, tmp_path)
+    with pytest.raises(InputError, match="run it without torchrun, as it was made"):
+        check_resumable({**saved, "world_size": 1}, saved, tmp_path)
+
+
+def test_an_out_folder_of_no_run_is_refused_only_where_the_run_would_mix_in(tmp_path):
+    for held, refused in [("train.log", None), ("job.sh", None), ("zarr.json", "a feature store"),
+                          ("best.pt", "best.pt")]:
+        folder = tmp_path / held.replace(".", "_")
+        folder.mkdir()
+        (folder / held).write_text("someone's")
+        if refused is None:
+            check_run_kind(folder, "pretrain")  # a log tee'd into the run folder stays beside it
+        else:
+            with pytest.raises(InputError, match=f"holds {refused} and no pretrain run"):
+                check_run_kind(folder, "pretrain")

@@ -658,6 +658,15 @@ def _store_holding_a_checkpoint(path) -> None:
     (path / "checkpoint-last.pt").write_bytes(b"hours of training")
 
 
+def test_overwrite_takes_what_a_killed_write_of_ours_leaves(tmp_path):
+    path = tmp_path / "f.zarr"
+    features.create_store(path, make_attrs()).close()
+    (path / "zarr.0123abcd.partial").write_text("{")  # zarr's temp file of a killed rewrite
+    (path / ".DS_Store").write_bytes(b"")
+    features.create_store(path, make_attrs(), overwrite=True).close()
+    assert sorted(p.name for p in path.iterdir()) == ["videos", "zarr.json"]
+
+
 def _text_file(path) -> None:
     path.write_text("a results table\n")
 

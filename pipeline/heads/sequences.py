@@ -65,12 +65,12 @@ class FeatureTable:
     def require(self, videos) -> None:
         """InputError naming the first video the stores lack."""
         missing = [v for v in videos if v not in self.offsets]
-        if missing and self.incomplete:
+        begun = [v for v in missing if v in self.incomplete]
+        if begun:
             raise InputError(
                 f"{len(missing)} video(s) are not in the feature store {', '.join(self.paths)}, "
-                f"e.g. {missing[0]!r}: its extraction did not finish ({len(self.incomplete)} "
-                "video(s) begun, not complete); run the same `mae-affect extract` again to finish "
-                "it"
+                f"e.g. {begun[0]!r}, begun by an extraction that did not finish; run the same "
+                "`mae-affect extract` again to finish it"
             )
         if missing:
             raise InputError(

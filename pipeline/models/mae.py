@@ -73,18 +73,20 @@ def mae_config(name: str, **overrides) -> MAEConfig:
     for key in ("patch_size", "num_heads", "decoder_num_heads"):
         if getattr(cfg, key) < 1:
             raise ConfigError(key, f"{getattr(cfg, key)}: use 1 or more")
-    if cfg.img_size % cfg.patch_size:
-        low = max(cfg.patch_size, cfg.img_size // cfg.patch_size * cfg.patch_size)
-        raise ConfigError("img_size", f"{cfg.img_size} is not a multiple of the patch side "
-                                      f"{cfg.patch_size} (patch_size): give a multiple such as "
-                                      f"{low} or {low + cfg.patch_size}, or another patch_size")
-    # (width, its heads): each head takes an equal share of the width
-    for width, heads in (("embed_dim", "num_heads"), ("decoder_embed_dim", "decoder_num_heads")):
-        d, h = getattr(cfg, width), getattr(cfg, heads)
-        if d % h:
-            divisors = [k for k in range(1, min(d, 16) + 1) if d % k == 0]
-            raise ConfigError(heads, f"{h} does not divide {width} {d}: give a divisor such as "
-                                     f"{', '.join(map(str, divisors[-3:]))}, or another {width}")
+    # Each pair: the side and what must divide it; the error is told from the side of whichever
+    # of the two the user gave (ConfigError's others).
+    for size_key, part_key in (("img_size", "patch_size"), ("embed_dim", "num_heads"),
+                               ("decoder_embed_dim", "decoder_num_heads")):
+        size, part = getattr(cfg, size_key), getattr(cfg, part_key)
+        if size % part:
+            low = max(part, size // part * part)
+            divisors = [k for k in range(1, min(size, 32) + 1) if size % k == 0][-3:]
+            raise ConfigError(
+                size_key, f"{size} is not a multiple of {part_key} {part}: give a multiple such "
+                          f"as {low} or {low + part}, or another {part_key}",
+                others={part_key: f"{part} does not divide {size_key} {size}: give a divisor "
+                                  f"such as {', '.join(map(str, divisors))}, or another "
+                                  f"{size_key}"})
     return cfg
 
 
