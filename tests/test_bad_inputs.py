@@ -145,12 +145,12 @@ def images_a_file_not_a_folder(p: Project, tmp: Path):
 
 def images_side_not_a_multiple_of_the_patch(p: Project, tmp: Path):
     return (["pretrain", "--images", p.root, "--out", tmp / "mae", "--img-size", 60, "--json",
-             *DEVICE], ("--img-size 60 is not a multiple of the patch side 16", "48 or 64"))
+             *DEVICE], ("--img-size 60 is not a multiple of patch_size 16", "48 or 64"))
 
 
 def ckpt_side_not_a_multiple_of_its_patch(p: Project, tmp: Path):
     return (["finetune", "--data", p.root, "--init", p.ckpt, "--out", tmp / "ft", "--img-size",
-             30, "--json", *DEVICE], ("--img-size 30 is not a multiple of the patch side",))
+             30, "--json", *DEVICE], ("--img-size 30 is not a multiple of patch_size",))
 
 
 # --- videos of frames: `extract --data` lists every video before anything else --------------------
