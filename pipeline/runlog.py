@@ -40,11 +40,17 @@ class RunLog:
         self.path = Path(run_dir) / "log.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.writer = None
-        if tensorboard and tensorboard_available():
+        # opened at the first event, so that a finished run's rerun adds no empty event file
+        self._tensorboard = tensorboard and tensorboard_available()
+        self._tb_args = dict(log_dir=str(Path(run_dir) / "tensorboard"), purge_step=purge_step)
+
+    def _events(self):
+        """The TensorBoard writer, opened on first use; None without TensorBoard."""
+        if self.writer is None and self._tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"),
-                                        purge_step=purge_step)
+            self.writer = SummaryWriter(**self._tb_args)
+        return self.writer
 
     def truncate_after(self, key: str, value: int) -> None:
         """On resume: drop lines written after the checkpoint being resumed
@@ -60,7 +66,7 @@ class RunLog:
         ``tag/key``."""
         with open(self.path, "a") as f:
             f.write(json.dumps(to_jsonable(record)) + "\n")
-        if self.writer is not None and tag is not None and step is not None:
+        if tag is not None and step is not None and self._events() is not None:
             for key, value in record.items():
                 if (isinstance(value, (int, float)) and not isinstance(value, bool)
                         and key not in ("epoch", "step")):
@@ -68,10 +74,11 @@ class RunLog:
 
     def image(self, tag: str, picture, step: int) -> None:
         """A PIL image to TensorBoard (no-op without it); (H, W, C) uint8."""
-        if self.writer is not None:
+        if self._events() is not None:
             self.writer.add_image(tag, np.asarray(picture.convert("RGB")), step, dataformats="HWC")
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+        self._tensorboard = False

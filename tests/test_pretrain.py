@@ -200,6 +200,10 @@ def test_tensorboard_gets_the_logs_scalars_and_the_reconstruction(faces, tmp_pat
             == pytest.approx([r["loss"] for r in steps]))
     assert [e.step for e in events.Scalars("epoch/loss")] == [1, 2]
     assert [e.step for e in events.Images("reconstruction")] == [1, 2]
+    # a rerun of the finished run writes no event, nor an empty event file
+    files = sorted((run / "tensorboard").iterdir())
+    pretrain(run_config(faces, run), progress=False)
+    assert sorted((run / "tensorboard").iterdir()) == files
     assert not (tmp_path / "off" / "tensorboard").exists() and pretrain(
         run_config(faces, tmp_path / "off", epochs=1, tensorboard=False),
         progress=False)["epochs_done"] == 1
