@@ -237,7 +237,9 @@ def extract(settings, as_json):
     finally:
         cleanup()
     if result["rank"] == 0:
-        emit(result, as_json, figures_table(result, f"extracted into {config.store}"))
+        emit(result, as_json, figures_table(
+            {k: v for k, v in result.items() if k != "rank"},
+            f"extracted into {config.store} (frames: those with a face image, encoded)"))
 
 
 # --- raw videos: faces | analyze ------------------------------------------------------------------
