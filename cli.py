@@ -239,7 +239,7 @@ def extract(settings, as_json):
     if result["rank"] == 0:
         emit(result, as_json, figures_table(
             {k: v for k, v in result.items() if k != "rank"},
-            f"extracted into {config.store} (frames: those with a face image, encoded)"))
+            f"extracted into {config.store} (frames: those with a face image)"))
 
 
 # --- raw videos: faces | analyze ------------------------------------------------------------------

@@ -13,6 +13,7 @@ one writer per file: each rank writes ``part_path(path, rank)`` and rank 0 calls
 ``merge_stores(parts, path)``.
 """
 
+import re
 import shutil
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from .format import (
 )
 
 ROLES = ("main", "worker")
+PARTIAL = re.compile(r"zarr\.[0-9a-f]+\.partial")  # what a killed rewrite of zarr.json leaves
 
 
 class VideoWriter:
@@ -199,9 +201,11 @@ def check_replaceable(path: Path) -> None:
             raise StoreError(
                 f"refusing to overwrite {path}, which is not a feature store: {e}") from e
     # A Zarr store's top level holds its zarr.json and the `videos` group; a killed rewrite of
-    # zarr.json may leave zarr.<hex>.partial; hidden files (.DS_Store) are no one's work.
+    # zarr.json may leave zarr.<hex>.partial (zarr 3.1's temporary name); hidden files
+    # (.DS_Store) are no one's work.
     foreign = sorted(p.name for p in path.iterdir()
-                     if not (p.name.startswith((".", "zarr.")) or p.name == "videos"
+                     if not (p.name in ("zarr.json", "videos") or PARTIAL.fullmatch(p.name)
+                             or (p.name.startswith(".") and p.is_file())
                              or (p / "zarr.json").is_file())) if path.is_dir() else []
     if foreign:
         raise StoreError(f"refusing to overwrite {path}: besides the store it holds "

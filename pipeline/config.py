@@ -220,8 +220,9 @@ def read_config_file(path: Path, cls: type, section: str,
     """The settings a JSON config file gives ``cls``.
 
     A run's own ``config.json`` is a valid input: when the file has an object under ``section``
-    (e.g. ``"pretrain"``), that object is read, its ``out`` being the folder the file lies in (the
-    run, wherever it moved); otherwise the whole file is. ``stages`` (section ->
+    (e.g. ``"pretrain"``), that object is read (a training run's own file, with ``epochs_history``,
+    gives the folder it lies in as ``out``: the run, wherever it moved); otherwise the whole file
+    is. ``stages`` (section ->
     config class, ``pipeline.configs.STAGES``) name the stage of a file that holds another stage's
     settings.
 
@@ -243,11 +244,12 @@ def read_config_file(path: Path, cls: type, section: str,
     if not isinstance(data, dict):
         raise InputError(f"{path}: holds a JSON {type(data).__name__}, not an object of settings")
     if isinstance(data.get(section), dict):
-        data = data[section]
-        if path.name == "config.json" and "out" in data:
-            # a run's own config.json lies in its run folder: that folder, even after a move, is
-            # the run that --config RUN/config.json resumes or extends
-            data = {**data, "out": str(path.resolve().parent)}
+        if "epochs_history" in data and "out" in data[section]:
+            # a training run's own config.json (the engine writes epochs_history) lies in its run
+            # folder: that folder, even after a move, is the run --config RUN/config.json resumes
+            data = {**data[section], "out": str(path.resolve().parent)}
+        else:
+            data = data[section]
     else:
         own = {f.name for f in dataclasses.fields(cls)}  # a nested config is not another stage
         other = next((k for k in RUN_SECTIONS

@@ -407,8 +407,12 @@ def _open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool,
     torchrun: each rank writes its own part file; a part left by a killed run is resumed like the
     store itself.
     """
-    if fmt == "hdf5" and dist.is_main:
-        _fold_in_parts(path, attrs, overwrite)
+    if fmt == "hdf5":
+        # every rank checks the parts (reading only), so that each refuses a foreign one
+        left, sound = _check_parts(path, attrs, overwrite, warn=dist.is_main)
+        distributed.barrier()
+        if dist.is_main:
+            _fold_in_parts(path, attrs, overwrite, left, sound)
     if fmt == "hdf5" and dist.enabled:
         parts = [features.part_path(path, r) for r in range(dist.world_size)]
         distributed.barrier()
@@ -426,14 +430,16 @@ def _open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool,
     return writer, done
 
 
-def _fold_in_parts(path: Path, attrs: dict, overwrite: bool) -> None:
-    """Create (or reopen) the HDF5 store, and merge into it the part files a killed torchrun
-    extraction left beside it, whatever this run's process count; with ``overwrite`` they are
-    deleted instead. A damaged part of ours is dropped (its videos are extracted again).
+def _check_parts(path: Path, attrs: dict, overwrite: bool,
+                 warn: bool) -> tuple[list[Path], list[Path]]:
+    """The part files a killed torchrun extraction left beside the HDF5 store ``path`` (whatever
+    its process count), and those of them to merge: sound and made as this run makes its store
+    (``attrs``). A damaged part of ours is left out (its videos are extracted again; said when
+    ``warn``).
 
     Raises:
         InputError: a file with a part's name that is not a store of ours, or a part of another
-            extraction (without ``overwrite``), named before the store is touched.
+            extraction (without ``overwrite``).
     """
     pattern = re.compile(rf"{re.escape(path.stem)}\.part\d+{re.escape(path.suffix)}")
     left = sorted(p for p in path.parent.glob(f"{glob.escape(path.stem)}.part*"
@@ -448,13 +454,21 @@ def _fold_in_parts(path: Path, attrs: dict, overwrite: bool) -> None:
             if not damaged_store_of_ours(part):
                 raise InputError(f"{part}: named as a part file of {path} but not a feature "
                                  "store; delete or move it") from None
-            tqdm.write(f"warning: {part}: a damaged part file of a killed run; its videos are "
-                       "extracted again", file=sys.stderr)
+            if warn:
+                tqdm.write(f"warning: {part}: a damaged part file of a killed run; its videos "
+                           "are extracted again", file=sys.stderr)
             continue
         if differ and not overwrite:
             raise InputError(f"{part}: a part file of another extraction ({'; '.join(differ)}); "
                              "delete it, or pass --overwrite")
         sound.append(part)
+    return left, sound
+
+
+def _fold_in_parts(path: Path, attrs: dict, overwrite: bool, left: list[Path],
+                   sound: list[Path]) -> None:
+    """Create (or reopen) the HDF5 store and merge into it the ``sound`` parts of ``left``
+    (:func:`_check_parts`), then delete them all; with ``overwrite``, delete them unmerged."""
     features.create_store(path, attrs, format="hdf5", overwrite=overwrite).close()
     if sound and not overwrite:
         features.merge_stores(sound, path)  # their complete videos; incomplete ones are redone

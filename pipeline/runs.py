@@ -121,7 +121,8 @@ def run_kind(run_dir) -> str | None:
 
 # What a training run writes at its top level (pretrain, finetune, the heads).
 RUN_FILES = frozenset({"config.json", "log.jsonl", "checkpoint-last.pt", "best.pt", "recon",
-                       "tensorboard", "summary.json", "val_predictions.npz"})
+                       "tensorboard", "summary.json", "val_predictions.npz", "training_curves.png",
+                       "va_traces.png", "expr_confusion.png", "au_f1.png"})
 
 
 def check_run_kind(run_dir, kind: str, option: str = "--out") -> None:

@@ -110,11 +110,16 @@ def test_a_runs_config_json_is_a_valid_config_and_layers_win_in_order(tmp_path):
     settings = {**json.loads(json.dumps(to_jsonable(config.preset(PretrainConfig, "demo")))),
                 "images": ["faces"], "epochs": 5}
     run_config.write_text(json.dumps({"pretrain": settings, "model_config": {"embed_dim": 192},
-                                      "peak_lr": 1e-3}))
+                                      "peak_lr": 1e-3, "epochs_history": []}))
     got = printed("pretrain", ["--config", str(run_config)])
     # its out is the folder it lies in: the run, wherever it moved since
     assert got == {**settings, "out": str(tmp_path.resolve())}
     assert printed("pretrain", ["--config", str(run_config), "--out", "new"])["out"] == "new"
+    # a user's own file of several stages' settings, named config.json: its out is kept
+    shared = tmp_path / "exp" / "config.json"
+    shared.parent.mkdir()
+    shared.write_text(json.dumps({"pretrain": {"out": "runs/mae"}, "finetune": {"out": "runs/ft"}}))
+    assert printed("pretrain", ["--config", str(shared)])["out"] == "runs/mae"
     got = printed("pretrain",
                   ["--config", str(run_config), "--set", "epochs=7", "--set", "lr=none"])
     assert (got["epochs"], got["lr"]) == (7, None)

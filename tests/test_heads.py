@@ -512,3 +512,15 @@ def test_videos_a_store_lacks_are_told_apart_from_an_unfinished_extraction(tmp_p
         writer.begin_video("102", 5).write(0, np.ones((2, 2), np.float32), np.ones(2, bool))
     with pytest.raises(InputError, match="e.g. '102', begun by an extraction"):
         load_features([path]).require(["101", "102"])
+
+
+def test_a_users_files_in_the_run_folder_survive_a_train(tiny_root, tiny_store, tmp_path):
+    run = tmp_path / "va"
+    run.mkdir()
+    (run / "train.log").write_text("tee'd")
+    (run / "figure.png").write_bytes(b"mine")
+    for _ in range(2):  # a first run, then a rerun replacing its outputs
+        run_cli("train", "va", "--store", tiny_store, "--data", tiny_root, "--out", run,
+                "--epochs", 1, *FAST[2:])
+    assert (run / "figure.png").read_bytes() == b"mine" and (run / "train.log").exists()
+    assert (run / "training_curves.png").exists()

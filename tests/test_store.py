@@ -665,6 +665,12 @@ def test_overwrite_takes_what_a_killed_write_of_ours_leaves(tmp_path):
     (path / ".DS_Store").write_bytes(b"")
     features.create_store(path, make_attrs(), overwrite=True).close()
     assert sorted(p.name for p in path.iterdir()) == ["videos", "zarr.json"]
+    # names only like those are someone's: refused
+    for name in ("zarr.json.bak", ".git"):
+        (path / name).mkdir()
+        with pytest.raises(features.StoreError, match=f"holds {name}, not ours"):
+            features.create_store(path, make_attrs(), overwrite=True)
+        (path / name).rmdir()
 
 
 def _text_file(path) -> None:

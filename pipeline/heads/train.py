@@ -55,6 +55,9 @@ from pipeline.runs import (
     write_config,
 )
 
+# The plots _write_plots makes (a rerun deletes these, not a user's own pictures in the folder).
+PLOTS = ("training_curves.png", "va_traces.png", "expr_confusion.png", "au_f1.png")
+
 
 def feature_stats(features: np.ndarray, rows: np.ndarray,
                   chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
@@ -198,9 +201,8 @@ def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = 
                       device if fits_on(device, table_bytes) else None)
     out_dir.mkdir(parents=True, exist_ok=True)
     # An earlier run's outputs go first, so a crash never leaves its head beside this run's config.
-    for stale in ["log.jsonl", "best.pt", "summary.json", "val_predictions.npz",
-                  *(p.name for p in out_dir.glob("*.png"))]:
-        (out_dir / stale).unlink(missing_ok=True)
+    for stale in ["log.jsonl", "best.pt", "summary.json", "val_predictions.npz", *PLOTS]:
+        (out_dir / stale).unlink(missing_ok=True)  # a user's own files in the folder stay
     shutil.rmtree(out_dir / "tensorboard", ignore_errors=True)
     write_config(out_dir, cfg)
     if warmup_epochs(cfg) < cfg.warmup_epochs:
