@@ -184,6 +184,11 @@ def test_a_finished_run_is_extended_over_a_longer_schedule(faces, tmp_path, caps
     with pytest.raises(InputError, match="has trained 2 epochs already; give 2 to keep it as it "
                                          "is, more to go on"):
         pretrain(run_config(faces, run, epochs=1), progress=False)
+    # a run stopped before its planned end: its plan is named
+    pretrain(run_config(faces, run, epochs=4), stop_at_epoch=3, progress=False)
+    with pytest.raises(InputError, match="has trained 3 epochs already; give 4 to go on as "
+                                         "planned, or another count above 3"):
+        pretrain(run_config(faces, run, epochs=2), progress=False)
 
 
 def test_tensorboard_gets_the_logs_scalars_and_the_reconstruction(faces, tmp_path):
