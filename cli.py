@@ -69,7 +69,9 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except _user_errors() as err:
             text = describe_error(ctx, err) if isinstance(err, ConfigError) else str(err)
-            click.echo(f"error: {' '.join(text.split())}", err=True)
+            rank = os.environ.get("RANK", "0")  # under torchrun each process says it, rank named
+            click.echo(f"{f'rank {rank}: ' if rank != '0' else ''}error: {' '.join(text.split())}",
+                       err=True)
             ctx.exit(2)
         except click.exceptions.NoArgsIsHelpError:
             raise

@@ -558,3 +558,10 @@ def test_a_command_torchrun_does_not_share_is_refused_under_it(monkeypatch, tmp_
     # one whose work it shares gets as far as its settings
     result = CliRunner().invoke(cli, ["pretrain", "--epochs", "0"])
     assert result.exit_code == 2 and "--epochs 0: use 1 or more" in result.stderr
+
+
+def test_under_torchrun_a_rank_but_0_names_itself_in_its_error(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    result = CliRunner().invoke(cli, ["pretrain", "--epochs", "0"])
+    assert result.exit_code == 2 and result.stderr.startswith(
+        "rank 1: error: --epochs 0: use 1 or more"), result.stderr
