@@ -119,10 +119,11 @@ def run_kind(run_dir) -> str | None:
     return "heads" if {"task", "window"} <= set(saved) else None
 
 
+# The plots a head run writes (pipeline.heads.train; a rerun replaces these, not a user's own).
+HEAD_PLOTS = ("training_curves.png", "va_traces.png", "expr_confusion.png", "au_f1.png")
 # What a training run writes at its top level (pretrain, finetune, the heads).
 RUN_FILES = frozenset({"config.json", "log.jsonl", "checkpoint-last.pt", "best.pt", "recon",
-                       "tensorboard", "summary.json", "val_predictions.npz", "training_curves.png",
-                       "va_traces.png", "expr_confusion.png", "au_f1.png"})
+                       "tensorboard", "summary.json", "val_predictions.npz", *HEAD_PLOTS})
 
 
 def check_run_kind(run_dir, kind: str, option: str = "--out") -> None:

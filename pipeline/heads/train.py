@@ -46,6 +46,7 @@ from pipeline.models import build_model
 from pipeline.plots import heads as plots
 from pipeline.runlog import RunLog
 from pipeline.runs import (
+    HEAD_PLOTS,
     atomic_torch_save,
     atomic_write_bytes,
     atomic_write_text,
@@ -54,9 +55,6 @@ from pipeline.runs import (
     to_jsonable,
     write_config,
 )
-
-# The plots _write_plots makes (a rerun deletes these, not a user's own pictures in the folder).
-PLOTS = ("training_curves.png", "va_traces.png", "expr_confusion.png", "au_f1.png")
 
 
 def feature_stats(features: np.ndarray, rows: np.ndarray,
@@ -201,7 +199,7 @@ def train_run(data: TaskData, cfg: TrainConfig, out_dir: Path, progress: bool = 
                       device if fits_on(device, table_bytes) else None)
     out_dir.mkdir(parents=True, exist_ok=True)
     # An earlier run's outputs go first, so a crash never leaves its head beside this run's config.
-    for stale in ["log.jsonl", "best.pt", "summary.json", "val_predictions.npz", *PLOTS]:
+    for stale in ["log.jsonl", "best.pt", "summary.json", "val_predictions.npz", *HEAD_PLOTS]:
         (out_dir / stale).unlink(missing_ok=True)  # a user's own files in the folder stay
     shutil.rmtree(out_dir / "tensorboard", ignore_errors=True)
     write_config(out_dir, cfg)
