@@ -415,6 +415,8 @@ def _open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool,
             _fold_in_parts(path, attrs, overwrite, left, sound)
     if fmt == "hdf5" and dist.enabled:
         parts = [features.part_path(path, r) for r in range(dist.world_size)]
+        if dist.is_main:
+            features.create_store(path, attrs, format=fmt, overwrite=overwrite).close()
         distributed.barrier()
         # read before any part is opened to write
         done = set().union(*(_completed(p) for p in [path, *parts]))
@@ -467,10 +469,11 @@ def _check_parts(path: Path, attrs: dict, overwrite: bool,
 
 def _fold_in_parts(path: Path, attrs: dict, overwrite: bool, left: list[Path],
                    sound: list[Path]) -> None:
-    """Create (or reopen) the HDF5 store and merge into it the ``sound`` parts of ``left``
-    (:func:`_check_parts`), then delete them all; with ``overwrite``, delete them unmerged."""
-    features.create_store(path, attrs, format="hdf5", overwrite=overwrite).close()
+    """Merge the ``sound`` parts of ``left`` (:func:`_check_parts`) into the HDF5 store (created
+    for them where it is missing), then delete them all; with ``overwrite``, delete them
+    unmerged (the writer starts the store afresh)."""
     if sound and not overwrite:
+        features.create_store(path, attrs, format="hdf5").close()
         features.merge_stores(sound, path)  # their complete videos; incomplete ones are redone
     for part in left:
         part.unlink()
