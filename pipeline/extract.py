@@ -2,8 +2,9 @@
 
 A frame's way: image file -> decoded into its batch (by DataLoader workers, or between batches by
 the main process: ``pipeline.device.cpu_budget``) -> uint8 batch -> device -> normalise ->
-``encoder.forward_features`` (the encoder's own, no copy) -> pooling -> float16 rows -> a writer
-thread -> ``videos/<video>/features``. Frames of all videos form one flat ordered stream, so short
+``encoder.forward_features`` (the encoder's own, no copy) -> pooling -> float16 rows -> the
+store's writer (on a thread of its own where the host has cores to spare: :class:`StoreFeeder`) ->
+``videos/<video>/features``. Frames of all videos form one flat ordered stream, so short
 videos share batches with long ones and the device never starves; a video's rows are written in
 chunk-sized blocks as they arrive, so memory does not grow with video length.
 
@@ -156,25 +157,42 @@ _ABORT = object()
 
 
 class StoreFeeder:
-    """Hands batches of rows to the store on a background thread, keeping I/O off the compute path.
+    """Hands batches of rows to the store, on a background thread or in the caller's.
+
+    With ``background`` the writes run on their own thread, off the compute path: the choice where
+    the host has cores beside the encoder's (a CUDA device, decode workers). Without, each
+    :meth:`put` writes before it returns, between two forward passes, as the main process decodes
+    there: on a CPU whose every core runs the encoder's threads (fewer than 4 cores,
+    :func:`pipeline.device.cpu_budget`), a writer thread waking mid-pass stalls them all, and
+    writing in turn costs less (docs/results-speed.md).
 
     Videos arrive in ``order``; a video is finished (marked complete) once the stream has moved past
     it, and videos without any image frame are written as all-absent.
     """
 
-    def __init__(self, writer: features.StoreWriter, order: list[str], lengths: dict[str, int]):
+    def __init__(self, writer: features.StoreWriter, order: list[str], lengths: dict[str, int],
+                 background: bool = True):
         self._writer = writer
         self._order = order
         self._lengths = lengths
         self._next = 0  # index in order of the next video to begin
         self._current: features.VideoWriter | None = None
-        self._queue: queue.Queue = queue.Queue(maxsize=16)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if background:
+            self._queue: queue.Queue = queue.Queue(maxsize=16)
+            self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+            self._thread.start()
 
     def put(self, video: str, rows: np.ndarray, feats: np.ndarray, present: np.ndarray) -> None:
-        """Rows (n,) ascending 0-based frame rows of one video, feats (n, D), present (n,)."""
+        """Rows (n,) ascending 0-based frame rows of one video, feats (n, D), present (n,).
+
+        Raises:
+            what the store's write raised (here, or at a later call when in the background).
+        """
+        if self._thread is None:
+            self._write(video, rows, feats, present)
+            return
         if self._error is not None:
             raise self._error
         self._queue.put((video, rows, feats, present))
@@ -193,6 +211,15 @@ class StoreFeeder:
             self._next += 1
             self._current = self._writer.begin_video(name, self._lengths[name])
 
+    def _write(self, video: str, rows: np.ndarray, feats: np.ndarray, present: np.ndarray) -> None:
+        self._advance_to(video)
+        lo = int(rows[0])
+        block = np.zeros((int(rows[-1]) - lo + 1, feats.shape[1]), feats.dtype)  # (n_span, D)
+        mask = np.zeros(len(block), bool)
+        block[rows - lo] = feats
+        mask[rows - lo] = present
+        self._current.write(lo, block, mask)
+
     def _run(self) -> None:
         ended = False
         try:
@@ -201,15 +228,7 @@ class StoreFeeder:
                     ended = True
                     self._advance_to(None)
                     return
-                video, rows, feats, present = item
-                self._advance_to(video)
-                lo = int(rows[0])
-                # (n_span, D)
-                block = np.zeros((int(rows[-1]) - lo + 1, feats.shape[1]), feats.dtype)
-                mask = np.zeros(len(block), bool)
-                block[rows - lo] = feats
-                mask[rows - lo] = present
-                self._current.write(lo, block, mask)
+                self._write(*item)
         except BaseException as err:  # handed to the main thread by put() / close()
             self._error = err
             # drain: the producer never blocks
@@ -218,6 +237,9 @@ class StoreFeeder:
 
     def close(self) -> None:
         """Finish every remaining video (the stream ended normally) and wait for the writes."""
+        if self._thread is None:
+            self._advance_to(None)
+            return
         self._queue.put(None)
         self._thread.join()
         if self._error is not None:
@@ -225,8 +247,9 @@ class StoreFeeder:
 
     def abort(self) -> None:
         """Stop without finishing the current video: it stays incomplete and is redone on resume."""
-        self._queue.put(_ABORT)
-        self._thread.join()
+        if self._thread is not None:
+            self._queue.put(_ABORT)
+            self._thread.join()
 
 
 def store_attrs(info: EncoderInfo, pooling: str, feature_dim: int, dtype: str,
@@ -323,7 +346,8 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
     frames = [(v, int(k)) for v in mine if v in ds.videos for k in ds.videos[v].frames]
     paths = [ds.videos[v].image_path(k) for v, k in frames]
     loader = frame_loader(paths, info.img_size, batch_size, workers, device)
-    feeder = StoreFeeder(writer, mine, lengths)
+    # the writes in turn with the encoder where the main process decodes in turn too
+    feeder = StoreFeeder(writer, mine, lengths, background=device.type == "cuda" or workers > 0)
     unreadable: list[str] = []
     bar = tqdm(total=len(frames), unit="frame",
                desc=f"extract{f' (rank 0 of {dist.world_size})' if dist.enabled else ''}",
@@ -390,7 +414,7 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
 
 def _feed(feeder: StoreFeeder, batch: list[tuple[str, int]], pooled: np.ndarray,
           readable: np.ndarray) -> None:
-    """Split one batch into per-video runs of rows and hand them to the writer thread."""
+    """Split one batch into per-video runs of rows and hand them to the store's writer."""
     names = [v for v, _ in batch]
     rows = np.array([k - 1 for _, k in batch])  # row i = frame i + 1
     start = 0

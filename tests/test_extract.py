@@ -46,12 +46,30 @@ def read_all(store_path):
     return {v: store.read(v) for v in store.videos()}
 
 
-def test_store_holds_the_encoders_output(mini_root, ckpt, tmp_path):
+def spy_on_feeder(monkeypatch) -> list[bool]:
+    """Where each StoreFeeder of the test writes: True on a thread of its own, False in turn."""
+    modes, real_init = [], extract_mod.StoreFeeder.__init__
+
+    def init(self, *args, background=True):
+        modes.append(background)
+        real_init(self, *args, background=background)
+
+    monkeypatch.setattr(extract_mod.StoreFeeder, "__init__", init)
+    return modes
+
+
+# 0 workers: the main process decodes and writes in turn with the encoder (a CPU of < 4 cores);
+# 1 worker: a decode worker process and a writer thread (as on CUDA)
+@pytest.mark.parametrize("workers", [0, 1])
+def test_store_holds_the_encoders_output(mini_root, ckpt, tmp_path, monkeypatch, workers):
     path, encoder = ckpt
     store_path = tmp_path / "f.zarr"
+    modes = spy_on_feeder(monkeypatch)
     result = extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(store_path),
-                                   **CPU32, pooling="mean"), progress=False)
+                                   **{**CPU32, "workers": workers}, pooling="mean"),
+                     progress=False)
     assert result["frames"] == 7 and result["videos"] == 2
+    assert modes == [workers > 0]
     ds = AffWild2(mini_root)
     store = features.open_store(store_path)
     assert store.videos() == ["105", "vid_left"]
@@ -195,10 +213,13 @@ def test_video_folder_without_images_is_skipped(mini_root, ckpt, tmp_path):
     assert features.open_store(tmp_path / "f.zarr").videos() == ["105", "vid_left"]
 
 
-def test_a_failing_final_write_raises_instead_of_hanging(mini_root, ckpt, tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [0, 1])  # written in turn, and by the writer thread
+def test_a_failing_final_write_raises_instead_of_hanging(mini_root, ckpt, tmp_path, monkeypatch,
+                                                         workers):
     import threading
 
     path, _ = ckpt
+    modes = spy_on_feeder(monkeypatch)
 
     def full_disk(self):
         raise OSError(28, "No space left on device")
@@ -209,7 +230,8 @@ def test_a_failing_final_write_raises_instead_of_hanging(mini_root, ckpt, tmp_pa
     def run():
         try:
             extract(ExtractConfig(data=str(mini_root), ckpt=str(path),
-                                  store=str(tmp_path / "f.zarr"), **CPU32), progress=False)
+                                  store=str(tmp_path / "f.zarr"), **{**CPU32, "workers": workers}),
+                    progress=False)
         except OSError as err:
             outcome["error"] = err
 
@@ -217,7 +239,7 @@ def test_a_failing_final_write_raises_instead_of_hanging(mini_root, ckpt, tmp_pa
     worker.start()
     worker.join(timeout=120)
     assert not worker.is_alive(), "extraction hung after a failed write"
-    assert "No space left" in str(outcome["error"])
+    assert "No space left" in str(outcome["error"]) and modes == [workers > 0]
 
 
 def test_frames_named_with_another_width_are_read(mini_root, ckpt, tmp_path):
