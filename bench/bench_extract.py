@@ -255,6 +255,7 @@ def main(argv=None) -> dict:
         # When the same cores decode and run the encoder in turn (no decode workers), the most
         # extraction can reach over forward only: forward time over forward + decode time.
         "serial_ceiling": round(1 / (1 + fwd_same / loader), 3),
+        "fast_serial_ceiling": round(1 / (1 + fast["forward_only_fps"] / loader), 3),
         "loader_pillow_only_fps": round(loaders["pillow"], 1),
         "serial_ceiling_pillow_only": round(1 / (1 + fwd_same / loaders["pillow"]), 3),
         "per_frame_loop_fps": round(loop, 1), "extract_over_loop": round(e2e / loop, 1),
@@ -284,7 +285,8 @@ def main(argv=None) -> dict:
           f"through Pillow {mixed_pillow['ratio']:.3f}")
     print(f"  fast encoder ({depth} blocks)      {fast['forward_only_fps']:8.1f} frames/s forward "
           f"only, extract {fast['summary']['frames_per_s']:.1f}  ratio "
-          f"{result['fast_extract_over_forward']:.3f}; loader alone {loader:.0f} frames/s")
+          f"{result['fast_extract_over_forward']:.3f} (decoding in turn bounds it at "
+          f"{result['fast_serial_ceiling']:.3f}); loader alone {loader:.0f} frames/s")
     print(f"  decoding and the encoder in turn on the same cores reach at most "
           f"{result['serial_ceiling']:.3f} of forward only at its own settings (1 / (1 + "
           f"forward / loader))")
