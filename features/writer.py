@@ -156,6 +156,24 @@ class StoreWriter:
                 if self._backend.video_attrs(v).get("complete") is True
                 and self._backend.has_arrays(v)}
 
+    def counts(self, name: str) -> tuple[int, int]:
+        """(num_frames, num_present) of a complete video, as its writer marked it (T rows, of
+        which num_present with a face).
+
+        Raises:
+            KeyError: ``name`` is not a complete video of the store (:meth:`completed`).
+        """
+        attrs = self._backend.video_attrs(name)
+        if attrs.get("complete") is not True:
+            raise KeyError(name)
+        return int(attrs["num_frames"]), int(attrs["num_present"])
+
+    def mark_incomplete(self, name: str) -> None:
+        """Take back a video's ``complete`` mark: readers skip it and the next extraction redoes it
+        (for rows that no longer fit the data they came from). Raises KeyError: no such video."""
+        self._backend.set_video_attrs(name, {"complete": False})
+        self._backend.flush()
+
     def begin_video(self, name: str, num_frames: int) -> VideoWriter:
         """(Re)create the group of ``name`` with ``num_frames`` zero rows, replacing any
         earlier one."""

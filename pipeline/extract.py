@@ -336,7 +336,14 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
                         compute_dtype(device, config.bf16))
 
     fmt = config.format or features.infer_format(Path(store_path))
-    writer, done = _open_writer(Path(store_path), attrs, fmt, config.overwrite, dist)
+    expected = {v: (lengths[v], v in ds.videos) for v in videos}
+    writer, done, outdated = _open_writer(Path(store_path), attrs, fmt, config.overwrite, dist,
+                                          expected)
+    if outdated:  # rank 0's finding
+        named = "; ".join(f"{v}: {why}" for v, why in outdated[:3])
+        tqdm.write(f"extract: {len(outdated)} video(s) in {store_path} no longer fit the data "
+                   f"({named}{'; ...' if len(outdated) > 3 else ''}); extracting them again",
+                   file=sys.stderr)
     todo = [v for v in videos if v not in done]
     if len(todo) < len(videos) and dist.is_main:  # said under --json too (on stderr)
         tqdm.write(f"extract: {len(videos) - len(todo)} of the {len(videos)} videos are in "
@@ -423,14 +430,18 @@ def _feed(feeder: StoreFeeder, batch: list[tuple[str, int]], pooled: np.ndarray,
         start = end
 
 
-def _open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool,
-                 dist) -> tuple[features.StoreWriter, set[str]]:
-    """The store this rank writes, and the videos already complete (to skip).
+def _open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool, dist,
+                 expected: dict[str, tuple[int, bool]],
+                 ) -> tuple[features.StoreWriter, set[str], list[tuple[str, str]]]:
+    """The store this rank writes, the videos already complete (to skip), and on rank 0 the
+    complete videos taken back as no longer fitting the data (:func:`_take_back_outdated`, with
+    ``expected``), with why.
 
     Zarr: rank 0 creates (or reopens) the store, the other ranks join it as workers. HDF5 under
     torchrun: each rank writes its own part file; a part left by a killed run is resumed like the
     store itself.
     """
+    outdated: list[tuple[str, str]] = []
     if fmt == "hdf5":
         # every rank checks the parts (reading only), so that each refuses a foreign one
         left, sound = _check_parts(path, attrs, overwrite, warn=dist.is_main)
@@ -440,20 +451,43 @@ def _open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool,
     if fmt == "hdf5" and dist.enabled:
         parts = [features.part_path(path, r) for r in range(dist.world_size)]
         if dist.is_main:
-            features.create_store(path, attrs, format=fmt, overwrite=overwrite).close()
+            with features.create_store(path, attrs, format=fmt, overwrite=overwrite) as store:
+                outdated = _take_back_outdated(store, expected)
         distributed.barrier()
         # read before any part is opened to write
         done = set().union(*(_completed(p) for p in [path, *parts]))
         distributed.barrier()
-        return features.create_store(parts[dist.rank], attrs, format=fmt), done
+        return features.create_store(parts[dist.rank], attrs, format=fmt), done, outdated
     if dist.is_main:
         writer = features.create_store(path, attrs, format=fmt, overwrite=overwrite, role="main")
+        outdated = _take_back_outdated(writer, expected)
     distributed.barrier()
     if not dist.is_main:
         writer = features.create_store(path, attrs, format=fmt, role="worker")
     done = writer.completed()
     distributed.barrier()  # every rank has its list before any rank (re)writes a video
-    return writer, done
+    return writer, done, outdated
+
+
+def _take_back_outdated(writer: features.StoreWriter,
+                        expected: dict[str, tuple[int, bool]]) -> list[tuple[str, str]]:
+    """Mark incomplete, so that they are extracted again, the complete videos whose rows no longer
+    fit the data: stored without a face while the video has images now, as when its crops were made
+    after a first extraction; or another frame count than ``expected`` (video -> (frames, has
+    images)) says, as when an annotation file was replaced by a longer one. Returns (video, why),
+    sorted."""
+    outdated = []
+    for video in sorted(writer.completed() & expected.keys()):
+        (stored, faces), (frames, has_images) = writer.counts(video), expected[video]
+        if faces == 0 and has_images:
+            why = "stored without a face, it has images now"
+        elif stored != frames:
+            why = f"{stored} rows stored, {frames} frames now"
+        else:
+            continue
+        writer.mark_incomplete(video)
+        outdated.append((video, why))
+    return outdated
 
 
 def _check_parts(path: Path, attrs: dict, overwrite: bool,
@@ -504,4 +538,7 @@ def _fold_in_parts(path: Path, attrs: dict, overwrite: bool, left: list[Path],
 
 
 def _completed(path: Path) -> set[str]:
-    return set(features.open_store(path).videos()) if path.exists() else set()
+    if not path.exists():
+        return set()
+    with features.open_store(path) as store:
+        return set(store.videos())

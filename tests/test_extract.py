@@ -21,7 +21,7 @@ from pipeline.extract import ExtractConfig, balance, extract, store_is_current
 from pipeline.models.encoder import normalize, pool_tokens
 from pipeline.models.mae import build_encoder
 from pipeline.runs import sha256_file
-from tests.conftest import run_two_ranks
+from tests.conftest import run_two_ranks, write_annotation, write_images
 
 TINY = dict(img_size=32, embed_dim=32, depth=2, num_heads=2)
 CPU32 = dict(device="cpu", bf16=False, workers=0, batch_size=4, dtype="float32")
@@ -42,8 +42,8 @@ def ckpt(tmp_path):
 
 
 def read_all(store_path):
-    store = features.open_store(store_path)
-    return {v: store.read(v) for v in store.videos()}
+    with features.open_store(store_path) as store:
+        return {v: store.read(v) for v in store.videos()}
 
 
 def spy_on_feeder(monkeypatch) -> list[bool]:
@@ -290,6 +290,58 @@ def test_listed_video_without_images_is_stored_all_absent(mini_root, ckpt, tmp_p
     if splits == ("all",):
         assert expected == {"105": 3, "noface": 7, "vid_left": 6}
         assert features.verify_store(store_path, expected) == []
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_a_rerun_redoes_complete_videos_that_no_longer_fit_the_data(mini_root, ckpt, tmp_path,
+                                                                    capsys, suffix):
+    path, _ = ckpt
+    add_imageless_test_video(mini_root)
+    store_path = tmp_path / f"f{suffix}"
+    config = ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(store_path), **CPU32,
+                           splits=("all",))
+    extract(config, progress=False)
+    first = read_all(store_path)
+    # 105's VA annotation grows from 3 to 5 rows; noface's crops are made after the extraction
+    write_annotation(mini_root, "VA_Estimation_Challenge", "Validation_Set", "105", "va",
+                     ["0.1,0.1"] * 5)
+    write_images(mini_root, "noface", [1, 2, 3])
+    capsys.readouterr()
+    result = extract(config, progress=False)
+    assert result["extracted"] == 2 and result["skipped"] == 1  # vid_left still fits
+    said = [line for line in capsys.readouterr().err.splitlines() if "no longer fit" in line]
+    assert len(said) == 1 and "2 video(s)" in said[0] and "extracting them again" in said[0]
+    assert "105: 3 rows stored, 5 frames now" in said[0]
+    assert "noface: stored without a face, it has images now" in said[0]
+    with features.open_store(store_path) as store:
+        assert store.num_frames("105") == 5 and store.num_present("105") == 3
+        # a video with images is as long as its last image or annotation (a test video's example
+        # rows past its last face are filled by predict)
+        assert store.num_frames("noface") == 3 and store.num_present("noface") == 3
+        np.testing.assert_array_equal(store.read("vid_left")[0], first["vid_left"][0])
+        np.testing.assert_array_equal(store.read("105")[0][:3], first["105"][0])
+    # a third run finds everything in place
+    capsys.readouterr()
+    assert extract(config, progress=False)["extracted"] == 0
+    assert "no longer fit" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_ranks_redo_a_video_of_an_hdf5_store_that_no_longer_fits(mini_root, ckpt, tmp_path):
+    # under torchrun HDF5 ranks write part files merged into the store, which must replace the
+    # store's own outdated copy
+    path, _ = ckpt
+    store_path = tmp_path / "f.h5"
+    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(store_path), **CPU32),
+            progress=False)
+    write_annotation(mini_root, "VA_Estimation_Challenge", "Validation_Set", "105", "va",
+                     ["0.1,0.1"] * 5)
+    summary, _ = run_two_ranks("extract", "--data", str(mini_root), "--ckpt", str(path), "--store",
+                               str(store_path), "--device", "cpu", "--workers", "0", "--batch-size",
+                               "4", "--dtype", "float32", "--no-bf16")
+    assert summary["extracted"] == 1 and summary["skipped"] == 1
+    assert features.verify_store(store_path, {"105": 5, "vid_left": 6}) == []
+    assert not list(tmp_path.glob("f.part*.h5"))
 
 
 def test_verify_with_data_misses_a_listed_video_without_images(mini_root, ckpt, tmp_path):
