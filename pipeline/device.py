@@ -125,13 +125,11 @@ def cpu_budget(device: torch.device, workers: int | None = None, threads: int | 
         (workers, threads), both resolved.
     """
     share = max(1, host_cores() // max(1, local_world_size))
-    if device.type == "cuda":
-        auto_workers = min(12, max(1, share - 1))
-        auto_threads = max(1, min(4, share - auto_workers))
-    else:
-        auto_workers = 0 if share < 4 else max(1, share // 8)
-        auto_threads = share - auto_workers
-    workers = auto_workers if workers is None else workers
+    if workers is None:
+        workers = min(12, max(1, share - 1)) if device.type == "cuda" else (
+            0 if share < 4 else max(1, share // 8))
+    # the threads take the cores the workers leave, however many workers were given
+    auto_threads = min(4, share - workers) if device.type == "cuda" else share - workers
     threads = min(auto_threads, torch.get_num_threads()) if threads is None else threads
     return workers, max(1, threads)
 

@@ -52,6 +52,18 @@ def test_given_numbers_are_kept_and_auto_threads_respect_a_limit(cores):
     assert dev.cpu_budget(CPU) == (0, 1)
 
 
+def test_auto_threads_take_the_cores_the_given_workers_leave(cores):
+    cores(2)
+    assert dev.cpu_budget(CPU, workers=1) == (1, 1)
+    cores(8)
+    assert dev.cpu_budget(CPU, workers=4) == (4, 4)
+    assert dev.cpu_budget(CPU, workers=0) == (0, 8)
+    assert dev.cpu_budget(CPU, workers=12) == (12, 1)  # more workers than cores: one thread left
+    cores(16)
+    assert dev.cpu_budget(CUDA, workers=2) == (2, 4)
+    assert dev.cpu_budget(CUDA, workers=15) == (15, 1)
+
+
 def test_torch_threads_are_restored():
     before = torch.get_num_threads()
     with dev.torch_threads(1):
