@@ -4,6 +4,7 @@ Random window reads from a chunked store decode a whole chunk per window; the he
 ``load_all`` once and slice the in-memory array (the issue's "fast path").
 """
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,12 +192,16 @@ class FeatureStore:
             dtype: dtype of the packed features (float32 by default; float16 halves the memory).
             fill: as in ``read``, applied per video.
         Raises:
-            StoreError: a video not complete, or damaged (as in ``read``).
+            StoreError: a video not complete, or damaged (as in ``read``), or given twice.
         """
         check_fill(fill)
         names = self.videos() if videos is None else list(videos)
         for v in names:
             self._check_video(v)
+        twice = sorted(v for v, n in Counter(names).items() if n > 1)
+        if twice:
+            raise StoreError(f"{self.path}: video(s) {', '.join(map(repr, twice))} given twice to "
+                             "load_all: give each name once")
         offsets, start = {}, 0
         for v in names:
             offsets[v] = (start, start + self.num_frames(v))

@@ -247,6 +247,8 @@ def test_load_all_offsets(store_path):
         subset = s.load_all(videos=["vid_left", "105"], dtype=np.float16, fill="linear")
         assert subset.videos == ["vid_left", "105"] and subset.offsets["105"] == (13, 17)
         np.testing.assert_array_equal(subset.video("105")[0], s.read("105", fill="linear")[0])
+        with pytest.raises(features.StoreError, match="'105' given twice to load_all"):
+            s.load_all(videos=["105", "vid_left", "105"])
 
 
 def test_out_of_order_writes_equal_in_order(tmp_path):
