@@ -195,6 +195,16 @@ class StoreWriter:
             self._backend.consolidate()
         self._backend.close()
 
+    def abandon(self) -> None:
+        """Close after a failed or interrupted run, without finishing anything: an HDF5 file is
+        flushed and closed (not left open in the process, as a notebook's traceback would keep it);
+        a Zarr store stays as its last write left it, its listing consolidated at the next close.
+        Its incomplete videos are redone by the next extraction."""
+        if self._closed:
+            return
+        self._closed = True
+        self._backend.close()
+
     def __enter__(self) -> "StoreWriter":
         return self
 

@@ -3,10 +3,11 @@
 A frame's way: image file -> decoded into its batch (by DataLoader workers, or between batches by
 the main process: ``pipeline.device.cpu_budget``) -> uint8 batch -> device -> normalise ->
 ``encoder.forward_features`` (the encoder's own, no copy) -> pooling -> float16 rows -> the
-store's writer (on a thread of its own where the host has cores to spare: :class:`StoreFeeder`) ->
-``videos/<video>/features``. Frames of all videos form one flat ordered stream, so short
-videos share batches with long ones and the device never starves; a video's rows are written in
-chunk-sized blocks as they arrive, so memory does not grow with video length.
+store's writer (on a thread of its own where the host has cores to spare:
+:func:`writes_in_background`) -> ``videos/<video>/features``. Frames of all videos form one flat
+ordered stream, so short videos share batches with long ones and the device never starves; a
+video's rows are written in chunk-sized blocks as they arrive, so memory does not grow with video
+length.
 
 Resumable: videos the store already marks complete are skipped, the rest are (re)done. Under
 torchrun the videos are split between ranks, balanced by frame count; Zarr ranks write into one
@@ -156,18 +157,32 @@ def encode(encoder: torch.nn.Module, images: torch.Tensor, device: torch.device,
 _ABORT = object()
 
 
-class StoreFeeder:
-    """Hands batches of rows to the store, on a background thread or in the caller's.
+def writes_in_background(device: torch.device, workers: int) -> bool:
+    """Whether extraction's store writes run on a thread of their own (:class:`StoreFeeder`).
 
-    With ``background`` the writes run on their own thread, off the compute path: the choice where
-    the host has cores beside the encoder's (a CUDA device, decode workers). Without, each
-    :meth:`put` writes before it returns, between two forward passes, as the main process decodes
-    there: on a CPU whose every core runs the encoder's threads (fewer than 4 cores,
-    :func:`pipeline.device.cpu_budget`), a writer thread waking mid-pass stalls them all, and
-    writing in turn costs less (docs/results-speed.md).
+    Yes where the host has cores beside the encoder's: a CUDA device, or decode workers. No on a
+    CPU where the main process decodes between forward passes (``workers`` 0: fewer than 4 cores,
+    :func:`pipeline.device.cpu_budget`): every core runs the encoder's threads there, and a writer
+    thread waking mid-pass takes a core from one of them while the others wait for it; writing in
+    turn, like the decode, costs less (interleaved ratio 0.929 against 0.913 on 2 cores,
+    docs/results-speed.md).
+    """
+    return device.type == "cuda" or workers > 0
+
+
+class StoreFeeder:
+    """Hands batches of rows to the store, on a thread of its own or in the caller's.
 
     Videos arrive in ``order``; a video is finished (marked complete) once the stream has moved past
     it, and videos without any image frame are written as all-absent.
+
+    Args:
+        writer: the open store.
+        order: the videos in the order their rows arrive, each once (those without images too).
+        lengths: video -> T, its rows.
+        background: write on a thread of its own (off the compute path; errors are raised at a
+            later :meth:`put` or at :meth:`close`), else within each :meth:`put`
+            (:func:`writes_in_background` chooses).
     """
 
     def __init__(self, writer: features.StoreWriter, order: list[str], lengths: dict[str, int],
@@ -353,8 +368,7 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
     frames = [(v, int(k)) for v in mine if v in ds.videos for k in ds.videos[v].frames]
     paths = [ds.videos[v].image_path(k) for v, k in frames]
     loader = frame_loader(paths, info.img_size, batch_size, workers, device)
-    # the writes in turn with the encoder where the main process decodes in turn too
-    feeder = StoreFeeder(writer, mine, lengths, background=device.type == "cuda" or workers > 0)
+    feeder = StoreFeeder(writer, mine, lengths, background=writes_in_background(device, workers))
     unreadable: list[str] = []
     bar = tqdm(total=len(frames), unit="frame",
                desc=f"extract{f' (rank 0 of {dist.world_size})' if dist.enabled else ''}",
@@ -375,12 +389,13 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
                 _feed(feeder, batch, pooled, readable.numpy())
                 position += len(pooled)
                 bar.update(len(pooled))
+        feeder.close()
     except BaseException:
         feeder.abort()
+        writer.abandon()
         raise
     finally:
         bar.close()
-    feeder.close()
     seconds = time.perf_counter() - start
     # Workers close first; rank 0 closes (consolidating Zarr metadata) and merges HDF5 parts after
     # them.
