@@ -268,9 +268,10 @@ class StoreFeeder:
 
 
 def store_attrs(info: EncoderInfo, pooling: str, feature_dim: int, dtype: str,
-                compute_dtype: str) -> dict:
+                computed_in: str) -> dict:
     """The store's root attributes: what made it (encoder, checkpoint hash, preprocessing,
-    pooling, the precision the encoder ran in: ``compute_dtype``, bfloat16 or float32)."""
+    pooling, the precision the encoder ran in: ``computed_in``, bfloat16 or float32, stored as
+    ``compute_dtype``)."""
     return {
         "encoder": info.model_name,
         "encoder_config": info.model_config,
@@ -281,7 +282,7 @@ def store_attrs(info: EncoderInfo, pooling: str, feature_dim: int, dtype: str,
         "pooling": pooling,
         "feature_dim": feature_dim,
         "dtype": dtype,
-        "compute_dtype": compute_dtype,
+        "compute_dtype": computed_in,
     }
 
 
