@@ -352,7 +352,7 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
                         compute_dtype(device, config.bf16))
 
     fmt = config.format or features.infer_format(Path(store_path))
-    expected = {v: (lengths[v], v in ds.videos) for v in videos}
+    expected = {v: (lengths[v], v in ds.videos and len(ds.videos[v].frames) > 0) for v in videos}
     writer, done, outdated = _open_writer(Path(store_path), attrs, fmt, config.overwrite, dist,
                                           expected)
     if outdated:  # rank 0's finding
