@@ -4,6 +4,7 @@ here on the tiny synthetic set."""
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -230,6 +231,40 @@ def test_analyze_json_is_a_valid_config(analyzed, trained, tmp_path):
     settings = json.loads((out / "analyze.json").read_text())["analyze"]
     assert printed("--config", out / "analyze.json") == printed(*given) == settings
     assert settings["render"] and settings["faces"]["size"] == 96
+
+
+def test_output_beside_the_sources_is_never_read_as_input_nor_written_over_them(
+        analyzed, trained, tmp_path, monkeypatch):
+    _, _, wall = analyzed
+    encoder, runs = trained
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(wall, videos / "wall.mp4")
+    before = (videos / "wall.mp4").read_bytes()
+    monkeypatch.chdir(tmp_path)  # paths as typed, relative
+    relative = ["--encoder", os.path.relpath(encoder, tmp_path),
+                "--heads", os.path.relpath(runs["va"], tmp_path)]
+
+    def run(out, *options):
+        return CliRunner().invoke(cli, [str(a) for a in [
+            "analyze", "videos", "--out", out, *relative, *CPU, *options]])
+
+    # --out the videos' folder: the render would replace the source
+    result = run("videos", "--render")
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "videos/wall.mp4: --render would write its rendered video over it" in result.output
+    assert (videos / "wall.mp4").read_bytes() == before and sorted(
+        p.name for p in videos.iterdir()) == ["wall.mp4"]
+    # --out inside the videos' folder: the second run does not take the first's render as input
+    for _ in range(2):
+        result = run("videos/analysis", "--render", "--json")
+        assert result.exit_code == 0, result.output
+        assert "without a video suffix" not in result.output
+    assert (videos / "wall.mp4").read_bytes() == before
+    # the settings keep absolute paths: --config works from another folder
+    settings = json.loads((videos / "analysis" / "analyze.json").read_text())["analyze"]
+    assert settings["encoder"] == str(Path(encoder).resolve())
+    assert settings["heads"] == [str(Path(runs["va"]).resolve())]
 
 
 def test_damaged_input_is_named_in_the_summary_and_the_report(carphone, trained, tmp_path):

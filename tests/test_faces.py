@@ -432,6 +432,17 @@ def test_refusals_leave_no_folder_and_a_file_is_no_output_folder(carphone, tmp_p
     assert (tmp_path / "afile").read_text() == "mine"
 
 
+def test_a_source_named_as_another_ones_person_is_refused_before_any_work(carphone, tmp_path):
+    frames = carphone_frames(carphone, 2)
+    (tmp_path / "in").mkdir()
+    a, b = write_video(tmp_path / "in" / "two.mp4", frames), write_video(
+        tmp_path / "in" / "two_left.mp4", frames)
+    result = run_cli("faces", tmp_path / "in", "--out", tmp_path / "f", "--device", "cpu")
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert f"{b} and {a}: 'two'" in result.output and "two_left and two_right" in result.output
+    assert not (tmp_path / "f").exists()
+
+
 def test_a_killed_run_is_redone(carphone, tmp_path):
     video = write_video(tmp_path / "short.mp4", carphone_frames(carphone, 8))
     root = tmp_path / "out"

@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ from pipeline.extract import ExtractConfig, extract, store_is_current
 from pipeline.heads.evaluate import Run, load_run, tables_for
 from pipeline.heads.predict import predict_videos
 from pipeline.runs import atomic_write_text, check_out_dir, sha256_file, to_jsonable
+from pipeline.video.decode import find_videos
 from pipeline.video.faces import faces
 from pipeline.video.record import read_record, record_path
 
@@ -79,6 +81,16 @@ def check_encoder(runs: dict[str, Run], encoder: Path) -> str:
                 "feature store was extracted with"
             )
     return sha
+
+
+def _check_renders_spare_the_sources(inputs, out: Path) -> None:
+    """Refuse, before any work, a render ``OUT/<source>.mp4`` that would be one of the sources
+    (``--out`` the videos' own folder)."""
+    for source in find_videos(inputs, exclude=out)[0]:
+        mp4 = out / f"{source.stem}.mp4"
+        if mp4.resolve() == source.resolve():
+            raise InputError(f"{source}: --render would write its rendered video over it ({mp4}); "
+                             "give an --out other than the videos' folder")
 
 
 def _complete_in(store: Path, videos: list[str]) -> list[str]:
@@ -173,13 +185,18 @@ def analyze(inputs, out: Path, config: AnalyzeConfig, progress: bool = True) -> 
     for key in ("encoder", "heads"):
         if not getattr(config, key):
             raise ConfigError(key, "is required; give it")
+    # absolute, so that OUT/analyze.json works as --config from any folder
+    config = replace(config, encoder=str(Path(config.encoder).resolve()),
+                     heads=tuple(str(Path(h).resolve()) for h in config.heads))
     encoder = Path(config.encoder)
     out = Path(out)
     check_out_dir(out)
     runs = load_heads(config.heads)
     encoder_sha256 = check_encoder(runs, encoder)
+    if config.render:
+        _check_renders_spare_the_sources(inputs, out)
     root = out / "faces"
-    found = faces(inputs, root, config.faces, progress)
+    found = faces(inputs, root, config.faces, progress, exclude=out)
     videos = [v for source in found["outputs"].values() for v in source]
     store = out / "features.zarr"
     device = resolve_device(config.faces.device)

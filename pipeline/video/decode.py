@@ -236,9 +236,15 @@ def read_batches(path: Path, batch_size: int, report: DecodeReport | None = None
                 thread.join(timeout=0.05)
 
 
-def find_videos(inputs: list[Path]) -> tuple[list[Path], list[Path]]:
+def find_videos(inputs: list[Path], exclude: Path | None = None) -> tuple[list[Path], list[Path]]:
     """The videos to process: each file given, and each folder's files with a video suffix
     (recursively).
+
+    Args:
+        inputs: video files and folders.
+        exclude: the command's output folder: a folder given searches around it, not into it (its
+            rendered videos are no input). A folder given that is ``exclude`` or lies in it is
+            searched whole.
 
     Returns:
         (videos, ignored): the video files in the order given (folders sorted), and the other files
@@ -246,12 +252,15 @@ def find_videos(inputs: list[Path]) -> tuple[list[Path], list[Path]]:
     Raises InputError naming a path that does not exist.
     """
     videos, ignored = [], []
+    skip = Path(exclude).resolve() if exclude is not None else None
     for path in map(Path, inputs):
         if path.is_file():
             videos.append(path)
         elif path.is_dir():
+            inside = skip is not None and path.resolve() in skip.parents
             for p in sorted(q for q in path.rglob("*") if q.is_file()
-                            and not q.name.startswith(".")):
+                            and not q.name.startswith(".")
+                            and not (inside and q.resolve().is_relative_to(skip))):
                 (videos if p.suffix.lower() in VIDEO_SUFFIXES else ignored).append(p)
         else:
             raise InputError(f"{path}: no such file or folder; pass video files or folders of "

@@ -113,6 +113,8 @@ def existing_outputs(image_root: Path, stem: str, source: Path,
 
 
 def _unique_stems(videos: list[Path]) -> None:
+    """Refuse two sources whose output videos could share a name: the same stem, or one's stem
+    another's with ``_left``/``_right`` (the names a two-person video's people get)."""
     seen: dict[str, Path] = {}
     for v in videos:
         if v.stem in seen:
@@ -120,9 +122,17 @@ def _unique_stems(videos: list[Path]) -> None:
                              "would share one folder: rename one or run them into different --out "
                              "folders")
         seen[v.stem] = v
+    for v in videos:
+        for side in ("_left", "_right"):
+            if v.stem + side in seen:
+                raise InputError(
+                    f"{seen[v.stem + side]} and {v}: {v.stem!r}'s two people, if it shows two, "
+                    f"are written as {v.stem}_left and {v.stem}_right, the name of the other "
+                    "video's crops: rename one or run them into different --out folders")
 
 
-def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool = True) -> dict:
+def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool = True,
+          exclude: Path | None = None) -> dict:
     """Detect, track and align the faces of videos into an Aff-Wild2-layout root.
 
     Args:
@@ -131,6 +141,8 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
         out: the root to write: ``out/cropped_aligned/<video>/`` and ``<video>.json`` beside it.
         config: the stage's options (default: ``FacesConfig()``).
         progress: show a frames/s bar.
+        exclude: a folder the search of ``inputs`` leaves out (default ``out``; ``analyze`` gives
+            its own output folder): :func:`pipeline.video.decode.find_videos`.
     Returns:
         a summary: root, videos found, written now, skipped (complete already), failed (with why),
         ``outputs`` (source file -> its output videos, skipped ones included), ``written_videos``
@@ -150,7 +162,7 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
     check_detector(config.detector)
     device = resolve_device(config.device)
     dist = distributed.init_distributed(device)
-    videos, ignored = find_videos(inputs)
+    videos, ignored = find_videos(inputs, exclude=root if exclude is None else exclude)
     if ignored and dist.is_main:
         shown = ", ".join(p.name for p in ignored[:3]) + (", ..." if len(ignored) > 3 else "")
         warn(f"{len(ignored)} file(s) without a video suffix ignored: {shown}")
