@@ -154,8 +154,11 @@ def test_the_python_api_returns_the_tables_and_reuses_the_work(analyzed, carphon
 def test_heads_of_another_encoder_or_twice_one_task_are_refused(carphone, trained, tmp_path):
     encoder, runs = trained
     other = make_encoder(tmp_path / "other.pt", seed=1)
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n")
     for enc, heads, message in ((other, [runs["va"]], "checkpoint_sha256"),
-                                (encoder, [runs["va"], runs["va"]], "both va runs")):
+                                (encoder, [runs["va"], runs["va"]], "both va runs"),
+                                (tmp_path / "notes.txt", [runs["va"]], "is not a readable"),
+                                (tmp_path, [runs["va"]], "a folder, not a checkpoint file")):
         result = CliRunner().invoke(cli, [str(a) for a in ["analyze", carphone, "--encoder", enc,
                                                             "--heads", *heads, "--out",
                                                             tmp_path / "out", *CPU]])

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 import features
+from pipeline.checkpoint import load_encoder
 from pipeline.config import ConfigError
 from pipeline.configs.video import IMAGE_DIR, AnalyzeConfig
 from pipeline.data.affwild2 import AU_NAMES, EXPR_CLASSES, TASKS
@@ -62,6 +63,10 @@ def check_encoder(runs: dict[str, Run], encoder: Path) -> str:
     """Refuse, before any work, heads trained on features of another encoder checkpoint than
     ``encoder`` (the full identity check follows on the store, ``Run.check_stores``); return the
     encoder file's sha256."""
+    if Path(encoder).is_dir():
+        raise InputError(f"{encoder}: a folder, not a checkpoint file; pass --encoder with the "
+                         "checkpoint file the heads' feature store was extracted with (a run's "
+                         "best.pt)")
     if not Path(encoder).is_file():
         raise InputError(f"{encoder}: encoder checkpoint not found; pass --encoder with the "
                          "checkpoint the heads' feature store was extracted with")
@@ -75,6 +80,7 @@ def check_encoder(runs: dict[str, Run], encoder: Path) -> str:
                 "each encoder's store and use `mae-affect predict`)"
             )
         if trained[0] != sha:
+            load_encoder(encoder)  # a file that is no encoder checkpoint at all is named as such
             raise InputError(
                 f"{run.path} was trained on features of the encoder with checkpoint_sha256 "
                 f"{trained[0][:12]}..., but {encoder} has {sha[:12]}...: pass the encoder its "
