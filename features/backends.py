@@ -197,8 +197,8 @@ class H5Backend:
         except OSError as e:
             raise StoreError(
                 f"cannot open HDF5 store {path} ({e}): another process may be writing it (wait for "
-                "it), or a run killed while writing left it unreadable (delete it, or pass "
-                "overwrite=True / --overwrite to start afresh; Zarr stores survive kills)") from e
+                "it), or it is damaged: a copy cut short (copy it again) or a run killed while "
+                "writing it (extract again with --overwrite; Zarr stores survive kills)") from e
         try:
             check_root_attrs(h5_decode_attrs(f.attrs, path), path)
         except StoreError:

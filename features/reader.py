@@ -117,7 +117,7 @@ class FeatureStore:
             return np.asarray(array[start:stop])
         except DAMAGED_CHUNK_ERRORS as e:
             raise StoreError(f"{self.path}: video {video!r}, array {name!r}: rows {start}:{stop} "
-                             f"cannot be read, a chunk file is damaged ({e}): "
+                             f"cannot be read, a chunk is damaged ({e}): "
                              f"{self._redo(video)}") from e
 
     def read_rows(self, video: str, start: int = 0, stop: int | None = None
