@@ -357,7 +357,8 @@ def features_info(store, data_root, as_json):
     ]
     if result["listing_stale"]:
         lines.append("listing     stale: the consolidated listing plain zarr reads differs from "
-                     "the groups (changed after consolidation); rerun extract to repair it")
+                     "the groups (changed after consolidation); repair it with `mae-affect "
+                     f"features consolidate {store}`")
     lines += [f"{k:<24}{c['videos']}/{c['annotated']} videos, {c['frames']} frames"
               for k, c in result.get("splits", {}).items()]
     emit(result, as_json, "\n".join(lines))
@@ -400,6 +401,19 @@ def features_export(store, out, overwrite, as_json):
         result = {k: v for k, v in s.info().items() if k != "attrs"}
     emit(result, as_json, f"wrote {out} ({result['format']}, {result['videos']} videos, "
                           f"{_size(result['bytes'])})")
+
+
+@features_group.command("consolidate")
+@store_argument
+@json_option
+def features_consolidate(store, as_json):
+    """Rewrite a Zarr directory store's consolidated listing from its groups (after a hand edit or
+    an unfinished writer left it stale)."""
+    import features
+
+    features.consolidate_store(store)
+    emit({"store": str(store), "consolidated": True}, as_json,
+         f"{store}: listing rewritten from its groups")
 
 
 # --- temporal heads: train | evaluate | predict | ablate ------------------------------------------

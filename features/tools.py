@@ -99,7 +99,7 @@ def verify_store(path, expected: dict[str, int] | None = None, progress: bool = 
                     f"consolidated metadata lists {len(listed.videos())} complete videos, the "
                     f"groups say {len(store.videos())} ({differ}; the store changed after it was "
                     "consolidated, by hand or by an unfinished writer): rerun extraction, or run "
-                    "features.consolidate_store(path)")
+                    f"`mae-affect features consolidate {path}`")
         if expected is not None:
             have = set(store.videos())
             for v in sorted(set(expected) - have):

@@ -546,9 +546,16 @@ def test_stale_consolidated_listing_is_reported_and_fixed(tmp_path):
         features.create_store(tmp_path / "x.h5", make_attrs(), role="worker")
     with features.create_store(path, make_attrs(), role="worker", chunk_rows=4) as w:
         write_video(w, "vid_left", *VIDEOS["vid_left"])  # after the main process consolidated
-    assert any("consolidated metadata lists 1" in p for p in features.verify_store(path))
-    features.consolidate_store(path)
+    problems = features.verify_store(path)
+    assert any("consolidated metadata lists 1" in p
+               and f"run `mae-affect features consolidate {path}`" in p for p in problems)
+    result = CliRunner().invoke(cli, ["features", "consolidate", str(path)])
+    assert result.exit_code == 0 and "listing rewritten" in result.output, result.output
     assert features.verify_store(path) == []
+    features.create_store(tmp_path / "y.h5", make_attrs()).close()
+    result = CliRunner().invoke(cli, ["features", "consolidate", str(tmp_path / "y.h5")])
+    assert (result.exit_code == 2 and result.output.count("\n") == 1
+            and "y.h5 is not a Zarr directory store" in result.output), result.output
     with features.create_store(path, make_attrs()):  # the main writer drops the listing while open
         with features.open_store(path) as s:
             assert not s.consolidated and s.videos() == ["105", "vid_left"]
