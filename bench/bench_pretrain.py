@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from pipeline.data.images import PretrainImages, find_images
+from pipeline.data.pretrain_images import PretrainImages, find_images
 from pipeline.device import autocast
 from pipeline.models.encoder import normalize
 from pipeline.models.mae import MaskedAutoencoderViT, mae_config

@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from bench import exit_on_bad_input
 from pipeline.checkpoint import read_checkpoint
-from pipeline.data.images import UnreadableImage, decode_source, find_images
+from pipeline.data.images import UnreadableImage
+from pipeline.data.pretrain_images import decode_source, find_images
 from pipeline.errors import InputError
 from pipeline.models.encoder import normalize
 from pipeline.models.mae import MAEConfig, MaskedAutoencoderViT

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from pipeline.checkpoint import encoder_checkpoint, read_checkpoint, warn
 from pipeline.config import ConfigError
 from pipeline.configs.pretrain import PretrainConfig
-from pipeline.data.images import PretrainImages, find_images
+from pipeline.data.pretrain_images import PretrainImages, find_images
 from pipeline.device import (
     autocast,
     cpu_budget,

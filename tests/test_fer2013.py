@@ -11,7 +11,7 @@ from PIL import Image
 
 from cli import cli
 from pipeline.data.fer2013 import read_fer2013
-from pipeline.data.images import PretrainImages, decode_source, find_images
+from pipeline.data.pretrain_images import PretrainImages, decode_source, find_images
 from pipeline.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -15,7 +15,8 @@ from PIL import Image
 from cli import cli
 from pipeline.checkpoint import load_encoder, read_checkpoint, save_checkpoint
 from pipeline.configs import PretrainConfig
-from pipeline.data.images import PretrainImages, decode_image, find_images
+from pipeline.data.images import decode_image
+from pipeline.data.pretrain_images import PretrainImages, find_images
 from pipeline.engine import lr_at
 from pipeline.errors import InputError
 from pipeline.models.encoder import normalize

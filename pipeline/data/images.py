@@ -1,56 +1,24 @@
-"""Face-image folders for MAE pretraining, and the one image decoder every stage uses.
+"""The one image decoder every stage uses: an image file as 8-bit RGB, as a viewer shows it.
 
-Pretraining reads any folders of jpg/png images, searched recursively (Aff-Wild2's
-``cropped_aligned`` and the output of ``mae-affect faces`` included), and FER2013's ``fer2013.csv``
-(``pipeline.data.fer2013``), with MAE's augmentation: a random resized crop (area 0.2-1.0 by
-default, aspect 3/4-4/3, bicubic) and a horizontal flip. Samples are uint8 (C, H, W); normalisation
-happens on the device (:func:`pipeline.models.encoder.normalize`), so workers ship 4x fewer bytes.
-
-The augmentation of sample ``i`` in epoch ``e`` draws from its own generator seeded by
-``(seed, e, i)``: the pictures a run sees do not depend on the number of workers or on a resume.
+Pretraining (:mod:`pipeline.data.pretrain_images`), fine-tuning (:mod:`pipeline.data.frames`),
+extraction (:func:`decode_batch`) and the plots all decode here, so a frame has the same pixels in
+every stage. Images come out uint8 (C, H, W); normalisation happens on the device
+(:func:`pipeline.models.encoder.normalize`).
 """
 
 import io
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageCms, ImageOps
-from torch.utils.data import Dataset
 
-from pipeline.data.affwild2 import IMAGE_SUFFIXES
-from pipeline.data.fer2013 import CsvImage, is_image_csv, read_fer2013
 from pipeline.data.jpeg import decode_plain_jpeg
-from pipeline.errors import InputError
 
 
 class UnreadableImage(Exception):
     """An image file that PIL cannot decode (truncated, empty, not an image)."""
-
-
-def find_images(folders: Iterable[Path], warn=None) -> list[Path | CsvImage]:
-    """All jpg/png files under each folder, recursively, sorted (so runs are reproducible); a
-    ``.csv`` file given instead of a folder is read as FER2013 (its images in file order, bad rows
-    passed to ``warn``).
-
-    Raises InputError naming the folder when one is missing or holds no image.
-    """
-    found: list[Path | CsvImage] = []
-    for folder in map(Path, folders):
-        if is_image_csv(folder):
-            found += read_fer2013(folder, warn)
-            continue
-        if not folder.is_dir():
-            raise InputError(f"image folder {folder} does not exist (or is not a folder or a "
-                             "FER2013 .csv); check --images")
-        images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                        and p.is_file())
-        if not images:
-            raise InputError(f"no .jpg/.jpeg/.png image under {folder}; check --images")
-        found += images
-    return found
 
 
 # Modes that carry 16 significant bits per sample (PNG's 16-bit grey opens as I;16, or I in older
@@ -124,27 +92,8 @@ def _as_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def load_source(source: Path | CsvImage) -> Image.Image:
-    """A pretraining source as an 8-bit RGB image: a file through :func:`load_rgb`, or a FER2013 CSV
-    row.
-
-    Raises UnreadableImage (naming the file) when a file cannot be decoded.
-    """
-    return source.rgb() if isinstance(source, CsvImage) else load_rgb(source)
-
-
-def decode_source(source: Path | CsvImage, img_size: int | None = None) -> torch.Tensor:
-    """:func:`decode_image` for any pretraining source: uint8 (3, H, W), square-resized if
-    ``img_size``."""
-    if not isinstance(source, CsvImage):
-        return decode_image(source, img_size)
-    img = source.rgb()
-    if img_size is not None and img.size != (img_size, img_size):
-        img = square_resize(img, img_size)
-    return _to_tensor(img)
-
-
-def _to_tensor(img: Image.Image) -> torch.Tensor:
+def as_tensor(img: Image.Image) -> torch.Tensor:
+    """An RGB PIL image as uint8 (3, H, W)."""
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)  # (C, H, W)
 
 
@@ -174,10 +123,12 @@ def decode_rgb(path: Path, img_size: int | None = None) -> Image.Image:
 
     Raises UnreadableImage (naming the file) when PIL cannot decode it.
     """
-    return _fit(load_rgb(path), img_size)
+    return fit_square(load_rgb(path), img_size)
 
 
-def _fit(img: Image.Image, img_size: int | None) -> Image.Image:
+def fit_square(img: Image.Image, img_size: int | None) -> Image.Image:
+    """``img`` at img_size x img_size (:func:`square_resize`), or as it is when it is that size
+    already or ``img_size`` is None."""
     if img_size is not None and img.size != (img_size, img_size):
         img = square_resize(img, img_size)
     return img
@@ -188,7 +139,7 @@ def decode_image(path: Path, img_size: int | None = None) -> torch.Tensor:
 
     Raises UnreadableImage (naming the file) when PIL cannot decode it.
     """
-    return _to_tensor(decode_rgb(path, img_size))
+    return as_tensor(decode_rgb(path, img_size))
 
 
 def decode_batch(paths: Sequence[Path], img_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,93 +153,9 @@ def decode_batch(paths: Sequence[Path], img_size: int) -> tuple[torch.Tensor, to
         plain = decode_plain_jpeg(path)  # (H, W, C) or None
         try:
             if plain is None or plain.shape[:2] != (img_size, img_size):
-                plain = np.asarray(_fit(_rgb_image(plain, path), img_size))  # (S, S, C)
+                plain = np.asarray(fit_square(_rgb_image(plain, path), img_size))  # (S, S, C)
         except UnreadableImage:  # reported by the caller
             readable[i] = False
             continue
         batch[i] = plain.transpose(2, 0, 1)  # (S, S, C) -> (C, S, S)
     return torch.from_numpy(batch), torch.from_numpy(readable)
-
-
-def random_resized_box(width: int, height: int, rng: np.random.Generator,
-                       scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
-    """A crop box (left, top, right, bottom) covering a random area fraction and aspect ratio.
-
-    Same distribution as torchvision's ``RandomResizedCrop``: ten tries at a uniform area in
-    ``scale`` and a log-uniform aspect in ``ratio``; if none fits, the largest central box within
-    ``ratio``.
-    """
-    area = width * height
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
-        w = round(math.sqrt(target * aspect))
-        h = round(math.sqrt(target / aspect))
-        if 0 < w <= width and 0 < h <= height:
-            left = int(rng.integers(0, width - w + 1))
-            top = int(rng.integers(0, height - h + 1))
-            return left, top, left + w, top + h
-    aspect = width / height
-    if aspect < ratio[0]:
-        w, h = width, round(width / ratio[0])
-    elif aspect > ratio[1]:
-        w, h = round(height * ratio[1]), height
-    else:
-        w, h = width, height
-    left, top = (width - w) // 2, (height - h) // 2
-    return left, top, left + w, top + h
-
-
-class PretrainImages(Dataset):
-    """Augmented uint8 images for MAE pretraining.
-
-    ``dataset[i] -> (image uint8 (3, S, S), bad)``, where ``bad`` is ``i`` when file ``i`` could not
-    be read (the image is then the next readable file's, so batches keep their size) and -1
-    otherwise. The training loop reports each bad file once and adds it to ``skip`` so later epochs
-    do not retry it.
-
-    Args:
-        paths: image files (or images held in a CSV, ``find_images``).
-        img_size: output side S.
-        seed: run seed; with :meth:`set_epoch` it fixes every sample's crop and flip.
-        crop_scale: area fraction range of the random resized crop (MAE's 0.2-1.0 by default).
-    """
-
-    def __init__(self, paths: Sequence[Path | CsvImage], img_size: int, seed: int = 0,
-                 crop_scale: tuple[float, float] = (0.2, 1.0)):
-        self.paths = list(paths)
-        self.img_size = img_size
-        self.seed = seed
-        self.crop_scale = crop_scale
-        self.epoch = 0
-        self.skip: set[int] = set()
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Call before each epoch's DataLoader iterator is made (workers get a fresh copy per
-        epoch)."""
-        self.epoch = epoch
-
-    def _augment(self, img: Image.Image, index: int) -> torch.Tensor:
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        box = random_resized_box(img.width, img.height, rng, scale=self.crop_scale)
-        img = img.resize((self.img_size, self.img_size), Image.BICUBIC, box=box)
-        if rng.random() < 0.5:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        return _to_tensor(img)  # (3, S, S)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        for step in range(len(self.paths)):
-            j = (index + step) % len(self.paths)
-            if j in self.skip:
-                continue
-            try:
-                img = load_source(self.paths[j])
-            except UnreadableImage:
-                continue
-            # Moving past step 0 means file ``index`` itself could not be used.
-            return self._augment(img, index), (index if step else -1)
-        raise InputError(f"none of the {len(self.paths)} images could be read (first: "
-                         f"{self.paths[0]})")

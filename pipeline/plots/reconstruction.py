@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from pipeline.data.images import UnreadableImage, decode_source
+from pipeline.data.images import UnreadableImage
+from pipeline.data.pretrain_images import decode_source
 from pipeline.errors import InputError
 from pipeline.models.encoder import PIXEL_MEAN, PIXEL_STD, normalize
 from pipeline.models.mae import MaskedAutoencoderViT
