@@ -63,7 +63,9 @@ class ZarrBackend:
         except (zarr.errors.BaseZarrError, FileNotFoundError, ValueError, zipfile.BadZipFile) as e:
             if zip_store is not None:
                 zip_store.close()
-            raise StoreError(f"cannot open Zarr store {path} ({e}): check the path") from e
+            raise StoreError(f"cannot open Zarr store {path} ({e}): not a feature store, or a "
+                             "damaged one; give a store made by `mae-affect extract` or `features "
+                             "export`") from e
         except StoreError:
             if zip_store is not None:
                 zip_store.close()

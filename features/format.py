@@ -114,7 +114,8 @@ def check_root_attrs(attrs: dict, path: Path) -> None:
     """StoreError unless ``attrs`` are those of a feature store this version can read."""
     if attrs.get("format") != FORMAT_NAME:
         raise StoreError(f"{path} is not a mae-affect feature store (root attribute format = "
-                         f"{attrs.get('format')!r}, expected {FORMAT_NAME!r})")
+                         f"{attrs.get('format')!r}, expected {FORMAT_NAME!r}): give a store made "
+                         "by `mae-affect extract` or `features export`")
     version = attrs.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise StoreError(f"{path} has format_version {version!r}; this mae-affect reads up to "

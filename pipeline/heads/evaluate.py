@@ -173,7 +173,8 @@ def load_run(run_dir: Path) -> Run:
     ckpt = read_checkpoint(path, "head checkpoint", "--run")  # plain data only, as every checkpoint
     if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path} is not a temporal-head checkpoint (written by "
-                         "`mae-affect train`)")
+                         "`mae-affect train`): give the folder of a head run (train's --out; "
+                         "in a demo's output, heads/<task>/full-model)")
     model = build_model(ckpt["model"], in_dim=ckpt["in_dim"], out_dim=ckpt["out_dim"],
                         **ckpt["head"])
     model.load_state_dict(ckpt["state_dict"])

@@ -188,9 +188,11 @@ def analyze(inputs, out: Path, config: AnalyzeConfig, progress: bool = True) -> 
     from pipeline.video.render import render_video
     from pipeline.video.timeline import report_page, timeline_png
 
-    for key in ("encoder", "heads"):
+    for key, what in (("encoder", "the encoder checkpoint the heads' feature store was "
+                                  "extracted with (a fine-tuning run's best.pt)"),
+                      ("heads", "the head run folder(s) of `mae-affect train`, one per task")):
         if not getattr(config, key):
-            raise ConfigError(key, "is required; give it")
+            raise ConfigError(key, f"is required: give {what}")
     # absolute, so that OUT/analyze.json works as --config from any folder
     config = replace(config, encoder=str(Path(config.encoder).resolve()),
                      heads=tuple(str(Path(h).resolve()) for h in config.heads))
