@@ -314,6 +314,15 @@ def test_two_people_are_tracked_as_left_and_right(carphone, tmp_path):
     assert single["outputs"] == {str(video): ["pair"]} and len(sides) == 1
 
 
+def test_two_subjects_asked_of_a_one_person_video_warn(carphone, tmp_path, capsys):
+    video = write_video(tmp_path / "one.mp4", carphone_frames(carphone, 4))
+    result = faces([video], tmp_path / "f", FacesConfig(subjects="2", device="cpu"),
+                   progress=False)
+    assert result["outputs"] == {str(video): ["one_left", "one_right"]}
+    err = capsys.readouterr().err
+    assert f"{video}: --subjects 2, but one_right had no face in any frame" in err, err
+
+
 def test_rotation_metadata_is_honoured(tmp_path):
     frames = np.zeros((6, 64, 96, 3), np.uint8)
     frames[:, :16, :16] = (255, 0, 0)  # a red top-left corner

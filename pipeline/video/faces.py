@@ -323,6 +323,10 @@ def process_video(path: Path, info: VideoInfo, root: Path, config: FacesConfig, 
         warning = report.warning(path)
         if warning:
             warn(warning)
+        faceless = [name for name, t in kept if not t.frames and len(kept) > 1]
+        if faceless:  # --subjects 2 on a video of one person
+            warn(f"{path}: --subjects 2, but {' and '.join(faceless)} had no face in any frame "
+                 "(written without crops); --subjects auto writes one video then")
         common = {
             "source": str(path.resolve()), **identity, "source_stem": stem,
             "outputs": [n for n, _ in kept],
