@@ -18,7 +18,15 @@ import zarr.errors
 import zarr.storage
 
 from .errors import StoreError
-from .format import FEATURES, PRESENT, VIDEOS, check_root_attrs, h5_decode_attrs, h5_encode_attrs
+from .format import (
+    FEATURES,
+    PRESENT,
+    VIDEOS,
+    check_root_attrs,
+    h5_decode_attrs,
+    h5_encode_attrs,
+    h5_mirror_differences,
+)
 
 # What slicing an array raises on a damaged chunk: the zstd codec a RuntimeError ("Zstd
 # decompression error") for truncated or garbled bytes, a ValueError for bytes that decode to the
@@ -173,6 +181,10 @@ class ZarrBackend:
     def nbytes(self) -> int:
         return _tree_bytes(self.path)
 
+    def mirror_differences(self) -> list[str]:
+        """Zarr keeps one copy of each attribute: nothing can differ."""
+        return []
+
     def close(self) -> None:
         if self._zip is not None:
             self._zip.close()
@@ -266,6 +278,11 @@ class H5Backend:
 
     def nbytes(self) -> int:
         return os.path.getsize(self.path)
+
+    def mirror_differences(self) -> list[str]:
+        """Root attributes whose native HDF5 copy differs from ``attrs_json``
+        (:func:`h5_mirror_differences`)."""
+        return h5_mirror_differences(self.f.attrs, self.attrs)
 
     def close(self) -> None:
         self.f.close()

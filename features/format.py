@@ -237,6 +237,17 @@ def h5_encode_attrs(attrs: dict) -> dict:
     return out
 
 
+def h5_mirror_differences(raw, attrs: dict) -> list[str]:
+    """Keys whose native HDF5 attribute in ``raw`` holds another value than the mirror
+    :func:`h5_encode_attrs` writes for ``attrs`` (the ``attrs_json`` copy), sorted; a missing
+    mirror is no difference (a reader gets no value, not a wrong one)."""
+    def plain(value):
+        return np.asarray(value.decode() if isinstance(value, bytes) else value).tolist()
+
+    return sorted(k for k, v in h5_encode_attrs(attrs).items()
+                  if k != H5_ATTRS_JSON and k in raw and plain(raw[k]) != plain(v))
+
+
 def h5_decode_attrs(raw, path: Path) -> dict:
     if H5_ATTRS_JSON not in raw:
         raise StoreError(f"{path} is an HDF5 file without the {H5_ATTRS_JSON!r} root attribute, "

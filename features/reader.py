@@ -228,6 +228,11 @@ class FeatureStore:
         listed = self._backend.listed_complete()
         return listed is not None and listed != set(self._complete)
 
+    def mirror_differences(self) -> list[str]:
+        """Root attributes whose native HDF5 copy differs from the authoritative ``attrs_json``
+        (changed by hand; a reader of ``f.attrs`` would get other values), sorted; none in Zarr."""
+        return self._backend.mirror_differences()
+
     def info(self) -> dict:
         """What made the store, how many videos and frames it holds, and its size on disk."""
         complete = [self._video_attrs[v] for v in self._complete]

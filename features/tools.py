@@ -83,6 +83,12 @@ def verify_store(path, expected: dict[str, int] | None = None, progress: bool = 
         missing_attrs = [k for k in IDENTITY_KEYS if k not in store.attrs]
         if missing_attrs:
             problems.append(f"root attributes lack {', '.join(missing_attrs)}")
+        mirrors = store.mirror_differences()
+        if mirrors:
+            problems.append(f"native HDF5 root attribute(s) {', '.join(mirrors)} differ from "
+                            "attrs_json, the authoritative copy (changed by hand): a reader of the "
+                            "native attributes gets other values; run `mae-affect features export` "
+                            "to a new file, which writes both from attrs_json")
         problems += [f"video {v}: incomplete (an interrupted run, or a group changed by hand; "
                      "rerun extraction to redo it)" for v in store.incomplete_videos()]
         for v in tqdm(store.videos(), desc="verify", unit="video", disable=not progress):

@@ -538,6 +538,21 @@ def test_two_processes_write_one_zarr_store(tmp_path):
     assert features.verify_store(path, {v: len(p) for v, (_, p) in VIDEOS.items()}) == []
 
 
+def test_verify_names_native_hdf5_attributes_that_differ_from_attrs_json(tmp_path):
+    path = tmp_path / "feats.h5"
+    with features.create_store(path, make_attrs(), chunk_rows=4) as w:
+        write_video(w, "105", *VIDEOS["105"])
+    assert features.verify_store(path) == []
+    with h5py.File(path, "r+") as f:
+        f.attrs["pooling"], f.attrs["input_size"] = "mean", 999  # attrs_json says cls, 112
+    problems = features.verify_store(path)
+    assert len(problems) == 1 and "input_size, pooling differ from attrs_json" in problems[0]
+    features.export_store(path, tmp_path / "again.h5")
+    assert features.verify_store(tmp_path / "again.h5") == []
+    with h5py.File(tmp_path / "again.h5", "r") as f:
+        assert f.attrs["pooling"] == "cls" and f.attrs["input_size"] == 112
+
+
 def test_stale_consolidated_listing_is_reported_and_fixed(tmp_path):
     path = tmp_path / "feats.zarr"
     with features.create_store(path, make_attrs(), chunk_rows=4) as w:
