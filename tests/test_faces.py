@@ -452,6 +452,18 @@ def test_a_source_named_as_another_ones_person_is_refused_before_any_work(carpho
     assert not (tmp_path / "f").exists()
 
 
+def test_an_interrupt_before_any_video_is_done_leaves_no_folder(carphone, tmp_path, monkeypatch):
+    video = write_video(tmp_path / "v.mp4", carphone_frames(carphone, 2))
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("pipeline.video.faces._save_jpeg", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        faces([video], tmp_path / "deep" / "out", CPU, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mp4"]
+
+
 def test_a_killed_run_is_redone(carphone, tmp_path):
     video = write_video(tmp_path / "short.mp4", carphone_frames(carphone, 8))
     root = tmp_path / "out"

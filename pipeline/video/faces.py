@@ -214,6 +214,9 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
             written_now += 1
             frames += written[0]["num_frames"]
             found += sum(w["faces"] for w in written)
+    except BaseException:  # Ctrl-C, a failed write: the folders this run made and left empty go
+        _remove_empty(created)
+        raise
     finally:
         bar.close()
     seconds = time.perf_counter() - start
@@ -231,9 +234,7 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
     if failed:
         if not outputs:
             if dist.is_main:  # nothing written: the folders this run made go too
-                for folder in created:  # innermost first
-                    with contextlib.suppress(OSError):  # not empty: something else is in it
-                        folder.rmdir()
+                _remove_empty(created)
             first = next(iter(failed.values()))
             raise InputError(first if len(failed) == 1
                              else f"{first} (and {len(failed) - 1} more unusable videos)")
@@ -251,6 +252,13 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
         "frames_per_s": round(frames / seconds, 1) if seconds > 0 else 0.0,
         "ranks": dist.world_size, "rank": dist.rank,
     }
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the folders a run made (innermost first) that are still empty."""
+    for folder in created:
+        with contextlib.suppress(OSError):  # not empty: something else is in it, or gone
+            folder.rmdir()
 
 
 @dataclass
