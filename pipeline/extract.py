@@ -3,22 +3,18 @@
 A frame's way: image file -> decoded into its batch (by DataLoader workers, or between batches by
 the main process: ``pipeline.device.cpu_budget``) -> uint8 batch -> device -> normalise ->
 ``encoder.forward_features`` (the encoder's own, no copy) -> pooling -> float16 rows -> the
-store's writer (on a thread of its own where the host has cores to spare:
-:func:`writes_in_background`) -> ``videos/<video>/features``. Frames of all videos form one flat
+store's writer (:mod:`pipeline.store_feeder`, on a thread of its own where the host has cores to
+spare) -> ``videos/<video>/features``. Frames of all videos form one flat
 ordered stream, so short videos share batches with long ones and the device never starves; a
 video's rows are written in chunk-sized blocks as they arrive, so memory does not grow with video
 length.
 
-Resumable: videos the store already marks complete are skipped, the rest are (re)done. Under
-torchrun the videos are split between ranks, balanced by frame count; Zarr ranks write into one
-store, HDF5 ranks into part files merged by rank 0 at the end.
+Resumable (:mod:`pipeline.extract_resume`): videos the store already marks complete are skipped,
+the rest are (re)done. Under torchrun the videos are split between ranks, balanced by frame count;
+Zarr ranks write into one store, HDF5 ranks into part files merged by rank 0 at the end.
 """
 
-import glob
-import queue
-import re
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -28,7 +24,6 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import features
-from features.format import damaged_store_of_ours, identity_differences, normalise_attrs
 from pipeline import distributed, partition
 from pipeline.checkpoint import EncoderInfo, load_encoder
 from pipeline.config import ConfigError
@@ -45,8 +40,10 @@ from pipeline.device import (
     torch_threads,
 )
 from pipeline.errors import InputError
+from pipeline.extract_resume import open_writer
 from pipeline.models.encoder import PIXEL_MEAN, PIXEL_STD, normalize, pool_tokens
 from pipeline.runs import sha256_file
+from pipeline.store_feeder import StoreFeeder, feed_batch, writes_in_background
 
 
 def select_videos(ds: AffWild2, splits: tuple[str, ...]) -> list[str]:
@@ -154,119 +151,6 @@ def encode(encoder: torch.nn.Module, images: torch.Tensor, device: torch.device,
     return pool_tokens(tokens, pooling).float().cpu()  # (B, D)
 
 
-_ABORT = object()
-
-
-def writes_in_background(device: torch.device, workers: int) -> bool:
-    """Whether extraction's store writes run on a thread of their own (:class:`StoreFeeder`).
-
-    Yes where the host has cores beside the encoder's: a CUDA device, or decode workers. No on a
-    CPU where the main process decodes between forward passes (``workers`` 0: fewer than 4 cores,
-    :func:`pipeline.device.cpu_budget`): every core runs the encoder's threads there, and a writer
-    thread waking mid-pass takes a core from one of them while the others wait for it; writing in
-    turn, like the decode, costs less (interleaved ratio 0.929 against 0.913 on 2 cores,
-    docs/results-speed.md).
-    """
-    return device.type == "cuda" or workers > 0
-
-
-class StoreFeeder:
-    """Hands batches of rows to the store, on a thread of its own or in the caller's.
-
-    Videos arrive in ``order``; a video is finished (marked complete) once the stream has moved past
-    it, and videos without any image frame are written as all-absent.
-
-    Args:
-        writer: the open store.
-        order: the videos in the order their rows arrive, each once (those without images too).
-        lengths: video -> T, its rows.
-        background: write on a thread of its own (off the compute path; errors are raised at a
-            later :meth:`put` or at :meth:`close`), else within each :meth:`put`
-            (:func:`writes_in_background` chooses).
-    """
-
-    def __init__(self, writer: features.StoreWriter, order: list[str], lengths: dict[str, int],
-                 background: bool = True):
-        self._writer = writer
-        self._order = order
-        self._lengths = lengths
-        self._next = 0  # index in order of the next video to begin
-        self._current: features.VideoWriter | None = None
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        if background:
-            self._queue: queue.Queue = queue.Queue(maxsize=16)
-            self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
-            self._thread.start()
-
-    def put(self, video: str, rows: np.ndarray, feats: np.ndarray, present: np.ndarray) -> None:
-        """Rows (n,) ascending 0-based frame rows of one video, feats (n, D), present (n,).
-
-        Raises:
-            what the store's write raised (here, or at a later call when in the background).
-        """
-        if self._thread is None:
-            self._write(video, rows, feats, present)
-            return
-        if self._error is not None:
-            raise self._error
-        self._queue.put((video, rows, feats, present))
-
-    def _advance_to(self, video: str | None) -> None:
-        """Finish the current video and every video before ``video`` in the order (None: all)."""
-        while self._current is None or self._current.name != video:
-            if self._current is not None:
-                self._current.finish()
-                self._current = None
-            if self._next == len(self._order):
-                if video is not None:
-                    raise RuntimeError(f"rows for {video!r}, which is not in the extraction order")
-                return
-            name = self._order[self._next]
-            self._next += 1
-            self._current = self._writer.begin_video(name, self._lengths[name])
-
-    def _write(self, video: str, rows: np.ndarray, feats: np.ndarray, present: np.ndarray) -> None:
-        self._advance_to(video)
-        lo = int(rows[0])
-        block = np.zeros((int(rows[-1]) - lo + 1, feats.shape[1]), feats.dtype)  # (n_span, D)
-        mask = np.zeros(len(block), bool)
-        block[rows - lo] = feats
-        mask[rows - lo] = present
-        self._current.write(lo, block, mask)
-
-    def _run(self) -> None:
-        ended = False
-        try:
-            while (item := self._queue.get()) is not _ABORT:
-                if item is None:  # the end of the stream: finish what is left
-                    ended = True
-                    self._advance_to(None)
-                    return
-                self._write(*item)
-        except BaseException as err:  # handed to the main thread by put() / close()
-            self._error = err
-            # drain: the producer never blocks
-            while not ended and self._queue.get() not in (None, _ABORT):
-                pass
-
-    def close(self) -> None:
-        """Finish every remaining video (the stream ended normally) and wait for the writes."""
-        if self._thread is None:
-            self._advance_to(None)
-            return
-        self._queue.put(None)
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-    def abort(self) -> None:
-        """Stop without finishing the current video: it stays incomplete and is redone on resume."""
-        if self._thread is not None:
-            self._queue.put(_ABORT)
-            self._thread.join()
-
-
 def store_attrs(info: EncoderInfo, pooling: str, feature_dim: int, dtype: str,
                 computed_in: str) -> dict:
     """The store's root attributes: what made it (encoder, checkpoint hash, preprocessing,
@@ -353,7 +237,7 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
 
     fmt = config.format or features.infer_format(Path(store_path))
     expected = {v: (lengths[v], v in ds.videos and len(ds.videos[v].frames) > 0) for v in videos}
-    writer, done, outdated = _open_writer(Path(store_path), attrs, fmt, config.overwrite, dist,
+    writer, done, outdated = open_writer(Path(store_path), attrs, fmt, config.overwrite, dist,
                                           expected)
     if outdated:  # rank 0's finding
         named = "; ".join(f"{v}: {why}" for v, why in outdated[:3])
@@ -387,7 +271,7 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
                     bar.write(
                         f"warning: unreadable image {paths[position + i]}: frame stored as absent",
                         file=sys.stderr)
-                _feed(feeder, batch, pooled, readable.numpy())
+                feed_batch(feeder, batch, pooled, readable.numpy())
                 position += len(pooled)
                 bar.update(len(pooled))
         feeder.close()
@@ -433,128 +317,3 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
         "workers": workers,
         "threads": threads,
     }
-
-
-def _feed(feeder: StoreFeeder, batch: list[tuple[str, int]], pooled: np.ndarray,
-          readable: np.ndarray) -> None:
-    """Split one batch into per-video runs of rows and hand them to the store's writer."""
-    names = [v for v, _ in batch]
-    rows = np.array([k - 1 for _, k in batch])  # row i = frame i + 1
-    start = 0
-    for end in [*(i for i in range(1, len(names)) if names[i] != names[i - 1]), len(names)]:
-        feeder.put(names[start], rows[start:end], pooled[start:end], readable[start:end])
-        start = end
-
-
-def _open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool, dist,
-                 expected: dict[str, tuple[int, bool]],
-                 ) -> tuple[features.StoreWriter, set[str], list[tuple[str, str]]]:
-    """The store this rank writes, the videos already complete (to skip), and on rank 0 the
-    complete videos taken back as no longer fitting the data (:func:`_take_back_outdated`, with
-    ``expected``), with why.
-
-    Zarr: rank 0 creates (or reopens) the store, the other ranks join it as workers. HDF5 under
-    torchrun: each rank writes its own part file; a part left by a killed run is resumed like the
-    store itself.
-    """
-    outdated: list[tuple[str, str]] = []
-    if fmt == "hdf5":
-        # every rank checks the parts (reading only), so that each refuses a foreign one
-        left, sound = _check_parts(path, attrs, overwrite, warn=dist.is_main)
-        distributed.barrier()
-        if dist.is_main:
-            _fold_in_parts(path, attrs, overwrite, left, sound)
-    if fmt == "hdf5" and dist.enabled:
-        parts = [features.part_path(path, r) for r in range(dist.world_size)]
-        if dist.is_main:
-            with features.create_store(path, attrs, format=fmt, overwrite=overwrite) as store:
-                outdated = _take_back_outdated(store, expected)
-        distributed.barrier()
-        # read before any part is opened to write
-        done = set().union(*(_completed(p) for p in [path, *parts]))
-        distributed.barrier()
-        return features.create_store(parts[dist.rank], attrs, format=fmt), done, outdated
-    if dist.is_main:
-        writer = features.create_store(path, attrs, format=fmt, overwrite=overwrite, role="main")
-        outdated = _take_back_outdated(writer, expected)
-    distributed.barrier()
-    if not dist.is_main:
-        writer = features.create_store(path, attrs, format=fmt, role="worker")
-    done = writer.completed()
-    distributed.barrier()  # every rank has its list before any rank (re)writes a video
-    return writer, done, outdated
-
-
-def _take_back_outdated(writer: features.StoreWriter,
-                        expected: dict[str, tuple[int, bool]]) -> list[tuple[str, str]]:
-    """Mark incomplete, so that they are extracted again, the complete videos whose rows no longer
-    fit the data: stored without a face while the video has images now, as when its crops were made
-    after a first extraction; or another frame count than ``expected`` (video -> (frames, has
-    images)) says, as when an annotation file was replaced by a longer one. Returns (video, why),
-    sorted."""
-    outdated = []
-    for video in sorted(writer.completed() & expected.keys()):
-        (stored, faces), (frames, has_images) = writer.counts(video), expected[video]
-        if faces == 0 and has_images:
-            why = "stored without a face, it has images now"
-        elif stored != frames:
-            why = f"{stored} rows stored, {frames} frames now"
-        else:
-            continue
-        writer.mark_incomplete(video)
-        outdated.append((video, why))
-    return outdated
-
-
-def _check_parts(path: Path, attrs: dict, overwrite: bool,
-                 warn: bool) -> tuple[list[Path], list[Path]]:
-    """The part files a killed torchrun extraction left beside the HDF5 store ``path`` (whatever
-    its process count), and those of them to merge: sound and made as this run makes its store
-    (``attrs``). A damaged part of ours is left out (its videos are extracted again; said when
-    ``warn``).
-
-    Raises:
-        InputError: a file with a part's name that is not a store of ours, or a part of another
-            extraction (without ``overwrite``).
-    """
-    pattern = re.compile(rf"{re.escape(path.stem)}\.part\d+{re.escape(path.suffix)}")
-    left = sorted(p for p in path.parent.glob(f"{glob.escape(path.stem)}.part*"
-                                              f"{glob.escape(path.suffix)}")
-                  if pattern.fullmatch(p.name)) if path.parent.is_dir() else []
-    given, sound = normalise_attrs(attrs), []
-    for part in left:
-        try:
-            with features.open_store(part) as opened:
-                differ = identity_differences(opened.attrs, given)
-        except features.StoreError:
-            if not damaged_store_of_ours(part):
-                raise InputError(f"{part}: named as a part file of {path} but not a feature "
-                                 "store; delete or move it") from None
-            if warn:
-                tqdm.write(f"warning: {part}: a damaged part file of a killed run; its videos "
-                           "are extracted again", file=sys.stderr)
-            continue
-        if differ and not overwrite:
-            raise InputError(f"{part}: a part file of another extraction ({'; '.join(differ)}); "
-                             "delete it, or pass --overwrite")
-        sound.append(part)
-    return left, sound
-
-
-def _fold_in_parts(path: Path, attrs: dict, overwrite: bool, left: list[Path],
-                   sound: list[Path]) -> None:
-    """Merge the ``sound`` parts of ``left`` (:func:`_check_parts`) into the HDF5 store (created
-    for them where it is missing), then delete them all; with ``overwrite``, delete them
-    unmerged (the writer starts the store afresh)."""
-    if sound and not overwrite:
-        features.create_store(path, attrs, format="hdf5").close()
-        features.merge_stores(sound, path)  # their complete videos; incomplete ones are redone
-    for part in left:
-        part.unlink()
-
-
-def _completed(path: Path) -> set[str]:
-    if not path.exists():
-        return set()
-    with features.open_store(path) as store:
-        return set(store.videos())

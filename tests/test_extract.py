@@ -15,7 +15,6 @@ from click.testing import CliRunner
 
 import features
 from cli import cli
-from pipeline import extract as extract_mod
 from pipeline.checkpoint import encoder_checkpoint, save_checkpoint
 from pipeline.data.affwild2 import AffWild2
 from pipeline.data.images import decode_image
@@ -24,6 +23,7 @@ from pipeline.extract import ExtractConfig, balance, extract, store_is_current
 from pipeline.models.encoder import normalize, pool_tokens
 from pipeline.models.mae import build_encoder
 from pipeline.runs import sha256_file
+from pipeline.store_feeder import StoreFeeder
 from tests.conftest import run_two_ranks, write_annotation, write_images
 
 TINY = dict(img_size=32, embed_dim=32, depth=2, num_heads=2)
@@ -51,13 +51,13 @@ def read_all(store_path):
 
 def spy_on_feeder(monkeypatch) -> list[bool]:
     """Where each StoreFeeder of the test writes: True on a thread of its own, False in turn."""
-    modes, real_init = [], extract_mod.StoreFeeder.__init__
+    modes, real_init = [], StoreFeeder.__init__
 
     def init(self, *args, background=True):
         modes.append(background)
         real_init(self, *args, background=background)
 
-    monkeypatch.setattr(extract_mod.StoreFeeder, "__init__", init)
+    monkeypatch.setattr(StoreFeeder, "__init__", init)
     return modes
 
 
@@ -116,7 +116,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(mini_root, ckpt, tmp_p
                           **CPU32), progress=False)
 
     calls = {"n": 0}
-    real_put = extract_mod.StoreFeeder.put
+    real_put = StoreFeeder.put
 
     def crashing_put(self, *args):
         calls["n"] += 1
@@ -124,12 +124,12 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(mini_root, ckpt, tmp_p
             raise KeyboardInterrupt
         real_put(self, *args)
 
-    monkeypatch.setattr(extract_mod.StoreFeeder, "put", crashing_put)
+    monkeypatch.setattr(StoreFeeder, "put", crashing_put)
     with pytest.raises(KeyboardInterrupt):
         extract(ExtractConfig(data=str(mini_root), ckpt=str(path),
                               store=str(tmp_path / "resumed.zarr"),
                               **{**CPU32, "workers": workers}), progress=False)
-    monkeypatch.setattr(extract_mod.StoreFeeder, "put", real_put)
+    monkeypatch.setattr(StoreFeeder, "put", real_put)
     assert features.create_store(
         tmp_path / "resumed.zarr", features.open_store(tmp_path / "whole.zarr").attrs,
     ).completed() == {"105"}
@@ -147,7 +147,7 @@ def test_an_interrupted_hdf5_extraction_leaves_its_file_closed(mini_root, ckpt, 
                                                                 monkeypatch):
     path, _ = ckpt
     store_path = tmp_path / "f.h5"
-    real_put, calls = extract_mod.StoreFeeder.put, {"n": 0}
+    real_put, calls = StoreFeeder.put, {"n": 0}
 
     def interrupted_put(self, *args):
         calls["n"] += 1
@@ -155,7 +155,7 @@ def test_an_interrupted_hdf5_extraction_leaves_its_file_closed(mini_root, ckpt, 
             raise KeyboardInterrupt
         real_put(self, *args)
 
-    monkeypatch.setattr(extract_mod.StoreFeeder, "put", interrupted_put)
+    monkeypatch.setattr(StoreFeeder, "put", interrupted_put)
     with pytest.raises(KeyboardInterrupt) as caught:
         extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(store_path), **CPU32),
                 progress=False)
