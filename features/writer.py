@@ -126,13 +126,19 @@ class VideoWriter:
                 self._flush()
             row = end
 
-    def finish(self) -> None:
-        """Write the buffered rows, then mark the video complete (the last write of the video)."""
+    def finish(self, **extra) -> None:
+        """Write the buffered rows, then mark the video complete (the last write of the video).
+
+        Args:
+            extra: more video attributes (JSON values) written with the mark; extraction adds
+                ``num_images``, the image files its frames were read from.
+        """
         if self._finished:
             return
         self._flush()
         num_present = int(np.count_nonzero(self._present[:]))
-        self._backend.set_video_attrs(self.name, {"complete": True, "num_frames": self.num_frames,
+        self._backend.set_video_attrs(self.name, {**extra, "complete": True,
+                                                  "num_frames": self.num_frames,
                                                   "num_present": num_present})
         self._backend.flush()
         self._finished = True
@@ -156,9 +162,9 @@ class StoreWriter:
                 if self._backend.video_attrs(v).get("complete") is True
                 and self._backend.has_arrays(v)}
 
-    def counts(self, name: str) -> tuple[int, int]:
-        """(num_frames, num_present) of a complete video, as its writer marked it (T rows, of
-        which num_present with a face).
+    def video_attrs(self, name: str) -> dict:
+        """The attributes of a complete video, as its writer marked it: ``num_frames`` (T rows),
+        ``num_present`` (rows with a face) and any extra ones (:meth:`VideoWriter.finish`).
 
         Raises:
             KeyError: ``name`` is not a complete video of the store (:meth:`completed`).
@@ -166,7 +172,7 @@ class StoreWriter:
         attrs = self._backend.video_attrs(name)
         if attrs.get("complete") is not True:
             raise KeyError(name)
-        return int(attrs["num_frames"]), int(attrs["num_present"])
+        return attrs
 
     def mark_incomplete(self, name: str) -> None:
         """Take back a video's ``complete`` mark: readers skip it and the next extraction redoes it
@@ -195,7 +201,7 @@ class StoreWriter:
             self._backend.consolidate()
         self._backend.close()
 
-    def abandon(self) -> None:
+    def abort(self) -> None:
         """Close after a failed or interrupted run, without finishing anything: an HDF5 file is
         flushed and closed (not left open in the process, as a notebook's traceback would keep it);
         a Zarr store stays as its last write left it, its listing consolidated at the next close.

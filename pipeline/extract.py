@@ -14,6 +14,7 @@ the rest are (re)done. Under torchrun the videos are split between ranks, balanc
 Zarr ranks write into one store, HDF5 ranks into part files merged by rank 0 at the end.
 """
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -151,11 +152,15 @@ def encode(encoder: torch.nn.Module, images: torch.Tensor, device: torch.device,
     return pool_tokens(tokens, pooling).float().cpu()  # (B, D)
 
 
+def _named(found: list[tuple[str, str]]) -> str:
+    """The first three (video, why) as one clause, "; ..." after them when there are more."""
+    return "; ".join(f"{v}: {why}" for v, why in found[:3]) + ("; ..." if len(found) > 3 else "")
+
+
 def store_attrs(info: EncoderInfo, pooling: str, feature_dim: int, dtype: str,
-                computed_in: str) -> dict:
+                compute_dtype: str) -> dict:
     """The store's root attributes: what made it (encoder, checkpoint hash, preprocessing,
-    pooling, the precision the encoder ran in: ``computed_in``, bfloat16 or float32, stored as
-    ``compute_dtype``)."""
+    pooling, the precision the encoder ran in: ``compute_dtype``, bfloat16 or float32)."""
     return {
         "encoder": info.model_name,
         "encoder_config": info.model_config,
@@ -166,7 +171,7 @@ def store_attrs(info: EncoderInfo, pooling: str, feature_dim: int, dtype: str,
         "pooling": pooling,
         "feature_dim": feature_dim,
         "dtype": dtype,
-        "compute_dtype": computed_in,
+        "compute_dtype": compute_dtype,
     }
 
 
@@ -236,31 +241,36 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
                         compute_dtype(device, config.bf16))
 
     fmt = config.format or features.infer_format(Path(store_path))
-    expected = {v: (lengths[v], v in ds.videos and len(ds.videos[v].frames) > 0) for v in videos}
-    writer, done, outdated = open_writer(Path(store_path), attrs, fmt, config.overwrite, dist,
-                                          expected)
-    if outdated:  # rank 0's finding
-        named = "; ".join(f"{v}: {why}" for v, why in outdated[:3])
-        tqdm.write(f"extract: {len(outdated)} video(s) in {store_path} no longer fit the data "
-                   f"({named}{'; ...' if len(outdated) > 3 else ''}); extracting them again",
-                   file=sys.stderr)
-    todo = [v for v in videos if v not in done]
-    if len(todo) < len(videos) and dist.is_main:  # said under --json too (on stderr)
-        tqdm.write(f"extract: {len(videos) - len(todo)} of the {len(videos)} videos are in "
-                   f"{store_path} already; extracting the other {len(todo)}", file=sys.stderr)
-    mine = balance(todo, lengths, dist.world_size)[dist.rank]
+    image_counts = {v: len(ds.videos[v].frames) if v in ds.videos else 0 for v in videos}
+    writer, done, outdated, kept = open_writer(
+        Path(store_path), attrs, fmt, config.overwrite, dist,
+        {v: (lengths[v], image_counts[v]) for v in videos})
+    feeder = bar = None
+    try:  # from here on, a failure closes the store (an HDF5 file is not left open)
+        if outdated:  # rank 0's findings
+            tqdm.write(f"extract: {len(outdated)} video(s) in {store_path} no longer fit the data "
+                       f"({_named(outdated)}); extracting them again", file=sys.stderr)
+        if kept:
+            tqdm.write(f"warning: {len(kept)} video(s) in {store_path} have fewer images in the "
+                       f"data than they were extracted from ({_named(kept)}); kept as stored "
+                       "(--overwrite extracts every video afresh)", file=sys.stderr)
+        todo = [v for v in videos if v not in done]
+        if len(todo) < len(videos) and dist.is_main:  # said under --json too (on stderr)
+            tqdm.write(f"extract: {len(videos) - len(todo)} of the {len(videos)} videos are in "
+                       f"{store_path} already; extracting the other {len(todo)}", file=sys.stderr)
+        mine = balance(todo, lengths, dist.world_size)[dist.rank]
 
-    frames = [(v, int(k)) for v in mine if v in ds.videos for k in ds.videos[v].frames]
-    paths = [ds.videos[v].image_path(k) for v, k in frames]
-    loader = frame_loader(paths, info.img_size, batch_size, workers, device)
-    feeder = StoreFeeder(writer, mine, lengths, background=writes_in_background(device, workers))
-    unreadable: list[str] = []
-    bar = tqdm(total=len(frames), unit="frame",
-               desc=f"extract{f' (rank 0 of {dist.world_size})' if dist.enabled else ''}",
-               disable=not (progress and dist.is_main) or not frames, dynamic_ncols=True)
-    start = time.perf_counter()
-    position = 0
-    try:
+        frames = [(v, int(k)) for v in mine if v in ds.videos for k in ds.videos[v].frames]
+        paths = [ds.videos[v].image_path(k) for v, k in frames]
+        loader = frame_loader(paths, info.img_size, batch_size, workers, device)
+        feeder = StoreFeeder(writer, mine, lengths, image_counts,
+                             background=writes_in_background(device, workers))
+        unreadable: list[str] = []
+        bar = tqdm(total=len(frames), unit="frame",
+                   desc=f"extract{f' (rank 0 of {dist.world_size})' if dist.enabled else ''}",
+                   disable=not (progress and dist.is_main) or not frames, dynamic_ncols=True)
+        start = time.perf_counter()
+        position = 0
         with torch.inference_mode(), torch_threads(threads):
             for images, readable in loader:
                 pooled = encode(encoder, images, device, pooling, config.bf16, info.pixel_mean,
@@ -276,11 +286,14 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
                 bar.update(len(pooled))
         feeder.close()
     except BaseException:
-        feeder.abort()
-        writer.abandon()
+        if feeder is not None:
+            feeder.abort()
+        with contextlib.suppress(Exception):  # the error that stopped the run is the one to see
+            writer.abort()
         raise
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     seconds = time.perf_counter() - start
     # Workers close first; rank 0 closes (consolidating Zarr metadata) and merges HDF5 parts after
     # them.

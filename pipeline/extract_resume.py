@@ -1,7 +1,8 @@
 """Opening extraction's store so that a run resumes where an earlier one stopped.
 
 Videos the store marks complete are skipped; complete videos that no longer fit the data (crops
-made since, an annotation file replaced) are taken back and done again. Under torchrun Zarr ranks
+made since, an annotation file replaced) are taken back and done again, and those for which the
+data now has fewer images are kept as they are, with a warning. Under torchrun Zarr ranks
 write into one store; HDF5 ranks write part files merged by rank 0 at the end, and the parts a
 killed run left are checked and merged first, whatever its process count.
 """
@@ -20,21 +21,32 @@ from pipeline.errors import InputError
 
 
 def open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool, dist,
-                 expected: dict[str, tuple[int, bool]],
-                 ) -> tuple[features.StoreWriter, set[str], list[tuple[str, str]]]:
-    """The store this rank writes, the videos already complete (to skip), and on rank 0 the
-    complete videos taken back as no longer fitting the data (:func:`_take_back_outdated`, with
-    ``expected``: video -> (frames, has images)), with why.
-
-    Args:
-        path: the store; attrs: the root attributes this run writes; fmt: "zarr" or "hdf5";
-        overwrite: start afresh; dist: the process group (``pipeline.distributed``).
+                expected: dict[str, tuple[int, int]],
+                ) -> tuple[features.StoreWriter, set[str], list[tuple[str, str]],
+                           list[tuple[str, str]]]:
+    """The store this rank writes and the videos already complete (to skip); on rank 0, with
+    ``expected`` (video -> (frames, image files) the data gives now), the complete videos taken
+    back as no longer fitting the data and those kept though the data now gives less
+    (:func:`_take_back_outdated`), each with why.
 
     Zarr: rank 0 creates (or reopens) the store, the other ranks join it as workers. HDF5 under
     torchrun: each rank writes its own part file; a part left by a killed run is resumed like the
     store itself.
+
+    Args:
+        path: the store.
+        attrs: the root attributes this run writes.
+        fmt: "zarr" or "hdf5".
+        overwrite: start the store afresh.
+        dist: the process group (:func:`pipeline.distributed.init_distributed`).
+        expected: video -> (frames, image files) of the selected videos.
+
+    Raises:
+        InputError: a part file beside an HDF5 store that is not ours, or of another extraction.
+        features.StoreError: the store is of another extraction (without ``overwrite``), or not a
+            store.
     """
-    outdated: list[tuple[str, str]] = []
+    taken: tuple[list, list] = ([], [])
     if fmt == "hdf5":
         # every rank checks the parts (reading only), so that each refuses a foreign one
         left, sound = _check_parts(path, attrs, overwrite, warn=dist.is_main)
@@ -45,42 +57,56 @@ def open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool, dist,
         parts = [features.part_path(path, r) for r in range(dist.world_size)]
         if dist.is_main:
             with features.create_store(path, attrs, format=fmt, overwrite=overwrite) as store:
-                outdated = _take_back_outdated(store, expected)
+                taken = _take_back_outdated(store, expected)
         distributed.barrier()
         # read before any part is opened to write
         done = set().union(*(_completed(p) for p in [path, *parts]))
         distributed.barrier()
-        return features.create_store(parts[dist.rank], attrs, format=fmt), done, outdated
+        return features.create_store(parts[dist.rank], attrs, format=fmt), done, *taken
     if dist.is_main:
         writer = features.create_store(path, attrs, format=fmt, overwrite=overwrite, role="main")
-        outdated = _take_back_outdated(writer, expected)
+        try:
+            taken = _take_back_outdated(writer, expected)
+        except BaseException:
+            writer.abort()
+            raise
     distributed.barrier()
     if not dist.is_main:
         writer = features.create_store(path, attrs, format=fmt, role="worker")
     done = writer.completed()
     distributed.barrier()  # every rank has its list before any rank (re)writes a video
-    return writer, done, outdated
+    return writer, done, *taken
 
 
-def _take_back_outdated(writer: features.StoreWriter,
-                        expected: dict[str, tuple[int, bool]]) -> list[tuple[str, str]]:
+def _take_back_outdated(writer: features.StoreWriter, expected: dict[str, tuple[int, int]],
+                        ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """Mark incomplete, so that they are extracted again, the complete videos whose rows no longer
-    fit the data: stored without a face while the video has images now, as when its crops were made
-    after a first extraction; or another frame count than ``expected`` (video -> (frames, has
-    images)) says, as when an annotation file was replaced by a longer one. Returns (video, why),
-    sorted."""
-    outdated = []
+    fit the data ``expected`` gives (video -> (frames, image files)):
+    - more image files than the video was extracted from (crops made since a first extraction);
+    - the same images, another frame count (an annotation file replaced).
+    A video whose data now has fewer image files (a second image root moved away, a copy without
+    it) is kept as stored: redoing it would turn faces into absent rows (``--overwrite`` does).
+    A store written before ``num_images`` was kept counts its faces as its images.
+
+    Returns:
+        (taken back, kept though the data gives less), each (video, why), sorted.
+    """
+    outdated, kept = [], []
     for video in sorted(writer.completed() & expected.keys()):
-        (stored, faces), (frames, has_images) = writer.counts(video), expected[video]
-        if faces == 0 and has_images:
-            why = "stored without a face, it has images now"
+        attrs, (frames, images) = writer.video_attrs(video), expected[video]
+        stored, had = int(attrs["num_frames"]), int(attrs.get("num_images", attrs["num_present"]))
+        if images < had:
+            kept.append((video, f"extracted from {had} images, the data has {images} now"))
+            continue
+        if images > had:
+            why = f"extracted from {had} images, it has {images} now"
         elif stored != frames:
             why = f"{stored} rows stored, {frames} frames now"
         else:
             continue
         writer.mark_incomplete(video)
         outdated.append((video, why))
-    return outdated
+    return outdated, kept
 
 
 def _check_parts(path: Path, attrs: dict, overwrite: bool,

@@ -22,10 +22,10 @@ def writes_in_background(device: torch.device, workers: int) -> bool:
 
     Yes where the host has cores beside the encoder's: a CUDA device, or decode workers. No on a
     CPU where the main process decodes between forward passes (``workers`` 0: fewer than 4 cores,
-    :func:`pipeline.device.cpu_budget`): every core runs the encoder's threads there, and a writer
-    thread waking mid-pass takes a core from one of them while the others wait for it; writing in
-    turn, like the decode, costs less (interleaved ratio 0.929 against 0.913 on 2 cores,
-    docs/results-speed.md).
+    :func:`pipeline.device.cpu_budget`, or ``--workers 0``): every core runs the encoder's threads
+    there, and a writer thread waking mid-pass takes a core from one of them while the others wait
+    for it; writing in turn, like the decode, costs less (interleaved ratio 0.929 against 0.913 on
+    2 cores, docs/results-speed.md).
     """
     return device.type == "cuda" or workers > 0
 
@@ -33,23 +33,25 @@ def writes_in_background(device: torch.device, workers: int) -> bool:
 class StoreFeeder:
     """Hands batches of rows to the store, on a thread of its own or in the caller's.
 
-    Videos arrive in ``order``; a video is finished (marked complete) once the stream has moved past
-    it, and videos without any image frame are written as all-absent.
+    Videos arrive in ``order``; a video is finished (marked complete, with its ``num_images``) once
+    the stream has moved past it, and videos without any image frame are written as all-absent.
 
     Args:
         writer: the open store.
         order: the videos in the order their rows arrive, each once (those without images too).
         lengths: video -> T, its rows.
+        images: video -> the image files its frames are read from (0: none).
         background: write on a thread of its own (off the compute path; errors are raised at a
             later :meth:`put` or at :meth:`close`), else within each :meth:`put`
             (:func:`writes_in_background` chooses).
     """
 
     def __init__(self, writer: features.StoreWriter, order: list[str], lengths: dict[str, int],
-                 background: bool = True):
+                 images: dict[str, int], background: bool = True):
         self._writer = writer
         self._order = order
         self._lengths = lengths
+        self._images = images
         self._next = 0  # index in order of the next video to begin
         self._current: features.VideoWriter | None = None
         self._error: BaseException | None = None
@@ -76,7 +78,7 @@ class StoreFeeder:
         """Finish the current video and every video before ``video`` in the order (None: all)."""
         while self._current is None or self._current.name != video:
             if self._current is not None:
-                self._current.finish()
+                self._current.finish(num_images=self._images[self._current.name])
                 self._current = None
             if self._next == len(self._order):
                 if video is not None:
@@ -111,7 +113,11 @@ class StoreFeeder:
                 pass
 
     def close(self) -> None:
-        """Finish every remaining video (the stream ended normally) and wait for the writes."""
+        """Finish every remaining video (the stream ended normally) and wait for the writes.
+
+        Raises:
+            what a write raised (in the background: one not raised yet by :meth:`put`).
+        """
         if self._thread is None:
             self._advance_to(None)
             return
@@ -127,14 +133,12 @@ class StoreFeeder:
             self._thread.join()
 
 
-
-
 def feed_batch(feeder: StoreFeeder, batch: list[tuple[str, int]], pooled: np.ndarray,
-          readable: np.ndarray) -> None:
-    """Split one batch into per-video runs of rows and hand them to the store's writer.
+               readable: np.ndarray) -> None:
+    """Split one batch into per-video runs of rows and hand them to the feeder.
 
     Args:
-        feeder: the writer of the run.
+        feeder: the run's feeder.
         batch: (video, 1-based frame number) of each row, in stream order.
         pooled: (B, D) the rows; readable: (B,) bool, a face image was read for the row.
     """

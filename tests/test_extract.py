@@ -254,7 +254,7 @@ def test_a_failing_final_write_raises_instead_of_hanging(mini_root, ckpt, tmp_pa
     path, _ = ckpt
     modes = spy_on_feeder(monkeypatch)
 
-    def full_disk(self):
+    def full_disk(self, **extra):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(features.VideoWriter, "finish", full_disk)
@@ -345,7 +345,7 @@ def test_a_rerun_redoes_complete_videos_that_no_longer_fit_the_data(mini_root, c
     said = [line for line in capsys.readouterr().err.splitlines() if "no longer fit" in line]
     assert len(said) == 1 and "2 video(s)" in said[0] and "extracting them again" in said[0]
     assert "105: 3 rows stored, 5 frames now" in said[0]
-    assert "noface: stored without a face, it has images now" in said[0]
+    assert "noface: extracted from 0 images, it has 3 now" in said[0]
     with features.open_store(store_path) as store:
         assert store.num_frames("105") == 5 and store.num_present("105") == 3
         # a video with images is as long as its last image or annotation (a test video's example
@@ -357,6 +357,32 @@ def test_a_rerun_redoes_complete_videos_that_no_longer_fit_the_data(mini_root, c
     capsys.readouterr()
     assert extract(config, progress=False)["extracted"] == 0
     assert "no longer fit" not in capsys.readouterr().err
+
+
+def test_a_rerun_keeps_a_video_whose_images_are_gone_and_one_whose_images_do_not_decode(
+        mini_root, ckpt, tmp_path, capsys):
+    # vid_left's images are all unreadable
+    path, _ = ckpt
+    for image in (mini_root / "cropped_aligned" / "vid_left").iterdir():
+        image.write_bytes(b"a Git LFS pointer, not a JPEG")
+    store_path = tmp_path / "f.zarr"
+    config = ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(store_path), **CPU32)
+    extract(config, progress=False)
+    first = read_all(store_path)
+    assert first["105"][1].all() and not first["vid_left"][1].any()
+    # two of 105's three crops are lost (an unfinished copy, a sync that dropped files)
+    for k in (2, 3):
+        (mini_root / "cropped_aligned_new_50_vids" / "105" / f"{k:05d}.jpg").unlink()
+    capsys.readouterr()
+    result = extract(config, progress=False)
+    assert result["extracted"] == 0 and result["skipped"] == 2
+    err = capsys.readouterr().err
+    assert "no longer fit" not in err
+    assert ("warning: 1 video(s) in" in err and "105: extracted from 3 images, the data has 1 now"
+            in err and "kept as stored" in err), err
+    kept = read_all(store_path)
+    np.testing.assert_array_equal(kept["105"][0], first["105"][0])
+    assert kept["105"][1].all()
 
 
 @pytest.mark.slow
