@@ -252,15 +252,24 @@ def test_output_beside_the_sources_is_never_read_as_input_nor_written_over_them(
         return CliRunner().invoke(cli, [str(a) for a in [
             "analyze", "videos", "--out", out, *relative, *CPU, *options]])
 
-    # --out the videos' folder: the render would replace the source
-    result = run("videos", "--render")
+    # --out the videos' folder (spelt another way): its outputs would mix with the videos
+    result = run("videos/.", "--render")
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "--out videos is the videos' own folder videos" in result.output
+    # a source given by name inside --out: the render would replace it
+    result = CliRunner().invoke(cli, [str(a) for a in [
+        "analyze", "videos/wall.mp4", "--out", "videos", *relative, *CPU, "--render"]])
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
     assert "videos/wall.mp4: --render would write its rendered video over it" in result.output
     assert (videos / "wall.mp4").read_bytes() == before and sorted(
         p.name for p in videos.iterdir()) == ["wall.mp4"]
-    # --out inside the videos' folder: the second run does not take the first's render as input
-    for _ in range(2):
-        result = run("videos/analysis", "--render", "--json")
+    (tmp_path / "link").symlink_to(videos)
+    result = run("link", "--render")
+    assert result.exit_code == 2 and "is the videos' own folder" in result.output, result.output
+    # --out inside the videos' folder (the second time through a symlink): a rerun does not take
+    # the first run's render or crops for input
+    for out in ("videos/analysis", "link/analysis"):
+        result = run(out, "--render", "--json")
         assert result.exit_code == 0, result.output
         assert "without a video suffix" not in result.output
     assert (videos / "wall.mp4").read_bytes() == before

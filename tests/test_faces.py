@@ -448,7 +448,8 @@ def test_a_source_named_as_another_ones_person_is_refused_before_any_work(carpho
         tmp_path / "in" / "two_left.mp4", frames)
     result = run_cli("faces", tmp_path / "in", "--out", tmp_path / "f", "--device", "cpu")
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
-    assert f"{b} and {a}: 'two'" in result.output and "two_left and two_right" in result.output
+    assert (f"{b} and {a}: 'two'" in result.output and "two_left and two_right" in result.output
+            and "'two_left' would name the crops of both" in result.output), result.output
     assert not (tmp_path / "f").exists()
 
 
@@ -462,6 +463,16 @@ def test_an_interrupt_before_any_video_is_done_leaves_no_folder(carphone, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         faces([video], tmp_path / "deep" / "out", CPU, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mp4"]
+
+
+def test_crops_written_into_the_videos_folder_are_not_read_as_input(carphone, tmp_path):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    write_video(clips / "v.mp4", carphone_frames(carphone, 2))
+    first = run_cli("faces", clips, "--out", clips, "--device", "cpu", "--json")
+    again = run_cli("faces", clips, "--out", clips, "--device", "cpu", "--json")
+    assert first.exit_code == 0 and again.exit_code == 0, again.output
+    assert "without a video suffix" not in again.output and '"skipped": 1' in again.output
 
 
 def test_a_killed_run_is_redone(carphone, tmp_path):

@@ -18,6 +18,7 @@ named in both. ``analyze`` returns the per-frame tables as well (column -> array
 import csv
 import io
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -36,7 +37,7 @@ from pipeline.extract import ExtractConfig, extract, store_is_current
 from pipeline.heads.evaluate import Run, load_run, tables_for
 from pipeline.heads.predict import predict_videos
 from pipeline.runs import atomic_write_text, check_out_dir, sha256_file, to_jsonable
-from pipeline.video.decode import find_videos
+from pipeline.video.decode import find_videos, same_file
 from pipeline.video.faces import faces
 from pipeline.video.record import read_record, record_path
 
@@ -89,14 +90,22 @@ def check_encoder(runs: dict[str, Run], encoder: Path) -> str:
     return sha
 
 
-def _check_renders_spare_the_sources(inputs, out: Path) -> None:
-    """Refuse, before any work, a render ``OUT/<source>.mp4`` that would be one of the sources
-    (``--out`` the videos' own folder)."""
-    for source in find_videos(inputs, exclude=out)[0]:
-        mp4 = out / f"{source.stem}.mp4"
-        if mp4.resolve() == source.resolve():
-            raise InputError(f"{source}: --render would write its rendered video over it ({mp4}); "
-                             "give an --out other than the videos' folder")
+def _check_out_spares_the_inputs(inputs, out: Path, render: bool) -> None:
+    """Refuse, before any work, an ``out`` that is an input folder (its CSVs, renders and
+    ``faces/`` would mix with the videos, and a rerun would read them), and a render
+    ``OUT/<source>.mp4`` that would be a source given by name (the same file on disk, whatever
+    its spelling)."""
+    for given in map(Path, inputs):
+        if given.is_dir() and same_file(given, out):
+            raise InputError(f"--out {out} is the videos' own folder {given}: give another "
+                             f"--out (e.g. {given / 'analysis'})")
+    if render:
+        for source in find_videos(inputs, exclude=out)[0]:
+            mp4 = out / f"{source.stem}.mp4"
+            if same_file(mp4, source):
+                raise InputError(f"{source}: --render would write its rendered video over it "
+                                 f"({mp4}); give an --out other than the videos' folder")
+
 
 
 def _complete_in(store: Path, videos: list[str]) -> list[str]:
@@ -180,9 +189,11 @@ def analyze(inputs, out: Path, config: AnalyzeConfig, progress: bool = True) -> 
         summaries; ``analyze``, the resolved settings) and ``tables``: video -> per-frame table
         (``frame_table``).
     Raises:
-        InputError for unusable videos (one, or all), ``out`` being a file, head runs of one task
-        given twice, heads trained on features of another encoder than ``encoder`` or on several
-        stores side by side; each before any folder is made. ``OUT/features.zarr`` made by another
+        InputError for unusable videos (one, or all), ``out`` being a file or an input folder, a
+        render that would replace a source, an ``encoder`` that is a folder or no checkpoint, head
+        runs of one task given twice, heads trained on features of another encoder than
+        ``encoder`` or on several stores side by side; each before any folder is made.
+        ConfigError: ``encoder`` or ``heads`` not given. ``OUT/features.zarr`` made by another
         encoder or precision is extracted afresh.
     """
     from pipeline.video.render import render_video
@@ -193,16 +204,15 @@ def analyze(inputs, out: Path, config: AnalyzeConfig, progress: bool = True) -> 
                       ("heads", "the head run folder(s) of `mae-affect train`, one per task")):
         if not getattr(config, key):
             raise ConfigError(key, f"is required: give {what}")
-    # absolute, so that OUT/analyze.json works as --config from any folder
-    config = replace(config, encoder=str(Path(config.encoder).resolve()),
-                     heads=tuple(str(Path(h).resolve()) for h in config.heads))
+    # absolute (symlinks kept as typed), so that OUT/analyze.json works as --config from any folder
+    config = replace(config, encoder=os.path.abspath(config.encoder),
+                     heads=tuple(os.path.abspath(h) for h in config.heads))
     encoder = Path(config.encoder)
     out = Path(out)
     check_out_dir(out)
     runs = load_heads(config.heads)
     encoder_sha256 = check_encoder(runs, encoder)
-    if config.render:
-        _check_renders_spare_the_sources(inputs, out)
+    _check_out_spares_the_inputs(inputs, out, config.render)
     root = out / "faces"
     found = faces(inputs, root, config.faces, progress, exclude=out)
     videos = [v for source in found["outputs"].values() for v in source]

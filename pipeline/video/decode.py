@@ -15,6 +15,7 @@ stamps.
   file that cannot be opened, has no video stream or yields no frame raises :class:`VideoError`.
 """
 
+import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -238,13 +239,14 @@ def read_batches(path: Path, batch_size: int, report: DecodeReport | None = None
 
 def find_videos(inputs: list[Path], exclude: Path | None = None) -> tuple[list[Path], list[Path]]:
     """The videos to process: each file given, and each folder's files with a video suffix
-    (recursively).
+    (recursively, not into symlinked folders, not into ``exclude``).
 
     Args:
         inputs: video files and folders.
-        exclude: the command's output folder: a folder given searches around it, not into it (its
-            rendered videos are no input). A folder given that is ``exclude`` or lies in it is
-            searched whole.
+        exclude: the command's output folder (``faces``: its ``cropped_aligned``; ``analyze``: its
+            ``--out``): a folder given is searched around it, not into it, so that what the command
+            wrote is never taken for input. Matched as the same folder on disk (a symlink, another
+            letter case on a case-insensitive disk), not by its spelling.
 
     Returns:
         (videos, ignored): the video files in the order given (folders sorted), and the other files
@@ -252,17 +254,34 @@ def find_videos(inputs: list[Path], exclude: Path | None = None) -> tuple[list[P
     Raises InputError naming a path that does not exist.
     """
     videos, ignored = [], []
-    skip = Path(exclude).resolve() if exclude is not None else None
+    skip = Path(exclude) if exclude is not None and Path(exclude).is_dir() else None
     for path in map(Path, inputs):
         if path.is_file():
             videos.append(path)
         elif path.is_dir():
-            inside = skip is not None and path.resolve() in skip.parents
-            for p in sorted(q for q in path.rglob("*") if q.is_file()
-                            and not q.name.startswith(".")
-                            and not (inside and q.resolve().is_relative_to(skip))):
+            for p in _files_under(path, skip):
                 (videos if p.suffix.lower() in VIDEO_SUFFIXES else ignored).append(p)
         else:
             raise InputError(f"{path}: no such file or folder; pass video files or folders of "
                              "videos")
     return videos, ignored
+
+
+def _files_under(folder: Path, skip: Path | None) -> list[Path]:
+    """The files under ``folder`` (names not starting with "."), sorted, leaving out every
+    subfolder that is ``skip`` on disk."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        if skip is not None:
+            dirnames[:] = [d for d in dirnames if not same_file(os.path.join(dirpath, d), skip)]
+        found += [p for p in (Path(dirpath) / f for f in filenames if not f.startswith("."))
+                  if p.is_file()]
+    return sorted(found)
+
+
+def same_file(a, b) -> bool:
+    """Whether two paths are one file or folder on disk (False where either is missing)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

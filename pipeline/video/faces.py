@@ -126,9 +126,10 @@ def _unique_stems(videos: list[Path]) -> None:
         for side in ("_left", "_right"):
             if v.stem + side in seen:
                 raise InputError(
-                    f"{seen[v.stem + side]} and {v}: {v.stem!r}'s two people, if it shows two, "
-                    f"are written as {v.stem}_left and {v.stem}_right, the name of the other "
-                    "video's crops: rename one or run them into different --out folders")
+                    f"{seen[v.stem + side]} and {v}: {v.stem!r}'s crops are {v.stem}, or "
+                    f"{v.stem}_left and {v.stem}_right for two people (as Aff-Wild2 names them), "
+                    f"so {v.stem + side!r} would name the crops of both: rename one or run them "
+                    "into different --out folders")
 
 
 def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool = True,
@@ -141,8 +142,8 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
         out: the root to write: ``out/cropped_aligned/<video>/`` and ``<video>.json`` beside it.
         config: the stage's options (default: ``FacesConfig()``).
         progress: show a frames/s bar.
-        exclude: a folder the search of ``inputs`` leaves out (default ``out``; ``analyze`` gives
-            its own output folder): :func:`pipeline.video.decode.find_videos`.
+        exclude: a folder the search of ``inputs`` leaves out (default ``out/cropped_aligned``;
+            ``analyze`` gives its own output folder): :func:`pipeline.video.decode.find_videos`.
     Returns:
         a summary: root, videos found, written now, skipped (complete already), failed (with why),
         ``outputs`` (source file -> its output videos, skipped ones included), ``written_videos``
@@ -151,8 +152,9 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
         faces, seconds, frames/s.
     Raises:
         InputError when no input is a usable video (a single bad file, an empty folder), ``out`` is
-        a file, for options out of range, for a name clash with an earlier run and for a source
-        that changed since its crops were made; a bad file among others is a warning. Nothing is
+        a file, for options out of range, for two sources whose crops could share a name (one stem,
+        or ``a`` beside ``a_left``), for a name clash with an earlier run and for a source that
+        changed since its crops were made; a bad file among others is a warning. Nothing is
         left behind by a refusal.
     """
     config = config or FacesConfig()
@@ -162,7 +164,8 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
     check_detector(config.detector)
     device = resolve_device(config.device)
     dist = distributed.init_distributed(device)
-    videos, ignored = find_videos(inputs, exclude=root if exclude is None else exclude)
+    image_root = root / IMAGE_DIR
+    videos, ignored = find_videos(inputs, exclude=image_root if exclude is None else exclude)
     if ignored and dist.is_main:
         shown = ", ".join(p.name for p in ignored[:3]) + (", ..." if len(ignored) > 3 else "")
         warn(f"{len(ignored)} file(s) without a video suffix ignored: {shown}")
@@ -170,7 +173,6 @@ def faces(inputs, out: Path, config: FacesConfig | None = None, progress: bool =
         raise InputError(f"no video file in {', '.join(map(str, inputs))}; pass videos (.mp4, "
                          ".avi, .mov, ...)")
     _unique_stems(videos)
-    image_root = root / IMAGE_DIR
     # made when a video is written; removed again if none is usable
     created = [d for d in (image_root, *image_root.parents) if not d.exists()]
 
