@@ -24,8 +24,8 @@ from torch.utils.data import Dataset, Sampler
 
 from pipeline.configs.finetune import BALANCE_MODES
 from pipeline.data.affwild2 import AU_NAMES, EXPR_CLASSES, AffWild2
+from pipeline.data.crops import random_resized_box
 from pipeline.data.images import UnreadableImage, decode_image, load_rgb
-from pipeline.data.pretrain_images import random_resized_box
 from pipeline.errors import InputError
 
 

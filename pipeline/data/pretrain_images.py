@@ -11,7 +11,6 @@ The augmentation of sample ``i`` in epoch ``e`` draws from its own generator see
 ``(seed, e, i)``: the pictures a run sees do not depend on the number of workers or on a resume.
 """
 
-import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from pipeline.data.affwild2 import IMAGE_SUFFIXES
+from pipeline.data.crops import random_resized_box
 from pipeline.data.fer2013 import CsvImage, is_image_csv, read_fer2013
 from pipeline.data.images import UnreadableImage, as_tensor, fit_square, load_rgb
 from pipeline.errors import InputError
@@ -65,35 +65,6 @@ def decode_source(source: Path | CsvImage, img_size: int | None = None) -> torch
     Raises UnreadableImage (naming the file) when a file cannot be decoded.
     """
     return as_tensor(fit_square(load_source(source), img_size))
-
-
-def random_resized_box(width: int, height: int, rng: np.random.Generator,
-                       scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
-    """A crop box (left, top, right, bottom) covering a random area fraction and aspect ratio.
-
-    Same distribution as torchvision's ``RandomResizedCrop``: ten tries at a uniform area in
-    ``scale`` and a log-uniform aspect in ``ratio``; if none fits, the largest central box within
-    ``ratio``.
-    """
-    area = width * height
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
-        w = round(math.sqrt(target * aspect))
-        h = round(math.sqrt(target / aspect))
-        if 0 < w <= width and 0 < h <= height:
-            left = int(rng.integers(0, width - w + 1))
-            top = int(rng.integers(0, height - h + 1))
-            return left, top, left + w, top + h
-    aspect = width / height
-    if aspect < ratio[0]:
-        w, h = width, round(width / ratio[0])
-    elif aspect > ratio[1]:
-        w, h = round(height * ratio[1]), height
-    else:
-        w, h = width, height
-    left, top = (width - w) // 2, (height - h) // 2
-    return left, top, left + w, top + h
 
 
 class PretrainImages(Dataset):
