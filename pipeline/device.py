@@ -118,8 +118,10 @@ def cpu_budget(device: torch.device, workers: int | None = None, threads: int | 
       core free again for the step), else ``C // 8`` (at least 1) beside ``C - workers`` threads:
       decoding a frame costs a small share of its forward pass (docs/results-speed.md).
 
-    Auto threads never exceed torch's current count, so a limit set by ``OMP_NUM_THREADS`` (torchrun
-    sets it to 1 for several processes) or by the caller (``torch.set_num_threads``) is kept.
+    Threads left at ``None`` take the cores the workers leave, whether the workers were given or
+    chosen. Auto threads never exceed torch's current count, so a limit set by
+    ``OMP_NUM_THREADS`` (torchrun sets it to 1 for several processes) or by the caller
+    (``torch.set_num_threads``) is kept.
 
     Returns:
         (workers, threads), both resolved.
