@@ -85,6 +85,12 @@ class FeatureStore:
         self._check_video(video)
         return int(self._video_attrs[video]["num_frames"])
 
+    def video_attrs(self, video: str) -> dict:
+        """A complete video's attributes: ``complete``, ``num_frames``, ``num_present`` and any
+        its writer added (``num_images`` from extract). Raises StoreError: not a complete video."""
+        self._check_video(video)
+        return dict(self._video_attrs[video])
+
     def num_present(self, video: str) -> int:
         """Rows with a face (``present`` true). Raises StoreError: not a complete video."""
         self._check_video(video)

@@ -164,7 +164,9 @@ def _copy_videos(sources: list[FeatureStore], writer, skip: set[str], progress: 
             vw.write(a, features, present)
             all_present[a:a + len(present)] = present
         s.check_stored(v, all_present)
-        vw.finish()
+        # the writer's own attributes (num_images) go along; the marks are written afresh
+        vw.finish(**{k: a for k, a in s.video_attrs(v).items()
+                     if k not in ("complete", "num_frames", "num_present")})
 
 
 def _write_new(sources: list[FeatureStore], dst: Path, fmt: str, progress: bool) -> None:

@@ -387,17 +387,24 @@ def test_a_rerun_keeps_a_video_whose_images_are_gone_and_one_whose_images_do_not
 
 @pytest.mark.slow
 def test_two_ranks_redo_a_video_of_an_hdf5_store_that_no_longer_fits(mini_root, ckpt, tmp_path):
-    # under torchrun HDF5 ranks write part files merged into the store, which must replace the
-    # store's own outdated copy
+    # under torchrun HDF5 ranks write part files merged into the store: the merge keeps each
+    # video's num_images (else a video with an unreadable image would be redone on every run), and
+    # replaces the store's own outdated copy
     path, _ = ckpt
+    (mini_root / "cropped_aligned" / "vid_left" / "00002.jpg").write_bytes(b"not a jpeg")
     store_path = tmp_path / "f.h5"
-    extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(store_path), **CPU32),
-            progress=False)
+    two_ranks = ["extract", "--data", str(mini_root), "--ckpt", str(path), "--store",
+                 str(store_path), "--device", "cpu", "--workers", "0", "--batch-size", "4",
+                 "--dtype", "float32", "--no-bf16"]
+    assert run_two_ranks(*two_ranks)[0]["extracted"] == 2
+    with features.open_store(store_path) as store:
+        assert store.video_attrs("vid_left")["num_images"] == 4
+        assert store.num_present("vid_left") == 3
+    assert extract(ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(store_path),
+                                 **CPU32), progress=False)["extracted"] == 0
     write_annotation(mini_root, "VA_Estimation_Challenge", "Validation_Set", "105", "va",
                      ["0.1,0.1"] * 5)
-    summary, _ = run_two_ranks("extract", "--data", str(mini_root), "--ckpt", str(path), "--store",
-                               str(store_path), "--device", "cpu", "--workers", "0", "--batch-size",
-                               "4", "--dtype", "float32", "--no-bf16")
+    summary, _ = run_two_ranks(*two_ranks)
     assert summary["extracted"] == 1 and summary["skipped"] == 1
     assert features.verify_store(store_path, {"105": 5, "vid_left": 6}) == []
     assert not list(tmp_path.glob("f.part*.h5"))
