@@ -137,9 +137,9 @@ class VideoWriter:
             return
         self._flush()
         num_present = int(np.count_nonzero(self._present[:]))
-        self._backend.set_video_attrs(self.name, {**extra, "complete": True,
-                                                  "num_frames": self.num_frames,
-                                                  "num_present": num_present})
+        # complete last: HDF5 writes the keys one by one
+        self._backend.set_video_attrs(self.name, {**extra, "num_frames": self.num_frames,
+                                                  "num_present": num_present, "complete": True})
         self._backend.flush()
         self._finished = True
 
@@ -173,6 +173,14 @@ class StoreWriter:
         if attrs.get("complete") is not True:
             raise KeyError(name)
         return attrs
+
+    def present(self, name: str) -> np.ndarray:
+        """(T,) bool: the stored ``present`` flags of a video (a row with a face).
+
+        Raises:
+            KeyError: no such video.
+        """
+        return np.asarray(self._backend.arrays(name)[1][:], bool)
 
     def mark_incomplete(self, name: str) -> None:
         """Take back a video's ``complete`` mark: readers skip it and the next extraction redoes it

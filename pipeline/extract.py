@@ -30,7 +30,7 @@ from pipeline.checkpoint import EncoderInfo, load_encoder
 from pipeline.config import ConfigError
 from pipeline.configs.extract import ExtractConfig
 from pipeline.data.affwild2 import TASKS, TEST, AffWild2
-from pipeline.data.images import decode_batch
+from pipeline.data.images import UnreadableImage, decode_batch, decode_image
 from pipeline.device import (
     autocast,
     compute_dtype,
@@ -228,12 +228,6 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
         tqdm.write(f"warning: skipped {len(empty)} listed video(s) of unknown length (no images, "
                    f"annotation or example-file rows): {', '.join(empty[:5])}", file=sys.stderr)
     videos = [v for v in videos if lengths[v] > 0]
-    imageless = [v for v in videos if v not in ds.videos]
-    if imageless and dist.is_main:
-        named = ", ".join(f"{v} ({lengths[v]} frames)" for v in imageless[:5])
-        tqdm.write(f"warning: {len(imageless)} listed video(s) have no images and are stored as "
-                   f"all-absent (every frame without a face, filled like one): {named}"
-                   f"{', ...' if len(imageless) > 5 else ''}", file=sys.stderr)
 
     encoder, info = load_extraction_encoder(ckpt, device)
     pooling = config.pooling or info.pooling or "cls"
@@ -241,29 +235,44 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
                         compute_dtype(device, config.bf16))
 
     fmt = config.format or features.infer_format(Path(store_path))
-    image_counts = {v: len(ds.videos[v].frames) if v in ds.videos else 0 for v in videos}
+    image_frames = {v: np.asarray(ds.videos[v].frames if v in ds.videos else [], np.int64)
+                    for v in videos}  # 1-based frame numbers with an image file
+
+    def decodes(video: str, frame: int) -> bool:
+        try:
+            decode_image(ds.videos[video].image_path(frame))
+            return True
+        except UnreadableImage:
+            return False
+
     writer, done, outdated, kept = open_writer(
         Path(store_path), attrs, fmt, config.overwrite, dist,
-        {v: (lengths[v], image_counts[v]) for v in videos})
+        {v: (lengths[v], image_frames[v]) for v in videos}, decodes)
     feeder = bar = None
     try:  # from here on, a failure closes the store (an HDF5 file is not left open)
         if outdated:  # rank 0's findings
             tqdm.write(f"extract: {len(outdated)} video(s) in {store_path} no longer fit the data "
                        f"({_named(outdated)}); extracting them again", file=sys.stderr)
         if kept:
-            tqdm.write(f"warning: {len(kept)} video(s) in {store_path} have fewer images in the "
-                       f"data than they were extracted from ({_named(kept)}); kept as stored "
-                       "(--overwrite extracts every video afresh)", file=sys.stderr)
+            tqdm.write(f"warning: {len(kept)} video(s) in {store_path} have faces whose images "
+                       f"are gone from the data ({_named(kept)}); kept as stored (a fresh store "
+                       "extracts them from the data as it is now)", file=sys.stderr)
         todo = [v for v in videos if v not in done]
         if len(todo) < len(videos) and dist.is_main:  # said under --json too (on stderr)
             tqdm.write(f"extract: {len(videos) - len(todo)} of the {len(videos)} videos are in "
                        f"{store_path} already; extracting the other {len(todo)}", file=sys.stderr)
+        imageless = [v for v in todo if not len(image_frames[v])]
+        if imageless and dist.is_main:
+            named = ", ".join(f"{v} ({lengths[v]} frames)" for v in imageless[:5])
+            tqdm.write(f"warning: {len(imageless)} listed video(s) have no images and are stored "
+                       f"as all-absent (every frame without a face, filled like one): {named}"
+                       f"{', ...' if len(imageless) > 5 else ''}", file=sys.stderr)
         mine = balance(todo, lengths, dist.world_size)[dist.rank]
 
         frames = [(v, int(k)) for v in mine if v in ds.videos for k in ds.videos[v].frames]
         paths = [ds.videos[v].image_path(k) for v, k in frames]
         loader = frame_loader(paths, info.img_size, batch_size, workers, device)
-        feeder = StoreFeeder(writer, mine, lengths, image_counts,
+        feeder = StoreFeeder(writer, mine, lengths, {v: len(image_frames[v]) for v in mine},
                              background=writes_in_background(device, workers))
         unreadable: list[str] = []
         bar = tqdm(total=len(frames), unit="frame",

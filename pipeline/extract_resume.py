@@ -1,8 +1,8 @@
 """Opening extraction's store so that a run resumes where an earlier one stopped.
 
 Videos the store marks complete are skipped; complete videos that no longer fit the data (crops
-made since, an annotation file replaced) are taken back and done again, and those for which the
-data now has fewer images are kept as they are, with a warning. Under torchrun Zarr ranks
+made since, images fixed, an annotation file replaced) are taken back and done again, and those
+whose faces have lost their images are kept as they are, with a warning. Under torchrun Zarr ranks
 write into one store; HDF5 ranks write part files merged by rank 0 at the end, and the parts a
 killed run left are checked and merged first, whatever its process count.
 """
@@ -10,8 +10,10 @@ killed run left are checked and merged first, whatever its process count.
 import glob
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 import features
@@ -21,13 +23,12 @@ from pipeline.errors import InputError
 
 
 def open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool, dist,
-                expected: dict[str, tuple[int, int]],
+                expected: dict[str, tuple[int, np.ndarray]], decodes: Callable[[str, int], bool],
                 ) -> tuple[features.StoreWriter, set[str], list[tuple[str, str]],
                            list[tuple[str, str]]]:
-    """The store this rank writes and the videos already complete (to skip); on rank 0, with
-    ``expected`` (video -> (frames, image files) the data gives now), the complete videos taken
-    back as no longer fitting the data and those kept though the data now gives less
-    (:func:`_take_back_outdated`), each with why.
+    """The store this rank writes and the videos already complete (to skip); on rank 0 the
+    complete videos taken back as no longer fitting the data and those kept though some of their
+    faces lost their images (:func:`_take_back_outdated`), each with why.
 
     Zarr: rank 0 creates (or reopens) the store, the other ranks join it as workers. HDF5 under
     torchrun: each rank writes its own part file; a part left by a killed run is resumed like the
@@ -39,7 +40,7 @@ def open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool, dist,
         fmt: "zarr" or "hdf5".
         overwrite: start the store afresh.
         dist: the process group (:func:`pipeline.distributed.init_distributed`).
-        expected: video -> (frames, image files) of the selected videos.
+        expected, decodes: the data now, as :func:`_take_back_outdated` takes them.
 
     Raises:
         InputError: a part file beside an HDF5 store that is not ours, or of another extraction.
@@ -57,7 +58,7 @@ def open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool, dist,
         parts = [features.part_path(path, r) for r in range(dist.world_size)]
         if dist.is_main:
             with features.create_store(path, attrs, format=fmt, overwrite=overwrite) as store:
-                taken = _take_back_outdated(store, expected)
+                taken = _take_back_outdated(store, expected, decodes)
         distributed.barrier()
         # read before any part is opened to write
         done = set().union(*(_completed(p) for p in [path, *parts]))
@@ -66,7 +67,7 @@ def open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool, dist,
     if dist.is_main:
         writer = features.create_store(path, attrs, format=fmt, overwrite=overwrite, role="main")
         try:
-            taken = _take_back_outdated(writer, expected)
+            taken = _take_back_outdated(writer, expected, decodes)
         except BaseException:
             writer.abort()
             raise
@@ -78,28 +79,47 @@ def open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool, dist,
     return writer, done, *taken
 
 
-def _take_back_outdated(writer: features.StoreWriter, expected: dict[str, tuple[int, int]],
+def _take_back_outdated(writer: features.StoreWriter,
+                        expected: dict[str, tuple[int, np.ndarray]],
+                        decodes: Callable[[str, int], bool],
                         ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """Mark incomplete, so that they are extracted again, the complete videos whose rows no longer
-    fit the data ``expected`` gives (video -> (frames, image files)):
-    - more image files than the video was extracted from (crops made since a first extraction);
-    - the same images, another frame count (an annotation file replaced).
-    A video whose data now has fewer image files (a second image root moved away, a copy without
-    it) is kept as stored: redoing it would turn faces into absent rows (``--overwrite`` does).
-    A store written before ``num_images`` was kept counts its faces as its images.
+    fit the data, judged frame by frame against the stored ``present`` flags:
+
+    - *lost*: a row with a face whose image is gone now (a second image root moved away, a copy
+      short of files). The video is kept as stored, with why: redoing it would turn faces into
+      absent rows (``--overwrite`` redoes every video).
+    - *new*: an image now for a row stored without a face: crops made since, or an image that did
+      not decode then (``num_images - num_present`` of them; a store written before
+      ``num_images`` was kept counts none). More new images than those, or the first of them
+      decoding now (a file fixed, as a Git LFS pointer pulled), takes the video back.
+    - otherwise another frame count than the data gives now (an annotation file replaced) takes
+      it back.
+
+    Args:
+        writer: the store, open on rank 0.
+        expected: video -> (frames the data gives now, its image frame numbers (1-based)).
+        decodes: (video, frame number) -> whether that frame's image file decodes now.
 
     Returns:
-        (taken back, kept though the data gives less), each (video, why), sorted.
+        (taken back, kept though the data has lost images), each (video, why), sorted.
     """
     outdated, kept = [], []
     for video in sorted(writer.completed() & expected.keys()):
         attrs, (frames, images) = writer.video_attrs(video), expected[video]
-        stored, had = int(attrs["num_frames"]), int(attrs.get("num_images", attrs["num_present"]))
-        if images < had:
-            kept.append((video, f"extracted from {had} images, the data has {images} now"))
+        stored, present = int(attrs["num_frames"]), writer.present(video)  # present (T,)
+        has_image = np.zeros(max(stored, int(images.max(initial=0))), bool)
+        has_image[images - 1] = True
+        lost = int(np.count_nonzero(present & ~has_image[:stored]))
+        if lost:
+            length = f"; {stored} rows stored, {frames} frames now" if stored != frames else ""
+            kept.append((video, f"{lost} of its faces have no image now{length}"))
             continue
-        if images > had:
-            why = f"extracted from {had} images, it has {images} now"
+        new = images[(images > stored) | ~present[np.minimum(images, stored) - 1]]
+        undecoded = (int(attrs["num_images"]) - int(attrs["num_present"])
+                     if "num_images" in attrs else 0)
+        if len(new) > undecoded or (len(new) and decodes(video, int(new[0]))):
+            why = f"{len(new)} image(s) now for rows stored without a face"
         elif stored != frames:
             why = f"{stored} rows stored, {frames} frames now"
         else:

@@ -345,7 +345,7 @@ def test_a_rerun_redoes_complete_videos_that_no_longer_fit_the_data(mini_root, c
     said = [line for line in capsys.readouterr().err.splitlines() if "no longer fit" in line]
     assert len(said) == 1 and "2 video(s)" in said[0] and "extracting them again" in said[0]
     assert "105: 3 rows stored, 5 frames now" in said[0]
-    assert "noface: extracted from 0 images, it has 3 now" in said[0]
+    assert "noface: 3 image(s) now for rows stored without a face" in said[0]
     with features.open_store(store_path) as store:
         assert store.num_frames("105") == 5 and store.num_present("105") == 3
         # a video with images is as long as its last image or annotation (a test video's example
@@ -378,11 +378,22 @@ def test_a_rerun_keeps_a_video_whose_images_are_gone_and_one_whose_images_do_not
     assert result["extracted"] == 0 and result["skipped"] == 2
     err = capsys.readouterr().err
     assert "no longer fit" not in err
-    assert ("warning: 1 video(s) in" in err and "105: extracted from 3 images, the data has 1 now"
-            in err and "kept as stored" in err), err
+    assert ("warning: 1 video(s) in" in err and "105: 2 of its faces have no image now" in err
+            and "kept as stored" in err), err
     kept = read_all(store_path)
     np.testing.assert_array_equal(kept["105"][0], first["105"][0])
     assert kept["105"][1].all()
+    # one pointer deleted: no face lost, nothing new, nothing said
+    (mini_root / "cropped_aligned" / "vid_left" / "00005.jpg").unlink()
+    capsys.readouterr()
+    assert extract(config, progress=False)["extracted"] == 0
+    assert "vid_left" not in capsys.readouterr().err
+    # the pointers are pulled (the files decode now): vid_left is extracted again, with its faces
+    write_images(mini_root, "vid_left", [1, 2, 4, 5])
+    capsys.readouterr()
+    assert extract(config, progress=False)["extracted"] == 1
+    assert "vid_left: 4 image(s) now for rows stored without a face" in capsys.readouterr().err
+    assert read_all(store_path)["vid_left"][1].sum() == 4
 
 
 @pytest.mark.slow
