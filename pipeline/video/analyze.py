@@ -18,7 +18,6 @@ named in both. ``analyze`` returns the per-frame tables as well (column -> array
 import csv
 import io
 import json
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -105,7 +104,6 @@ def _check_out_spares_the_inputs(inputs, out: Path, render: bool) -> None:
             if same_file(mp4, source):
                 raise InputError(f"{source}: --render would write its rendered video over it "
                                  f"({mp4}); give an --out other than the videos' folder")
-
 
 
 def _complete_in(store: Path, videos: list[str]) -> list[str]:
@@ -205,8 +203,8 @@ def analyze(inputs, out: Path, config: AnalyzeConfig, progress: bool = True) -> 
         if not getattr(config, key):
             raise ConfigError(key, f"is required: give {what}")
     # absolute (symlinks kept as typed), so that OUT/analyze.json works as --config from any folder
-    config = replace(config, encoder=os.path.abspath(config.encoder),
-                     heads=tuple(os.path.abspath(h) for h in config.heads))
+    config = replace(config, encoder=str(Path(config.encoder).absolute()),
+                     heads=tuple(str(Path(h).absolute()) for h in config.heads))
     encoder = Path(config.encoder)
     out = Path(out)
     check_out_dir(out)
