@@ -261,7 +261,7 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
         if len(todo) < len(videos) and dist.is_main:  # said under --json too (on stderr)
             tqdm.write(f"extract: {len(videos) - len(todo)} of the {len(videos)} videos are in "
                        f"{store_path} already; extracting the other {len(todo)}", file=sys.stderr)
-        imageless = [v for v in todo if not len(image_frames[v])]
+        imageless = [v for v in todo if v not in ds.videos]
         if imageless and dist.is_main:
             named = ", ".join(f"{v} ({lengths[v]} frames)" for v in imageless[:5])
             tqdm.write(f"warning: {len(imageless)} listed video(s) have no images and are stored "
