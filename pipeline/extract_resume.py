@@ -7,6 +7,7 @@ write into one store; HDF5 ranks write part files merged by rank 0 at the end, a
 killed run left are checked and merged first, whatever its process count.
 """
 
+import contextlib
 import glob
 import re
 import sys
@@ -64,17 +65,21 @@ def open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool, dist,
         done = set().union(*(_completed(p) for p in [path, *parts]))
         distributed.barrier()
         return features.create_store(parts[dist.rank], attrs, format=fmt), done, *taken
-    if dist.is_main:
-        writer = features.create_store(path, attrs, format=fmt, overwrite=overwrite, role="main")
-        try:
+    writer = None
+    try:  # a failure closes the store again (an HDF5 file is not left open)
+        if dist.is_main:
+            writer = features.create_store(path, attrs, format=fmt, overwrite=overwrite,
+                                           role="main")
             taken = _take_back_outdated(writer, expected, decodes)
-        except BaseException:
-            writer.abort()
-            raise
-    distributed.barrier()
-    if not dist.is_main:
-        writer = features.create_store(path, attrs, format=fmt, role="worker")
-    done = writer.completed()
+        distributed.barrier()
+        if not dist.is_main:
+            writer = features.create_store(path, attrs, format=fmt, role="worker")
+        done = writer.completed()
+    except BaseException:
+        if writer is not None:
+            with contextlib.suppress(Exception):  # the first error is the one to see
+                writer.abort()
+        raise
     distributed.barrier()  # every rank has its list before any rank (re)writes a video
     return writer, done, *taken
 

@@ -170,6 +170,26 @@ def test_an_interrupted_hdf5_extraction_leaves_its_file_closed(mini_root, ckpt, 
     assert read.stdout.split() == ["[]", "['105']"]
 
 
+def test_a_failure_while_opening_an_hdf5_store_leaves_it_closed(mini_root, ckpt, tmp_path,
+                                                                 monkeypatch):
+    path, _ = ckpt
+    store_path = tmp_path / "f.h5"
+    config = ExtractConfig(data=str(mini_root), ckpt=str(path), store=str(store_path), **CPU32)
+    extract(config, progress=False)
+
+    def unreadable(self):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(features.StoreWriter, "completed", unreadable)
+    with pytest.raises(OSError, match="Input/output error") as caught:
+        extract(config, progress=False)
+    assert caught.traceback  # kept, as a notebook keeps it
+    read = subprocess.run([sys.executable, "-c", "import features, sys; "
+                           "print(features.open_store(sys.argv[1]).videos())", str(store_path)],
+                          capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert read.returncode == 0 and read.stdout.split() == ["['105',", "'vid_left']"], read.stderr
+
+
 def test_corrupt_image_is_reported_and_marked_absent(mini_root, ckpt, tmp_path, capsys):
     path, _ = ckpt
     bad = mini_root / "cropped_aligned" / "vid_left" / "00002.jpg"
