@@ -228,6 +228,10 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
         tqdm.write(f"warning: skipped {len(empty)} listed video(s) of unknown length (no images, "
                    f"annotation or example-file rows): {', '.join(empty[:5])}", file=sys.stderr)
     videos = [v for v in videos if lengths[v] > 0]
+    unknown = [v for v in config.redo if v not in videos]
+    if unknown:
+        raise ConfigError("redo", f"{unknown[0]!r} is not a video this run extracts (of "
+                                  f"{len(videos)} selected by splits {', '.join(config.splits)})")
 
     encoder, info = load_extraction_encoder(ckpt, device)
     pooling = config.pooling or info.pooling or "cls"
@@ -247,12 +251,12 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
 
     writer, done, outdated, kept = open_writer(
         Path(store_path), attrs, fmt, config.overwrite, dist,
-        {v: (lengths[v], image_frames[v]) for v in videos}, decodes)
+        {v: (lengths[v], image_frames[v]) for v in videos}, decodes, config.redo)
     feeder = bar = None
     try:  # from here on, a failure closes the store (an HDF5 file is not left open)
         if outdated:  # rank 0's findings
-            tqdm.write(f"extract: {len(outdated)} video(s) in {store_path} no longer fit the data "
-                       f"({_named(outdated)}); extracting them again", file=sys.stderr)
+            tqdm.write(f"extract: {len(outdated)} complete video(s) in {store_path} are extracted "
+                       f"again ({_named(outdated)})", file=sys.stderr)
         if kept:
             tqdm.write(f"warning: {len(kept)} video(s) in {store_path} have faces whose images "
                        f"are gone from the data ({_named(kept)}); kept as stored (a fresh store "

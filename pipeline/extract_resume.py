@@ -25,6 +25,7 @@ from pipeline.errors import InputError
 
 def open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool, dist,
                 expected: dict[str, tuple[int, np.ndarray]], decodes: Callable[[str, int], bool],
+                redo: tuple[str, ...] = (),
                 ) -> tuple[features.StoreWriter, set[str], list[tuple[str, str]],
                            list[tuple[str, str]]]:
     """The store this rank writes and the videos already complete (to skip); on rank 0 the
@@ -42,6 +43,7 @@ def open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool, dist,
         overwrite: start the store afresh.
         dist: the process group (:func:`pipeline.distributed.init_distributed`).
         expected, decodes: the data now, as :func:`_take_back_outdated` takes them.
+        redo: videos to take back whatever the data says (``--redo``).
 
     Raises:
         InputError: a part file beside an HDF5 store that is not ours, or of another extraction.
@@ -59,7 +61,7 @@ def open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool, dist,
         parts = [features.part_path(path, r) for r in range(dist.world_size)]
         if dist.is_main:
             with features.create_store(path, attrs, format=fmt, overwrite=overwrite) as store:
-                taken = _take_back_outdated(store, expected, decodes)
+                taken = _take_back_outdated(store, expected, decodes, redo)
         distributed.barrier()
         # read before any part is opened to write
         done = set().union(*(_completed(p) for p in [path, *parts]))
@@ -70,7 +72,7 @@ def open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool, dist,
         if dist.is_main:
             writer = features.create_store(path, attrs, format=fmt, overwrite=overwrite,
                                            role="main")
-            taken = _take_back_outdated(writer, expected, decodes)
+            taken = _take_back_outdated(writer, expected, decodes, redo)
         distributed.barrier()
         if not dist.is_main:
             writer = features.create_store(path, attrs, format=fmt, role="worker")
@@ -86,7 +88,7 @@ def open_writer(path: Path, attrs: dict, fmt: str, overwrite: bool, dist,
 
 def _take_back_outdated(writer: features.StoreWriter,
                         expected: dict[str, tuple[int, np.ndarray]],
-                        decodes: Callable[[str, int], bool],
+                        decodes: Callable[[str, int], bool], redo: tuple[str, ...] = (),
                         ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """Mark incomplete, so that they are extracted again, the complete videos whose rows no longer
     fit the data, judged frame by frame against the stored ``present`` flags:
@@ -105,12 +107,17 @@ def _take_back_outdated(writer: features.StoreWriter,
         writer: the store, open on rank 0.
         expected: video -> (frames the data gives now, its image frame numbers (1-based)).
         decodes: (video, frame number) -> whether that frame's image file decodes now.
+        redo: videos taken back whatever the data says (asked for by name).
 
     Returns:
         (taken back, kept though the data has lost images), each (video, why), sorted.
     """
     outdated, kept = [], []
     for video in sorted(writer.completed() & expected.keys()):
+        if video in redo:
+            writer.mark_incomplete(video)
+            outdated.append((video, "asked for by --redo"))
+            continue
         attrs, (frames, images) = writer.video_attrs(video), expected[video]
         stored, present = int(attrs["num_frames"]), writer.present(video)  # present (T,)
         has_image = np.zeros(max(stored, int(images.max(initial=0))), bool)

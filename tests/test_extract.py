@@ -362,8 +362,8 @@ def test_a_rerun_redoes_complete_videos_that_no_longer_fit_the_data(mini_root, c
     capsys.readouterr()
     result = extract(config, progress=False)
     assert result["extracted"] == 2 and result["skipped"] == 1  # vid_left still fits
-    said = [line for line in capsys.readouterr().err.splitlines() if "no longer fit" in line]
-    assert len(said) == 1 and "2 video(s)" in said[0] and "extracting them again" in said[0]
+    said = [line for line in capsys.readouterr().err.splitlines() if "extracted again" in line]
+    assert len(said) == 1 and "2 complete video(s)" in said[0]
     assert "105: 3 rows stored, 5 frames now" in said[0]
     assert "noface: 3 image(s) now for rows stored without a face" in said[0]
     with features.open_store(store_path) as store:
@@ -376,7 +376,7 @@ def test_a_rerun_redoes_complete_videos_that_no_longer_fit_the_data(mini_root, c
     # a third run finds everything in place
     capsys.readouterr()
     assert extract(config, progress=False)["extracted"] == 0
-    assert "no longer fit" not in capsys.readouterr().err
+    assert "extracted again" not in capsys.readouterr().err
 
 
 def test_a_rerun_keeps_a_video_whose_images_are_gone_and_one_whose_images_do_not_decode(
@@ -397,7 +397,7 @@ def test_a_rerun_keeps_a_video_whose_images_are_gone_and_one_whose_images_do_not
     result = extract(config, progress=False)
     assert result["extracted"] == 0 and result["skipped"] == 2
     err = capsys.readouterr().err
-    assert "no longer fit" not in err
+    assert "extracted again" not in err
     assert ("warning: 1 video(s) in" in err and "105: 2 of its faces have no image now" in err
             and "kept as stored" in err), err
     kept = read_all(store_path)
@@ -414,6 +414,18 @@ def test_a_rerun_keeps_a_video_whose_images_are_gone_and_one_whose_images_do_not
     assert extract(config, progress=False)["extracted"] == 1
     assert "vid_left: 4 image(s) now for rows stored without a face" in capsys.readouterr().err
     assert read_all(store_path)["vid_left"][1].sum() == 4
+    # --redo names a video to extract again whatever the data says; a name not selected is refused
+    result = CliRunner().invoke(cli, ["extract", "--data", str(mini_root), "--ckpt", str(path),
+                                      "--store", str(store_path), "--device", "cpu", "--workers",
+                                      "0", "--no-bf16", "--dtype", "float32", "--batch-size", "4",
+                                      "--redo", "105", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "105: asked for by --redo" in result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["extracted"] == 1
+    result = CliRunner().invoke(cli, ["extract", "--data", str(mini_root), "--ckpt", str(path),
+                                      "--store", str(store_path), "--redo", "106"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "error: --redo '106' is not a video this run extracts" in result.output
 
 
 @pytest.mark.slow

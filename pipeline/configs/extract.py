@@ -33,6 +33,8 @@ class ExtractConfig:
     device: str = setting("auto", "auto, cpu or cuda.", choices=DEVICES)
     bf16: bool = setting(True, "bf16 autocast (CUDA, and CPUs with native bf16).")
     overwrite: bool = setting(False, "Delete an existing store of ours and start afresh.")
+    redo: tuple[str, ...] = setting((), "Videos to extract again though the store holds them "
+                                        "complete (repeat the option for several).")
 
     def __post_init__(self):
         check_choices(self)
