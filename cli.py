@@ -65,11 +65,12 @@ class _Group(click.Group):
         from pipeline.cli_config import describe_error
         from pipeline.config import ConfigError
 
+        rank = os.environ.get("RANK", "0")  # under torchrun every process gets here
         try:
             return super().invoke(ctx)
         except _user_errors() as err:
             text = describe_error(ctx, err) if isinstance(err, ConfigError) else str(err)
-            rank = os.environ.get("RANK", "0")  # under torchrun each process says it, rank named
+            # each process says it, ranks other than 0 named
             click.echo(f"{f'rank {rank}: ' if rank != '0' else ''}error: {' '.join(text.split())}",
                        err=True)
             ctx.exit(2)
@@ -78,7 +79,7 @@ class _Group(click.Group):
         except click.UsageError as err:  # an unknown option, a missing argument: one line too
             _usage_error(ctx, err)
         except KeyboardInterrupt:
-            if os.environ.get("RANK", "0") == "0":  # under torchrun every rank is interrupted
+            if rank == "0":  # one line, though every rank is interrupted
                 again = ("; the same command goes on from what was finished"
                          if ctx.invoked_subcommand in RESUMABLE else "")
                 # after a line break: a progress bar may hold the line

@@ -292,14 +292,11 @@ class Engine:
         # Under torchrun every rank stops at the same read: one that went on would wait for the
         # others at its next all-reduce until the barrier timeout.
         first = first_rank(bad is not None, self._pending[-1][1].device)
-        if first is not None and bad is None:
-            raise InputError(f"{self.name}: the loss became NaN or infinite on rank {first} by "
-                             f"epoch {self._epoch + 1}, step {self._pending[-1][0]}; lower "
-                             f"{self.lr_setting} and start a new run (the last checkpoint is "
-                             "kept)")
-        if bad is not None:
-            raise InputError(f"{self.name}: the loss became {bad[1]} at epoch "
-                             f"{self._epoch + 1}, step {bad[0]}; lower {self.lr_setting} and "
+        if first is not None:  # this rank's own value and step where it has one
+            what = (f"{bad[1]} at epoch {self._epoch + 1}, step {bad[0]}" if bad else
+                    f"NaN or infinite on rank {first} by epoch {self._epoch + 1}, step "
+                    f"{self._pending[-1][0]}")
+            raise InputError(f"{self.name}: the loss became {what}; lower {self.lr_setting} and "
                              "start a new run (the last checkpoint is kept)")
         self._pending = []
         for value in losses:  # one by one, in order: the sum a step-by-step read gives

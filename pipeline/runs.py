@@ -182,12 +182,12 @@ def check_resumable(saved: dict, current: dict, run_dir: Path) -> None:
     (a file that moved, its ``KEY_sha256`` unchanged, is the same option)."""
     from pipeline.errors import InputError
 
-    def same_file(key: str) -> bool:  # a path whose file's sha256 both record alike (moved)
+    def same_content(key: str) -> bool:  # a path whose file's sha256 both record alike (moved)
         sha = f"{key}_sha256"
         return sha in saved and saved.get(sha) == current.get(sha)
 
-    diff = sorted(k for k in set(saved) | set(current)
-                  if k not in RESUME_FREE and saved.get(k) != current.get(k) and not same_file(k))
+    diff = sorted(k for k in set(saved) | set(current) if k not in RESUME_FREE
+                  and saved.get(k) != current.get(k) and not same_content(k))
     if diff:
         changes = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff)
         made = saved.get("world_size")

@@ -270,22 +270,13 @@ def find_videos(inputs: list[Path], exclude: Path | None = None) -> tuple[list[P
 def _files_under(folder: Path, skip: Path | None) -> list[Path]:
     """The files under ``folder``, sorted, leaving out names starting with "." (files and folders:
     a killed ``faces`` run's ``.faces-tmp-*``) and every subfolder that is ``skip`` on disk."""
-    skip_stat = os.stat(skip) if skip is not None else None
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if not d.startswith(".") and not (
-            skip_stat is not None and _is(os.path.join(dirpath, d), skip_stat))]
+            skip is not None and same_file(os.path.join(dirpath, d), skip))]
         found += [p for p in (Path(dirpath) / f for f in filenames if not f.startswith("."))
                   if p.is_file()]
     return sorted(found)
-
-
-def _is(path: str, stat: os.stat_result) -> bool:
-    """Whether ``path`` is the file or folder ``stat`` describes (False where it is missing)."""
-    try:
-        return os.path.samestat(os.stat(path), stat)
-    except OSError:
-        return False
 
 
 def same_file(a, b) -> bool:
